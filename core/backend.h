@@ -1,0 +1,147 @@
+// core/backend.h: the backend interface. Every kernel a layer needs is one method here; the CPU
+// backend (core/cpu/) is the reference and must be fast, the CUDA backend implements the same table.
+//
+// Conventions for every method:
+//  - All tensors are row-major, contiguous unless a leading dimension (ld*) says otherwise.
+//  - Pointers are in the backend's memory space (host for CPU, device for CUDA).
+//  - Dimension letters: N tokens (B*T), C model width, V vocab, E experts, K experts per token,
+//    NH query heads, NKV key/value heads, HD head dim, I expert (ffn) width.
+//  - Backward kernels WRITE activation gradients (=) and ACCUMULATE parameter gradients (+=),
+//    unless the comment says otherwise.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace switchyard::core {
+
+// Packed attention input: one row per token of width (NH + 2*NKV) * HD, holding q | k | v.
+struct AttentionShape {
+  int64_t B = 0, T = 0, NH = 0, NKV = 0, HD = 0;
+  int64_t qkv_width() const { return (NH + 2 * NKV) * HD; }
+  int64_t q_width() const { return NH * HD; }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // ---- memory ----
+  virtual void* alloc(size_t bytes) = 0;  // zero-filled, 64-byte aligned
+  virtual void release(void* p) = 0;
+  virtual void zero(void* p, size_t bytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy_from_host(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- GEMM ----
+  // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op(X) = X^T when trans_x.
+  // A is [M,K] (or [K,M] transposed), B is [K,N] (or [N,K] transposed).
+  virtual void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                    int64_t ldc) = 0;
+
+  // ---- elementwise and reductions ----
+  virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;  // out = a + b
+  virtual void axpy(float* y, float alpha, const float* x, int64_t n) = 0;      // y += alpha*x
+  // x[r, c] += bias[c] for r < rows
+  virtual void add_bias(float* x, const float* bias, int64_t rows, int64_t cols) = 0;
+  // dbias[c] += sum_r dout[r, c]
+  virtual void bias_backward(float* dbias, const float* dout, int64_t rows, int64_t cols) = 0;
+  // sum of squares of x[0..n) in double, returned to the host (gradient-norm clipping)
+  virtual double sum_squares(const float* x, int64_t n) = 0;
+  virtual void scale(float* x, float alpha, int64_t n) = 0;  // x *= alpha
+
+  // ---- embedding ----
+  virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
+                                 int64_t C) = 0;
+  virtual void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t N,
+                                  int64_t C) = 0;  // dwte +=
+
+  // ---- RMSNorm: out = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps) per row ----
+  virtual void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N,
+                               int64_t C, float eps) = 0;
+  virtual void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x,
+                                const float* w, const float* rstd, int64_t N, int64_t C) = 0;
+
+  // ---- rotary embedding (rotate-half convention) on the q and k parts of a packed qkv buffer, in
+  // place; position of row b*T+t is t. backward applies the inverse rotation to dqkv in place. ----
+  virtual void rope_forward(float* qkv, const AttentionShape& s, float theta) = 0;
+  virtual void rope_backward(float* dqkv, const AttentionShape& s, float theta) = 0;
+
+  // ---- causal grouped-query attention, scale 1/sqrt(HD) ----
+  // qkv [B*T, qkv_width] packed q|k|v; out [B*T, NH*HD]; lse [B, NH, T] (log-sum-exp of the scaled
+  // scores, saved for backward). Query head h uses kv head h / (NH/NKV).
+  virtual void attention_forward(float* out, float* lse, const float* qkv,
+                                 const AttentionShape& s) = 0;
+  // dqkv [B*T, qkv_width] is written (=) in full.
+  virtual void attention_backward(float* dqkv, const float* dout, const float* out,
+                                  const float* lse, const float* qkv, const AttentionShape& s) = 0;
+
+  // ---- SwiGLU: h [rows, 2*I] holds gate | up; out [rows, I] = silu(gate) * up ----
+  virtual void swiglu_forward(float* out, const float* h, int64_t rows, int64_t I) = 0;
+  virtual void swiglu_backward(float* dh, const float* dout, const float* h, int64_t rows,
+                               int64_t I) = 0;  // dh =
+  // ---- sigmoid gate (shared expert): out[r,:] += sigmoid(logit[r]) * y[r,:] ----
+  virtual void sigmoid_gate_forward(float* out, const float* logit, const float* y, int64_t rows,
+                                    int64_t C) = 0;
+  // dy = sigmoid(logit) * dout (=); dlogit = sigmoid'(logit) * dot(dout[r], y[r]) (=)
+  virtual void sigmoid_gate_backward(float* dy, float* dlogit, const float* dout,
+                                     const float* logit, const float* y, int64_t rows,
+                                     int64_t C) = 0;
+
+  // ---- cross-entropy over rows of logits [N,V]; targets < 0 are ignored (loss 0) ----
+  virtual void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                     int64_t N, int64_t V) = 0;
+  // dlogits[i,:] = (softmax(logits[i,:]) - onehot(target_i)) * dloss[i]  (written in place over
+  // the logits buffer when dlogits == logits)
+  virtual void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                                      const float* dloss, int64_t N, int64_t V) = 0;
+
+  // ---- MoE routing (router softmax in fp32, top-k) ----
+  // logits [N,E] -> probs [N,E] (softmax), lse [N], idx [N,K] (top-k experts, descending
+  // probability, ties to the lower index), gates [N,K] (the top-k probabilities, divided by their
+  // sum when renormalize).
+  virtual void router_topk(float* probs, float* lse, int32_t* idx, float* gates,
+                           const float* logits, int64_t N, int64_t E, int64_t K,
+                           bool renormalize) = 0;
+  // dlogits [N,E] (=) from: dgates [N,K] through the top-k/renormalisation and the softmax;
+  // dprobs_all[e] added to dL/dprobs[t,e] for every token (the aux-loss term, may be null);
+  // z_coef: adds z_coef * 2*lse[t] * probs[t,e] (gradient of z_coef * lse[t]^2).
+  virtual void router_backward(float* dlogits, const float* dgates, const float* probs,
+                               const float* lse, const int32_t* idx, const float* gates,
+                               const float* dprobs_all, float z_coef, int64_t N, int64_t E,
+                               int64_t K, bool renormalize) = 0;
+
+  // ---- routing plan: expert-sorted order of the routing slots ----
+  // idx [N,K] -> expert_offsets [E+1] (rows of expert e are [offsets[e], offsets[e+1])) and
+  // pos [N*K] (row of slot s = t*K+k in expert-sorted order; slots of one expert keep token order).
+  // Slots whose idx is < 0 are dropped: pos = -1.
+  virtual void route_plan(int32_t* pos, int32_t* expert_offsets, const int32_t* idx, int64_t N,
+                          int64_t E, int64_t K) = 0;
+
+  // ---- token permutation (local dispatch / combine) ----
+  // A routing slot s = t*K + k. pos[s] is the row of slot s in expert-sorted order, or -1 if the
+  // slot was dropped. dispatch: xp[pos[s]] = x[s / K].
+  virtual void dispatch_forward(float* xp, const float* x, const int32_t* pos, int64_t N,
+                                int64_t K, int64_t C) = 0;
+  // dx[t] = sum_k dxp[pos[t*K+k]]  (=)
+  virtual void dispatch_backward(float* dx, const float* dxp, const int32_t* pos, int64_t N,
+                                 int64_t K, int64_t C) = 0;
+  // out[t] = sum_k gates[t*K+k] * y[pos[t*K+k]]  (=)
+  virtual void combine_forward(float* out, const float* y, const int32_t* pos, const float* gates,
+                               int64_t N, int64_t K, int64_t C) = 0;
+  // dy[pos[s]] = gates[s] * dout[s/K]  (=, every row of dy that a slot maps to);
+  // dgates[s] = dot(dout[s/K], y[pos[s]])  (=, 0 for dropped slots)
+  virtual void combine_backward(float* dy, float* dgates, const float* dout, const float* y,
+                                const int32_t* pos, const float* gates, int64_t N, int64_t K,
+                                int64_t C) = 0;
+};
+
+// The CPU backend (oneDNN GEMMs, OpenMP loops). threads <= 0 keeps OpenMP's default.
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+
+}  // namespace switchyard::core

@@ -1,0 +1,187 @@
+// core/config.h: typed experiment configs. YAML -> these structs; every field is listed once in
+// its struct's visit() so that parsing, --set overrides, validation of unknown keys and writing
+// the resolved config all come from one table.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace switchyard::core {
+
+struct MoeConfig {
+  int64_t n_experts = 8;          // HF: num_local_experts (mixtral) / num_experts (qwen2_moe)
+  int64_t top_k = 2;              // num_experts_per_tok
+  int64_t expert_size = 512;      // intermediate size of one routed expert
+  bool normalize_topk = true;     // renormalise the k gates to sum to 1 (mixtral: always)
+  int64_t shared_expert_size = 0; // 0: no shared expert (qwen2_moe: shared_expert_intermediate_size)
+  double aux_loss_coef = 0.01;    // Switch load-balancing loss, averaged over MoE layers
+  double z_loss_coef = 0.0;       // router z-loss, averaged over MoE layers
+
+  template <class V> void visit(V& v) {
+    v("n_experts", n_experts);
+    v("top_k", top_k);
+    v("expert_size", expert_size);
+    v("normalize_topk", normalize_topk);
+    v("shared_expert_size", shared_expert_size);
+    v("aux_loss_coef", aux_loss_coef);
+    v("z_loss_coef", z_loss_coef);
+  }
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 256;
+  int64_t d_model = 256;          // hidden_size
+  int64_t n_layers = 4;
+  int64_t n_heads = 8;
+  int64_t n_kv_heads = 4;
+  int64_t head_dim = 0;           // 0: d_model / n_heads
+  int64_t max_seq_len = 256;      // max_position_embeddings
+  double rope_theta = 10000.0;
+  double rms_norm_eps = 1e-5;
+  bool qkv_bias = false;
+  bool tie_embeddings = false;
+  int64_t first_dense_layers = 0; // the first N layers use a dense SwiGLU MLP
+  int64_t dense_ffn_size = 1024;  // intermediate size of those dense layers
+  double init_std = 0.02;         // normal init of linear weights and embeddings
+  MoeConfig moe;
+
+  int64_t hd() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
+  bool is_moe_layer(int64_t l) const { return l >= first_dense_layers; }
+  // Hugging Face layout: qwen2_moe when there is a shared expert, qkv bias or a dense layer
+  // (mixtral has none of these), mixtral otherwise.
+  bool qwen_layout() const { return moe.shared_expert_size > 0 || qkv_bias || first_dense_layers > 0; }
+
+  template <class V> void visit(V& v) {
+    v("vocab_size", vocab_size);
+    v("d_model", d_model);
+    v("n_layers", n_layers);
+    v("n_heads", n_heads);
+    v("n_kv_heads", n_kv_heads);
+    v("head_dim", head_dim);
+    v("max_seq_len", max_seq_len);
+    v("rope_theta", rope_theta);
+    v("rms_norm_eps", rms_norm_eps);
+    v("qkv_bias", qkv_bias);
+    v("tie_embeddings", tie_embeddings);
+    v("first_dense_layers", first_dense_layers);
+    v("dense_ffn_size", dense_ffn_size);
+    v("init_std", init_std);
+    v("moe", moe);
+  }
+};
+
+struct OptimConfig {
+  double lr = 1e-3;
+  double min_lr = 1e-4;           // cosine decays from lr to min_lr
+  int64_t warmup_steps = 10;      // linear warmup from 0
+  double weight_decay = 0.1;      // decoupled (AdamW)
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;         // global L2 norm; 0 disables
+  bool decay_norms = false;       // apply weight decay to norm weights
+  bool decay_biases = false;
+  bool decay_router = false;
+  bool decay_embeddings = true;
+
+  template <class V> void visit(V& v) {
+    v("lr", lr);
+    v("min_lr", min_lr);
+    v("warmup_steps", warmup_steps);
+    v("weight_decay", weight_decay);
+    v("beta1", beta1);
+    v("beta2", beta2);
+    v("eps", eps);
+    v("grad_clip", grad_clip);
+    v("decay_norms", decay_norms);
+    v("decay_biases", decay_biases);
+    v("decay_router", decay_router);
+    v("decay_embeddings", decay_embeddings);
+  }
+};
+
+struct TrainConfig {
+  int64_t steps = 100;
+  int64_t micro_batch = 8;        // sequences per micro-batch per rank
+  int64_t seq_len = 256;
+  int64_t grad_accum = 1;         // micro-batches per optimizer step
+  std::string precision = "fp32"; // fp32 (bf16/fp16 come with the mixed-precision work)
+  int64_t seed = 1234;
+  int64_t threads = 0;            // CPU threads per rank; 0: OMP_NUM_THREADS or all cores
+  int64_t log_interval = 1;
+  int64_t eval_interval = 0;      // 0: evaluate only at the end
+  int64_t eval_windows = 64;      // windows of the validation split per evaluation (0: all)
+
+  template <class V> void visit(V& v) {
+    v("steps", steps);
+    v("micro_batch", micro_batch);
+    v("seq_len", seq_len);
+    v("grad_accum", grad_accum);
+    v("precision", precision);
+    v("seed", seed);
+    v("threads", threads);
+    v("log_interval", log_interval);
+    v("eval_interval", eval_interval);
+    v("eval_windows", eval_windows);
+  }
+};
+
+struct DataConfig {
+  std::string train;              // HDF5 token file (switchyard prepare) or llm.c .bin shard
+  std::string valid;              // optional; empty: the validation split of `train` if it has one
+
+  template <class V> void visit(V& v) {
+    v("train", train);
+    v("valid", valid);
+  }
+};
+
+struct ParallelConfig {
+  int64_t expert_parallel = 1;
+
+  template <class V> void visit(V& v) { v("expert_parallel", expert_parallel); }
+};
+
+struct RunConfig {
+  std::string name = "run";
+  std::string dir;                // empty: runs/<name>
+
+  template <class V> void visit(V& v) {
+    v("name", name);
+    v("dir", dir);
+  }
+};
+
+struct ExperimentConfig {
+  RunConfig run;
+  ModelConfig model;
+  TrainConfig train;
+  OptimConfig optim;
+  DataConfig data;
+  ParallelConfig parallel;
+
+  template <class V> void visit(V& v) {
+    v("run", run);
+    v("model", model);
+    v("train", train);
+    v("optim", optim);
+    v("data", data);
+    v("parallel", parallel);
+  }
+};
+
+// Reads `path` (YAML), applies overrides ("a.b.c=value", YAML scalar syntax), and validates.
+// Unknown keys, wrong types and inconsistent values throw a usage Error naming file and key path.
+ExperimentConfig load_experiment_config(const std::string& path,
+                                        const std::vector<std::string>& overrides = {});
+// Same from a YAML string; `origin` names it in errors.
+ExperimentConfig parse_experiment_config(const std::string& yaml_text, const std::string& origin,
+                                         const std::vector<std::string>& overrides = {});
+// Checks consistency (divisibility, ranges); throws a usage Error naming the key path.
+void validate(const ExperimentConfig& cfg, const std::string& origin);
+void validate(const ModelConfig& cfg, const std::string& origin);
+// The resolved config as YAML, every key written.
+std::string to_yaml(const ExperimentConfig& cfg);
+
+}  // namespace switchyard::core

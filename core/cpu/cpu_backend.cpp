@@ -1,0 +1,92 @@
+// core/cpu/cpu_backend.cpp: CPU backend memory, GEMM (oneDNN) and elementwise kernels.
+#include "core/cpu/cpu_backend.h"
+
+#include <dnnl.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace switchyard::core {
+
+CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_max_threads()) {
+  omp_set_num_threads(threads_);
+}
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+void* CpuBackend::alloc(size_t bytes) {
+  size_t rounded = (bytes + 63) / 64 * 64;
+  if (rounded == 0) rounded = 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw_internal("cpu backend: out of host memory allocating {} bytes", bytes);
+  std::memset(p, 0, rounded);
+  return p;
+}
+void CpuBackend::release(void* p) { std::free(p); }
+void CpuBackend::zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+void CpuBackend::copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void CpuBackend::copy_from_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void CpuBackend::synchronize() {}
+
+void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                      int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // C = beta * C
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
+    return;
+  }
+  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B,
+                                ldb, beta, C, ldc);
+  if (st != dnnl_success)
+    throw_internal("dnnl_sgemm failed (status {}) for M={} N={} K={} lda={} ldb={} ldc={}",
+                   static_cast<int>(st), M, N, K, lda, ldb, ldc);
+}
+
+void CpuBackend::add(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+void CpuBackend::axpy(float* y, float alpha, const float* x, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+void CpuBackend::scale(float* x, float alpha, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] *= alpha;
+}
+
+void CpuBackend::add_bias(float* x, const float* bias, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) row[c] += bias[c];
+  }
+}
+
+void CpuBackend::bias_backward(float* dbias, const float* dout, int64_t rows, int64_t cols) {
+  // Columns split across threads; each thread sums its columns over all rows in double.
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < cols; ++c) {
+    double s = 0;
+    for (int64_t r = 0; r < rows; ++r) s += dout[r * cols + c];
+    dbias[c] += static_cast<float>(s);
+  }
+}
+
+double CpuBackend::sum_squares(const float* x, int64_t n) {
+  double s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+  return s;
+}
+
+}  // namespace switchyard::core

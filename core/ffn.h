@@ -1,0 +1,23 @@
+// core/ffn.h: a SwiGLU feed-forward network over rows, y = down(silu(gate(x)) * up(x)).
+// Used by the dense MLP layers, the shared expert and every routed expert (moe/experts).
+// Weights: w_gate_up [2I, C] = gate rows then up rows (adjacent in the arena), w_down [C, I].
+// Backward writes dx (or adds to it when accumulate_dx) and accumulates dw_gate_up, dw_down (+=).
+#pragma once
+
+#include <cstdint>
+
+#include "core/backend.h"
+
+namespace switchyard::core {
+
+// h [n, 2I] (saved: gate|up pre-activations), a [n, I] (saved: silu(gate)*up), y [n, C] (=).
+void ffn_forward(Backend& be, float* y, float* h, float* a, const float* x, int64_t n, int64_t C,
+                 int64_t I, const float* w_gate_up, const float* w_down);
+
+// scratch_dh [n, 2I], scratch_da [n, I].
+void ffn_backward(Backend& be, float* dx, bool accumulate_dx, float* dw_gate_up, float* dw_down,
+                  const float* dy, const float* x, const float* h, const float* a, int64_t n,
+                  int64_t C, int64_t I, const float* w_gate_up, const float* w_down,
+                  float* scratch_dh, float* scratch_da);
+
+}  // namespace switchyard::core

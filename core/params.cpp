@@ -1,0 +1,123 @@
+// core/params.cpp: parameter spec table, the model's Hugging Face names, and arenas.
+#include "core/params.h"
+
+#include <fmt/format.h>
+
+#include <utility>
+
+#include "core/error.h"
+
+namespace switchyard::core {
+
+int ParamTable::add(std::string name, std::vector<int64_t> shape, ParamKind kind, int layer,
+                    int expert) {
+  SY_CHECK(!index_.count(name), "duplicate parameter {}", name);
+  ParamSpec p;
+  p.name = std::move(name);
+  p.shape = std::move(shape);
+  p.numel = 1;
+  for (int64_t d : p.shape) p.numel *= d;
+  p.offset = total_;
+  p.kind = kind;
+  p.layer = layer;
+  p.expert = expert;
+  total_ += p.numel;
+  int i = static_cast<int>(specs_.size());
+  index_[p.name] = i;
+  specs_.push_back(std::move(p));
+  return i;
+}
+
+int ParamTable::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? -1 : it->second;
+}
+
+const ParamSpec& ParamTable::at(const std::string& name) const {
+  int i = find(name);
+  if (i < 0) throw_internal("no parameter named {}", name);
+  return specs_[static_cast<size_t>(i)];
+}
+
+bool param_decays(const ParamSpec& p, const OptimConfig& cfg) {
+  switch (p.kind) {
+    case ParamKind::ParamKind_embedding: return cfg.decay_embeddings;
+    case ParamKind::ParamKind_norm: return cfg.decay_norms;
+    case ParamKind::ParamKind_bias: return cfg.decay_biases;
+    case ParamKind::ParamKind_router: return cfg.decay_router;
+    case ParamKind::ParamKind_linear:
+    case ParamKind::ParamKind_expert: return true;
+  }
+  return true;
+}
+
+ParamTable make_param_table(const ModelConfig& c) {
+  using K = ParamKind;
+  ParamTable t;
+  const int64_t C = c.d_model, HD = c.hd(), NH = c.n_heads, NKV = c.n_kv_heads;
+  const bool qwen = c.qwen_layout();
+  t.add("model.embed_tokens.weight", {c.vocab_size, C}, K::ParamKind_embedding);
+  for (int l = 0; l < static_cast<int>(c.n_layers); ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    t.add(p + "input_layernorm.weight", {C}, K::ParamKind_norm, l);
+    // q, k, v adjacent: one [qkv_width, C] matrix
+    t.add(p + "self_attn.q_proj.weight", {NH * HD, C}, K::ParamKind_linear, l);
+    t.add(p + "self_attn.k_proj.weight", {NKV * HD, C}, K::ParamKind_linear, l);
+    t.add(p + "self_attn.v_proj.weight", {NKV * HD, C}, K::ParamKind_linear, l);
+    if (c.qkv_bias) {
+      t.add(p + "self_attn.q_proj.bias", {NH * HD}, K::ParamKind_bias, l);
+      t.add(p + "self_attn.k_proj.bias", {NKV * HD}, K::ParamKind_bias, l);
+      t.add(p + "self_attn.v_proj.bias", {NKV * HD}, K::ParamKind_bias, l);
+    }
+    t.add(p + "self_attn.o_proj.weight", {C, NH * HD}, K::ParamKind_linear, l);
+    t.add(p + "post_attention_layernorm.weight", {C}, K::ParamKind_norm, l);
+    if (!c.is_moe_layer(l)) {
+      const int64_t F = c.dense_ffn_size;
+      t.add(p + "mlp.gate_proj.weight", {F, C}, K::ParamKind_linear, l);
+      t.add(p + "mlp.up_proj.weight", {F, C}, K::ParamKind_linear, l);
+      t.add(p + "mlp.down_proj.weight", {C, F}, K::ParamKind_linear, l);
+      continue;
+    }
+    const int64_t I = c.moe.expert_size;
+    const std::string m = p + (qwen ? "mlp." : "block_sparse_moe.");
+    t.add(m + "gate.weight", {c.moe.n_experts, C}, K::ParamKind_router, l);
+    for (int e = 0; e < static_cast<int>(c.moe.n_experts); ++e) {
+      const std::string x = fmt::format("{}experts.{}.", m, e);
+      t.add(x + (qwen ? "gate_proj.weight" : "w1.weight"), {I, C}, K::ParamKind_expert, l, e);
+      t.add(x + (qwen ? "up_proj.weight" : "w3.weight"), {I, C}, K::ParamKind_expert, l, e);
+      t.add(x + (qwen ? "down_proj.weight" : "w2.weight"), {C, I}, K::ParamKind_expert, l, e);
+    }
+    if (c.moe.shared_expert_size > 0) {
+      const int64_t S = c.moe.shared_expert_size;
+      t.add(m + "shared_expert.gate_proj.weight", {S, C}, K::ParamKind_linear, l);
+      t.add(m + "shared_expert.up_proj.weight", {S, C}, K::ParamKind_linear, l);
+      t.add(m + "shared_expert.down_proj.weight", {C, S}, K::ParamKind_linear, l);
+      t.add(m + "shared_expert_gate.weight", {1, C}, K::ParamKind_linear, l);
+    }
+  }
+  t.add("model.norm.weight", {C}, K::ParamKind_norm);
+  if (!c.tie_embeddings) t.add("lm_head.weight", {c.vocab_size, C}, K::ParamKind_linear);
+  return t;
+}
+
+Arena::Arena(Backend& be, int64_t numel) : be_(&be), numel_(numel) {
+  data_ = static_cast<float*>(be.alloc(static_cast<size_t>(numel) * sizeof(float)));
+}
+Arena::~Arena() {
+  if (be_ && data_) be_->release(data_);
+}
+Arena::Arena(Arena&& o) noexcept { *this = std::move(o); }
+Arena& Arena::operator=(Arena&& o) noexcept {
+  if (this != &o) {
+    if (be_ && data_) be_->release(data_);
+    be_ = std::exchange(o.be_, nullptr);
+    data_ = std::exchange(o.data_, nullptr);
+    numel_ = std::exchange(o.numel_, 0);
+  }
+  return *this;
+}
+void Arena::zero() {
+  if (data_) be_->zero(data_, static_cast<size_t>(numel_) * sizeof(float));
+}
+
+}  // namespace switchyard::core

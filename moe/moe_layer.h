@@ -1,0 +1,54 @@
+// moe/moe_layer.h: the MoE feed-forward sublayer of one transformer block.
+//   route:    logits = x Wr^T -> softmax (fp32) -> top-k -> gates (optionally renormalised)
+//   dispatch: permute the routed token copies into expert-sorted order (routing plan)
+//   experts:  one SwiGLU FFN per expert over its contiguous rows (grouped GEMMs, core/ffn.h)
+//   combine:  out[t] = sum_k gate[t,k] * expert_out[slot]; + sigmoid(x Wsg^T) * shared(x)
+// x is the normalised input [N, C]; out [N, C] is written (=). The layer keeps its routing plan
+// and activations for backward in buffers it owns (sized for max_tokens). Backward writes dx (=)
+// and accumulates parameter grads (+=).
+//
+// Balancing losses of one layer (per micro-batch, N tokens):
+//   aux = E * sum_e (count_e / N) * P_e,   count_e = routing slots that chose e, P_e = mean_t p[t,e]
+//   z   = mean_t logsumexp(logits[t,:])^2
+// The model weights them (coef / number of MoE layers); backward receives those weights.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/params.h"
+
+namespace switchyard::moe {
+
+struct MoeStats {
+  std::vector<int64_t> expert_counts;  // [E] routing slots per expert in the last forward
+  double aux_loss = 0;
+  double z_loss = 0;
+};
+
+class MoeLayer {
+ public:
+  MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
+           int layer, int64_t max_tokens);
+  ~MoeLayer();
+  MoeLayer(const MoeLayer&) = delete;
+  MoeLayer& operator=(const MoeLayer&) = delete;
+
+  void forward(float* out, const float* x, const float* params, int64_t N);
+  // d_aux, d_z: dL/d(aux) and dL/d(z) of this layer (coefficient / #MoE layers, times any loss
+  // scale). Uses the routing plan saved by the last forward: never re-routes.
+  void backward(float* dx, const float* dout, const float* x, const float* params, float* grads,
+                int64_t N, float d_aux, float d_z);
+
+  const MoeStats& stats() const { return stats_; }
+
+ private:
+  // implementation state: the helper that writes moe_layer.cpp owns everything below
+  struct Impl;
+  Impl* impl_;
+  MoeStats stats_;
+};
+
+}  // namespace switchyard::moe

@@ -1,0 +1,33 @@
+#include "tests/unit/testing.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+namespace switchyard::test {
+
+std::vector<float> randn(int64_t n, uint64_t seed, float stddev) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.f, stddev);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double max_rel_error(const float* a, const float* b, int64_t n, double floor) {
+  double worst = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double e = std::abs(static_cast<double>(a[i]) - b[i]) / std::max(std::abs(static_cast<double>(b[i])), floor);
+    if (!(e <= worst)) worst = e;  // NaN propagates as worst
+  }
+  return worst;
+}
+
+std::filesystem::path temp_dir(const std::string& name) {
+  auto p = std::filesystem::path(SWITCHYARD_BINARY_DIR) / "test-tmp" / name;
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p;
+}
+
+}  // namespace switchyard::test
