@@ -55,6 +55,13 @@ class Backend {
   virtual double sum_squares(const float* x, int64_t n) = 0;
   virtual void scale(float* x, float alpha, int64_t n) = 0;  // x *= alpha
 
+  // ---- optimizer: one AdamW step over n elements (decoupled decay, bias-corrected moments) ----
+  // p -= lr*wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+  // p -= lr * (m / bc1) / (sqrt(v / bc2) + eps)   with bc1 = 1-b1^t, bc2 = 1-b2^t.
+  virtual void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float lr,
+                            float beta1, float beta2, float eps, float weight_decay, float bc1,
+                            float bc2) = 0;
+
   // ---- embedding ----
   virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
                                  int64_t C) = 0;

@@ -1,3 +1,81 @@
-// launch/main.cpp: entry point of build/switchyard (replaced by the full command dispatcher).
+// launch/main.cpp: the `switchyard` command.
+//   train    launch/train.h      the training loop (YAML config, --set overrides, --init-from)
+//   eval     launch/commands.h   mean token loss over consecutive windows of a token file
+//   prepare  launch/commands.h   text files -> HDF5 token file (data/prepare.h)
+//   bench    launch/bench.h      measured GEMM peak of the backend
+// Library code throws switchyard::Error; only this file ends the process. With several MPI ranks a
+// failing rank prints its error with its rank and aborts the whole job (no rank hangs).
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
 #include <cstdio>
-int main() { std::puts("switchyard"); return 0; }
+#include <exception>
+
+#include "core/error.h"
+#include "launch/bench.h"
+#include "launch/commands.h"
+#include "launch/train.h"
+#include "parallel/mpi_context.h"
+
+namespace sy = switchyard;
+
+int main(int argc, char** argv) {
+  sy::parallel::MpiContext mpi(&argc, &argv);
+  CLI::App app{"Switchyard: train Mixture-of-Experts language models", "switchyard"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "switchyard 0.1.0");
+
+  sy::launch::TrainOptions train;
+  auto* t = app.add_subcommand("train", "Train a model described by a YAML config");
+  t->add_option("--config", train.config_path, "YAML experiment config (e.g. configs/tiny.yaml)")->required();
+  t->add_option("--set", train.overrides, "Override a config key: --set train.steps=50 (repeatable)");
+  t->add_option("--init-from", train.init_from, "Start from Hugging Face weights (config.json + safetensors)");
+  t->add_option("--run-dir", train.run_dir, "Run folder (default: run.dir, else runs/<run.name>)");
+
+  sy::launch::EvalOptions eval;
+  auto* e = app.add_subcommand("eval", "Mean token loss over consecutive non-overlapping windows");
+  e->add_option("--init-from", eval.init_from, "Hugging Face model folder");
+  e->add_option("--checkpoint", eval.checkpoint, "Run folder written by `switchyard train`");
+  e->add_option("--data", eval.data, "Token file (HDF5 from `switchyard prepare`, or llm.c .bin)")->required();
+  e->add_option("--split", eval.split, "Split of an HDF5 token file: train or valid")->check(CLI::IsMember({"train", "valid"}));
+  e->add_option("--seq-len", eval.seq_len, "Window length N (windows of N+1 tokens; default: model max_seq_len)");
+  e->add_option("--batch", eval.batch, "Windows per forward pass");
+  e->add_option("--max-windows", eval.max_windows, "Evaluate at most this many windows (0: all)");
+  e->add_option("--threads", eval.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+
+  sy::launch::PrepareCommandOptions prep;
+  auto* p = app.add_subcommand("prepare", "Turn text files into a byte-level HDF5 token file");
+  p->add_option("--input", prep.inputs, "Files or folders (walked recursively)")->required()->expected(1, -1);
+  p->add_option("--output", prep.output, "Output HDF5 file")->required();
+  p->add_option("--valid-fraction", prep.valid_fraction, "Fraction of documents for the validation split");
+
+  int bench_threads = 0, bench_repeats = 5;
+  auto* b = app.add_subcommand("bench", "Micro-benchmarks of the backend");
+  auto* bg = b->add_subcommand("gemm", "Measured fp32 GEMM rate (the peak a training step is compared to)");
+  bg->add_option("--threads", bench_threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+  bg->add_option("--repeats", bench_repeats, "Timed repetitions per shape (best is kept)");
+  b->require_subcommand(1);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& err) {
+    const int code = app.exit(err);  // prints help or the error
+    return code == 0 ? 0 : 2;
+  }
+
+  try {
+    if (*t) return sy::launch::run_train(train, mpi);
+    if (*e) return sy::launch::run_eval(eval);
+    if (*p) return sy::launch::run_prepare(prep);
+    if (*bg) return sy::launch::run_bench_gemm(bench_threads, bench_repeats);
+  } catch (const sy::Error& err) {
+    if (mpi.size() > 1) fmt::print(stderr, "switchyard: error on rank {}: {}\n", mpi.rank(), err.what());
+    else fmt::print(stderr, "switchyard: error: {}\n", err.what());
+    mpi.abort_job(err.exit_code());
+  } catch (const std::exception& err) {
+    fmt::print(stderr, "switchyard: internal error{}: {}\n",
+               mpi.size() > 1 ? fmt::format(" on rank {}", mpi.rank()) : "", err.what());
+    mpi.abort_job(1);
+  }
+  return 0;
+}

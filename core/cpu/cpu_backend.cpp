@@ -89,4 +89,20 @@ double CpuBackend::sum_squares(const float* x, int64_t n) {
   return s;
 }
 
+void CpuBackend::adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float lr,
+                              float beta1, float beta2, float eps, float weight_decay, float bc1,
+                              float bc2) {
+  const float decay = 1.0f - lr * weight_decay;
+  const float step = lr / bc1;
+  const float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    float mi = beta1 * m[i] + (1.0f - beta1) * g[i];
+    float vi = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * decay - step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+  }
+}
+
 }  // namespace switchyard::core

@@ -1,0 +1,102 @@
+// core/attention_layer.cpp: the self-attention sublayer (see core/attention_layer.h).
+#include "core/attention_layer.h"
+
+#include <fmt/format.h>
+
+#include <string>
+
+#include "core/error.h"
+
+namespace switchyard::core {
+
+AttentionLayer::AttentionLayer(Backend& be, const ModelConfig& cfg, const ParamTable& table,
+                               int layer, int64_t max_tokens)
+    : be_(be), theta_(static_cast<float>(cfg.rope_theta)), C_(cfg.d_model),
+      max_tokens_(max_tokens) {
+  shape_.NH = cfg.n_heads;
+  shape_.NKV = cfg.n_kv_heads;
+  shape_.HD = cfg.hd();
+  SY_CHECK(shape_.NH > 0 && shape_.NKV > 0 && shape_.NH % shape_.NKV == 0,
+           "attention layer {}: n_heads {} must be a multiple of n_kv_heads {}", layer,
+           shape_.NH, shape_.NKV);
+  SY_CHECK(max_tokens > 0, "attention layer {}: max_tokens {}", layer, max_tokens);
+  const std::string p = fmt::format("model.layers.{}.self_attn.", layer);
+  const int64_t qw = shape_.q_width(), kvw = shape_.NKV * shape_.HD;
+
+  // q, k, v weights (and biases) must be adjacent: one [qkv_width, C] matrix.
+  const ParamSpec& wq = table.at(p + "q_proj.weight");
+  const ParamSpec& wk = table.at(p + "k_proj.weight");
+  const ParamSpec& wv = table.at(p + "v_proj.weight");
+  SY_CHECK(wq.numel == qw * C_ && wk.numel == kvw * C_ && wv.numel == kvw * C_,
+           "attention layer {}: q/k/v weight shapes do not match the config", layer);
+  SY_CHECK(wk.offset == wq.offset + wq.numel && wv.offset == wk.offset + wk.numel,
+           "attention layer {}: q/k/v weights are not adjacent in the arena", layer);
+  off_wqkv_ = wq.offset;
+  off_bqkv_ = -1;
+  const int bq = table.find(p + "q_proj.bias");
+  if (bq >= 0) {
+    const ParamSpec& q = table[static_cast<size_t>(bq)];
+    const ParamSpec& k = table.at(p + "k_proj.bias");
+    const ParamSpec& v = table.at(p + "v_proj.bias");
+    SY_CHECK(q.numel == qw && k.numel == kvw && v.numel == kvw,
+             "attention layer {}: q/k/v bias shapes do not match the config", layer);
+    SY_CHECK(k.offset == q.offset + q.numel && v.offset == k.offset + k.numel,
+             "attention layer {}: q/k/v biases are not adjacent in the arena", layer);
+    off_bqkv_ = q.offset;
+  }
+  const ParamSpec& wo = table.at(p + "o_proj.weight");
+  SY_CHECK(wo.numel == C_ * qw, "attention layer {}: o_proj shape does not match", layer);
+  off_wo_ = wo.offset;
+
+  const int64_t W = shape_.qkv_width();
+  auto buf = [&](int64_t n) { return static_cast<float*>(be_.alloc(static_cast<size_t>(n) * sizeof(float))); };
+  qkv_ = buf(max_tokens * W);
+  att_ = buf(max_tokens * qw);
+  lse_ = buf(max_tokens * shape_.NH);
+  dqkv_ = buf(max_tokens * W);
+  datt_ = buf(max_tokens * qw);
+}
+
+AttentionLayer::~AttentionLayer() {
+  for (float* p : {qkv_, att_, lse_, dqkv_, datt_})
+    if (p) be_.release(p);
+}
+
+void AttentionLayer::forward(float* out, const float* x, const float* params, int64_t B,
+                             int64_t T) {
+  const int64_t N = B * T;
+  SY_CHECK(B > 0 && T > 0 && N <= max_tokens_, "attention forward: B*T = {}*{} exceeds {}", B, T,
+           max_tokens_);
+  shape_.B = B;
+  shape_.T = T;
+  const int64_t W = shape_.qkv_width(), QW = shape_.q_width();
+  const float* wqkv = params + off_wqkv_;
+  const float* wo = params + off_wo_;
+  be_.gemm(false, true, N, W, C_, 1.0f, x, C_, wqkv, C_, 0.0f, qkv_, W);  // qkv = x Wqkv^T
+  if (off_bqkv_ >= 0) be_.add_bias(qkv_, params + off_bqkv_, N, W);
+  be_.rope_forward(qkv_, shape_, theta_);
+  be_.attention_forward(att_, lse_, qkv_, shape_);
+  be_.gemm(false, true, N, C_, QW, 1.0f, att_, QW, wo, QW, 0.0f, out, C_);  // out = att Wo^T
+}
+
+void AttentionLayer::backward(float* dx, const float* dout, const float* x, const float* params,
+                              float* grads, int64_t B, int64_t T) {
+  const int64_t N = B * T;
+  SY_CHECK(B == shape_.B && T == shape_.T,
+           "attention backward: shape {}x{} differs from the last forward {}x{}", B, T, shape_.B,
+           shape_.T);
+  const int64_t W = shape_.qkv_width(), QW = shape_.q_width();
+  const float* wqkv = params + off_wqkv_;
+  const float* wo = params + off_wo_;
+  be_.gemm(false, false, N, QW, C_, 1.0f, dout, C_, wo, QW, 0.0f, datt_, QW);  // datt = dout Wo
+  be_.gemm(true, false, C_, QW, N, 1.0f, dout, C_, att_, QW, 1.0f, grads + off_wo_,
+           QW);  // dWo += dout^T att
+  be_.attention_backward(dqkv_, datt_, att_, lse_, qkv_, shape_);
+  be_.rope_backward(dqkv_, shape_, theta_);
+  if (off_bqkv_ >= 0) be_.bias_backward(grads + off_bqkv_, dqkv_, N, W);
+  be_.gemm(true, false, W, C_, N, 1.0f, dqkv_, W, x, C_, 1.0f, grads + off_wqkv_,
+           C_);  // dWqkv += dqkv^T x
+  be_.gemm(false, false, N, C_, W, 1.0f, dqkv_, W, wqkv, C_, 0.0f, dx, C_);  // dx = dqkv Wqkv
+}
+
+}  // namespace switchyard::core

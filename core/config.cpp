@@ -1,0 +1,473 @@
+// core/config.cpp: YAML <-> the typed config structs, driven by their visit() tables, plus the
+// --set overrides and the consistency checks. Every error is a usage Error naming the origin (file
+// or override) and the full key path.
+#include "core/config.h"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <system_error>
+#include <type_traits>
+
+#include "core/error.h"
+
+namespace switchyard::core {
+namespace {
+
+// ---- schema introspection ----
+
+struct KeyLister {
+  std::vector<std::string> keys;
+  template <class T> void operator()(const char* key, T&) { keys.emplace_back(key); }
+};
+
+template <class T>
+concept Section = requires(T& t, KeyLister& v) { t.visit(v); };
+
+template <Section T> std::vector<std::string> keys_of(T& section) {
+  KeyLister l;
+  section.visit(l);
+  return l.keys;
+}
+
+std::string join_path(const std::string& prefix, const std::string& key) {
+  return prefix.empty() ? key : prefix + "." + key;
+}
+
+std::string known_keys_note(const std::string& section_path, const std::vector<std::string>& keys) {
+  if (section_path.empty()) return fmt::format("known top-level keys: {}", fmt::join(keys, ", "));
+  return fmt::format("known keys under {}: {}", section_path, fmt::join(keys, ", "));
+}
+
+template <class T> constexpr const char* type_name() {
+  if constexpr (std::is_same_v<T, int64_t>) return "an integer";
+  else if constexpr (std::is_same_v<T, double>) return "a number";
+  else if constexpr (std::is_same_v<T, bool>) return "a boolean (true or false)";
+  else if constexpr (std::is_same_v<T, std::string>) return "a string";
+  else static_assert(sizeof(T) == 0, "config field of an unsupported type");
+}
+
+// ---- where a value came from, for messages ----
+
+// "configs/x.yaml" (+ " (line N)" for file values) or "override 'a.b=c'".
+struct Origin {
+  std::string name;      // the file (or text origin)
+  std::string override_; // non-empty when the value comes from an override
+  std::string prefix() const {
+    return override_.empty() ? name : fmt::format("override '{}'", override_);
+  }
+};
+
+std::string line_note(const YAML::Node& n) {
+  const YAML::Mark m = n.Mark();
+  return m.line >= 0 ? fmt::format(" (line {})", m.line + 1) : std::string();
+}
+
+std::string describe(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null: return "nothing (null)";
+    case YAML::NodeType::Sequence: return "a sequence";
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Scalar:
+      return n.Tag() == "!" ? fmt::format("the quoted string '{}'", n.Scalar())
+                            : fmt::format("'{}'", n.Scalar());
+    default: return "an undefined value";
+  }
+}
+
+[[noreturn]] void type_error(const Origin& o, const std::string& path, const YAML::Node& n,
+                             const char* expected, const std::string& extra = {}) {
+  throw_usage("{}: {}: expected {}, got {}{}{}", o.prefix(), path, expected, describe(n), extra,
+              o.override_.empty() ? line_note(n) : std::string());
+}
+
+bool plain_scalar(const YAML::Node& n) { return n.IsScalar() && n.Tag() != "!"; }
+
+// ---- reading one value ----
+
+void read_value(const YAML::Node& n, int64_t& out, const Origin& o, const std::string& path) {
+  if (!plain_scalar(n)) type_error(o, path, n, type_name<int64_t>());
+  std::string s = n.Scalar();
+  bool neg = false;
+  size_t i = 0;
+  if (i < s.size() && (s[i] == '+' || s[i] == '-')) neg = s[i++] == '-';
+  int base = 10;
+  if (s.size() - i > 2 && s[i] == '0' && (s[i + 1] == 'x' || s[i + 1] == 'X')) base = 16, i += 2;
+  else if (s.size() - i > 2 && s[i] == '0' && s[i + 1] == 'o') base = 8, i += 2;
+  uint64_t u = 0;
+  const char* b = s.data() + i;
+  const char* e = s.data() + s.size();
+  auto [ptr, ec] = std::from_chars(b, e, u, base);
+  if (b == e || ptr != e || (ec != std::errc() && ec != std::errc::result_out_of_range)) {
+    const bool fractional = s.find_first_of(".eE") != std::string::npos && base == 10;
+    type_error(o, path, n, type_name<int64_t>(), fractional ? " (a fraction or exponent)" : "");
+  }
+  const uint64_t lim = neg ? uint64_t(1) << 63 : (uint64_t(1) << 63) - 1;
+  if (ec == std::errc::result_out_of_range || u > lim)
+    type_error(o, path, n, "an integer", " (out of the 64-bit range)");
+  out = neg ? static_cast<int64_t>(0 - u) : static_cast<int64_t>(u);
+}
+
+void read_value(const YAML::Node& n, double& out, const Origin& o, const std::string& path) {
+  if (!plain_scalar(n)) type_error(o, path, n, type_name<double>());
+  const std::string& s = n.Scalar();
+  const char* b = s.data();
+  const char* e = s.data() + s.size();
+  if (b != e && *b == '+') ++b;
+  double v = 0;
+  auto [ptr, ec] = std::from_chars(b, e, v, std::chars_format::general);
+  if (b == e || ptr != e || ec != std::errc()) type_error(o, path, n, type_name<double>());
+  if (!std::isfinite(v)) type_error(o, path, n, "a finite number");
+  out = v;
+}
+
+void read_value(const YAML::Node& n, bool& out, const Origin& o, const std::string& path) {
+  if (!plain_scalar(n)) type_error(o, path, n, type_name<bool>());
+  std::string s = n.Scalar();
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (s == "true" || s == "yes" || s == "on") out = true;
+  else if (s == "false" || s == "no" || s == "off") out = false;
+  else type_error(o, path, n, type_name<bool>());
+}
+
+void read_value(const YAML::Node& n, std::string& out, const Origin& o, const std::string& path) {
+  if (n.IsNull()) {  // `key:` with nothing, or `~`: the empty string
+    out.clear();
+    return;
+  }
+  if (!n.IsScalar()) type_error(o, path, n, type_name<std::string>());
+  out = n.Scalar();
+}
+
+template <Section T>
+void read_value(const YAML::Node& n, T& section, const Origin& o, const std::string& path);
+
+// Reads the keys of one mapping into a section: unknown and duplicate keys are errors; absent
+// keys keep their defaults.
+struct YamlReader {
+  const std::map<std::string, YAML::Node>& values;
+  const Origin& origin;
+  const std::string& prefix;
+  template <class T> void operator()(const char* key, T& field) {
+    auto it = values.find(key);
+    if (it != values.end()) read_value(it->second, field, origin, join_path(prefix, key));
+  }
+};
+
+template <Section T>
+void read_value(const YAML::Node& n, T& section, const Origin& o, const std::string& path) {
+  const std::vector<std::string> keys = keys_of(section);
+  if (n.IsNull()) return;  // `section:` with nothing under it: all defaults
+  if (!n.IsMap()) {
+    if (path.empty())
+      throw_usage("{}: expected a mapping of sections ({}) at the top level, got {}{}", o.prefix(),
+                  fmt::join(keys, ", "), describe(n), line_note(n));
+    type_error(o, path, n, "a mapping (a section with keys)",
+               fmt::format(" ({})", known_keys_note(path, keys)));
+  }
+  std::map<std::string, YAML::Node> values;
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    const YAML::Node& k = it->first;
+    if (!k.IsScalar())
+      throw_usage("{}: {}: keys must be plain names, got {}{}", o.prefix(),
+                  path.empty() ? "top level" : path, describe(k), line_note(k));
+    const std::string key = k.Scalar();
+    const std::string full = join_path(path, key);
+    if (std::find(keys.begin(), keys.end(), key) == keys.end())
+      throw_usage("{}: unknown key '{}'{} ({})", o.prefix(), full, line_note(k),
+                  known_keys_note(path, keys));
+    if (!values.emplace(key, it->second).second)
+      throw_usage("{}: duplicate key '{}'{}", o.prefix(), full, line_note(k));
+  }
+  YamlReader r{values, o, path};
+  section.visit(r);
+}
+
+// ---- overrides ----
+
+struct OverrideSetter {
+  const std::vector<std::string>& parts;
+  size_t depth;
+  const YAML::Node& value;
+  const Origin& origin;
+  bool found = false;
+
+  template <class T> void operator()(const char* key, T& field) {
+    if (found || parts[depth] != key) return;
+    found = true;
+    std::string path;
+    for (size_t i = 0; i <= depth; ++i) path = join_path(path, parts[i]);
+    const bool last = depth + 1 == parts.size();
+    if constexpr (Section<T>) {
+      if (last)
+        throw_usage("{}: '{}' is a section, not a value; set one of its keys ({})", origin.prefix(),
+                    path, known_keys_note(path, keys_of(field)));
+      apply(field, parts, depth + 1, value, origin, path);
+    } else {
+      if (!last)
+        throw_usage("{}: unknown key '{}' ('{}' is a value, not a section)", origin.prefix(),
+                    join_path(path, parts[depth + 1]), path);
+      read_value(value, field, origin, path);
+    }
+  }
+
+  template <Section S>
+  static void apply(S& section, const std::vector<std::string>& parts, size_t depth,
+                    const YAML::Node& value, const Origin& origin, const std::string& path) {
+    OverrideSetter s{parts, depth, value, origin};
+    section.visit(s);
+    if (!s.found)
+      throw_usage("{}: unknown key '{}' ({})", origin.prefix(), join_path(path, parts[depth]),
+                  known_keys_note(path, keys_of(section)));
+  }
+};
+
+std::string trim(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+void apply_override(ExperimentConfig& cfg, const std::string& ov, const std::string& file) {
+  Origin o{file, ov};
+  const size_t eq = ov.find('=');
+  if (eq == std::string::npos)
+    throw_usage("override '{}': expected KEY=VALUE, e.g. train.steps=100 or model.moe.top_k=2", ov);
+  const std::string key = trim(ov.substr(0, eq));
+  const std::string text = ov.substr(eq + 1);
+  std::vector<std::string> parts;
+  {
+    std::stringstream ss(key);
+    std::string p;
+    while (std::getline(ss, p, '.')) parts.push_back(p);
+    if (!key.empty() && key.back() == '.') parts.emplace_back();
+  }
+  if (key.empty() || std::any_of(parts.begin(), parts.end(), [](auto& p) { return p.empty(); }))
+    throw_usage("override '{}': malformed key '{}' (expected a dotted path such as model.moe.top_k)",
+                ov, key);
+  YAML::Node value;
+  try {
+    value = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw_usage("override '{}': the value '{}' is not a valid YAML scalar: {} (quote it)", ov, text,
+                e.msg);
+  }
+  OverrideSetter::apply(cfg, parts, 0, value, o, "");
+}
+
+// ---- writing ----
+
+std::string format_double(double v) {
+  std::string s = fmt::format("{}", v);  // shortest representation that round-trips
+  if (s.find_first_of(".eEn") == std::string::npos) {
+    s += ".0";
+  } else if (s.find('.') == std::string::npos && s.find_first_of("eE") != std::string::npos) {
+    s.insert(s.find_first_of("eE"), ".0");  // 1e-08 -> 1.0e-08 (a float for YAML 1.1 readers too)
+  }
+  return s;
+}
+
+std::string quote(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+        else out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+struct YamlWriter {
+  std::string& out;
+  int indent = 0;
+  template <class T> void operator()(const char* key, T& field) {
+    const std::string pad(static_cast<size_t>(indent), ' ');
+    if constexpr (Section<T>) {
+      out += fmt::format("{}{}:\n", pad, key);
+      YamlWriter w{out, indent + 2};
+      field.visit(w);
+    } else if constexpr (std::is_same_v<T, int64_t>) {
+      out += fmt::format("{}{}: {}\n", pad, key, field);
+    } else if constexpr (std::is_same_v<T, double>) {
+      out += fmt::format("{}{}: {}\n", pad, key, format_double(field));
+    } else if constexpr (std::is_same_v<T, bool>) {
+      out += fmt::format("{}{}: {}\n", pad, key, field ? "true" : "false");
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      out += fmt::format("{}{}: {}\n", pad, key, quote(field));
+    } else {
+      static_assert(sizeof(T) == 0, "config field of an unsupported type");
+    }
+  }
+};
+
+// ---- validation helpers ----
+
+struct Checker {
+  const std::string& origin;
+  template <typename... Args>
+  void require(bool ok, const std::string& path, fmt::format_string<Args...> f, Args&&... args) const {
+    if (!ok) throw_usage("{}: {}: {}", origin, path, fmt::format(f, std::forward<Args>(args)...));
+  }
+  void positive(int64_t v, const std::string& path) const {
+    require(v > 0, path, "must be positive, got {}", v);
+  }
+  void non_negative(int64_t v, const std::string& path) const {
+    require(v >= 0, path, "must be >= 0, got {}", v);
+  }
+  void positive(double v, const std::string& path) const {
+    require(std::isfinite(v) && v > 0, path, "must be positive, got {}", v);
+  }
+  void non_negative(double v, const std::string& path) const {
+    require(std::isfinite(v) && v >= 0, path, "must be >= 0, got {}", v);
+  }
+};
+
+}  // namespace
+
+// ---- public API ----
+
+ExperimentConfig parse_experiment_config(const std::string& yaml_text, const std::string& origin,
+                                         const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    if (e.mark.line >= 0)
+      throw_usage("{}: YAML syntax error at line {}, column {}: {}", origin, e.mark.line + 1,
+                  e.mark.column + 1, e.msg);
+    throw_usage("{}: YAML syntax error: {}", origin, e.msg);
+  }
+  ExperimentConfig cfg;
+  const Origin o{origin, {}};
+  read_value(root, cfg, o, "");
+  for (const std::string& ov : overrides) apply_override(cfg, ov, origin);
+  validate(cfg, origin);
+  return cfg;
+}
+
+ExperimentConfig load_experiment_config(const std::string& path,
+                                        const std::vector<std::string>& overrides) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st)) {
+    const fs::path cwd = fs::current_path(ec);
+    throw_usage("{}: config file not found (relative paths are taken from the current directory {}; "
+                "example configs are in the repository's configs/, e.g. configs/tiny.yaml)",
+                path, cwd.string());
+  }
+  if (fs::is_directory(st)) throw_usage("{}: is a directory, expected a YAML config file", path);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_usage("{}: cannot open the config file for reading (check its permissions)", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw_usage("{}: error while reading the config file", path);
+  return parse_experiment_config(ss.str(), path, overrides);
+}
+
+void validate(const ModelConfig& m, const std::string& origin) {
+  const Checker c{origin};
+  c.positive(m.vocab_size, "model.vocab_size");
+  c.positive(m.d_model, "model.d_model");
+  c.positive(m.n_layers, "model.n_layers");
+  c.positive(m.n_heads, "model.n_heads");
+  c.positive(m.n_kv_heads, "model.n_kv_heads");
+  c.non_negative(m.head_dim, "model.head_dim");
+  c.positive(m.max_seq_len, "model.max_seq_len");
+  c.positive(m.rope_theta, "model.rope_theta");
+  c.positive(m.rms_norm_eps, "model.rms_norm_eps");
+  c.non_negative(m.init_std, "model.init_std");
+  c.require(m.n_heads % m.n_kv_heads == 0, "model.n_heads",
+            "{} is not a multiple of model.n_kv_heads = {} (grouped-query attention shares each "
+            "kv head among n_heads / n_kv_heads query heads)",
+            m.n_heads, m.n_kv_heads);
+  if (m.head_dim == 0) {
+    c.require(m.d_model % m.n_heads == 0, "model.d_model",
+              "{} is not a multiple of model.n_heads = {} (with model.head_dim = 0 the head size "
+              "is d_model / n_heads; set model.head_dim explicitly otherwise)",
+              m.d_model, m.n_heads);
+  }
+  c.require(m.hd() % 2 == 0, m.head_dim > 0 ? "model.head_dim" : "model.d_model",
+            "the head size {} must be even (RoPE rotates pairs of dimensions)", m.hd());
+  c.require(m.first_dense_layers >= 0 && m.first_dense_layers <= m.n_layers,
+            "model.first_dense_layers", "must be in [0, model.n_layers = {}], got {}", m.n_layers,
+            m.first_dense_layers);
+  if (m.first_dense_layers > 0) c.positive(m.dense_ffn_size, "model.dense_ffn_size");
+  else c.non_negative(m.dense_ffn_size, "model.dense_ffn_size");
+  const MoeConfig& e = m.moe;
+  c.positive(e.n_experts, "model.moe.n_experts");
+  c.require(e.top_k >= 1 && e.top_k <= e.n_experts, "model.moe.top_k",
+            "must be in [1, model.moe.n_experts = {}], got {}", e.n_experts, e.top_k);
+  c.positive(e.expert_size, "model.moe.expert_size");
+  c.non_negative(e.shared_expert_size, "model.moe.shared_expert_size");
+  c.non_negative(e.aux_loss_coef, "model.moe.aux_loss_coef");
+  c.non_negative(e.z_loss_coef, "model.moe.z_loss_coef");
+}
+
+void validate(const ExperimentConfig& cfg, const std::string& origin) {
+  const Checker c{origin};
+  c.require(!cfg.run.name.empty(), "run.name", "must not be empty");
+  validate(cfg.model, origin);
+
+  const TrainConfig& t = cfg.train;
+  c.positive(t.steps, "train.steps");
+  c.positive(t.micro_batch, "train.micro_batch");
+  c.positive(t.seq_len, "train.seq_len");
+  c.require(t.seq_len <= cfg.model.max_seq_len, "train.seq_len",
+            "{} is longer than model.max_seq_len = {}", t.seq_len, cfg.model.max_seq_len);
+  c.positive(t.grad_accum, "train.grad_accum");
+  c.require(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp16",
+            "train.precision", "'{}' is not one of fp32, bf16, fp16", t.precision);
+  c.require(t.precision == "fp32", "train.precision",
+            "{} is not supported yet by this build (fp32 only)", t.precision);
+  c.non_negative(t.seed, "train.seed");
+  c.non_negative(t.threads, "train.threads");
+  c.positive(t.log_interval, "train.log_interval");
+  c.non_negative(t.eval_interval, "train.eval_interval");
+  c.non_negative(t.eval_windows, "train.eval_windows");
+
+  const OptimConfig& o = cfg.optim;
+  c.positive(o.lr, "optim.lr");
+  c.non_negative(o.min_lr, "optim.min_lr");
+  c.require(o.min_lr <= o.lr, "optim.min_lr", "{} is larger than optim.lr = {}", o.min_lr, o.lr);
+  c.non_negative(o.warmup_steps, "optim.warmup_steps");
+  c.non_negative(o.weight_decay, "optim.weight_decay");
+  c.require(o.beta1 >= 0 && o.beta1 < 1, "optim.beta1", "must be in [0, 1), got {}", o.beta1);
+  c.require(o.beta2 >= 0 && o.beta2 < 1, "optim.beta2", "must be in [0, 1), got {}", o.beta2);
+  c.positive(o.eps, "optim.eps");
+  c.non_negative(o.grad_clip, "optim.grad_clip");
+
+  const int64_t ep = cfg.parallel.expert_parallel;
+  c.positive(ep, "parallel.expert_parallel");
+  c.require(cfg.model.moe.n_experts % ep == 0, "parallel.expert_parallel",
+            "{} does not divide model.moe.n_experts = {} (each rank holds n_experts / "
+            "expert_parallel experts)",
+            ep, cfg.model.moe.n_experts);
+}
+
+std::string to_yaml(const ExperimentConfig& cfg) {
+  ExperimentConfig copy = cfg;  // visit() is non-const
+  std::string out;
+  YamlWriter w{out, 0};
+  copy.visit(w);
+  return out;
+}
+
+}  // namespace switchyard::core

@@ -1,0 +1,259 @@
+// core/cpu/dense_kernels.cpp: CPU embedding, RMSNorm, RoPE and cross-entropy kernels.
+// OpenMP over rows (or over column chunks where rows would race), simd inner loops. Row
+// reductions accumulate in double; per-thread partial sums are reduced in thread order so that
+// results are deterministic for a given thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/cpu/cpu_backend.h"
+#include "core/error.h"
+
+namespace switchyard::core {
+namespace {
+
+// exp(x) for float, vectorisable (no libm call): Cephes-style range reduction and a degree-6
+// polynomial, ~2 ulp. Inputs are clamped to [-87.3, 88]; below -87.3 the result is 0.
+inline float exp_approx(float x) {
+  constexpr float kHi = 88.0f, kLo = -87.33654475f;
+  const float xc = std::min(std::max(x, kLo), kHi);
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: rounds to nearest integer
+  const float t = xc * 1.44269504088896341f + kMagic;
+  const float fn = t - kMagic;
+  const int32_t n = std::bit_cast<int32_t>(t) - 0x4B400000;
+  float r = xc - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const float res = p * std::bit_cast<float>((n + 127) << 23);
+  return x < kLo ? 0.0f : res;
+}
+
+// Row max (finite rows assumed; NaN propagates through the sums).
+inline float row_max(const float* x, int64_t n) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+// sum_j exp(x[j] - m), accumulated in double.
+inline double row_sum_exp(const float* x, int64_t n, float m) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += static_cast<double>(exp_approx(x[j] - m));
+  return s;
+}
+
+// cos/sin of t * theta^(-2i/HD) for t < T, i < HD/2, angles in double. Cached per calling thread
+// (the table is filled before the parallel region and only read inside it); rebuilt when the key
+// changes, so several backends or shapes are fine.
+struct RopeTable {
+  int64_t T = -1, HD = -1;
+  float theta = 0;
+  std::vector<float> cos, sin;  // [T, HD/2]
+};
+
+const RopeTable& rope_table(int64_t T, int64_t HD, float theta) {
+  thread_local RopeTable tab;
+  if (tab.T == T && tab.HD == HD && tab.theta == theta) return tab;
+  const int64_t half = HD / 2;
+  tab.cos.resize(static_cast<size_t>(T * half));
+  tab.sin.resize(static_cast<size_t>(T * half));
+  std::vector<double> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[i] = std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / HD);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = static_cast<double>(t) * inv_freq[i];
+      tab.cos[t * half + i] = static_cast<float>(std::cos(a));
+      tab.sin[t * half + i] = static_cast<float>(std::sin(a));
+    }
+  tab.T = T;
+  tab.HD = HD;
+  tab.theta = theta;
+  return tab;
+}
+
+// Rotates the q and k heads of every row of qkv by +angle (sign = 1) or -angle (sign = -1).
+void rope_apply(float* qkv, const AttentionShape& s, float theta, float sign) {
+  SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
+  const int64_t N = s.B * s.T;
+  if (N == 0 || s.HD == 0) return;
+  const RopeTable& tab = rope_table(s.T, s.HD, theta);
+  const int64_t half = s.HD / 2, W = s.qkv_width(), heads = s.NH + s.NKV, T = s.T, HD = s.HD;
+  const float* cos_tab = tab.cos.data();
+  const float* sin_tab = tab.sin.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < N; ++r) {
+    const float* c = cos_tab + (r % T) * half;
+    const float* sn = sin_tab + (r % T) * half;
+    float* row = qkv + r * W;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* x1 = row + h * HD;
+      float* x2 = x1 + half;
+#pragma omp simd
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = x1[i], b = x2[i], si = sign * sn[i];
+        x1[i] = a * c[i] - b * si;
+        x2[i] = b * c[i] + a * si;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- embedding
+
+void CpuBackend::embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
+                                   int64_t C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    std::memcpy(out + n * C, wte + static_cast<int64_t>(tokens[n]) * C,
+                static_cast<size_t>(C) * sizeof(float));
+}
+
+void CpuBackend::embedding_backward(float* dwte, const float* dout, const int32_t* tokens,
+                                    int64_t N, int64_t C) {
+  // Tokens may repeat, so rows of dwte would race. Each thread owns a chunk of columns (a
+  // multiple of 16 floats, i.e. whole cache lines when C is) and walks every token in order:
+  // race-free and bitwise identical to the serial loop.
+  if (N == 0 || C == 0) return;
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t per = ((C + nt - 1) / nt + 15) / 16 * 16;
+    const int64_t c0 = std::min(C, id * per), c1 = std::min(C, c0 + per);
+    if (c0 < c1) {
+      for (int64_t n = 0; n < N; ++n) {
+        float* dst = dwte + static_cast<int64_t>(tokens[n]) * C;
+        const float* src = dout + n * C;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+void CpuBackend::rmsnorm_forward(float* out, float* rstd, const float* x, const float* w,
+                                 int64_t N, int64_t C, float eps) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < N; ++r) {
+    const float* xr = x + r * C;
+    float* o = out + r * C;
+    double ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t c = 0; c < C; ++c) ss += static_cast<double>(xr[c]) * xr[c];
+    const float rs = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(C) + eps));
+    rstd[r] = rs;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] * rs) * w[c];
+  }
+}
+
+void CpuBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x,
+                                  const float* w, const float* rstd, int64_t N, int64_t C) {
+  // y_c = w_c x_c r, r = (mean(x^2) + eps)^-1/2:
+  //   dx_k = r w_k g_k - x_k r^3 / C * sum_c g_c w_c x_c;  dw_c += sum_rows g_c x_c r.
+  // dw: per-thread double partials, reduced in thread order (deterministic).
+  if (N == 0 || C == 0) return;
+  const int64_t max_threads = omp_get_max_threads();
+  std::vector<double> part(static_cast<size_t>(max_threads * C), 0.0);
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads();
+    double* p = part.data() + omp_get_thread_num() * C;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < N; ++r) {
+      const float* xr = x + r * C;
+      const float* g = dout + r * C;
+      float* d = dx + r * C;
+      const float rs = rstd[r];
+      double dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t c = 0; c < C; ++c) dot += static_cast<double>(g[c]) * w[c] * xr[c];
+      const float k = static_cast<float>(dot * rs * rs * rs / static_cast<double>(C));
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        d[c] = rs * (w[c] * g[c]) - k * xr[c];
+        p[c] += static_cast<double>(g[c] * (xr[c] * rs));
+      }
+    }
+    // implicit barrier: all partials are complete
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0;
+      for (int64_t t = 0; t < nt; ++t) s += part[t * C + c];
+      dw[c] += static_cast<float>(s);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- RoPE
+
+void CpuBackend::rope_forward(float* qkv, const AttentionShape& s, float theta) {
+  rope_apply(qkv, s, theta, 1.0f);
+}
+
+void CpuBackend::rope_backward(float* dqkv, const AttentionShape& s, float theta) {
+  rope_apply(dqkv, s, theta, -1.0f);  // the transpose of a rotation is the inverse rotation
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+void CpuBackend::cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                       int64_t N, int64_t V) {
+  for (int64_t i = 0; i < N; ++i)
+    SY_CHECK(targets[i] < V, "cross-entropy target {} at row {} out of range (vocab {})",
+             targets[i], i, V);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    const int32_t t = targets[i];
+    if (t < 0) {
+      losses[i] = 0.0f;
+      continue;
+    }
+    const float* x = logits + i * V;
+    const float m = row_max(x, V);
+    const double lse = static_cast<double>(m) + std::log(row_sum_exp(x, V, m));
+    losses[i] = static_cast<float>(lse - static_cast<double>(x[t]));
+  }
+}
+
+void CpuBackend::cross_entropy_backward(float* dlogits, const float* logits,
+                                        const int32_t* targets, const float* dloss, int64_t N,
+                                        int64_t V) {
+  for (int64_t i = 0; i < N; ++i)
+    SY_CHECK(targets[i] < V, "cross-entropy target {} at row {} out of range (vocab {})",
+             targets[i], i, V);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    const int32_t t = targets[i];
+    float* d = dlogits + i * V;
+    if (t < 0) {
+      std::fill(d, d + V, 0.0f);
+      continue;
+    }
+    const float* x = logits + i * V;  // may alias d: each element is read before it is written
+    const float m = row_max(x, V);
+    const float k = static_cast<float>(static_cast<double>(dloss[i]) / row_sum_exp(x, V, m));
+#pragma omp simd
+    for (int64_t j = 0; j < V; ++j) d[j] = exp_approx(x[j] - m) * k;
+    d[t] -= dloss[i];
+  }
+}
+
+}  // namespace switchyard::core

@@ -1,0 +1,319 @@
+// core/cpu/moe_kernels.cpp: CPU MoE kernels: SwiGLU, sigmoid gate, router softmax/top-k and its
+// backward, routing plan (counting sort), dispatch/combine permutations.
+// Every parallel loop is over rows (tokens or activation rows): each iteration writes only its own
+// rows, so the loops are race-free; dispatch/combine backward iterate over tokens, never slots.
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "core/cpu/cpu_backend.h"
+#include "core/error.h"
+
+namespace switchyard::core {
+
+namespace {
+
+// Below this many elements of work a loop runs on one thread (fork/join costs more than it saves).
+constexpr int64_t kParallelMin = 1 << 14;
+
+// exp(x) in fp32, vectorisable (no libm call): Cody-Waite range reduction x = n ln2 + r and a
+// degree-6 polynomial for exp(r) on |r| <= ln2/2 (Cephes expf coefficients, ~1 ulp). Inputs are
+// clamped to the finite range; NaN propagates.
+inline float fast_exp(float x) {
+  x = x < -87.33654f ? -87.33654f : x;
+  x = x > 88.37626f ? 88.37626f : x;
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^n for n in [-126, 127]: build the exponent bits directly.
+  const int32_t e = static_cast<int32_t>(n) + 127;
+  const float scale = std::bit_cast<float>(static_cast<uint32_t>(e < 1 ? 1 : e) << 23);
+  return p * scale;
+}
+
+inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: h [rows, 2I] = gate | up, out [rows, I] = silu(gate) * up
+// ---------------------------------------------------------------------------------------------
+
+void CpuBackend::swiglu_forward(float* out, const float* h, int64_t rows, int64_t I) {
+#pragma omp parallel for schedule(static) if (rows * I >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = h + r * 2 * I;
+    const float* u = g + I;
+    float* o = out + r * I;
+#pragma omp simd
+    for (int64_t i = 0; i < I; ++i) {
+      const float s = sigmoidf(g[i]);
+      o[i] = g[i] * s * u[i];
+    }
+  }
+}
+
+// d silu(g)/dg = s * (1 + g * (1 - s)), s = sigmoid(g)
+void CpuBackend::swiglu_backward(float* dh, const float* dout, const float* h, int64_t rows,
+                                 int64_t I) {
+#pragma omp parallel for schedule(static) if (rows * I >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = h + r * 2 * I;
+    const float* u = g + I;
+    const float* d = dout + r * I;
+    float* dg = dh + r * 2 * I;
+    float* du = dg + I;
+#pragma omp simd
+    for (int64_t i = 0; i < I; ++i) {
+      const float s = sigmoidf(g[i]);
+      const float silu = g[i] * s;
+      du[i] = d[i] * silu;
+      dg[i] = d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sigmoid gate (shared expert): out[r,:] += sigmoid(logit[r]) * y[r,:]
+// ---------------------------------------------------------------------------------------------
+
+void CpuBackend::sigmoid_gate_forward(float* out, const float* logit, const float* y, int64_t rows,
+                                      int64_t C) {
+#pragma omp parallel for schedule(static) if (rows * C >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = 1.0f / (1.0f + std::exp(-logit[r]));
+    const float* yr = y + r * C;
+    float* o = out + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] += s * yr[c];
+  }
+}
+
+void CpuBackend::sigmoid_gate_backward(float* dy, float* dlogit, const float* dout,
+                                       const float* logit, const float* y, int64_t rows,
+                                       int64_t C) {
+#pragma omp parallel for schedule(static) if (rows * C >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = 1.0f / (1.0f + std::exp(-logit[r]));
+    const float* d = dout + r * C;
+    const float* yr = y + r * C;
+    float* dyr = dy + r * C;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t c = 0; c < C; ++c) {
+      dyr[c] = s * d[c];
+      dot += d[c] * yr[c];
+    }
+    dlogit[r] = s * (1.0f - s) * dot;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// router: softmax (fp32, max-subtracted) -> top-k (descending, ties to the lower index) -> gates
+// ---------------------------------------------------------------------------------------------
+
+void CpuBackend::router_topk(float* probs, float* lse, int32_t* idx, float* gates,
+                             const float* logits, int64_t N, int64_t E, int64_t K,
+                             bool renormalize) {
+  SY_CHECK(K >= 1 && K <= E, "router_topk: K={} must be in [1, E={}]", K, E);
+#pragma omp parallel for schedule(static) if (N * E >= kParallelMin)
+  for (int64_t t = 0; t < N; ++t) {
+    const float* l = logits + t * E;
+    float* p = probs + t * E;
+    float mx = l[0];
+    for (int64_t e = 1; e < E; ++e) mx = std::max(mx, l[e]);
+    float sum = 0.f;
+    for (int64_t e = 0; e < E; ++e) {
+      p[e] = std::exp(l[e] - mx);
+      sum += p[e];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t e = 0; e < E; ++e) p[e] *= inv;
+    lse[t] = mx + std::log(sum);
+
+    // Insertion into a descending list of length K; strict '>' keeps the earlier (lower) index
+    // ahead on ties. Ordered by the probabilities actually stored.
+    int32_t* it = idx + t * K;
+    float* gt = gates + t * K;
+    int64_t filled = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const float v = p[e];
+      if (filled == K && !(v > gt[K - 1])) continue;
+      int64_t j = filled < K ? filled++ : K - 1;
+      while (j > 0 && v > gt[j - 1]) {
+        gt[j] = gt[j - 1];
+        it[j] = it[j - 1];
+        --j;
+      }
+      gt[j] = v;
+      it[j] = static_cast<int32_t>(e);
+    }
+    if (renormalize) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += gt[k];
+      const float is = 1.0f / s;
+      for (int64_t k = 0; k < K; ++k) gt[k] *= is;
+    }
+  }
+}
+
+void CpuBackend::router_backward(float* dlogits, const float* dgates, const float* probs,
+                                 const float* lse, const int32_t* idx, const float* gates,
+                                 const float* dprobs_all, float z_coef, int64_t N, int64_t E,
+                                 int64_t K, bool renormalize) {
+#pragma omp parallel for schedule(static) if (N * E >= kParallelMin)
+  for (int64_t t = 0; t < N; ++t) {
+    const float* p = probs + t * E;
+    const int32_t* it = idx + t * K;
+    const float* dg = dgates + t * K;
+    const float* g = gates + t * K;
+    float* dl = dlogits + t * E;  // holds dL/dprobs first, then is turned into dL/dlogits
+    for (int64_t e = 0; e < E; ++e) dl[e] = dprobs_all ? dprobs_all[e] : 0.f;
+    if (renormalize) {
+      // g_k = p_k / S: dp_k = (dg_k - sum_j dg_j g_j) / S
+      float S = 0.f, sdg = 0.f;
+      for (int64_t k = 0; k < K; ++k) {
+        if (it[k] < 0) continue;
+        S += p[it[k]];
+        sdg += dg[k] * g[k];
+      }
+      if (S > 0.f) {
+        const float iS = 1.0f / S;
+        for (int64_t k = 0; k < K; ++k)
+          if (it[k] >= 0) dl[it[k]] += (dg[k] - sdg) * iS;
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k)
+        if (it[k] >= 0) dl[it[k]] += dg[k];
+    }
+    float dot = 0.f;
+    for (int64_t e = 0; e < E; ++e) dot += p[e] * dl[e];
+    const float zt = z_coef * 2.0f * lse[t];
+    for (int64_t e = 0; e < E; ++e) dl[e] = p[e] * (dl[e] - dot + zt);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// routing plan: counting sort of the slots by expert, stable in slot (= token) order
+// ---------------------------------------------------------------------------------------------
+
+void CpuBackend::route_plan(int32_t* pos, int32_t* expert_offsets, const int32_t* idx, int64_t N,
+                            int64_t E, int64_t K) {
+  const int64_t S = N * K;
+  SY_CHECK(S <= INT32_MAX, "route_plan: {} slots overflow int32", S);
+  std::vector<int32_t> next(static_cast<size_t>(E) + 1, 0);
+  for (int64_t s = 0; s < S; ++s) {
+    const int32_t e = idx[s];
+    if (e < 0) continue;
+    SY_CHECK(e < E, "route_plan: slot {} has expert {} >= E={}", s, e, E);
+    ++next[static_cast<size_t>(e) + 1];
+  }
+  for (int64_t e = 0; e < E; ++e) next[e + 1] += next[e];
+  std::memcpy(expert_offsets, next.data(), sizeof(int32_t) * static_cast<size_t>(E + 1));
+  for (int64_t s = 0; s < S; ++s) {
+    const int32_t e = idx[s];
+    pos[s] = e < 0 ? -1 : next[static_cast<size_t>(e)]++;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dispatch / combine
+// ---------------------------------------------------------------------------------------------
+
+void CpuBackend::dispatch_forward(float* xp, const float* x, const int32_t* pos, int64_t N,
+                                  int64_t K, int64_t C) {
+  // Each slot writes its own row of xp (pos is injective on kept slots): race-free.
+#pragma omp parallel for schedule(static) if (N * K * C >= kParallelMin)
+  for (int64_t s = 0; s < N * K; ++s) {
+    const int32_t p = pos[s];
+    if (p < 0) continue;
+    std::memcpy(xp + static_cast<int64_t>(p) * C, x + (s / K) * C, sizeof(float) * C);
+  }
+}
+
+void CpuBackend::dispatch_backward(float* dx, const float* dxp, const int32_t* pos, int64_t N,
+                                   int64_t K, int64_t C) {
+#pragma omp parallel for schedule(static) if (N * K * C >= kParallelMin)
+  for (int64_t t = 0; t < N; ++t) {
+    float* d = dx + t * C;
+    bool first = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t p = pos[t * K + k];
+      if (p < 0) continue;
+      const float* src = dxp + static_cast<int64_t>(p) * C;
+      if (first) {
+        std::memcpy(d, src, sizeof(float) * C);
+        first = false;
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) d[c] += src[c];
+      }
+    }
+    if (first) std::memset(d, 0, sizeof(float) * C);
+  }
+}
+
+void CpuBackend::combine_forward(float* out, const float* y, const int32_t* pos,
+                                 const float* gates, int64_t N, int64_t K, int64_t C) {
+#pragma omp parallel for schedule(static) if (N * K * C >= kParallelMin)
+  for (int64_t t = 0; t < N; ++t) {
+    float* o = out + t * C;
+    bool first = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t p = pos[t * K + k];
+      if (p < 0) continue;
+      const float g = gates[t * K + k];
+      const float* src = y + static_cast<int64_t>(p) * C;
+      if (first) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] = g * src[c];
+        first = false;
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] += g * src[c];
+      }
+    }
+    if (first) std::memset(o, 0, sizeof(float) * C);
+  }
+}
+
+void CpuBackend::combine_backward(float* dy, float* dgates, const float* dout, const float* y,
+                                  const int32_t* pos, const float* gates, int64_t N, int64_t K,
+                                  int64_t C) {
+#pragma omp parallel for schedule(static) if (N * K * C >= kParallelMin)
+  for (int64_t t = 0; t < N; ++t) {
+    const float* d = dout + t * C;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t s = t * K + k;
+      const int32_t p = pos[s];
+      if (p < 0) {
+        dgates[s] = 0.f;
+        continue;
+      }
+      const float g = gates[s];
+      const float* yr = y + static_cast<int64_t>(p) * C;
+      float* dyr = dy + static_cast<int64_t>(p) * C;
+      float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t c = 0; c < C; ++c) {
+        dyr[c] = g * d[c];
+        dot += d[c] * yr[c];
+      }
+      dgates[s] = dot;
+    }
+  }
+}
+
+}  // namespace switchyard::core

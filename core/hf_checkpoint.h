@@ -1,0 +1,34 @@
+// core/hf_checkpoint.h: Hugging Face Mixtral / Qwen2-MoE checkpoints -> ModelConfig and weights.
+#pragma once
+
+#include <string>
+
+#include "core/config.h"
+#include "core/params.h"
+
+namespace switchyard::core {
+
+// Reads dir/config.json (model_type "mixtral" or "qwen2_moe") into a validated ModelConfig.
+// - mixtral: normalize_topk = true, no qkv bias, no shared expert, no dense layers. A non-null
+//   sliding_window smaller than max_position_embeddings caps max_seq_len at the window (full
+//   causal attention equals sliding-window attention up to that length).
+// - qwen2_moe: qkv_bias = true, norm_topk_prob -> normalize_topk (default false),
+//   shared_expert_intermediate_size -> shared_expert_size (0: none), intermediate_size ->
+//   dense_ffn_size; supported only with decoder_sparse_step = 1 and mlp_only_layers = [0..n-1]
+//   (-> first_dense_layers = n).
+// The size keys (hidden_size, num_hidden_layers, num_attention_heads, vocab_size, the expert
+// count and expert size) are required; other keys default as in transformers. rope_scaling,
+// qwen2_moe's use_sliding_window and a hidden_act other than silu are rejected. Any problem is a
+// usage Error naming the file and key.
+ModelConfig read_hf_config(const std::string& dir);
+
+// Fills host_params (table.total() floats, in arena order) from dir/model.safetensors or, when
+// dir/model.safetensors.index.json exists, from the shards named in its weight_map. Every tensor
+// of the table must be present with its exact shape; a tensor of the checkpoint the table does
+// not know is an error, except "*rotary_emb.inv_freq" buffers, zero-element tensors (with the
+// shared_expert_gate of a zero-sized shared expert) and lm_head.weight when the embeddings are
+// tied. F32/BF16/F16/F64 data is converted to fp32. Problems are usage Errors naming the tensor
+// and the file.
+void load_hf_weights(const std::string& dir, const ParamTable& table, float* host_params);
+
+}  // namespace switchyard::core

@@ -1,0 +1,84 @@
+#include "data/token_source.h"
+
+#include <cstring>
+#include <fstream>
+
+#include "core/error.h"
+#include "data/file_util.h"
+#include "data/hdf5_tokens.h"
+#include "data/llmc_shard.h"
+
+namespace switchyard::data {
+
+namespace {
+
+std::string hex_prefix(const unsigned char* b, int n) {
+  std::string s;
+  for (int i = 0; i < n; ++i) s += fmt::format("{:02x}", b[i]);
+  return s;
+}
+
+}  // namespace
+
+TokenFileFormat detect_token_file_format(const std::string& path) {
+  require_regular_file(path);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_usage("cannot open {} for reading", path);
+  unsigned char b[8] = {};
+  in.read(reinterpret_cast<char*>(b), 8);
+  const auto n = in.gcount();
+  static constexpr unsigned char kSig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  if (n == 8 && std::memcmp(b, kSig, 8) == 0) return TokenFileFormat::TokenFileFormat_hdf5;
+  if (n >= 4) {
+    int32_t magic = static_cast<int32_t>(uint32_t{b[0]} | uint32_t{b[1]} << 8 | uint32_t{b[2]} << 16 |
+                                         uint32_t{b[3]} << 24);
+    if (magic == kLlmcMagicV1 || magic == kLlmcMagicV7) return TokenFileFormat::TokenFileFormat_llmc;
+  }
+  return TokenFileFormat::TokenFileFormat_unknown;
+}
+
+namespace {
+
+[[noreturn]] void throw_unknown_format(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char b[8] = {};
+  in.read(reinterpret_cast<char*>(b), 8);
+  const int n = static_cast<int>(in.gcount());
+  throw_usage("{} is neither a Switchyard HDF5 token file nor an llm.c shard ({}); make a token file "
+              "from text with `switchyard prepare`",
+              path, n == 0 ? std::string("the file is empty") : "it starts with bytes " + hex_prefix(b, n));
+}
+
+}  // namespace
+
+std::unique_ptr<TokenSource> open_token_source(const std::string& path, const std::string& split) {
+  switch (detect_token_file_format(path)) {
+    case TokenFileFormat::TokenFileFormat_hdf5:
+      return std::make_unique<Hdf5TokenSource>(path, split);
+    case TokenFileFormat::TokenFileFormat_llmc:
+      return std::make_unique<LlmcShardSource>(path);
+    case TokenFileFormat::TokenFileFormat_unknown:
+      break;
+  }
+  throw_unknown_format(path);
+}
+
+bool token_file_has_split(const std::string& path, const std::string& split) {
+  switch (detect_token_file_format(path)) {
+    case TokenFileFormat::TokenFileFormat_hdf5: {
+      auto splits = hdf5_token_splits(path);
+      bool present = false;
+      for (auto& s : splits) present |= s == split;
+      if (!present) return false;
+      return Hdf5TokenSource(path, split, /*allow_empty=*/true).size() > 0;
+    }
+    case TokenFileFormat::TokenFileFormat_llmc:
+      LlmcShardSource{path};  // checks the header
+      return split == "train";
+    case TokenFileFormat::TokenFileFormat_unknown:
+      break;
+  }
+  throw_unknown_format(path);
+}
+
+}  // namespace switchyard::data

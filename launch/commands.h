@@ -1,0 +1,30 @@
+// launch/commands.h: the `eval` and `prepare` subcommands (train is in launch/train.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace switchyard::launch {
+
+struct EvalOptions {
+  std::string init_from;    // Hugging Face folder
+  std::string checkpoint;   // run folder written by `switchyard train`
+  std::string data;         // token file
+  std::string split = "valid";
+  int64_t seq_len = 0;      // 0: the model's max_seq_len
+  int64_t batch = 8;
+  int64_t max_windows = 0;  // 0: all
+  int threads = 0;
+};
+// Prints {"loss": ..., "tokens": ...} as one JSON line; returns the exit code.
+int run_eval(const EvalOptions& opts);
+
+struct PrepareCommandOptions {
+  std::vector<std::string> inputs;
+  std::string output;
+  double valid_fraction = 0.05;
+};
+int run_prepare(const PrepareCommandOptions& opts);
+
+}  // namespace switchyard::launch

@@ -1,0 +1,23 @@
+// launch/evaluate.h: mean token loss over consecutive non-overlapping windows of a token source.
+#pragma once
+
+#include <cstdint>
+
+#include "data/token_source.h"
+#include "moe/model.h"
+
+namespace switchyard::launch {
+
+struct EvalResult {
+  double loss = 0;     // mean cross-entropy per predicted token
+  int64_t tokens = 0;  // predicted tokens
+  int64_t windows = 0;
+};
+
+// Windows w = 0, 1, ... of seq_len+1 tokens in file order ([w*(T+1), (w+1)*(T+1))), evaluated in
+// batches of up to `batch` windows; max_windows <= 0 means all of them. Only the cross-entropy
+// counts (balancing losses are a training signal, not part of the evaluation loss).
+EvalResult evaluate(moe::Model& model, const data::TokenSource& source, int64_t seq_len,
+                    int64_t batch, int64_t max_windows);
+
+}  // namespace switchyard::launch

@@ -1,0 +1,58 @@
+#include "launch/metrics.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace switchyard::launch {
+
+MetricsWriter::MetricsWriter(const std::string& path) {
+  f_ = std::fopen(path.c_str(), "a");
+  if (!f_) throw_usage("cannot open {} for writing: check that the run folder is writable", path);
+}
+MetricsWriter::~MetricsWriter() {
+  if (f_) std::fclose(f_);
+}
+void MetricsWriter::write(const nlohmann::json& record) {
+  const std::string line = record.dump() + "\n";
+  std::fwrite(line.data(), 1, line.size(), f_);
+  std::fflush(f_);
+}
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const auto total = static_cast<int64_t>(std::llround(s));
+  if (total >= 3600) return fmt::format("{}h{:02d}m", total / 3600, (total / 60) % 60);
+  if (total >= 60) return fmt::format("{}m{:02d}s", total / 60, total % 60);
+  return fmt::format("{}s", total);
+}
+
+Progress::Progress(int64_t total_steps, int64_t interval)
+    : total_(total_steps), interval_(interval > 0 ? interval : 1), tty_(isatty(STDOUT_FILENO) != 0) {}
+
+void Progress::update(int64_t step, double loss, double lr, double tokens_per_s, double sec_per_step) {
+  if (!tty_ && step % interval_ != 0 && step != total_ && step != 1) return;
+  const std::string tps = tokens_per_s >= 1000 ? fmt::format("{:.1f}k", tokens_per_s / 1000)
+                                               : fmt::format("{:.0f}", tokens_per_s);
+  const std::string line =
+      fmt::format("step {}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | ETA {}", step, total_, loss, lr,
+                  tps, format_duration(sec_per_step * static_cast<double>(total_ - step)));
+  if (tty_) {
+    fmt::print("\r{:<90}", line);
+    open_line_ = true;
+  } else {
+    fmt::print("{}\n", line);
+  }
+  std::fflush(stdout);
+}
+
+void Progress::finish() {
+  if (open_line_) fmt::print("\n");
+  open_line_ = false;
+  std::fflush(stdout);
+}
+
+}  // namespace switchyard::launch

@@ -1,0 +1,189 @@
+// launch/train.cpp: the training loop.
+#include "launch/train.h"
+
+#include <fmt/format.h>
+#include <mpi.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/error.h"
+#include "data/sampler.h"
+#include "data/token_source.h"
+#include "launch/evaluate.h"
+#include "launch/metrics.h"
+#include "launch/model_io.h"
+#include "moe/model.h"
+#include "optim/adamw.h"
+#include "optim/lr_schedule.h"
+#include "parallel/collectives.h"
+
+namespace switchyard::launch {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+int choose_threads(const core::TrainConfig& t, int world) {
+  if (t.threads > 0) return static_cast<int>(t.threads);
+  if (const char* env = std::getenv("OMP_NUM_THREADS"); env && std::atoi(env) > 0) return std::atoi(env);
+  return std::max(1, omp_get_num_procs() / world);
+}
+
+std::string run_folder(const core::ExperimentConfig& cfg, const TrainOptions& opts) {
+  if (!opts.run_dir.empty()) return opts.run_dir;
+  if (!cfg.run.dir.empty()) return cfg.run.dir;
+  return (fs::path("runs") / cfg.run.name).string();
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+  if (!f) throw_usage("cannot write {}: check that the run folder is writable", path.string());
+}
+
+}  // namespace
+
+int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
+  core::ExperimentConfig cfg = core::load_experiment_config(opts.config_path, opts.overrides);
+  const bool rank0 = mpi.rank() == 0;
+  LoadedModel init;
+  if (!opts.init_from.empty()) {
+    init = load_hf_model(opts.init_from);
+    // The architecture comes from the checkpoint; balancing-loss coefficients from the config.
+    const core::MoeConfig losses = cfg.model.moe;
+    cfg.model = init.config;
+    cfg.model.moe.aux_loss_coef = losses.aux_loss_coef;
+    cfg.model.moe.z_loss_coef = losses.z_loss_coef;
+    core::validate(cfg, opts.config_path + " with --init-from " + opts.init_from);
+  }
+  if (cfg.parallel.expert_parallel != 1)
+    throw_usage("{}: parallel.expert_parallel={} needs expert-parallel training, which this build "
+                "does not have yet; use 1 (every rank holds all experts, data parallel)",
+                opts.config_path, cfg.parallel.expert_parallel);
+  if (cfg.train.precision != "fp32")
+    throw_usage("{}: train.precision={} is not available in this build; use fp32", opts.config_path,
+                cfg.train.precision);
+
+  const int threads = choose_threads(cfg.train, mpi.size());
+  auto backend = core::make_cpu_backend(threads);
+  const int64_t B = cfg.train.micro_batch, T = cfg.train.seq_len, accum = cfg.train.grad_accum;
+
+  // ---- data ----
+  auto train_src = data::open_token_source(cfg.data.train, "train");
+  std::unique_ptr<data::TokenSource> valid_src;
+  if (!cfg.data.valid.empty()) valid_src = data::open_token_source(cfg.data.valid, "valid");
+  else if (data::token_file_has_split(cfg.data.train, "valid")) valid_src = data::open_token_source(cfg.data.train, "valid");
+  data::WindowSampler sampler(*train_src, T, cfg.model.vocab_size, static_cast<uint64_t>(cfg.train.seed),
+                              mpi.rank(), mpi.size(), accum);
+
+  // ---- model and optimizer ----
+  moe::Model model(*backend, cfg.model, B, T);
+  if (!init.params.empty()) model.set_params_from_host(init.params.data());
+  else model.init_random(static_cast<uint64_t>(cfg.train.seed));
+  optim::AdamW adamw(*backend, model.table(), cfg.optim);
+
+  // ---- run folder ----
+  const fs::path dir = run_folder(cfg, opts);
+  if (rank0) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) throw_usage("cannot create run folder {}: {}", dir.string(), ec.message());
+    write_text(dir / "config.yaml", core::to_yaml(cfg));
+    fs::remove(dir / "metrics.jsonl");
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  std::unique_ptr<MetricsWriter> metrics;
+  if (rank0) metrics = std::make_unique<MetricsWriter>((dir / "metrics.jsonl").string());
+  if (rank0) {
+    fmt::print("switchyard train: {} parameters ({} layers, {} experts top-{}), {} rank(s) x {} "
+               "thread(s), global batch {} x {} tokens, run folder {}\n",
+               model.num_params(), cfg.model.n_layers, cfg.model.moe.n_experts, cfg.model.moe.top_k,
+               mpi.size(), threads, B * accum * mpi.size(), T, dir.string());
+    std::fflush(stdout);
+  }
+
+  auto run_eval = [&](int64_t step) {
+    if (!valid_src) return;
+    EvalResult e = evaluate(model, *valid_src, T, B, cfg.train.eval_windows);
+    if (rank0) {
+      fmt::print("eval step {}: loss {:.4f} over {} tokens\n", step, e.loss, e.tokens);
+      metrics->write({{"step", step}, {"eval_loss", e.loss}, {"eval_tokens", e.tokens}});
+    }
+  };
+
+  Progress progress(cfg.train.steps, cfg.train.log_interval);
+  std::vector<int32_t> tokens(static_cast<size_t>(B * T)), targets(tokens.size());
+  const int64_t E = cfg.model.moe.n_experts;
+  double avg_step_s = 0;
+  for (int64_t step = 0; step < cfg.train.steps; ++step) {
+    const auto t0 = Clock::now();
+    model.zero_grads();
+    // loss, ce, aux, z, tokens summed over the window and the ranks
+    std::vector<double> sums(5, 0.0);
+    std::vector<int64_t> counts(static_cast<size_t>(model.num_moe_layers() * E), 0);
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      sampler.next_batch(step, micro, B, tokens.data(), targets.data());
+      const auto f = model.forward(tokens.data(), targets.data(), B, T);
+      model.backward(1.0f / static_cast<float>(accum * mpi.size()));
+      sums[0] += f.loss; sums[1] += f.ce; sums[2] += f.aux; sums[3] += f.z;
+      sums[4] += static_cast<double>(f.tokens);
+      const auto c = model.expert_counts();
+      for (size_t l = 0; l < c.size(); ++l)
+        for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
+    }
+    // gradients reduced once per optimizer step (data parallel: every parameter is replicated)
+    parallel::allreduce_sum(model.grads(), model.num_params(), MPI_COMM_WORLD);
+    parallel::allreduce_sum(sums.data(), 5, MPI_COMM_WORLD);
+    parallel::allreduce_sum(counts.data(), static_cast<int64_t>(counts.size()), MPI_COMM_WORLD);
+    const double grad_norm = optim::clip_grad_norm(*backend, model.grads(), model.num_params(), cfg.optim.grad_clip);
+    const double lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
+    adamw.step(model.params(), model.grads(), lr);
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    avg_step_s = step == 0 ? seconds : 0.9 * avg_step_s + 0.1 * seconds;
+
+    const double n_mb = static_cast<double>(accum * mpi.size());
+    const double loss = sums[0] / n_mb;
+    const double tokens_per_s = sums[4] / seconds;
+    if (!std::isfinite(loss))
+      throw_usage("training diverged at step {}: loss is {}; lower optim.lr or raise optim.warmup_steps",
+                  step + 1, loss);
+    if (rank0) {
+      nlohmann::json load = nlohmann::json::array();
+      for (int64_t l = 0; l < model.num_moe_layers(); ++l) {
+        int64_t total = 0;
+        for (int64_t e = 0; e < E; ++e) total += counts[l * E + e];
+        nlohmann::json row = nlohmann::json::array();
+        for (int64_t e = 0; e < E; ++e)
+          row.push_back(total ? static_cast<double>(counts[l * E + e]) / static_cast<double>(total) : 0.0);
+        load.push_back(row);
+      }
+      metrics->write({{"step", step + 1}, {"loss", loss}, {"ce", sums[1] / n_mb}, {"aux_loss", sums[2] / n_mb},
+                      {"z_loss", sums[3] / n_mb}, {"lr", lr}, {"grad_norm", grad_norm},
+                      {"tokens_per_s", tokens_per_s}, {"step_ms", seconds * 1e3}, {"expert_load", load}});
+      progress.update(step + 1, loss, lr, tokens_per_s, avg_step_s);
+    }
+    if (cfg.train.eval_interval > 0 && (step + 1) % cfg.train.eval_interval == 0 && step + 1 < cfg.train.steps) {
+      progress.finish();
+      run_eval(step + 1);
+    }
+  }
+  progress.finish();
+  run_eval(cfg.train.steps);
+  if (rank0) {
+    std::vector<float> host(static_cast<size_t>(model.num_params()));
+    model.params_to_host(host.data());
+    save_hf_model((dir / "model").string(), cfg.model, model.table(), host.data());
+    fmt::print("switchyard train: done; metrics in {}, weights in {}\n", (dir / "metrics.jsonl").string(),
+               (dir / "model").string());
+  }
+  return 0;
+}
+
+}  // namespace switchyard::launch

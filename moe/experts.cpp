@@ -1,0 +1,56 @@
+// moe/experts.cpp: grouped SwiGLU over the experts' contiguous row segments.
+#include "moe/experts.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/ffn.h"
+
+namespace switchyard::moe {
+
+Experts::Experts(const core::ParamTable& table, const std::string& prefix, bool qwen_names,
+                 int64_t E, int64_t C, int64_t I)
+    : E_(E), C_(C), I_(I) {
+  off_gate_up_.resize(static_cast<size_t>(E));
+  off_down_.resize(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    const std::string x = fmt::format("{}experts.{}.", prefix, e);
+    const auto& g = table.at(x + (qwen_names ? "gate_proj.weight" : "w1.weight"));
+    const auto& u = table.at(x + (qwen_names ? "up_proj.weight" : "w3.weight"));
+    const auto& d = table.at(x + (qwen_names ? "down_proj.weight" : "w2.weight"));
+    SY_CHECK(g.numel == I * C && u.numel == I * C && d.numel == C * I,
+             "expert {} weights have unexpected sizes ({}, {}, {}) for I={} C={}", x, g.numel,
+             u.numel, d.numel, I, C);
+    SY_CHECK(u.offset == g.offset + I * C,
+             "expert {}: gate and up weights must be adjacent in the arena", x);
+    off_gate_up_[static_cast<size_t>(e)] = g.offset;
+    off_down_[static_cast<size_t>(e)] = d.offset;
+  }
+}
+
+void Experts::forward(core::Backend& be, float* y, float* h, float* a, const float* xp,
+                      const int32_t* offsets, const float* params) const {
+  for (int64_t e = 0; e < E_; ++e) {
+    const int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
+    if (n == 0) continue;
+    core::ffn_forward(be, y + r0 * C_, h + r0 * 2 * I_, a + r0 * I_, xp + r0 * C_, n, C_, I_,
+                      params + off_gate_up_[static_cast<size_t>(e)],
+                      params + off_down_[static_cast<size_t>(e)]);
+  }
+}
+
+void Experts::backward(core::Backend& be, float* dxp, float* grads, const float* dy,
+                       const float* xp, const float* h, const float* a, const int32_t* offsets,
+                       const float* params, float* scratch_dh, float* scratch_da) const {
+  for (int64_t e = 0; e < E_; ++e) {
+    const int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
+    if (n == 0) continue;
+    const size_t ue = static_cast<size_t>(e);
+    core::ffn_backward(be, dxp + r0 * C_, /*accumulate_dx=*/false, grads + off_gate_up_[ue],
+                       grads + off_down_[ue], dy + r0 * C_, xp + r0 * C_, h + r0 * 2 * I_,
+                       a + r0 * I_, n, C_, I_, params + off_gate_up_[ue], params + off_down_[ue],
+                       scratch_dh + r0 * 2 * I_, scratch_da + r0 * I_);
+  }
+}
+
+}  // namespace switchyard::moe

@@ -1,0 +1,224 @@
+// moe/model.cpp: the MoE transformer's forward and backward over the backend.
+#include "moe/model.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/ffn.h"
+#include "core/rng.h"
+
+namespace switchyard::moe {
+
+using core::ParamKind;
+
+struct Model::Layer {
+  int index = 0;
+  bool is_moe = false;
+  int64_t off_ln1 = 0, off_ln2 = 0;
+  int64_t off_gate_up = -1, off_down = -1;  // dense FFN only
+  int64_t F = 0;                             // dense FFN width
+  float *x_in = nullptr, *ln1 = nullptr, *rstd1 = nullptr, *x_mid = nullptr, *ln2 = nullptr,
+        *rstd2 = nullptr;
+  float *h = nullptr, *a = nullptr;            // dense FFN saved activations
+  float *dh = nullptr, *da = nullptr;          // dense FFN scratch
+  std::unique_ptr<core::AttentionLayer> attn;
+  std::unique_ptr<MoeLayer> moe;
+};
+
+float* Model::alloc_floats(int64_t n) {
+  auto* p = static_cast<float*>(be_.alloc(static_cast<size_t>(n) * sizeof(float)));
+  buffers_.push_back(p);
+  return p;
+}
+
+Model::Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch, int64_t max_seq)
+    : be_(be), cfg_(cfg), table_(core::make_param_table(cfg)), max_tokens_(max_batch * max_seq) {
+  params_ = core::Arena(be_, table_.total());
+  grads_ = core::Arena(be_, table_.total());
+  const int64_t N = max_tokens_, C = cfg.d_model, V = cfg.vocab_size;
+  for (int l = 0; l < static_cast<int>(cfg.n_layers); ++l) {
+    auto L = std::make_unique<Layer>();
+    const std::string p = fmt::format("model.layers.{}.", l);
+    L->index = l;
+    L->is_moe = cfg.is_moe_layer(l);
+    L->off_ln1 = table_.at(p + "input_layernorm.weight").offset;
+    L->off_ln2 = table_.at(p + "post_attention_layernorm.weight").offset;
+    L->x_in = alloc_floats(N * C);
+    L->ln1 = alloc_floats(N * C);
+    L->rstd1 = alloc_floats(N);
+    L->x_mid = alloc_floats(N * C);
+    L->ln2 = alloc_floats(N * C);
+    L->rstd2 = alloc_floats(N);
+    L->attn = std::make_unique<core::AttentionLayer>(be_, cfg, table_, l, N);
+    if (L->is_moe) {
+      L->moe = std::make_unique<MoeLayer>(be_, cfg, table_, l, N);
+      ++n_moe_;
+    } else {
+      L->F = cfg.dense_ffn_size;
+      L->off_gate_up = table_.at(p + "mlp.gate_proj.weight").offset;
+      L->off_down = table_.at(p + "mlp.down_proj.weight").offset;
+      L->h = alloc_floats(N * 2 * L->F);
+      L->a = alloc_floats(N * L->F);
+      L->dh = alloc_floats(N * 2 * L->F);
+      L->da = alloc_floats(N * L->F);
+    }
+    layers_.push_back(std::move(L));
+  }
+  x_final_ = alloc_floats(N * C);
+  lnf_ = alloc_floats(N * C);
+  lnf_rstd_ = alloc_floats(N);
+  logits_ = alloc_floats(N * V);
+  dlogits_ = alloc_floats(N * V);
+  losses_ = alloc_floats(N);
+  dloss_ = alloc_floats(N);
+  dresid_ = alloc_floats(N * C);
+  dtmp_ = alloc_floats(N * C);
+  dln_ = alloc_floats(N * C);
+  tokens_ = static_cast<int32_t*>(be_.alloc(static_cast<size_t>(N) * sizeof(int32_t)));
+  targets_ = static_cast<int32_t*>(be_.alloc(static_cast<size_t>(N) * sizeof(int32_t)));
+}
+
+Model::~Model() {
+  layers_.clear();
+  for (float* p : buffers_) be_.release(p);
+  be_.release(tokens_);
+  be_.release(targets_);
+}
+
+void Model::init_random(uint64_t seed) {
+  std::vector<float> host(static_cast<size_t>(table_.total()));
+  const double out_scale = 1.0 / std::sqrt(2.0 * static_cast<double>(cfg_.n_layers));
+  for (const auto& p : table_.specs()) {
+    float* dst = host.data() + p.offset;
+    if (p.kind == ParamKind::ParamKind_norm) {
+      std::fill(dst, dst + p.numel, 1.0f);
+      continue;
+    }
+    if (p.kind == ParamKind::ParamKind_bias) {
+      std::fill(dst, dst + p.numel, 0.0f);
+      continue;
+    }
+    double std = cfg_.init_std;
+    const bool output_proj = p.name.ends_with("o_proj.weight") || p.name.ends_with("down_proj.weight") ||
+                             p.name.ends_with(".w2.weight");
+    if (output_proj) std *= out_scale;
+    const uint64_t key = core::rng_key(seed, std::hash<std::string>{}(p.name));
+    for (int64_t i = 0; i < p.numel; ++i) dst[i] = static_cast<float>(std * core::rng_normal(key, i));
+  }
+  set_params_from_host(host.data());
+}
+
+void Model::set_params_from_host(const float* host) {
+  be_.copy_from_host(params_.data(), host, static_cast<size_t>(table_.total()) * sizeof(float));
+}
+
+void Model::params_to_host(float* host) const {
+  be_.copy_to_host(host, params_.data(), static_cast<size_t>(table_.total()) * sizeof(float));
+}
+
+ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T) {
+  const int64_t N = B * T, C = cfg_.d_model, V = cfg_.vocab_size;
+  if (N > max_tokens_ || T > cfg_.max_seq_len)
+    throw_internal("model forward: batch {}x{} exceeds the allocated {} tokens or max_seq_len {}",
+                   B, T, max_tokens_, cfg_.max_seq_len);
+  B_ = B;
+  T_ = T;
+  const float* P = params_.data();
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  be_.copy_from_host(tokens_, tokens, static_cast<size_t>(N) * sizeof(int32_t));
+  be_.copy_from_host(targets_, targets, static_cast<size_t>(N) * sizeof(int32_t));
+  for (int64_t i = 0; i < N; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw_usage("token {} at position {} is outside the model's vocabulary [0, {})", tokens[i], i, V);
+
+  be_.embedding_forward(layers_.empty() ? x_final_ : layers_[0]->x_in, tokens_,
+                        P + table_.at("model.embed_tokens.weight").offset, N, C);
+  ForwardResult r;
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    Layer& L = *layers_[li];
+    float* x_out = li + 1 < layers_.size() ? layers_[li + 1]->x_in : x_final_;
+    be_.rmsnorm_forward(L.ln1, L.rstd1, L.x_in, P + L.off_ln1, N, C, eps);
+    L.attn->forward(dtmp_, L.ln1, P, B, T);
+    be_.add(L.x_mid, L.x_in, dtmp_, N * C);
+    be_.rmsnorm_forward(L.ln2, L.rstd2, L.x_mid, P + L.off_ln2, N, C, eps);
+    if (L.is_moe) {
+      L.moe->forward(dtmp_, L.ln2, P, N);
+      r.aux += L.moe->stats().aux_loss;
+      r.z += L.moe->stats().z_loss;
+    } else {
+      core::ffn_forward(be_, dtmp_, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down);
+    }
+    be_.add(x_out, L.x_mid, dtmp_, N * C);
+  }
+  be_.rmsnorm_forward(lnf_, lnf_rstd_, x_final_, P + table_.at("model.norm.weight").offset, N, C, eps);
+  const float* w_head = P + table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
+  be_.gemm(false, true, N, V, C, 1.0f, lnf_, C, w_head, C, 0.0f, logits_, V);
+  be_.cross_entropy_forward(losses_, logits_, targets_, N, V);
+
+  std::vector<float> losses(static_cast<size_t>(N));
+  be_.copy_to_host(losses.data(), losses_, losses.size() * sizeof(float));
+  double sum = 0;
+  counted_ = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (targets[i] < 0) continue;
+    sum += losses[static_cast<size_t>(i)];
+    ++counted_;
+  }
+  r.tokens = counted_;
+  r.ce = counted_ ? sum / static_cast<double>(counted_) : 0.0;
+  if (n_moe_ > 0) {
+    r.aux /= static_cast<double>(n_moe_);
+    r.z /= static_cast<double>(n_moe_);
+  }
+  r.loss = r.ce + cfg_.moe.aux_loss_coef * r.aux + cfg_.moe.z_loss_coef * r.z;
+  return r;
+}
+
+void Model::backward(float grad_scale) {
+  const int64_t N = B_ * T_, C = cfg_.d_model, V = cfg_.vocab_size;
+  SY_CHECK(N > 0, "backward() without a forward()");
+  const float* P = params_.data();
+  float* G = grads_.data();
+
+  // d(mean CE)/d(loss_i) = 1/counted for counted targets (the CE kernel ignores the others)
+  std::vector<float> dloss(static_cast<size_t>(N), counted_ ? grad_scale / static_cast<float>(counted_) : 0.f);
+  be_.copy_from_host(dloss_, dloss.data(), dloss.size() * sizeof(float));
+  be_.cross_entropy_backward(dlogits_, logits_, targets_, dloss_, N, V);
+
+  const auto& head = table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  be_.gemm(false, false, N, C, V, 1.0f, dlogits_, V, P + head.offset, C, 0.0f, dln_, C);
+  be_.gemm(true, false, V, C, N, 1.0f, dlogits_, V, lnf_, C, 1.0f, G + head.offset, C);
+  const int64_t off_norm = table_.at("model.norm.weight").offset;
+  be_.rmsnorm_backward(dresid_, G + off_norm, dln_, x_final_, P + off_norm, lnf_rstd_, N, C);
+
+  const float d_aux = n_moe_ ? static_cast<float>(cfg_.moe.aux_loss_coef / n_moe_) * grad_scale : 0.f;
+  const float d_z = n_moe_ ? static_cast<float>(cfg_.moe.z_loss_coef / n_moe_) * grad_scale : 0.f;
+  for (size_t li = layers_.size(); li-- > 0;) {
+    Layer& L = *layers_[li];
+    // x_out = x_mid + ffn(ln2(x_mid)); dresid holds d x_out
+    if (L.is_moe) {
+      L.moe->backward(dln_, dresid_, L.ln2, P, G, N, d_aux, d_z);
+    } else {
+      core::ffn_backward(be_, dln_, false, G + L.off_gate_up, G + L.off_down, dresid_, L.ln2, L.h,
+                         L.a, N, C, L.F, P + L.off_gate_up, P + L.off_down, L.dh, L.da);
+    }
+    be_.rmsnorm_backward(dtmp_, G + L.off_ln2, dln_, L.x_mid, P + L.off_ln2, L.rstd2, N, C);
+    be_.axpy(dresid_, 1.0f, dtmp_, N * C);  // d x_mid
+    // x_mid = x_in + attn(ln1(x_in))
+    L.attn->backward(dln_, dresid_, L.ln1, P, G, B_, T_);
+    be_.rmsnorm_backward(dtmp_, G + L.off_ln1, dln_, L.x_in, P + L.off_ln1, L.rstd1, N, C);
+    be_.axpy(dresid_, 1.0f, dtmp_, N * C);  // d x_in
+  }
+  be_.embedding_backward(G + table_.at("model.embed_tokens.weight").offset, dresid_, tokens_, N, C);
+}
+
+std::vector<std::vector<int64_t>> Model::expert_counts() const {
+  std::vector<std::vector<int64_t>> out;
+  for (const auto& L : layers_)
+    if (L->is_moe) out.push_back(L->moe->stats().expert_counts);
+  return out;
+}
+
+}  // namespace switchyard::moe

@@ -1,0 +1,85 @@
+// moe/model.h: the MoE transformer (Mixtral / Qwen2-MoE family) with explicit forward and backward.
+//   embedding -> [ RMSNorm -> attention -> + -> RMSNorm -> MoE (or dense) FFN -> + ] x L
+//             -> RMSNorm -> LM head -> cross-entropy (+ balancing losses)
+// Parameters and gradients live in two arenas carved by the ParamTable (Hugging Face names).
+// backward() ACCUMULATES parameter gradients (+=) so micro-batches of an accumulation window add up;
+// the trainer zeroes them once per optimizer step.
+//
+// Loss = mean CE over the micro-batch's targets + aux_loss_coef * mean_l aux_l + z_loss_coef *
+// mean_l z_l, the means over MoE layers (aux_l and z_l are defined in moe/moe_layer.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/attention_layer.h"
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/params.h"
+#include "moe/moe_layer.h"
+
+namespace switchyard::moe {
+
+struct ForwardResult {
+  double loss = 0;  // total: ce + weighted balancing losses
+  double ce = 0;    // mean cross-entropy over counted targets
+  double aux = 0;   // mean over MoE layers of aux_l
+  double z = 0;     // mean over MoE layers of z_l
+  int64_t tokens = 0;  // targets counted (targets < 0 are ignored)
+};
+
+class Model {
+ public:
+  // Activations are sized for micro-batches of up to max_batch sequences of max_seq tokens.
+  Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch, int64_t max_seq);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const core::ModelConfig& config() const { return cfg_; }
+  const core::ParamTable& table() const { return table_; }
+  core::Backend& backend() const { return be_; }
+  float* params() const { return params_.data(); }
+  float* grads() const { return grads_.data(); }
+  int64_t num_params() const { return table_.total(); }
+
+  // Normal(0, init_std) linear weights and embeddings (output projections scaled by
+  // 1/sqrt(2*n_layers)), norms 1, biases 0; a pure function of (seed, tensor name, element).
+  void init_random(uint64_t seed);
+  void set_params_from_host(const float* host);  // table().total() floats
+  void params_to_host(float* host) const;
+
+  // tokens, targets: host arrays [B*T]. Keeps the activations for backward().
+  ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
+  // Adds grad_scale * d(loss)/d(params) to grads() for the last forward.
+  void backward(float grad_scale = 1.0f);
+  void zero_grads() { grads_.zero(); }
+
+  // Logits [B*T, V] of the last forward (device pointer).
+  const float* logits() const { return logits_; }
+  // Routing slots per expert of each MoE layer in the last forward: [n_moe_layers][E].
+  std::vector<std::vector<int64_t>> expert_counts() const;
+  int64_t num_moe_layers() const { return n_moe_; }
+
+ private:
+  struct Layer;
+  core::Backend& be_;
+  core::ModelConfig cfg_;
+  core::ParamTable table_;
+  core::Arena params_, grads_;
+  int64_t max_tokens_;
+  int64_t n_moe_ = 0;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  // activations (device): residual stream inputs per layer, final norm, logits, losses
+  std::vector<float*> buffers_;
+  float *x_final_ = nullptr, *lnf_ = nullptr, *lnf_rstd_ = nullptr, *logits_ = nullptr, *losses_ = nullptr;
+  float *dlogits_ = nullptr, *dresid_ = nullptr, *dtmp_ = nullptr, *dln_ = nullptr;
+  float* dloss_ = nullptr;
+  int32_t *tokens_ = nullptr, *targets_ = nullptr;
+  int64_t B_ = 0, T_ = 0;
+  int64_t counted_ = 0;
+  float* alloc_floats(int64_t n);
+};
+
+}  // namespace switchyard::moe

@@ -1,0 +1,54 @@
+// moe/router.cpp: router GEMMs around the backend's softmax/top-k kernels; balancing-loss math.
+#include "moe/router.h"
+
+#include "core/error.h"
+
+namespace switchyard::moe {
+
+Router::Router(int64_t C, int64_t E, int64_t K, bool renormalize, int64_t w_offset)
+    : C_(C), E_(E), K_(K), renormalize_(renormalize), w_offset_(w_offset) {
+  SY_CHECK(E >= 1 && K >= 1 && K <= E, "router: need 1 <= top_k ({}) <= n_experts ({})", K, E);
+}
+
+void Router::forward(core::Backend& be, float* logits, float* probs, float* lse, int32_t* idx,
+                     float* gates, const float* x, const float* params, int64_t N) const {
+  if (N == 0) return;
+  const float* wr = params + w_offset_;
+  // logits [N,E] = x [N,C] Wr^T
+  be.gemm(false, true, N, E_, C_, 1.0f, x, C_, wr, C_, 0.0f, logits, E_);
+  be.router_topk(probs, lse, idx, gates, logits, N, E_, K_, renormalize_);
+}
+
+void Router::backward(core::Backend& be, float* dx, float* grads, float* dlogits,
+                      const float* dgates, const float* probs, const float* lse,
+                      const int32_t* idx, const float* gates, const float* dprobs_all,
+                      float z_coef, const float* x, const float* params, int64_t N) const {
+  if (N == 0) return;
+  be.router_backward(dlogits, dgates, probs, lse, idx, gates, dprobs_all, z_coef, N, E_, K_,
+                     renormalize_);
+  // dWr [E,C] += dlogits^T x
+  be.gemm(true, false, E_, C_, N, 1.0f, dlogits, E_, x, C_, 1.0f, grads + w_offset_, C_);
+  // dx [N,C] += dlogits Wr
+  be.gemm(false, false, N, C_, E_, 1.0f, dlogits, E_, params + w_offset_, C_, 1.0f, dx, C_);
+}
+
+double aux_loss(const std::vector<int64_t>& counts, const std::vector<double>& prob_sums,
+                int64_t N) {
+  if (N == 0) return 0.0;
+  const double E = static_cast<double>(counts.size());
+  double s = 0;
+  for (size_t e = 0; e < counts.size(); ++e)
+    s += static_cast<double>(counts[e]) / N * (prob_sums[e] / N);
+  return E * s;
+}
+
+void aux_loss_dprobs(std::vector<float>& out, const std::vector<int64_t>& counts, int64_t N,
+                     double d_aux) {
+  out.resize(counts.size());
+  const double E = static_cast<double>(counts.size());
+  for (size_t e = 0; e < counts.size(); ++e)
+    out[e] = N == 0 ? 0.f
+                    : static_cast<float>(d_aux * E * static_cast<double>(counts[e]) / N / N);
+}
+
+}  // namespace switchyard::moe

@@ -1,0 +1,40 @@
+#include "optim/adamw.h"
+
+#include <cmath>
+
+namespace switchyard::optim {
+
+AdamW::AdamW(core::Backend& be, const core::ParamTable& table, const core::OptimConfig& cfg)
+    : be_(be), cfg_(cfg), m_(be, table.total()), v_(be, table.total()) {
+  for (const auto& p : table.specs()) {
+    const bool decays = core::param_decays(p, cfg);
+    if (!runs_.empty() && runs_.back().second == decays && runs_.back().first.second == p.offset)
+      runs_.back().first.second = p.offset + p.numel;
+    else
+      runs_.push_back({{p.offset, p.offset + p.numel}, decays});
+  }
+}
+
+void AdamW::step(float* params, const float* grads, double lr) {
+  ++t_;
+  const float bc1 = static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(t_)));
+  const float bc2 = static_cast<float>(1.0 - std::pow(cfg_.beta2, static_cast<double>(t_)));
+  for (const auto& [range, decays] : runs_) {
+    const int64_t b = range.first, n = range.second - range.first;
+    be_.adamw_update(params + b, grads + b, m_.data() + b, v_.data() + b, n, static_cast<float>(lr),
+                     static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
+                     static_cast<float>(cfg_.eps), decays ? static_cast<float>(cfg_.weight_decay) : 0.f,
+                     bc1, bc2);
+  }
+}
+
+double clip_grad_norm(core::Backend& be, float* grads, int64_t n, double max_norm) {
+  const double norm = std::sqrt(be.sum_squares(grads, n));
+  if (max_norm > 0 && std::isfinite(norm)) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) be.scale(grads, static_cast<float>(coef), n);
+  }
+  return norm;
+}
+
+}  // namespace switchyard::optim

@@ -1,0 +1,40 @@
+// optim/adamw.h: AdamW with decoupled weight decay over the parameter arena, and global
+// gradient-norm clipping. Which tensors decay is decided by the spec table's kinds and the
+// optimizer flags (core::param_decays), never by position. Moments live in two arenas with the
+// parameters' layout, so the optimizer step is one kernel call per run of same-decay tensors.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/params.h"
+
+namespace switchyard::optim {
+
+class AdamW {
+ public:
+  AdamW(core::Backend& be, const core::ParamTable& table, const core::OptimConfig& cfg);
+
+  // One update with learning rate lr; increments the step counter first (t = 1 on the first call).
+  void step(float* params, const float* grads, double lr);
+  int64_t steps_taken() const { return t_; }
+  const core::Arena& exp_avg() const { return m_; }
+  const core::Arena& exp_avg_sq() const { return v_; }
+
+ private:
+  core::Backend& be_;
+  core::OptimConfig cfg_;
+  core::Arena m_, v_;
+  // maximal runs [begin, end) of adjacent tensors that share a decay decision
+  std::vector<std::pair<std::pair<int64_t, int64_t>, bool>> runs_;
+  int64_t t_ = 0;
+};
+
+// Global L2 norm of the gradient arena; scales it by min(1, max_norm / (norm + 1e-6)) when
+// max_norm > 0 (torch.nn.utils.clip_grad_norm_ semantics). Returns the norm before clipping.
+double clip_grad_norm(core::Backend& be, float* grads, int64_t n, double max_norm);
+
+}  // namespace switchyard::optim

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# scripts/setup.sh: installs the Debian packages Switchyard needs (only the missing ones) and
+# configures + builds it in build/. Idempotent; called by demo.sh, test.sh and bench scripts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(build-essential cmake pkg-config libdnnl-dev libyaml-cpp-dev libfmt-dev libhdf5-dev
+          libopenmpi-dev openmpi-bin nlohmann-json3-dev libcli11-dev libgtest-dev
+          python3-torch python3-numpy)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+BUILD_DIR=${BUILD_DIR:-build}
+if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${SWITCHYARD_CMAKE_ARGS:-} >/dev/null
+fi
+cmake --build "$BUILD_DIR" -j"$(nproc)" 2>&1 | grep -E "error|warning: unused|Error" || true
+test -x "$BUILD_DIR/switchyard" || { echo "setup: build failed; run: cmake --build $BUILD_DIR" >&2; exit 1; }
