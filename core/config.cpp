@@ -62,15 +62,15 @@ template <class T> constexpr const char* type_name() {
 struct Origin {
   std::string name;      // the file (or text origin)
   std::string override_; // non-empty when the value comes from an override
+  int line = -1;         // 1-based line of the key in the file, -1: unknown
   std::string prefix() const {
     return override_.empty() ? name : fmt::format("override '{}'", override_);
   }
 };
 
-std::string line_note(const YAML::Node& n) {
-  const YAML::Mark m = n.Mark();
-  return m.line >= 0 ? fmt::format(" (line {})", m.line + 1) : std::string();
-}
+std::string line_note(int line) { return line > 0 ? fmt::format(" (line {})", line) : std::string(); }
+int line_of(const YAML::Node& n) { return n.Mark().line >= 0 ? n.Mark().line + 1 : -1; }
+std::string line_note(const YAML::Node& n) { return line_note(line_of(n)); }
 
 std::string describe(const YAML::Node& n) {
   switch (n.Type()) {
@@ -87,7 +87,7 @@ std::string describe(const YAML::Node& n) {
 [[noreturn]] void type_error(const Origin& o, const std::string& path, const YAML::Node& n,
                              const char* expected, const std::string& extra = {}) {
   throw_usage("{}: {}: expected {}, got {}{}{}", o.prefix(), path, expected, describe(n), extra,
-              o.override_.empty() ? line_note(n) : std::string());
+              o.override_.empty() ? line_note(o.line > 0 ? o.line : line_of(n)) : std::string());
 }
 
 bool plain_scalar(const YAML::Node& n) { return n.IsScalar() && n.Tag() != "!"; }
@@ -108,8 +108,12 @@ void read_value(const YAML::Node& n, int64_t& out, const Origin& o, const std::s
   const char* e = s.data() + s.size();
   auto [ptr, ec] = std::from_chars(b, e, u, base);
   if (b == e || ptr != e || (ec != std::errc() && ec != std::errc::result_out_of_range)) {
-    const bool fractional = s.find_first_of(".eE") != std::string::npos && base == 10;
-    type_error(o, path, n, type_name<int64_t>(), fractional ? " (a fraction or exponent)" : "");
+    double d = 0;
+    const char* db = s.data() + (s.empty() || s[0] != '+' ? 0 : 1);
+    auto [dp, dec] = std::from_chars(db, e, d, std::chars_format::general);
+    const bool number = dp == e && dec == std::errc() && db != e;
+    type_error(o, path, n, type_name<int64_t>(),
+               number ? " (integers are written without a decimal point or exponent)" : "");
   }
   const uint64_t lim = neg ? uint64_t(1) << 63 : (uint64_t(1) << 63) - 1;
   if (ec == std::errc::result_out_of_range || u > lim)
@@ -154,12 +158,15 @@ void read_value(const YAML::Node& n, T& section, const Origin& o, const std::str
 // Reads the keys of one mapping into a section: unknown and duplicate keys are errors; absent
 // keys keep their defaults.
 struct YamlReader {
-  const std::map<std::string, YAML::Node>& values;
+  const std::map<std::string, std::pair<YAML::Node, YAML::Node>>& values;  // key -> (key, value)
   const Origin& origin;
   const std::string& prefix;
   template <class T> void operator()(const char* key, T& field) {
     auto it = values.find(key);
-    if (it != values.end()) read_value(it->second, field, origin, join_path(prefix, key));
+    if (it == values.end()) return;
+    Origin o = origin;
+    o.line = line_of(it->second.first);  // a null value's own mark points past it
+    read_value(it->second.second, field, o, join_path(prefix, key));
   }
 };
 
@@ -174,18 +181,19 @@ void read_value(const YAML::Node& n, T& section, const Origin& o, const std::str
     type_error(o, path, n, "a mapping (a section with keys)",
                fmt::format(" ({})", known_keys_note(path, keys)));
   }
-  std::map<std::string, YAML::Node> values;
-  for (auto it = n.begin(); it != n.end(); ++it) {
-    const YAML::Node& k = it->first;
+  std::map<std::string, std::pair<YAML::Node, YAML::Node>> values;
+  for (const auto& kv : n) {  // (yaml-cpp's it->first would dangle: operator-> returns a proxy)
+    const YAML::Node k = kv.first;
     if (!k.IsScalar())
       throw_usage("{}: {}: keys must be plain names, got {}{}", o.prefix(),
                   path.empty() ? "top level" : path, describe(k), line_note(k));
     const std::string key = k.Scalar();
     const std::string full = join_path(path, key);
     if (std::find(keys.begin(), keys.end(), key) == keys.end())
-      throw_usage("{}: unknown key '{}'{} ({})", o.prefix(), full, line_note(k),
+      throw_usage("{}: unknown key '{}'{} ({})", o.prefix(), full,
+                  line_of(k) > 0 ? fmt::format(" at line {}", line_of(k)) : std::string(),
                   known_keys_note(path, keys));
-    if (!values.emplace(key, it->second).second)
+    if (!values.emplace(key, std::make_pair(k, YAML::Node(kv.second))).second)
       throw_usage("{}: duplicate key '{}'{}", o.prefix(), full, line_note(k));
   }
   YamlReader r{values, o, path};

@@ -48,9 +48,11 @@ struct ModelConfig {
 
   int64_t hd() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
   bool is_moe_layer(int64_t l) const { return l >= first_dense_layers; }
-  // Hugging Face layout: qwen2_moe when there is a shared expert, qkv bias or a dense layer
-  // (mixtral has none of these), mixtral otherwise.
-  bool qwen_layout() const { return moe.shared_expert_size > 0 || qkv_bias || first_dense_layers > 0; }
+  // Hugging Face layout: qwen2_moe when there is a shared expert, qkv bias, a dense layer or
+  // un-normalised top-k gates (mixtral has none of these), mixtral otherwise.
+  bool qwen_layout() const {
+    return moe.shared_expert_size > 0 || qkv_bias || first_dense_layers > 0 || !moe.normalize_topk;
+  }
 
   template <class V> void visit(V& v) {
     v("vocab_size", vocab_size);

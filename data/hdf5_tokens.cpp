@@ -251,7 +251,7 @@ Hdf5TokenSource::Hdf5TokenSource(const std::string& path, const std::string& spl
   if (!link_exists(f, split)) {
     if (split == "valid") {
       throw_usage("{} has no 'valid' split; set data.valid to a separate token file, or re-create this "
-                  "one with `switchyard prepare` and a validation fraction above 0", path);
+                  "one with `switchyard prepare` --valid-fraction above 0", path);
     }
     throw_usage("{} has no '{}' split; re-create it with `switchyard prepare`", path, split);
   }
@@ -287,7 +287,7 @@ Hdf5TokenSource::Hdf5TokenSource(const std::string& path, const std::string& spl
   if (m.n_tokens == 0 && !allow_empty) {
     throw_usage("{}: the '{}' split is empty (0 tokens){}", path, split,
                 split == "valid" ? "; set data.valid to a separate token file, or re-create this one with "
-                                   "`switchyard prepare` from more than one document"
+                                   "`switchyard prepare` --valid-fraction above 0 from two or more documents"
                                  : "");
   }
 }

@@ -63,7 +63,7 @@ class Hdf5TokenWriter {
     std::string tokenizer = "bytes";
     std::vector<std::string> splits = {"train", "valid"};  // groups created, possibly empty
     bool compress = true;                                  // deflate level 1
-    int64_t chunk_tokens = 1 << 16;                        // HDF5 chunk of the tokens dataset
+    int64_t chunk_tokens = 1 << 13;  // HDF5 chunk of the tokens dataset (16 KiB of uint16)
     // For tests of the reader's checks: the format and version attributes written (an empty
     // format leaves the attribute out).
     std::string format = kHdf5TokensFormat;

@@ -178,7 +178,9 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       candidates.insert(candidates.end(), found.begin(), found.end());
     } else if (fs::is_regular_file(st)) {
       stats.files_seen += 1;
-      candidates.push_back({fs::path(in), fs::path(in).filename().generic_string()});
+      // a file named directly is keyed by the path as given: many inputs can share a file name
+      // (every /usr/share/doc/*/copyright), and the split must still spread them
+      candidates.push_back({fs::path(in), fs::path(in).lexically_normal().generic_string()});
     } else {
       throw_usage("prepare: input {} is neither a file nor a folder", in);
     }

@@ -49,7 +49,8 @@ bool is_text_document(const std::string& bytes);
 // are taken in input order, and within a directory in sorted order of their path relative to it
 // (byte order of the '/'-separated path), so the output is the same on every machine.
 // A document goes to the "valid" split when fnv1a64(relative path) % 1000 < valid_fraction*1000,
-// where the relative path is relative to its input directory (a file given directly: its name).
+// where the relative path is relative to its input directory (a file given directly: its path as
+// given, normalised).
 // When valid_fraction > 0 and there are at least 2 documents, each split gets at least one: if
 // one split would be empty, the last document moves there.
 // valid_fraction must be in [0, 1). Writes `output` atomically (temporary file, then rename;

@@ -23,6 +23,10 @@ int main(int argc, char** argv) {
   sy::parallel::MpiContext mpi(&argc, &argv);
   CLI::App app{"Switchyard: train Mixture-of-Experts language models", "switchyard"};
   app.require_subcommand(1);
+  // One line per command-line error, like every other error of the command.
+  app.failure_message([](const CLI::App* a, const CLI::Error& e) {
+    return fmt::format("switchyard: error: {} (run `{} --help` for usage)\n", e.what(), a->get_name());
+  });
   app.set_version_flag("--version", "switchyard 0.1.0");
 
   sy::launch::TrainOptions train;

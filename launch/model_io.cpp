@@ -50,6 +50,7 @@ nlohmann::json hf_config_json(const core::ModelConfig& c) {
   j["num_experts_per_tok"] = c.moe.top_k;
   j["router_aux_loss_coef"] = c.moe.aux_loss_coef;
   j["hidden_act"] = "silu";
+  j["initializer_range"] = c.init_std;
   j["torch_dtype"] = "float32";
   j["bos_token_id"] = nullptr;
   j["eos_token_id"] = 0;

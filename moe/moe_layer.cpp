@@ -50,12 +50,13 @@ struct MoeLayer::Impl {
   Allocations owned;  // every backend buffer below
 
   // saved by forward for backward
-  float *logits = nullptr, *probs = nullptr, *lse = nullptr, *gates = nullptr;  // [N,E],[N,E],[N],[N,K]
-  int32_t *idx = nullptr, *pos = nullptr, *offsets = nullptr;                    // [N,K],[N*K],[E+1]
+  float *logits = nullptr, *probs = nullptr, *lse = nullptr,
+        *gates = nullptr;                                          // [N,E],[N,E],[N],[N,K]
+  int32_t *idx = nullptr, *pos = nullptr, *offsets = nullptr;      // [N,K],[N*K],[E+1]
   float *xp = nullptr, *h = nullptr, *a = nullptr, *ye = nullptr;  // [NK,C],[NK,2I],[NK,I],[NK,C]
   float *sh_h = nullptr, *sh_a = nullptr, *sh_y = nullptr, *sh_logit = nullptr;  // shared expert
   // scratch
-  float* prob_sums = nullptr;  // [E]
+  float* prob_sums = nullptr;                                          // [E]
   float *dye = nullptr, *dxp = nullptr, *dh = nullptr, *da = nullptr;  // expert rows
   float *dgates = nullptr, *dlogits = nullptr, *dprobs_all = nullptr;  // [N,K],[N,E],[E]
   float *sh_dy = nullptr, *sh_dlogit = nullptr, *sh_dh = nullptr, *sh_da = nullptr;
@@ -81,8 +82,8 @@ struct MoeLayer::Impl {
         experts(table, prefix, cfg.qwen_layout(), cfg.moe.n_experts, cfg.d_model,
                 cfg.moe.expert_size),
         owned(b) {
-    SY_CHECK(table.at(prefix + "gate.weight").numel == E * C, "router weight of layer {} is not [{}, {}]",
-             layer, E, C);
+    SY_CHECK(table.at(prefix + "gate.weight").numel == E * C,
+             "router weight of layer {} is not [{}, {}]", layer, E, C);
     SY_CHECK(max_tokens >= 0 && max_tokens * K <= INT32_MAX,
              "max_tokens {} * top_k {} overflows the int32 routing plan", max_tokens, K);
     if (S > 0) {
@@ -133,7 +134,9 @@ struct MoeLayer::Impl {
     dprobs_host.assign(static_cast<size_t>(E), 0.f);
   }
 
-  float* falloc(int64_t n) { return static_cast<float*>(owned.take(sizeof(float) * static_cast<size_t>(n))); }
+  float* falloc(int64_t n) {
+    return static_cast<float*>(owned.take(sizeof(float) * static_cast<size_t>(n)));
+  }
   int32_t* ialloc(int64_t n) {
     return static_cast<int32_t*>(owned.take(sizeof(int32_t) * static_cast<size_t>(n)));
   }
@@ -218,8 +221,8 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
     dprobs_all = m.dprobs_all;
   }
   const float z_coef = d_z / static_cast<float>(N);
-  m.router.backward(be, dx, grads, m.dlogits, m.dgates, m.probs, m.lse, m.idx, m.gates,
-                    dprobs_all, z_coef, x, params, N);
+  m.router.backward(be, dx, grads, m.dlogits, m.dgates, m.probs, m.lse, m.idx, m.gates, dprobs_all,
+                    z_coef, x, params, N);
 
   // shared expert and its sigmoid gate
   if (m.S > 0) {
@@ -230,8 +233,7 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
             C);
     core::ffn_backward(be, dx, /*accumulate_dx=*/true, grads + m.off_shared_gate_up,
                        grads + m.off_shared_down, m.sh_dy, x, m.sh_h, m.sh_a, N, C, m.S,
-                       params + m.off_shared_gate_up, params + m.off_shared_down, m.sh_dh,
-                       m.sh_da);
+                       params + m.off_shared_gate_up, params + m.off_shared_down, m.sh_dh, m.sh_da);
   }
 }
 

@@ -20,9 +20,9 @@ void Router::forward(core::Backend& be, float* logits, float* probs, float* lse,
 }
 
 void Router::backward(core::Backend& be, float* dx, float* grads, float* dlogits,
-                      const float* dgates, const float* probs, const float* lse,
-                      const int32_t* idx, const float* gates, const float* dprobs_all,
-                      float z_coef, const float* x, const float* params, int64_t N) const {
+                      const float* dgates, const float* probs, const float* lse, const int32_t* idx,
+                      const float* gates, const float* dprobs_all, float z_coef, const float* x,
+                      const float* params, int64_t N) const {
   if (N == 0) return;
   be.router_backward(dlogits, dgates, probs, lse, idx, gates, dprobs_all, z_coef, N, E_, K_,
                      renormalize_);
@@ -47,8 +47,7 @@ void aux_loss_dprobs(std::vector<float>& out, const std::vector<int64_t>& counts
   out.resize(counts.size());
   const double E = static_cast<double>(counts.size());
   for (size_t e = 0; e < counts.size(); ++e)
-    out[e] = N == 0 ? 0.f
-                    : static_cast<float>(d_aux * E * static_cast<double>(counts[e]) / N / N);
+    out[e] = N == 0 ? 0.f : static_cast<float>(d_aux * E * static_cast<double>(counts[e]) / N / N);
 }
 
 }  // namespace switchyard::moe

@@ -27,26 +27,64 @@ namespace {
 
 constexpr int64_t kRows = 64;  // query rows per block
 
-// exp(x) for float, vectorisable (see core/cpu/dense_kernels.cpp); 0 below -87.3.
+inline float fmadd(float a, float b, float c) {
+#ifdef __FMA__
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// exp(x) for float, vectorisable (same as core/cpu/dense_kernels.cpp); 0 below -87.3.
 inline float exp_approx(float x) {
   constexpr float kHi = 88.0f, kLo = -87.33654475f;
   const float xc = std::min(std::max(x, kLo), kHi);
   constexpr float kMagic = 12582912.0f;
-  const float t = xc * 1.44269504088896341f + kMagic;
+  const float t = fmadd(xc, 1.44269504088896341f, kMagic);
   const float fn = t - kMagic;
   const int32_t n = std::bit_cast<int32_t>(t) - 0x4B400000;
-  float r = xc - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
+  float r = fmadd(fn, -0.693359375f, xc);
+  r = fmadd(fn, 2.12194440e-4f, r);
   const float r2 = r * r;
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
+  p = fmadd(p, r, 1.3981999507e-3f);
+  p = fmadd(p, r, 8.3334519073e-3f);
+  p = fmadd(p, r, 4.1665795894e-2f);
+  p = fmadd(p, r, 1.6666665459e-1f);
+  p = fmadd(p, r, 5.0000001201e-1f);
+  p = fmadd(p, r2, r) + 1.0f;
   const float res = p * std::bit_cast<float>((n + 127) << 23);
   return x < kLo ? 0.0f : res;
+}
+
+// Score rows are processed in whole vectors of kLanes floats: a row's masked tail up to the next
+// multiple of kLanes is set to -inf (exp gives 0), so the loops below have no scalar remainder.
+constexpr int64_t kLanes = 16;
+inline int64_t pad_lanes(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+// max and sum over x[0, n), n a multiple of kLanes; the lanes are reduced as a tree.
+inline float padded_max(const float* x, int64_t n) {
+  float acc[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) acc[l] = -INFINITY;
+  for (int64_t j = 0; j < n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] = std::max(acc[l], x[j + l]);
+  for (int64_t w = kLanes / 2; w > 0; w /= 2)
+    for (int64_t l = 0; l < w; ++l) acc[l] = std::max(acc[l], acc[l + w]);
+  return acc[0];
+}
+
+// x[j] = exp(x[j] - m) over [0, n), n a multiple of kLanes; returns the sum of the results.
+inline float padded_exp_sum(float* x, int64_t n, float m) {
+  float acc[kLanes] = {};
+  for (int64_t j = 0; j < n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float e = exp_approx(x[j + l] - m);
+      x[j + l] = e;
+      acc[l] += e;
+    }
+  for (int64_t w = kLanes / 2; w > 0; w /= 2)
+    for (int64_t l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
 }
 
 // Row-major sgemm; a failure is recorded (exceptions must not leave an OpenMP region).
@@ -66,75 +104,77 @@ struct HeadView {
   const float* lse;     // [T]
 };
 
-// Forward of one (batch, head): writes o rows (stride ldo) and lse[T]. S: kRows*T scratch.
+// Forward of one (batch, head): writes o rows (stride ldo) and lse[T]. S: kRows*pad_lanes(T)
+// scratch. The softmax normalisation 1/sum is applied to the HD-wide output rows, not to P.
 void head_forward(std::atomic<int>& err, float* o, int64_t ldo, float* lse, const HeadView& h,
                   int64_t T, int64_t HD, float scale, float* S) {
+  float inv[kRows];
   for (int64_t r0 = 0; r0 < T; r0 += kRows) {
     const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0;  // keys 0..r1 are visible
-    sgemm(err, 'N', 'T', m, r1, HD, scale, h.q + r0 * h.ld, h.ld, h.k, h.ld, 0.0f, S, r1);
+    const int64_t lds = pad_lanes(r1);
+    sgemm(err, 'N', 'T', m, r1, HD, scale, h.q + r0 * h.ld, h.ld, h.k, h.ld, 0.0f, S, lds);
     for (int64_t i = 0; i < m; ++i) {
-      float* s = S + i * r1;
-      const int64_t n = r0 + i + 1;  // causal: keys j < n
-      float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < n; ++j) {
-        const float e = exp_approx(s[j] - mx);
-        s[j] = e;
-        sum += e;
-      }
-      const float inv = 1.0f / sum;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) s[j] *= inv;
-      std::fill(s + n, s + r1, 0.0f);
+      float* s = S + i * lds;
+      const int64_t n = r0 + i + 1, np = pad_lanes(n);  // causal: keys j < n
+      std::fill(s + n, s + np, -INFINITY);
+      const float mx = padded_max(s, np);
+      const float sum = padded_exp_sum(s, np, mx);
+      if (np < r1) std::fill(s + np, s + r1, 0.0f);
+      inv[i] = 1.0f / sum;
       lse[r0 + i] = mx + std::log(sum);
     }
-    sgemm(err, 'N', 'N', m, HD, r1, 1.0f, S, r1, h.v, h.ld, 0.0f, o + r0 * ldo, ldo);
+    float* ob = o + r0 * ldo;
+    sgemm(err, 'N', 'N', m, HD, r1, 1.0f, S, lds, h.v, h.ld, 0.0f, ob, ldo);
+    for (int64_t i = 0; i < m; ++i) {
+#pragma omp simd
+      for (int64_t c = 0; c < HD; ++c) ob[i * ldo + c] *= inv[i];
+    }
   }
 }
 
 // Backward of one (batch, q head): dq rows (stride ld_dq) written (=); dk, dv rows (stride
-// ld_dkv) accumulated (+=). P, dP: kRows*T scratch each.
+// ld_dkv) accumulated (+=). P, dP: kRows*pad_lanes(T) scratch each.
 void head_backward(std::atomic<int>& err, float* dq, int64_t ld_dq, float* dk, float* dv,
                    int64_t ld_dkv, const HeadView& h, int64_t T, int64_t HD, float scale,
                    float* P, float* dP) {
   for (int64_t r0 = 0; r0 < T; r0 += kRows) {
     const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0;
+    const int64_t ldp = pad_lanes(r1);
     const float* dO = h.dO + r0 * h.ldo;
     const float* O = h.o + r0 * h.ldo;
     // P = exp(S - lse) on the causal part, 0 elsewhere
-    sgemm(err, 'N', 'T', m, r1, HD, scale, h.q + r0 * h.ld, h.ld, h.k, h.ld, 0.0f, P, r1);
+    sgemm(err, 'N', 'T', m, r1, HD, scale, h.q + r0 * h.ld, h.ld, h.k, h.ld, 0.0f, P, ldp);
     for (int64_t i = 0; i < m; ++i) {
-      float* p = P + i * r1;
-      const int64_t n = r0 + i + 1;
+      float* p = P + i * ldp;
+      const int64_t n = r0 + i + 1, np = pad_lanes(n);
       const float l = h.lse[r0 + i];
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) p[j] = exp_approx(p[j] - l);
-      std::fill(p + n, p + r1, 0.0f);
+      std::fill(p + n, p + np, -INFINITY);
+      for (int64_t j = 0; j < np; j += kLanes)
+        for (int64_t c = 0; c < kLanes; ++c) p[j + c] = exp_approx(p[j + c] - l);
+      if (np < r1) std::fill(p + np, p + r1, 0.0f);
     }
     // dV[0:r1] += P^T dO_blk
-    sgemm(err, 'T', 'N', r1, HD, m, 1.0f, P, r1, dO, h.ldo, 1.0f, dv, ld_dkv);
+    sgemm(err, 'T', 'N', r1, HD, m, 1.0f, P, ldp, dO, h.ldo, 1.0f, dv, ld_dkv);
     // dP = dO_blk V^T
-    sgemm(err, 'N', 'T', m, r1, HD, 1.0f, dO, h.ldo, h.v, h.ld, 0.0f, dP, r1);
-    // dS = P * (dP - D), D_i = dot(dO_i, O_i); stored over dP
+    sgemm(err, 'N', 'T', m, r1, HD, 1.0f, dO, h.ldo, h.v, h.ld, 0.0f, dP, ldp);
+    // dS = P * (dP - D), D_i = dot(dO_i, O_i); stored over dP (P is 0 on the masked part)
     for (int64_t i = 0; i < m; ++i) {
       const float* doi = dO + i * h.ldo;
       const float* oi = O + i * h.ldo;
       float D = 0.0f;
 #pragma omp simd reduction(+ : D)
       for (int64_t c = 0; c < HD; ++c) D += doi[c] * oi[c];
-      const float* p = P + i * r1;
-      float* ds = dP + i * r1;
-      const int64_t n = r0 + i + 1;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - D);
-      std::fill(ds + n, ds + r1, 0.0f);
+      const float* p = P + i * ldp;
+      float* ds = dP + i * ldp;
+      const int64_t np = pad_lanes(r0 + i + 1);
+      if (np > r1) std::fill(ds + r1, ds + np, 0.0f);  // not written by the gemm
+      for (int64_t j = 0; j < np; j += kLanes)
+        for (int64_t c = 0; c < kLanes; ++c) ds[j + c] = p[j + c] * (ds[j + c] - D);
+      if (np < r1) std::fill(ds + np, ds + r1, 0.0f);
     }
     // dQ_blk = scale * dS K[0:r1];  dK[0:r1] += scale * dS^T Q_blk
-    sgemm(err, 'N', 'N', m, HD, r1, scale, dP, r1, h.k, h.ld, 0.0f, dq + r0 * ld_dq, ld_dq);
-    sgemm(err, 'T', 'N', r1, HD, m, scale, dP, r1, h.q + r0 * h.ld, h.ld, 1.0f, dk, ld_dkv);
+    sgemm(err, 'N', 'N', m, HD, r1, scale, dP, ldp, h.k, h.ld, 0.0f, dq + r0 * ld_dq, ld_dq);
+    sgemm(err, 'T', 'N', r1, HD, m, scale, dP, ldp, h.q + r0 * h.ld, h.ld, 1.0f, dk, ld_dkv);
   }
 }
 
@@ -158,17 +198,17 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv,
   const int64_t B = s.B, T = s.T, NH = s.NH, HD = s.HD, W = s.qkv_width(), QW = s.q_width();
   const int64_t group = NH / s.NKV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  const int64_t rows = std::min(T, kRows);
-  std::vector<float> scratch(static_cast<size_t>(omp_get_max_threads() * rows * T));
+  const int64_t rows = std::min(T, kRows), row_len = pad_lanes(T);
+  std::vector<float> scratch(static_cast<size_t>(omp_get_max_threads() * rows * row_len));
   std::atomic<int> err{0};
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t task = 0; task < B * NH; ++task) {
-    const int64_t b = task / NH, h = task % NH, g = h % s.NKV;
+    const int64_t b = task / NH, h = task % NH, g = h / group;
     const float* base = qkv + b * T * W;
     HeadView v{base + h * HD, base + QW + g * HD, base + QW + (s.NKV + g) * HD, W,
                nullptr, nullptr, 0, nullptr};
     head_forward(err, out + b * T * QW + h * HD, QW, lse + (b * NH + h) * T, v, T, HD, scale,
-                 scratch.data() + omp_get_thread_num() * rows * T);
+                 scratch.data() + omp_get_thread_num() * rows * row_len);
   }
   if (err.load()) throw_internal("attention_forward: dnnl_sgemm failed");
 }
@@ -181,9 +221,9 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
                 QW = s.q_width();
   const int64_t group = NH / NKV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  const int64_t rows = std::min(T, kRows);
+  const int64_t rows = std::min(T, kRows), row_len = pad_lanes(T);
   const int64_t threads = omp_get_max_threads();
-  std::vector<float> scratch(static_cast<size_t>(threads * 2 * rows * T));
+  std::vector<float> scratch(static_cast<size_t>(threads * 2 * rows * row_len));
   std::atomic<int> err{0};
   auto view = [&](int64_t b, int64_t h) {
     const int64_t g = h / group;
@@ -207,10 +247,10 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
         std::memset(dk + t * W, 0, static_cast<size_t>(HD) * sizeof(float));
         std::memset(dv + t * W, 0, static_cast<size_t>(HD) * sizeof(float));
       }
-      float* P = scratch.data() + omp_get_thread_num() * 2 * rows * T;
+      float* P = scratch.data() + omp_get_thread_num() * 2 * rows * row_len;
       for (int64_t h = g * group; h < (g + 1) * group; ++h)
         head_backward(err, rows0 + h * HD, W, dk, dv, W, view(b, h), T, HD, scale, P,
-                      P + rows * T);
+                      P + rows * row_len);
     }
   } else {
     // one task per (b, q head): per-head dK|dV partials [B, NH, T, 2*HD], summed over the group
@@ -219,9 +259,9 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
     for (int64_t task = 0; task < B * NH; ++task) {
       const int64_t b = task / NH, h = task % NH;
       float* dk = part.data() + task * T * 2 * HD;
-      float* P = scratch.data() + omp_get_thread_num() * 2 * rows * T;
+      float* P = scratch.data() + omp_get_thread_num() * 2 * rows * row_len;
       head_backward(err, dqkv + b * T * W + h * HD, W, dk, dk + HD, 2 * HD, view(b, h), T, HD,
-                    scale, P, P + rows * T);
+                    scale, P, P + rows * row_len);
     }
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < B * T; ++r) {

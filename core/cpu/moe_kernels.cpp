@@ -21,13 +21,17 @@ namespace {
 // Below this many elements of work a loop runs on one thread (fork/join costs more than it saves).
 constexpr int64_t kParallelMin = 1 << 14;
 
-// exp(x) in fp32, vectorisable (no libm call): Cody-Waite range reduction x = n ln2 + r and a
-// degree-6 polynomial for exp(r) on |r| <= ln2/2 (Cephes expf coefficients, ~1 ulp). Inputs are
-// clamped to the finite range; NaN propagates.
+// exp(x) in fp32, vectorisable (no libm call, no float->int conversion): x = n ln2 + r with n
+// rounded to nearest by the 1.5*2^23 trick (n ends up in the low mantissa bits of m), Cody-Waite
+// reduction, a degree-6 polynomial for exp(r) on |r| <= ln2/2 (Cephes expf coefficients; relative
+// error < 1e-7), and 2^n built from exponent bits. Inputs are clamped to the normal range; NaN
+// propagates.
 inline float fast_exp(float x) {
   x = x < -87.33654f ? -87.33654f : x;
   x = x > 88.37626f ? 88.37626f : x;
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  const float m = x * 1.44269504088896341f + kMagic;
+  const float n = m - kMagic;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -37,13 +41,34 @@ inline float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  // 2^n for n in [-126, 127]: build the exponent bits directly.
-  const int32_t e = static_cast<int32_t>(n) + 127;
-  const float scale = std::bit_cast<float>(static_cast<uint32_t>(e < 1 ? 1 : e) << 23);
-  return p * scale;
+  const int32_t ni =
+      std::bit_cast<int32_t>(m) - std::bit_cast<int32_t>(kMagic);  // n in [-126, 127]
+  return p * std::bit_cast<float>((ni + 127) << 23);
 }
 
 inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+
+// Row kernels: separate functions with restrict pointers so the compiler vectorises them (inside
+// an OpenMP-outlined body the pointers come from a shared struct and the loop is not vectorised).
+void swiglu_row(float* __restrict o, const float* __restrict g, const float* __restrict u,
+                int64_t I) {
+#pragma omp simd
+  for (int64_t i = 0; i < I; ++i) {
+    const float s = sigmoidf(g[i]);
+    o[i] = g[i] * s * u[i];
+  }
+}
+
+// d silu(g)/dg = s * (1 + g * (1 - s)), s = sigmoid(g)
+void swiglu_backward_row(float* __restrict dg, float* __restrict du, const float* __restrict d,
+                         const float* __restrict g, const float* __restrict u, int64_t I) {
+#pragma omp simd
+  for (int64_t i = 0; i < I; ++i) {
+    const float s = sigmoidf(g[i]);
+    du[i] = d[i] * g[i] * s;
+    dg[i] = d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+  }
+}
 
 }  // namespace
 
@@ -53,36 +78,15 @@ inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
 void CpuBackend::swiglu_forward(float* out, const float* h, int64_t rows, int64_t I) {
 #pragma omp parallel for schedule(static) if (rows * I >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* g = h + r * 2 * I;
-    const float* u = g + I;
-    float* o = out + r * I;
-#pragma omp simd
-    for (int64_t i = 0; i < I; ++i) {
-      const float s = sigmoidf(g[i]);
-      o[i] = g[i] * s * u[i];
-    }
-  }
+  for (int64_t r = 0; r < rows; ++r) swiglu_row(out + r * I, h + r * 2 * I, h + r * 2 * I + I, I);
 }
 
-// d silu(g)/dg = s * (1 + g * (1 - s)), s = sigmoid(g)
 void CpuBackend::swiglu_backward(float* dh, const float* dout, const float* h, int64_t rows,
                                  int64_t I) {
 #pragma omp parallel for schedule(static) if (rows * I >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* g = h + r * 2 * I;
-    const float* u = g + I;
-    const float* d = dout + r * I;
-    float* dg = dh + r * 2 * I;
-    float* du = dg + I;
-#pragma omp simd
-    for (int64_t i = 0; i < I; ++i) {
-      const float s = sigmoidf(g[i]);
-      const float silu = g[i] * s;
-      du[i] = d[i] * silu;
-      dg[i] = d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-    }
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    swiglu_backward_row(dh + r * 2 * I, dh + r * 2 * I + I, dout + r * I, h + r * 2 * I,
+                        h + r * 2 * I + I, I);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,8 +269,8 @@ void CpuBackend::dispatch_backward(float* dx, const float* dxp, const int32_t* p
   }
 }
 
-void CpuBackend::combine_forward(float* out, const float* y, const int32_t* pos,
-                                 const float* gates, int64_t N, int64_t K, int64_t C) {
+void CpuBackend::combine_forward(float* out, const float* y, const int32_t* pos, const float* gates,
+                                 int64_t N, int64_t K, int64_t C) {
 #pragma omp parallel for schedule(static) if (N * K * C >= kParallelMin)
   for (int64_t t = 0; t < N; ++t) {
     float* o = out + t * C;

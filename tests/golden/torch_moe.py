@@ -417,7 +417,7 @@ def lr_at(step: int, total_steps: int, o: dict) -> float:
 def train_step(model, opt, tokens, targets, step, total_steps, ocfg):
     """One optimizer step. Returns (Output of the forward before the update, lr used, total grad
     L2 norm before clipping). Clipping is torch.nn.utils.clip_grad_norm_: grads are scaled by
-    min(1, grad_clip / (norm + 1e-6))."""
+    min(1, grad_clip / (norm + 1e-6)). Unused parameters get zero gradients (see below)."""
     o = resolve_optim(ocfg)
     lr = lr_at(step, total_steps, o)
     for gr in opt.param_groups:
@@ -425,6 +425,12 @@ def train_step(model, opt, tokens, targets, step, total_steps, ocfg):
     opt.zero_grad(set_to_none=True)
     out = model(tokens, targets)
     out.loss.backward()
+    # a parameter that took no part (an expert that got no tokens) gets a zero gradient, not None:
+    # like a flat gradient buffer, every parameter then takes the step (weight decay, moment decay)
+    # and all share the same AdamW step count. (torch.optim would otherwise skip it.)
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     if o["grad_clip"] > 0:
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"]))
     else:

@@ -253,7 +253,7 @@ TEST(Data, PrepareGuaranteesBothSplitsAndHonoursZeroFraction) {
 
   // Fraction 0: everything in train; the valid split exists but is empty.
   const std::string out0 = (root / "t0.h5").string();
-  // Files given directly (not a folder): relative path = file name.
+  // Files given directly (not a folder): keyed by their path as given.
   auto st0 = prepare_corpus({(root / "c" / "two.txt").string(), (root / "c" / "one.txt").string()}, out0, 0.0);
   EXPECT_EQ(st0.documents_train, 2);
   EXPECT_EQ(st0.documents_valid, 0);

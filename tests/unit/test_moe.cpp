@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -81,7 +82,8 @@ struct RefRoute {
   std::vector<int32_t> idx;
 };
 
-RefRoute ref_router(const std::vector<double>& logits, int64_t N, int64_t E, int64_t K, bool renorm) {
+RefRoute ref_router(const std::vector<double>& logits, int64_t N, int64_t E, int64_t K,
+                    bool renorm) {
   RefRoute r;
   r.probs.resize(N * E);
   r.lse.resize(N);
@@ -96,9 +98,8 @@ RefRoute ref_router(const std::vector<double>& logits, int64_t N, int64_t E, int
     for (int64_t e = 0; e < E; ++e) r.probs[t * E + e] = std::exp(logits[t * E + e] - r.lse[t]);
     std::vector<int32_t> order(E);
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-      return r.probs[t * E + a] > r.probs[t * E + b];
-    });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return r.probs[t * E + a] > r.probs[t * E + b]; });
     double gs = 0;
     for (int64_t k = 0; k < K; ++k) {
       r.idx[t * K + k] = order[k];
@@ -127,8 +128,10 @@ std::vector<double> ref_router_backward(const std::vector<double>& dgates, const
       for (int64_t j = 0; j < K; ++j) {
         const double pk = r.probs[t * E + r.idx[t * K + k]];
         double J;
-        if (renorm) J = ((k == j ? 1.0 : 0.0) * S - pk) / (S * S);
-        else J = k == j ? 1.0 : 0.0;
+        if (renorm)
+          J = ((k == j ? 1.0 : 0.0) * S - pk) / (S * S);
+        else
+          J = k == j ? 1.0 : 0.0;
         dp[r.idx[t * K + j]] += dgates[t * K + k] * J;
       }
     for (int64_t i = 0; i < E; ++i) {
@@ -169,7 +172,7 @@ TEST_P(SwigluShapes, ForwardBackwardMatchReference) {
     }
   EXPECT_LT(max_rel_error(out.data(), ref_out.data(), rows * I), 2e-6);
   // floor 1e-2: d silu/dg cancels near g = -1.28, so tiny values carry absolute rounding error
-  EXPECT_LT(max_rel_error(dh.data(), ref_dh.data(), rows * 2 * I, 1e-2), 1e-5);
+  EXPECT_LT(max_rel_error(dh.data(), ref_dh.data(), rows * 2 * I, 1e-2), 3e-5);
 }
 
 // small (serial path, odd width for the vector tail) and large (OpenMP path)
@@ -209,6 +212,10 @@ struct RouterCase {
   bool renorm;
 };
 
+void PrintTo(const RouterCase& c, std::ostream* os) {
+  *os << "N=" << c.N << " E=" << c.E << " K=" << c.K << (c.renorm ? " renorm" : "");
+}
+
 class RouterKernels : public ::testing::TestWithParam<RouterCase> {};
 
 TEST_P(RouterKernels, TopkAndBackwardMatchReference) {
@@ -218,7 +225,8 @@ TEST_P(RouterKernels, TopkAndBackwardMatchReference) {
   logits[0] = 60.f;  // large logit: the softmax must subtract the max
   std::vector<float> probs(N * E), lse(N), gates(N * K);
   std::vector<int32_t> idx(N * K);
-  be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K, renorm);
+  be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K,
+                  renorm);
   RefRoute r = ref_router({logits.begin(), logits.end()}, N, E, K, renorm);
   EXPECT_EQ(idx, r.idx);
   EXPECT_LT(max_rel_error(probs.data(), to_float(r.probs).data(), N * E, 1e-6), 1e-5);
@@ -244,10 +252,11 @@ TEST_P(RouterKernels, TopkAndBackwardMatchReference) {
 
 // (b) finite differences of the float kernels: L = sum dgates*gates + sum_te dprobs_all[e]*probs
 // + z_coef * sum_t lse^2, differentiated w.r.t. the logits.
-TEST_P(RouterKernels, BackwardMatchesFiniteDifferences) {
+class RouterFiniteDifferences : public ::testing::TestWithParam<RouterCase> {};
+
+TEST_P(RouterFiniteDifferences, BackwardMatchesFiniteDifferences) {
   auto be = cpu();
   const auto [N, E, K, renorm] = GetParam();
-  if (N * E > 2000) GTEST_SKIP() << "finite differences on the small shapes only";
   auto logits = randn(N * E, 41, 1.5f);
   auto dgates = randn(N * K, 42);
   auto dprobs_all = randn(E, 43);
@@ -292,7 +301,12 @@ TEST_P(RouterKernels, BackwardMatchesFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(Moe, RouterKernels,
                          ::testing::Values(RouterCase{13, 4, 2, true}, RouterCase{13, 4, 2, false},
                                            RouterCase{13, 4, 1, true}, RouterCase{13, 4, 1, false},
-                                           RouterCase{9, 7, 3, true}, RouterCase{2000, 16, 4, true}));
+                                           RouterCase{9, 7, 3, true},
+                                           RouterCase{2000, 16, 4, true}));
+INSTANTIATE_TEST_SUITE_P(Moe, RouterFiniteDifferences,
+                         ::testing::Values(RouterCase{13, 4, 2, true}, RouterCase{13, 4, 2, false},
+                                           RouterCase{13, 4, 1, true}, RouterCase{13, 4, 1, false},
+                                           RouterCase{9, 7, 3, true}, RouterCase{9, 7, 3, false}));
 
 TEST(MoeKernels, TopkTiesGoToLowerIndex) {
   auto be = cpu();
@@ -302,7 +316,8 @@ TEST(MoeKernels, TopkTiesGoToLowerIndex) {
                                0, 5, 1, 5, 1};  // 1, 3, then tie 2 vs 4 -> 2
   std::vector<float> probs(N * E), lse(N), gates(N * K);
   std::vector<int32_t> idx(N * K);
-  be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K, false);
+  be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K,
+                  false);
   EXPECT_EQ(idx, (std::vector<int32_t>{1, 2, 4, 0, 1, 2, 1, 3, 2}));
   EXPECT_FLOAT_EQ(gates[3], 0.2f);
   be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K, true);
@@ -316,7 +331,7 @@ TEST(MoeKernels, RoutePlanOrderAndDroppedSlots) {
   auto be = cpu();
   const int64_t N = 6, E = 4, K = 2;
   // expert 2 receives nothing; slots with -1 are dropped
-  const std::vector<int32_t> idx = {3, 0,  0, -1,  1, 3,  -1, -1,  0, 1,  3, 0};
+  const std::vector<int32_t> idx = {3, 0, 0, -1, 1, 3, -1, -1, 0, 1, 3, 0};
   std::vector<int32_t> pos(N * K, 12345), off(E + 1, -7);
   be->route_plan(pos.data(), off.data(), idx.data(), N, E, K);
   // expert 0: slots 1 (t0), 2 (t1), 8 (t4), 11 (t5) -> rows 0..3; expert 1: slots 4, 9 -> 4, 5;
@@ -356,7 +371,8 @@ Plan make_plan(core::Backend& be, int64_t N, int64_t E, int64_t K, uint64_t seed
   auto r = randn(N * K, seed);
   for (int64_t t = 0; t < N; ++t)
     for (int64_t k = 0; k < K; ++k)  // distinct experts per token, never expert E-1 (idle)
-      p.idx[t * K + k] = static_cast<int32_t>((t * 5 + k * 2 + static_cast<int64_t>(std::abs(r[t]) * 3)) % (E - 1));
+      p.idx[t * K + k] = static_cast<int32_t>(
+          (t * 5 + k * 2 + static_cast<int64_t>(std::abs(r[t]) * 3)) % (E - 1));
   if (drop)
     for (int64_t s = 0; s < N * K; s += 7) p.idx[s] = -1;
   p.pos.resize(N * K);
@@ -388,7 +404,8 @@ TEST(MoeKernels, DispatchCombineMatchReference) {
     be->combine_backward(dy.data(), dg.data(), dout.data(), y.data(), p.pos.data(), p.gates.data(),
                          N, K, C);
     be->dispatch_backward(dx.data(), dxp.data(), p.pos.data(), N, K, C);
-    std::vector<float> ref_out(N * C, 0), ref_dx(N * C, 0), ref_dy(p.rows * C, NAN), ref_dg(N * K, 0);
+    std::vector<float> ref_out(N * C, 0), ref_dx(N * C, 0), ref_dy(p.rows * C, NAN),
+        ref_dg(N * K, 0);
     for (int64_t t = 0; t < N; ++t) {
       std::vector<double> o(C, 0), d(C, 0);
       for (int64_t k = 0; k < K; ++k) {
@@ -432,7 +449,8 @@ TEST(MoeKernels, CombineBackwardMatchesFiniteDifferences) {
     for (int64_t i = 0; i < N * C; ++i) L += static_cast<double>(out[i]) * R[i];
     return L;
   };
-  be->combine_backward(dy.data(), dg.data(), R.data(), y.data(), p.pos.data(), p.gates.data(), N, K, C);
+  be->combine_backward(dy.data(), dg.data(), R.data(), y.data(), p.pos.data(), p.gates.data(), N, K,
+                       C);
   auto cg = all_coords(N * K);
   expect_grad_close(fd_grad(p.gates, cg, 1e-2f, loss), dg, cg, 1e-3, 1e-3, "combine dgates");
   auto cy = all_coords(p.rows * C);
@@ -483,14 +501,16 @@ TEST(MoeKernels, DispatchCombineIsIdentity) {
     for (int64_t t = 0; t < N; ++t) {
       double s = 0;
       for (int64_t k = 0; k < K; ++k) s += std::exp(w[t * K + k]);
-      for (int64_t k = 0; k < K; ++k) p.gates[t * K + k] = static_cast<float>(std::exp(w[t * K + k]) / s);
+      for (int64_t k = 0; k < K; ++k)
+        p.gates[t * K + k] = static_cast<float>(std::exp(w[t * K + k]) / s);
     }
     auto x = randn(N * C, 96), dout = randn(N * C, 97);
     std::vector<float> xp(N * K * C), out(N * C), dy(N * K * C), dg(N * K), dx(N * C);
     be->dispatch_forward(xp.data(), x.data(), p.pos.data(), N, K, C);
     be->combine_forward(out.data(), xp.data(), p.pos.data(), p.gates.data(), N, K, C);
     EXPECT_LT(max_rel_error(out.data(), x.data(), N * C), 1e-6) << "K=" << K;
-    be->combine_backward(dy.data(), dg.data(), dout.data(), xp.data(), p.pos.data(), p.gates.data(), N, K, C);
+    be->combine_backward(dy.data(), dg.data(), dout.data(), xp.data(), p.pos.data(), p.gates.data(),
+                         N, K, C);
     be->dispatch_backward(dx.data(), dy.data(), p.pos.data(), N, K, C);
     EXPECT_LT(max_rel_error(dx.data(), dout.data(), N * C), 1e-6) << "K=" << K;
     // dgates[t,k] = <dout[t], x[t]> for every k
@@ -512,6 +532,11 @@ struct LayerCase {
   bool renorm;
   bool empty_expert;  // the last expert's router row makes it lose every token
 };
+
+void PrintTo(const LayerCase& c, std::ostream* os) {
+  *os << "K=" << c.K << " shared=" << c.shared << (c.renorm ? " renorm" : "")
+      << (c.empty_expert ? " empty_expert" : "");
+}
 
 std::string case_name(const ::testing::TestParamInfo<LayerCase>& i) {
   return "K" + std::to_string(i.param.K) + (i.param.shared ? "_shared" : "") +
@@ -543,8 +568,10 @@ struct RefLayer {
   std::string pre;
 
   RefLayer(const core::ModelConfig& c, const core::ParamTable& t)
-      : cfg(c), table(t),
-        pre("model.layers." + std::to_string(kLayer) + (c.qwen_layout() ? ".mlp." : ".block_sparse_moe.")) {}
+      : cfg(c),
+        table(t),
+        pre("model.layers." + std::to_string(kLayer) +
+            (c.qwen_layout() ? ".mlp." : ".block_sparse_moe.")) {}
 
   const double* W(const std::vector<double>& p, const std::string& name) const {
     return p.data() + table.at(pre + name).offset;
@@ -552,7 +579,8 @@ struct RefLayer {
   std::string wname(int e, int which) const {  // 0 gate, 1 up, 2 down
     static const char* mix[] = {"w1", "w3", "w2"};
     static const char* qwen[] = {"gate_proj", "up_proj", "down_proj"};
-    return "experts." + std::to_string(e) + "." + (cfg.qwen_layout() ? qwen : mix)[which] + ".weight";
+    return "experts." + std::to_string(e) + "." + (cfg.qwen_layout() ? qwen : mix)[which] +
+           ".weight";
   }
   // y[C] = Wd (silu(Wg x) * (Wu x))
   static void ffn(double* y, const double* x, const double* wg, const double* wu, const double* wd,
@@ -632,7 +660,8 @@ TEST_P(MoeLayerTest, ForwardAndGradientsMatchReferenceAndFiniteDifferences) {
   const core::ParamTable table = core::make_param_table(cfg);
   auto be = cpu();
   const double coef_aux = 0.7, coef_z = 0.3;
-  const std::string pre = "model.layers.1." + std::string(cfg.qwen_layout() ? "mlp." : "block_sparse_moe.");
+  const std::string pre =
+      "model.layers.1." + std::string(cfg.qwen_layout() ? "mlp." : "block_sparse_moe.");
 
   // parameters: N(0, 0.5) everywhere; inputs N(0, 1)
   std::vector<float> params = randn(table.total(), 1001 + lc.K * 10 + lc.shared, 0.5f);
@@ -659,7 +688,8 @@ TEST_P(MoeLayerTest, ForwardAndGradientsMatchReferenceAndFiniteDifferences) {
   EXPECT_EQ(st.expert_counts, r0.counts);
   EXPECT_NEAR(st.aux_loss, r0.aux, 1e-5 * r0.aux);
   EXPECT_NEAR(st.z_loss, r0.z, 1e-5 * r0.z);
-  EXPECT_EQ(std::accumulate(st.expert_counts.begin(), st.expert_counts.end(), int64_t{0}), kN * lc.K);
+  EXPECT_EQ(std::accumulate(st.expert_counts.begin(), st.expert_counts.end(), int64_t{0}),
+            kN * lc.K);
   if (lc.empty_expert) {
     EXPECT_EQ(st.expert_counts[empty], 0);
   }
@@ -779,15 +809,17 @@ TEST_P(MoeLayerTest, ForwardAndGradientsMatchReferenceAndFiniteDifferences) {
   layer.backward(dx2.data(), R.data(), x.data(), params.data(), grads2.data(), kN,
                  static_cast<float>(coef_aux), static_cast<float>(coef_z));
   EXPECT_LT(max_rel_error(dx2.data(), dx.data(), kN * kC), 1e-6);
-  for (int64_t i = 0; i < table.total(); ++i) ASSERT_NEAR(grads2[i], 2 * grads[i], 1e-6 * (1 + std::abs(grads[i])));
+  for (int64_t i = 0; i < table.total(); ++i)
+    ASSERT_NEAR(grads2[i], 2 * grads[i], 1e-6 * (1 + std::abs(grads[i])));
 }
 
-INSTANTIATE_TEST_SUITE_P(Moe, MoeLayerTest,
-                         ::testing::Values(LayerCase{2, 0, true, false}, LayerCase{2, 0, false, false},
-                                           LayerCase{1, 0, false, false}, LayerCase{1, 0, true, true},
-                                           LayerCase{2, 5, true, false}, LayerCase{2, 5, true, true},
-                                           LayerCase{1, 5, false, false}, LayerCase{2, 0, false, true}),
-                         case_name);
+INSTANTIATE_TEST_SUITE_P(
+    Moe, MoeLayerTest,
+    ::testing::Values(LayerCase{2, 0, true, false}, LayerCase{2, 0, false, false},
+                      LayerCase{1, 0, false, false}, LayerCase{1, 0, true, true},
+                      LayerCase{2, 5, true, false}, LayerCase{2, 5, true, true},
+                      LayerCase{1, 5, false, false}, LayerCase{2, 0, false, true}),
+    case_name);
 
 // Uniform router (zero weights): probabilities 1/E, ties send every token to experts 0..K-1, and
 // the balancing loss of balanced probabilities is K.

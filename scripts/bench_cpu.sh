@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# scripts/bench_cpu.sh: Switchyard vs eager PyTorch training the tiny shape on this machine, same run.
+# Shape: d_model 256, 4 layers, 8 heads, 4 kv heads, seq 256, 8 experts top-2, expert size 512,
+# vocab 256, micro-batch 8, fp32, AdamW, THREADS threads (default 2). Prints a table, the ratio, and
+# the fraction of the measured fp32 GEMM peak (`switchyard bench gemm`) the training step reaches.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+THREADS=${THREADS:-2}
+STEPS=${STEPS:-12}
+export OMP_NUM_THREADS=$THREADS
+
+CORPUS=data-cache/corpus.h5
+if [ ! -f "$CORPUS" ]; then
+  mapfile -t copyrights < <(find /usr/share/doc -name copyright -type f 2>/dev/null | sort)
+  build/switchyard prepare --input /usr/share/common-licenses "${copyrights[@]}" --output "$CORPUS" >/dev/null
+fi
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+build/switchyard bench gemm --threads "$THREADS" > "$OUT/gemm.jsonl"
+/usr/bin/python3 scripts/bench_pytorch.py --threads "$THREADS" > "$OUT/torch.json"
+build/switchyard train --config configs/tiny.yaml --run-dir "$OUT/run" --set train.steps="$STEPS" \
+  --set train.threads="$THREADS" --set train.eval_windows=1 > /dev/null
+
+/usr/bin/python3 - "$OUT" <<'PY'
+import json, statistics, sys
+out = sys.argv[1]
+peak = [json.loads(l) for l in open(f"{out}/gemm.jsonl")][-1]["peak_gflops"]
+torch = json.loads(open(f"{out}/torch.json").read().strip().splitlines()[-1])
+steps = [json.loads(l) for l in open(f"{out}/run/metrics.jsonl") if '"tokens_per_s"' in l]
+timed = steps[2:]  # the first two steps warm up
+sy_tps = statistics.median(s["tokens_per_s"] for s in timed)
+sy_ms = statistics.median(s["step_ms"] for s in timed)
+# training FLOPs per token = 3 x forward (GEMMs + causal attention), tiny shape
+C, L, NH, NKV, T, E, K, I, V = 256, 4, 8, 4, 256, 8, 2, 512, 256
+HD = C // NH
+fwd = L * 2 * (C * (NH + 2 * NKV) * HD + NH * HD * C + C * E + K * 3 * C * I)
+fwd += L * 2 * 2 * NH * HD * (T + 1) / 2 + 2 * C * V
+flops_tok = 3 * fwd
+def frac(tps): return tps * flops_tok / 1e9 / peak
+print(f"{'impl':<12}{'tokens/s':>12}{'step ms':>10}{'GFLOP/s':>10}{'% GEMM peak':>13}")
+print(f"{'pytorch':<12}{torch['tokens_per_s']:>12.0f}{torch['step_ms']:>10.1f}{torch['tokens_per_s']*flops_tok/1e9:>10.1f}{100*frac(torch['tokens_per_s']):>12.1f}%")
+print(f"{'switchyard':<12}{sy_tps:>12.0f}{sy_ms:>10.1f}{sy_tps*flops_tok/1e9:>10.1f}{100*frac(sy_tps):>12.1f}%")
+print(f"ratio switchyard / pytorch: {sy_tps / torch['tokens_per_s']:.2f}x   "
+      f"(measured fp32 GEMM peak {peak:.0f} GFLOP/s, {flops_tok/1e6:.1f} MFLOP per trained token, "
+      f"torch {torch.get('torch', '?')}, {torch.get('threads', '?')} threads)")
+PY

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Bad input on the command line, in configs and in data files: exactly one error line on stderr
+# that names the file or key, exit code 2, never a crash.
+set -uo pipefail
+BUILD=${1:?build dir}
+SRC=${SWITCHYARD_SOURCE_DIR:?}
+SY="$BUILD/switchyard"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+fails=0; passes=0
+
+# expect_error NAME NEEDLE -- command...: exit code 2, one stderr line containing NEEDLE
+expect_error() {
+  local name=$1 needle=$2; shift 3
+  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
+  local lines; lines=$(grep -c . "$TMP/err")
+  if [ $rc -eq 2 ] && [ "$lines" -eq 1 ] && grep -qF -- "$needle" "$TMP/err"; then
+    passes=$((passes+1))
+  else
+    fails=$((fails+1))
+    echo "FAIL $name: rc=$rc (want 2), $lines stderr line(s) (want 1), want '$needle' in:"; cat "$TMP/err"
+  fi
+}
+
+printf 'hello world\n' > "$TMP/a.txt"; printf 'another document\n' > "$TMP/b.txt"
+"$SY" prepare --input "$TMP/a.txt" "$TMP/b.txt" --output "$TMP/tok.h5" --valid-fraction 0 >/dev/null || { echo "FAIL prepare"; exit 1; }
+for i in $(seq 200); do echo "line $i of a longer text document"; done > "$TMP/long.txt"
+"$SY" prepare --input "$TMP/long.txt" --output "$TMP/long.h5" --valid-fraction 0 >/dev/null || { echo "FAIL prepare"; exit 1; }
+
+cp "$SRC/configs/tiny.yaml" "$TMP/good.yaml"
+sed 's/^    top_k: 2 /    topk: 2 /' "$TMP/good.yaml" > "$TMP/unknown.yaml"
+sed 's/^  steps: 300/  steps: many/' "$TMP/good.yaml" > "$TMP/type.yaml"
+sed 's/^  n_kv_heads: 4 /  n_kv_heads: 3 /' "$TMP/good.yaml" > "$TMP/heads.yaml"
+printf 'model: [unclosed\n' > "$TMP/syntax.yaml"
+head -c 3000 /dev/urandom > "$TMP/garbage.bin"
+/usr/bin/python3 - "$TMP/short.bin" <<'PY'
+import struct, sys
+hdr = [0] * 256; hdr[0], hdr[1], hdr[2] = 20240520, 1, 1000   # says 1000 tokens, holds 10
+open(sys.argv[1], "wb").write(struct.pack("<256i", *hdr) + b"\0\1" * 10)
+PY
+
+expect_error unknown_key "model.moe.topk" -- "$SY" train --config "$TMP/unknown.yaml"
+expect_error wrong_type "train.steps" -- "$SY" train --config "$TMP/type.yaml"
+expect_error inconsistent "n_kv_heads" -- "$SY" train --config "$TMP/heads.yaml"
+expect_error yaml_syntax "syntax.yaml" -- "$SY" train --config "$TMP/syntax.yaml"
+expect_error missing_config "nope.yaml" -- "$SY" train --config "$TMP/nope.yaml"
+expect_error bad_override "train.stepz" -- "$SY" train --config "$TMP/good.yaml" --set train.stepz=3
+expect_error override_type "train.micro_batch" -- "$SY" train --config "$TMP/good.yaml" --set train.micro_batch=abc
+expect_error missing_data "missing.h5" -- "$SY" train --config "$TMP/good.yaml" --set data.train="$TMP/missing.h5"
+expect_error garbage_data "garbage.bin" -- "$SY" train --config "$TMP/good.yaml" --set data.train="$TMP/garbage.bin"
+expect_error short_shard "short.bin" -- "$SY" train --config "$TMP/good.yaml" --set data.train="$TMP/short.bin"
+expect_error data_too_short "tok.h5" -- "$SY" train --config "$TMP/good.yaml" --set data.train="$TMP/tok.h5" --run-dir "$TMP/run"
+expect_error missing_split "'valid'" -- "$SY" train --config "$TMP/good.yaml" --set data.train="$TMP/long.h5" --set data.valid="$TMP/long.h5" --run-dir "$TMP/run"
+expect_error eval_no_model "nomodel" -- "$SY" eval --init-from "$TMP/nomodel" --data "$TMP/long.h5"
+expect_error eval_two_sources "exactly one" -- "$SY" eval --init-from a --checkpoint b --data "$TMP/long.h5"
+expect_error bad_init_from "nomodel" -- "$SY" train --config "$TMP/good.yaml" --init-from "$TMP/nomodel"
+expect_error missing_option "--config" -- "$SY" train
+expect_error bad_option "--bogus" -- "$SY" train --config "$TMP/good.yaml" --bogus
+
+echo "$passes passed, $fails failed"
+[ $fails -eq 0 ]
