@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 
 namespace switchyard::core {
 
@@ -19,6 +20,13 @@ constexpr uint64_t mix64(uint64_t x) {
 // A key from several integers (seed, step, micro-batch, layer, rank, ...).
 constexpr uint64_t rng_key(uint64_t a, uint64_t b = 0, uint64_t c = 0, uint64_t d = 0) {
   return mix64(mix64(mix64(mix64(a) ^ b) ^ c) ^ d);
+}
+
+// A stable 64-bit key of a name (FNV-1a), the same on every platform and run.
+constexpr uint64_t name_key(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ULL;
+  return h;
 }
 
 // Uniform in [0, 1) with 53 random bits.

@@ -104,8 +104,9 @@ void Model::init_random(uint64_t seed) {
     const bool output_proj = p.name.ends_with("o_proj.weight") || p.name.ends_with("down_proj.weight") ||
                              p.name.ends_with(".w2.weight");
     if (output_proj) std *= out_scale;
-    const uint64_t key = core::rng_key(seed, std::hash<std::string>{}(p.name));
-    for (int64_t i = 0; i < p.numel; ++i) dst[i] = static_cast<float>(std * core::rng_normal(key, i));
+    const uint64_t key = core::rng_key(seed, core::name_key(p.name));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < p.numel; ++i) dst[i] = static_cast<float>(std * core::rng_normal(key, static_cast<uint64_t>(i)));
   }
   set_params_from_host(host.data());
 }
