@@ -1,7 +1,7 @@
 // core/cpu/dense_kernels.cpp: CPU embedding, RMSNorm, RoPE and cross-entropy kernels.
 // OpenMP over rows (or over column chunks where rows would race), simd inner loops. Row
-// reductions accumulate in double; per-thread partial sums are reduced in thread order so that
-// results are deterministic for a given thread count.
+// reductions accumulate in 16 float lanes flushed into a double every 1024 elements; per-thread
+// partial sums are reduced in thread order, so results are deterministic for a thread count.
 #include <omp.h>
 
 #include <algorithm>

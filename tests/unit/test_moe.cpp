@@ -684,7 +684,7 @@ TEST_P(MoeLayerTest, ForwardAndGradientsMatchReferenceAndFiniteDifferences) {
   RefLayer ref(cfg, table);
   std::vector<double> pd(params.begin(), params.end()), xd(x.begin(), x.end());
   const auto r0 = ref.forward(pd, xd);
-  EXPECT_LT(max_rel_error(out.data(), to_float(r0.out).data(), kN * kC), 2e-5);
+  EXPECT_LT(max_rel_error(out.data(), to_float(r0.out).data(), kN * kC, 1e-2), 2e-5);
   EXPECT_EQ(st.expert_counts, r0.counts);
   EXPECT_NEAR(st.aux_loss, r0.aux, 1e-5 * r0.aux);
   EXPECT_NEAR(st.z_loss, r0.z, 1e-5 * r0.z);
