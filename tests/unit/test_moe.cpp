@@ -430,7 +430,8 @@ TEST(MoeKernels, DispatchCombineMatchReference) {
     EXPECT_LT(max_rel_error(out.data(), ref_out.data(), N * C, 0.1), 1e-5);
     EXPECT_LT(max_rel_error(dx.data(), ref_dx.data(), N * C, 0.1), 1e-5);
     EXPECT_LT(max_rel_error(dy.data(), ref_dy.data(), p.rows * C), 1e-6);
-    EXPECT_LT(max_rel_error(dg.data(), ref_dg.data(), N * K, 0.1), 1e-5);
+    // a dot product of C fp32 terms: its rounding grows with C and the vector width
+    EXPECT_LT(max_rel_error(dg.data(), ref_dg.data(), N * K, 0.1), 5e-5);
     // a token whose slots were all dropped gets zeros (written, not left as NaN)
     EXPECT_TRUE(std::none_of(out.begin(), out.end(), [](float v) { return std::isnan(v); }));
   }
