@@ -128,10 +128,15 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     // loss, ce, aux, z, tokens summed over the window and the ranks
     std::vector<double> sums(5, 0.0);
     std::vector<int64_t> counts(static_cast<size_t>(model.num_moe_layers() * E), 0);
+    double fwd_s = 0, bwd_s = 0;
     for (int64_t micro = 0; micro < accum; ++micro) {
       sampler.next_batch(step, micro, B, tokens.data(), targets.data());
+      const auto tf = Clock::now();
       const auto f = model.forward(tokens.data(), targets.data(), B, T);
+      const auto tb = Clock::now();
       model.backward(1.0f / static_cast<float>(accum * mpi.size()));
+      fwd_s += std::chrono::duration<double>(tb - tf).count();
+      bwd_s += std::chrono::duration<double>(Clock::now() - tb).count();
       sums[0] += f.loss; sums[1] += f.ce; sums[2] += f.aux; sums[3] += f.z;
       sums[4] += static_cast<double>(f.tokens);
       const auto c = model.expert_counts();
@@ -139,13 +144,18 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
         for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
     }
     // gradients reduced once per optimizer step (data parallel: every parameter is replicated)
+    const auto t_reduce = Clock::now();
     parallel::allreduce_sum(model.grads(), model.num_params(), MPI_COMM_WORLD);
     parallel::allreduce_sum(sums.data(), 5, MPI_COMM_WORLD);
     parallel::allreduce_sum(counts.data(), static_cast<int64_t>(counts.size()), MPI_COMM_WORLD);
-    const double grad_norm = optim::clip_grad_norm(*backend, model.grads(), model.num_params(), cfg.optim.grad_clip);
+    const auto t_opt = Clock::now();
+    const double grad_norm = optim::grad_norm(*backend, model.grads(), model.num_params());
     const double lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
-    adamw.step(model.params(), model.grads(), lr);
-    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    adamw.step(model.params(), model.grads(), lr, optim::clip_coefficient(grad_norm, cfg.optim.grad_clip));
+    const auto t_end = Clock::now();
+    const double seconds = std::chrono::duration<double>(t_end - t0).count();
+    const double reduce_s = std::chrono::duration<double>(t_opt - t_reduce).count();
+    const double opt_s = std::chrono::duration<double>(t_end - t_opt).count();
     avg_step_s = step == 0 ? seconds : 0.9 * avg_step_s + 0.1 * seconds;
 
     const double n_mb = static_cast<double>(accum * mpi.size());
@@ -166,7 +176,9 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
       }
       metrics->write({{"step", step + 1}, {"loss", loss}, {"ce", sums[1] / n_mb}, {"aux_loss", sums[2] / n_mb},
                       {"z_loss", sums[3] / n_mb}, {"lr", lr}, {"grad_norm", grad_norm},
-                      {"tokens_per_s", tokens_per_s}, {"step_ms", seconds * 1e3}, {"expert_load", load}});
+                      {"tokens_per_s", tokens_per_s}, {"step_ms", seconds * 1e3}, {"forward_ms", fwd_s * 1e3},
+                      {"backward_ms", bwd_s * 1e3}, {"reduce_ms", reduce_s * 1e3}, {"optimizer_ms", opt_s * 1e3},
+                      {"expert_load", load}});
       progress.update(step + 1, loss, lr, tokens_per_s, avg_step_s);
     }
     if (cfg.train.eval_interval > 0 && (step + 1) % cfg.train.eval_interval == 0 && step + 1 < cfg.train.steps) {

@@ -1,5 +1,6 @@
 #include "optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace switchyard::optim {
@@ -15,26 +16,27 @@ AdamW::AdamW(core::Backend& be, const core::ParamTable& table, const core::Optim
   }
 }
 
-void AdamW::step(float* params, const float* grads, double lr) {
+void AdamW::step(float* params, const float* grads, double lr, double grad_scale) {
   ++t_;
   const float bc1 = static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(t_)));
   const float bc2 = static_cast<float>(1.0 - std::pow(cfg_.beta2, static_cast<double>(t_)));
   for (const auto& [range, decays] : runs_) {
     const int64_t b = range.first, n = range.second - range.first;
-    be_.adamw_update(params + b, grads + b, m_.data() + b, v_.data() + b, n, static_cast<float>(lr),
+    be_.adamw_update(params + b, grads + b, m_.data() + b, v_.data() + b, n,
+                     static_cast<float>(grad_scale), static_cast<float>(lr),
                      static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
                      static_cast<float>(cfg_.eps), decays ? static_cast<float>(cfg_.weight_decay) : 0.f,
                      bc1, bc2);
   }
 }
 
-double clip_grad_norm(core::Backend& be, float* grads, int64_t n, double max_norm) {
-  const double norm = std::sqrt(be.sum_squares(grads, n));
-  if (max_norm > 0 && std::isfinite(norm)) {
-    const double coef = max_norm / (norm + 1e-6);
-    if (coef < 1.0) be.scale(grads, static_cast<float>(coef), n);
-  }
-  return norm;
+double grad_norm(core::Backend& be, const float* grads, int64_t n) {
+  return std::sqrt(be.sum_squares(grads, n));
+}
+
+double clip_coefficient(double norm, double max_norm) {
+  if (max_norm <= 0 || !std::isfinite(norm)) return 1.0;
+  return std::min(1.0, max_norm / (norm + 1e-6));
 }
 
 }  // namespace switchyard::optim

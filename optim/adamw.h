@@ -18,8 +18,9 @@ class AdamW {
  public:
   AdamW(core::Backend& be, const core::ParamTable& table, const core::OptimConfig& cfg);
 
-  // One update with learning rate lr; increments the step counter first (t = 1 on the first call).
-  void step(float* params, const float* grads, double lr);
+  // One update with learning rate lr on grad_scale * grads (the clipping coefficient, folded in so
+  // the gradients are read once); increments the step counter first (t = 1 on the first call).
+  void step(float* params, const float* grads, double lr, double grad_scale = 1.0);
   int64_t steps_taken() const { return t_; }
   const core::Arena& exp_avg() const { return m_; }
   const core::Arena& exp_avg_sq() const { return v_; }
@@ -33,8 +34,10 @@ class AdamW {
   int64_t t_ = 0;
 };
 
-// Global L2 norm of the gradient arena; scales it by min(1, max_norm / (norm + 1e-6)) when
-// max_norm > 0 (torch.nn.utils.clip_grad_norm_ semantics). Returns the norm before clipping.
-double clip_grad_norm(core::Backend& be, float* grads, int64_t n, double max_norm);
+// Global L2 norm of the gradient arena.
+double grad_norm(core::Backend& be, const float* grads, int64_t n);
+// The factor clipping multiplies the gradients by: min(1, max_norm / (norm + 1e-6)) when
+// max_norm > 0, else 1 (torch.nn.utils.clip_grad_norm_ semantics).
+double clip_coefficient(double norm, double max_norm);
 
 }  // namespace switchyard::optim

@@ -27,8 +27,7 @@ constexpr int64_t kParallelMin = 1 << 14;
 // error < 1e-7), and 2^n built from exponent bits. Inputs are clamped to the normal range; NaN
 // propagates.
 inline float fast_exp(float x) {
-  x = x < -87.33654f ? -87.33654f : x;
-  x = x > 88.37626f ? 88.37626f : x;
+  x = std::min(std::max(x, -87.33654f), 88.37626f);  // min/max: vectorises without masks
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
   const float m = x * 1.44269504088896341f + kMagic;
   const float n = m - kMagic;
