@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "core/error.h"
 
@@ -30,8 +31,18 @@ std::string format_duration(double s) {
   return fmt::format("{}s", total);
 }
 
+namespace {
+// A live line only on a real terminal: under mpirun/srun a rank's stdout can be a pseudo-terminal
+// while the launcher writes to a log file, so launched ranks print plain lines.
+bool interactive_terminal() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+    if (std::getenv(v)) return false;
+  return isatty(STDOUT_FILENO) != 0;
+}
+}  // namespace
+
 Progress::Progress(int64_t total_steps, int64_t interval)
-    : total_(total_steps), interval_(interval > 0 ? interval : 1), tty_(isatty(STDOUT_FILENO) != 0) {}
+    : total_(total_steps), interval_(interval > 0 ? interval : 1), tty_(interactive_terminal()) {}
 
 void Progress::update(int64_t step, double loss, double lr, double tokens_per_s, double sec_per_step) {
   if (!tty_ && step % interval_ != 0 && step != total_ && step != 1) return;
