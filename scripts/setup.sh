@@ -22,5 +22,9 @@ BUILD_DIR=${BUILD_DIR:-build}
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${SWITCHYARD_CMAKE_ARGS:-} >/dev/null
 fi
-cmake --build "$BUILD_DIR" -j"$(nproc)" 2>&1 | grep -E "error|warning: unused|Error" || true
-test -x "$BUILD_DIR/switchyard" || { echo "setup: build failed; run: cmake --build $BUILD_DIR" >&2; exit 1; }
+echo "setup: building in $BUILD_DIR (log: $BUILD_DIR/build.log)"
+if ! cmake --build "$BUILD_DIR" -j"$(nproc)" > "$BUILD_DIR/build.log" 2>&1; then
+  grep -E -m 20 "error|Error" "$BUILD_DIR/build.log" >&2 || tail -n 30 "$BUILD_DIR/build.log" >&2
+  echo "setup: the build failed; the full log is $BUILD_DIR/build.log" >&2
+  exit 1
+fi
