@@ -4,17 +4,10 @@
 #include <climits>
 
 #include "core/error.h"
+#include "parallel/mpi_check.h"
 
 namespace switchyard::parallel {
 namespace {
-
-void check_mpi(int rc, const char* what) {
-  if (rc == MPI_SUCCESS) return;
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, msg, &len);
-  throw_internal("{} failed: {}", what, std::string(msg, static_cast<size_t>(len)));
-}
 
 template <class T>
 void allreduce_chunks(T* data, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm) {
@@ -23,7 +16,7 @@ void allreduce_chunks(T* data, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Comm
   if (size == 1) return;
   for (int64_t begin = 0; begin < n; begin += INT_MAX / 2) {
     const int count = static_cast<int>(std::min<int64_t>(INT_MAX / 2, n - begin));
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, data + begin, count, type, op, comm), "MPI_Allreduce");
+    SY_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + begin, count, type, op, comm));
   }
 }
 

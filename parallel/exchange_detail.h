@@ -1,0 +1,136 @@
+// parallel/exchange_detail.h: internals shared by the token-exchange algorithms (not a public
+// header): the source-side index of the slots, the one summation routine both algorithms use,
+// byte layouts of alltoallv calls, traffic counting, and the algorithm classes.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "parallel/token_exchange.h"
+
+namespace switchyard::parallel::detail {
+
+// A rank's slots seen from the source side, grouped by destination node of the group.
+struct SourceIndex {
+  int64_t num_tokens = 0;           // T
+  std::vector<int64_t> slot_token;  // [S] token row per slot
+  std::vector<int32_t> slot_dest;   // [S] destination rank in the group
+  std::vector<float> slot_gate;     // [S]
+  std::vector<int32_t> slot_tag;    // [S]
+  std::vector<int64_t> dest_rows;   // [group size] slots per destination rank
+  // Distinct (token, destination node) pairs, node-major, tokens ascending inside a node. The
+  // partial sums of combine live in this layout ("unique rows").
+  std::vector<int64_t> node_unique;  // [G] unique rows per node
+  std::vector<int64_t> unique_token; // [U] token of each unique row
+  // The combine reduction of the slots into unique rows, in the order that defines the sum: nodes
+  // ascending, slots in slot order: unique[red_unique[i]] += gate[red_slot[i]] * row(red_slot[i]).
+  std::vector<int64_t> red_unique, red_slot;  // [S] each
+  std::vector<uint8_t> red_first;             // [S] first term of its unique row (written, not added)
+  std::vector<uint8_t> unique_first;          // [U] first node term of its token in out
+  std::vector<int64_t> idle_tokens;           // tokens without slots (combine writes 0)
+  std::vector<int64_t> node_slot_count;       // [G] slots per destination node
+};
+// Checks the slots (sizes, ranges, sorted by destination) and indexes them.
+SourceIndex build_source_index(const RoutedSlots& slots, const GroupTopology& topo, int group_size);
+
+// THE summation of the exchange (one compiled copy, so both algorithms round alike):
+// for i in order: dst[dst_index[i]] += w[i] * src[src_index[i]]   (rows of C floats), except that
+// where first[i] the row is written: dst[dst_index[i]] = w[i] * src[src_index[i]] (first == null:
+// always add). w == nullptr: weight 1 (the product is skipped: the same values as w[i] = 1).
+void scatter_add_rows(float* dst, const int64_t* dst_index, const float* src, const int64_t* src_index,
+                      const float* w, const uint8_t* first, int64_t n, int64_t C);
+// first[i] = 1 where index[i] appears for the first time in index[0..n).
+std::vector<uint8_t> first_occurrence(std::span<const int64_t> index);
+// The source's last step: for nodes m ascending, for the unique rows u of m:
+// out[unique_token[u]] (=, first node of the token; else +=) node_partials[m][u - first row of m];
+// rows of tokens without slots = 0.
+void sum_unique_rows(float* out, const SourceIndex& src, std::span<const float* const> node_partials, int64_t C);
+// Canonical order of sources: by (local index, node) of the group topology. Returns the first
+// receive row of every source given the rows each sends here.
+std::vector<int64_t> source_offsets(const GroupTopology& topo, std::span<const int64_t> recv_counts);
+// dst[i] = src[index[i]], rows of row_bytes.
+void gather_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes);
+// dst[index[i]] = src[i], rows of row_bytes.
+void scatter_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes);
+
+// Byte counts and displacements of one alltoallv side, from rows per peer.
+struct Layout {
+  std::vector<int64_t> counts, displs;  // bytes
+  int64_t total = 0;                    // bytes
+};
+Layout make_layout(std::span<const int64_t> rows, int64_t row_bytes);
+// The same with given row offsets per peer (rows land where the canonical order puts them).
+Layout placed_layout(std::span<const int64_t> rows, std::span<const int64_t> offsets, int64_t row_bytes);
+// Row offsets (prefix sums) of rows per peer.
+std::vector<int64_t> row_offsets(std::span<const int64_t> rows);
+
+// Adds the messages/bytes of one alltoallv side to stats: peer r gets bytes[r]; r == self is not a
+// message; peer_on_my_node(r) decides intra or inter.
+template <class OnMyNode>
+void add_traffic(ExchangeStats& stats, std::span<const int64_t> bytes, int self, OnMyNode on_my_node) {
+  for (int r = 0; r < static_cast<int>(bytes.size()); ++r) {
+    if (r == self || bytes[r] == 0) continue;
+    Traffic& t = on_my_node(r) ? stats.intra_node : stats.inter_node;
+    t.messages += 1;
+    t.bytes += bytes[r];
+  }
+}
+
+// Scales every entry of rows by unit (counts of rows -> counts of bytes etc.).
+std::vector<int64_t> scaled(std::span<const int64_t> rows, int64_t unit);
+
+class Stopwatch {
+ public:
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+// *c, or an internal error naming `what` when c is null.
+Communicator& must(Communicator* c, const char* what);
+
+// Grows a byte buffer (kept across calls) to at least n bytes and returns it.
+std::byte* scratch(std::vector<std::byte>& buf, int64_t n);
+
+class FlatExchange final : public TokenExchange {
+ public:
+  explicit FlatExchange(const ExchangeGroups& groups);
+  ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::ExchangeAlgorithm_flat; }
+  std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override;
+  // Makes the plan from an index already built (auto builds it once for its vote).
+  std::unique_ptr<ExchangePlan> make_plan(SourceIndex src);
+  ExchangeStats dispatch(const ExchangePlan& plan, const void* x, int64_t row_bytes, void* recv) override;
+  ExchangeStats combine(const ExchangePlan& plan, const float* y, int64_t C, float* out, bool weighted) override;
+  ExchangeStats return_to_slots(const ExchangePlan& plan, const float* recv_values, float* slot_values) override;
+
+ private:
+  Communicator& group_;
+  GroupTopology topo_;
+  std::vector<std::byte> send_, recv_;
+};
+
+class HierarchicalExchange final : public TokenExchange {
+ public:
+  explicit HierarchicalExchange(const ExchangeGroups& groups);
+  ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::ExchangeAlgorithm_hierarchical; }
+  std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override;
+  std::unique_ptr<ExchangePlan> make_plan(SourceIndex src);
+  ExchangeStats dispatch(const ExchangePlan& plan, const void* x, int64_t row_bytes, void* recv) override;
+  ExchangeStats combine(const ExchangePlan& plan, const float* y, int64_t C, float* out, bool weighted) override;
+  ExchangeStats return_to_slots(const ExchangePlan& plan, const float* recv_values, float* slot_values) override;
+
+ private:
+  Communicator& group_;
+  Communicator& intra_;
+  Communicator& inter_;
+  GroupTopology topo_;
+  std::vector<std::byte> a_, b_, c_;
+};
+
+}  // namespace switchyard::parallel::detail

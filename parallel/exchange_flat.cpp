@@ -1,0 +1,145 @@
+// parallel/exchange_flat.cpp: the flat token exchange, one alltoallv over the expert group per
+// call, one row per routed slot. Slots are sorted by destination, so the send buffer in slot order
+// is already grouped by peer; received rows land at their source's canonical offset.
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "parallel/exchange_detail.h"
+
+namespace switchyard::parallel::detail {
+namespace {
+
+struct FlatPlan final : ExchangePlan {
+  SourceIndex src;
+};
+
+const FlatPlan& as_flat(const ExchangePlan& plan) {
+  const auto* p = dynamic_cast<const FlatPlan*>(&plan);
+  SY_CHECK(p != nullptr, "a {} plan given to the flat exchange", exchange_algorithm_name(plan.algorithm));
+  return *p;
+}
+
+struct SlotMeta {  // what travels with each slot at plan time
+  float gate;
+  int32_t tag;
+};
+
+}  // namespace
+
+FlatExchange::FlatExchange(const ExchangeGroups& groups)
+    : group_(must(groups.group, "expert group")), topo_(groups.topology) {
+  SY_CHECK(static_cast<int>(topo_.node_of.size()) == group_.size(), "topology of {} ranks for a group of {}",
+           topo_.node_of.size(), group_.size());
+}
+
+std::unique_ptr<ExchangePlan> FlatExchange::make_plan(const RoutedSlots& slots) {
+  return make_plan(build_source_index(slots, topo_, group_.size()));
+}
+
+std::unique_ptr<ExchangePlan> FlatExchange::make_plan(SourceIndex src) {
+  Stopwatch watch;
+  const int E = group_.size(), me = group_.rank();
+  const int my_node = topo_.node_of[static_cast<size_t>(me)];
+  auto on_my_node = [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; };
+  auto plan = std::make_unique<FlatPlan>();
+  plan->algorithm = ExchangeAlgorithm::ExchangeAlgorithm_flat;
+  plan->stats.algorithm = plan->algorithm;
+  plan->num_tokens = src.num_tokens;
+  plan->num_slots = static_cast<int64_t>(src.slot_token.size());
+
+  // Counts first: rows per peer.
+  plan->recv_counts.assign(static_cast<size_t>(E), 0);
+  group_.alltoall(src.dest_rows.data(), plan->recv_counts.data(), 1);
+  add_traffic(plan->stats, std::vector<int64_t>(static_cast<size_t>(E), sizeof(int64_t)), me, on_my_node);
+  plan->num_recv = 0;
+  for (int64_t c : plan->recv_counts) plan->num_recv += c;
+  plan->recv_offsets = source_offsets(topo_, plan->recv_counts);
+
+  // Then each slot's gate and tag, in slot order.
+  std::vector<SlotMeta> send(src.slot_token.size()), recv(static_cast<size_t>(plan->num_recv));
+  for (size_t s = 0; s < send.size(); ++s) send[s] = SlotMeta{src.slot_gate[s], src.slot_tag[s]};
+  const Layout sl = make_layout(src.dest_rows, sizeof(SlotMeta));
+  const Layout rl = placed_layout(plan->recv_counts, plan->recv_offsets, sizeof(SlotMeta));
+  group_.alltoallv(send.data(), sl.counts, sl.displs, recv.data(), rl.counts, rl.displs);
+  add_traffic(plan->stats, sl.counts, me, on_my_node);
+  plan->recv_gate.resize(recv.size());
+  plan->recv_tag.resize(recv.size());
+  for (size_t r = 0; r < recv.size(); ++r) {
+    plan->recv_gate[r] = recv[r].gate;
+    plan->recv_tag[r] = recv[r].tag;
+  }
+  plan->src = std::move(src);
+  plan->stats.seconds = watch.seconds();
+  return plan;
+}
+
+ExchangeStats FlatExchange::dispatch(const ExchangePlan& plan_in, const void* x, int64_t row_bytes, void* recv) {
+  Stopwatch watch;
+  const FlatPlan& plan = as_flat(plan_in);
+  const int me = group_.rank(), my_node = topo_.node_of[static_cast<size_t>(me)];
+  const auto S = static_cast<int64_t>(plan.src.slot_token.size());
+  std::byte* send = scratch(send_, S * row_bytes);
+  gather_rows(send, x, plan.src.slot_token.data(), S, row_bytes);
+  const Layout sl = make_layout(plan.src.dest_rows, row_bytes);
+  const Layout rl = placed_layout(plan.recv_counts, plan.recv_offsets, row_bytes);
+  group_.alltoallv(send, sl.counts, sl.displs, recv, rl.counts, rl.displs);
+  ExchangeStats stats;
+  stats.algorithm = plan.algorithm;
+  add_traffic(stats, sl.counts, me, [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; });
+  stats.seconds = watch.seconds();
+  return stats;
+}
+
+ExchangeStats FlatExchange::combine(const ExchangePlan& plan_in, const float* y, int64_t C, float* out,
+                                    bool weighted) {
+  Stopwatch watch;
+  const FlatPlan& plan = as_flat(plan_in);
+  const int me = group_.rank(), my_node = topo_.node_of[static_cast<size_t>(me)];
+  const SourceIndex& src = plan.src;
+  const auto S = static_cast<int64_t>(src.slot_token.size());
+  const auto U = static_cast<int64_t>(src.unique_token.size());
+  const int64_t row = C * static_cast<int64_t>(sizeof(float));
+  // The mirror of dispatch: one row per slot comes back, in slot order.
+  auto* slot_rows = reinterpret_cast<float*>(scratch(recv_, S * row));
+  const Layout sl = placed_layout(plan.recv_counts, plan.recv_offsets, row);
+  const Layout rl = make_layout(src.dest_rows, row);
+  group_.alltoallv(y, sl.counts, sl.displs, slot_rows, rl.counts, rl.displs);
+  // Partial sums per (token, node), then the node sum: the order that defines the result.
+  auto* partial = reinterpret_cast<float*>(scratch(send_, U * row));
+  std::vector<float> gates;
+  if (weighted) {
+    gates.resize(static_cast<size_t>(S));
+    for (int64_t i = 0; i < S; ++i) gates[i] = src.slot_gate[src.red_slot[i]];
+  }
+  scatter_add_rows(partial, src.red_unique.data(), slot_rows, src.red_slot.data(),
+                   weighted ? gates.data() : nullptr, src.red_first.data(), S, C);
+  std::vector<const float*> node_partials;
+  for (int64_t first = 0; int64_t n : src.node_unique) {
+    node_partials.push_back(partial + first * C);
+    first += n;
+  }
+  sum_unique_rows(out, src, node_partials, C);
+  ExchangeStats stats;
+  stats.algorithm = plan.algorithm;
+  add_traffic(stats, sl.counts, me, [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; });
+  stats.seconds = watch.seconds();
+  return stats;
+}
+
+ExchangeStats FlatExchange::return_to_slots(const ExchangePlan& plan_in, const float* recv_values,
+                                            float* slot_values) {
+  Stopwatch watch;
+  const FlatPlan& plan = as_flat(plan_in);
+  const int me = group_.rank(), my_node = topo_.node_of[static_cast<size_t>(me)];
+  const Layout sl = placed_layout(plan.recv_counts, plan.recv_offsets, sizeof(float));
+  const Layout rl = make_layout(plan.src.dest_rows, sizeof(float));
+  group_.alltoallv(recv_values, sl.counts, sl.displs, slot_values, rl.counts, rl.displs);
+  ExchangeStats stats;
+  stats.algorithm = plan.algorithm;
+  add_traffic(stats, sl.counts, me, [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; });
+  stats.seconds = watch.seconds();
+  return stats;
+}
+
+}  // namespace switchyard::parallel::detail

@@ -1,0 +1,41 @@
+// tests/mpi/exchange_testing.h: helpers of the token-exchange tests: the layouts to try for a world
+// size, one full forward/backward pass through an exchange, bitwise comparison.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/process_groups.h"
+#include "parallel/token_exchange.h"
+#include "tests/mpi/routing.h"
+
+namespace switchyard::test {
+
+struct Layout {
+  int expert_parallel;  // E
+  int ranks_per_node;   // simulated node size
+  std::string name() const;
+};
+// Every (E, ranks_per_node) worth testing with N ranks: 2 x 2 nodes, 4 x 1, 1 x 4, groups inside
+// and across nodes.
+std::vector<Layout> layouts_for(int world_size);
+
+// Everything one exchange produced for one routing on this rank.
+struct Pass {
+  std::unique_ptr<parallel::ExchangePlan> plan;
+  std::vector<float> recv, y, out, dy, dgate, dx;
+  parallel::ExchangeStats dispatch, combine, combine_bwd, dispatch_bwd;
+};
+// make_plan, dispatch_forward(x), y = expert_value(recv), combine_forward(y),
+// combine_backward(dout), dispatch_backward(dy). C columns; world_rank picks x and dout.
+Pass run_pass(parallel::TokenExchange& ex, const Routing& r, int world_rank, int group_rank, int64_t C);
+
+::testing::AssertionResult bit_equal(const std::vector<float>& a, const std::vector<float>& b);
+
+constexpr int kExpertsPerRank = 2;
+constexpr int64_t kColumns = 6;
+
+}  // namespace switchyard::test
