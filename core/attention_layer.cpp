@@ -94,9 +94,10 @@ void AttentionLayer::backward(float* dx, const float* dout, const float* x, cons
   be_.attention_backward(dqkv_, datt_, att_, lse_, qkv_, shape_);
   be_.rope_backward(dqkv_, shape_, theta_);
   if (off_bqkv_ >= 0) be_.bias_backward(grads + off_bqkv_, dqkv_, N, W);
+  // dx before dWqkv: the transposed GEMM runs faster after dx has streamed dqkv through the cache
+  be_.gemm(false, false, N, C_, W, 1.0f, dqkv_, W, wqkv, C_, 0.0f, dx, C_);  // dx = dqkv Wqkv
   be_.gemm(true, false, W, C_, N, 1.0f, dqkv_, W, x, C_, 1.0f, grads + off_wqkv_,
            C_);  // dWqkv += dqkv^T x
-  be_.gemm(false, false, N, C_, W, 1.0f, dqkv_, W, wqkv, C_, 0.0f, dx, C_);  // dx = dqkv Wqkv
 }
 
 }  // namespace switchyard::core

@@ -74,6 +74,18 @@ class Backend {
                                int64_t C, float eps) = 0;
   virtual void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x,
                                 const float* w, const float* rstd, int64_t N, int64_t C) = 0;
+  // Residual add fused with the RMSNorm that follows it (one pass instead of two):
+  // sum = a + b (written, [N,C]), then out/rstd = rmsnorm_forward(sum, w). Same results as add()
+  // followed by rmsnorm_forward(). sum may alias a or b; out must not alias a, b or sum.
+  virtual void add_rmsnorm_forward(float* sum, float* out, float* rstd, const float* a,
+                                   const float* b, const float* w, int64_t N, int64_t C,
+                                   float eps) = 0;
+  // rmsnorm_backward with dx ACCUMULATED (dx += the input gradient; the residual stream's
+  // gradient) instead of written; dw += as in rmsnorm_backward. Same results as
+  // rmsnorm_backward into a scratch buffer followed by axpy(dx, 1, scratch).
+  virtual void rmsnorm_backward_accumulate(float* dx, float* dw, const float* dout,
+                                           const float* x, const float* w, const float* rstd,
+                                           int64_t N, int64_t C) = 0;
 
   // ---- rotary embedding (rotate-half convention) on the q and k parts of a packed qkv buffer, in
   // place; position of row b*T+t is t. backward applies the inverse rotation to dqkv in place. ----

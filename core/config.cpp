@@ -468,6 +468,15 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
             "{} does not divide model.moe.n_experts = {} (each rank holds n_experts / "
             "expert_parallel experts)",
             ep, cfg.model.moe.n_experts);
+  const auto& par = cfg.parallel;
+  c.non_negative(par.ranks_per_node, "parallel.ranks_per_node");
+  c.require(par.token_exchange == "flat" || par.token_exchange == "hierarchical" ||
+                par.token_exchange == "auto",
+            "parallel.token_exchange", "must be flat, hierarchical or auto, got '{}'", par.token_exchange);
+  c.positive(par.intra_latency_us, "parallel.intra_latency_us");
+  c.positive(par.intra_bandwidth_gbs, "parallel.intra_bandwidth_gbs");
+  c.positive(par.inter_latency_us, "parallel.inter_latency_us");
+  c.positive(par.inter_bandwidth_gbs, "parallel.inter_bandwidth_gbs");
 }
 
 std::string to_yaml(const ExperimentConfig& cfg) {

@@ -140,9 +140,23 @@ struct DataConfig {
 };
 
 struct ParallelConfig {
-  int64_t expert_parallel = 1;
+  int64_t expert_parallel = 1;          // ranks the experts of a layer are spread over (E)
+  int64_t ranks_per_node = 0;           // 0: SWITCHYARD_RANKS_PER_NODE or MPI shared-memory nodes
+  std::string token_exchange = "auto";  // flat | hierarchical | auto (cost model below)
+  double intra_latency_us = 3.0;        // cost model of the auto choice: NVLink defaults
+  double intra_bandwidth_gbs = 200.0;
+  double inter_latency_us = 6.0;        // InfiniBand NDR defaults
+  double inter_bandwidth_gbs = 40.0;
 
-  template <class V> void visit(V& v) { v("expert_parallel", expert_parallel); }
+  template <class V> void visit(V& v) {
+    v("expert_parallel", expert_parallel);
+    v("ranks_per_node", ranks_per_node);
+    v("token_exchange", token_exchange);
+    v("intra_latency_us", intra_latency_us);
+    v("intra_bandwidth_gbs", intra_bandwidth_gbs);
+    v("inter_latency_us", inter_latency_us);
+    v("inter_bandwidth_gbs", inter_bandwidth_gbs);
+  }
 };
 
 struct RunConfig {

@@ -164,7 +164,8 @@ ModelConfig read_hf_config(const std::string& dir) {
   return m;
 }
 
-void load_hf_weights(const std::string& dir, const ParamTable& table, float* host_params) {
+void load_hf_weights(const std::string& dir, const ParamTable& table, float* host_params,
+                     const ParamTable* also_known) {
   const fs::path d(dir);
   const fs::path index_path = d / "model.safetensors.index.json";
   const fs::path single = d / "model.safetensors";
@@ -258,6 +259,7 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
   size_t n_unknown = 0;
   for (const TensorView* t : all) {
     if (table.find(t->name) >= 0) continue;
+    if (also_known && also_known->find(t->name) >= 0) continue;
     if (ends_with(t->name, "rotary_emb.inv_freq")) continue;
     if (t->numel() == 0) continue;  // e.g. a zero-sized qwen2_moe shared expert
     if (t->name == "lm_head.weight" && table.find("model.embed_tokens.weight") >= 0) continue;  // tied

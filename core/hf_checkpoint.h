@@ -28,7 +28,9 @@ ModelConfig read_hf_config(const std::string& dir);
 // not know is an error, except "*rotary_emb.inv_freq" buffers, zero-element tensors (with the
 // shared_expert_gate of a zero-sized shared expert) and lm_head.weight when the embeddings are
 // tied. F32/BF16/F16/F64 data is converted to fp32. Problems are usage Errors naming the tensor
-// and the file.
-void load_hf_weights(const std::string& dir, const ParamTable& table, float* host_params);
+// and the file. `also_known` (optional): tensors it names are skipped without error — the routed
+// experts other ranks hold when the table is one expert-parallel rank's share.
+void load_hf_weights(const std::string& dir, const ParamTable& table, float* host_params,
+                     const ParamTable* also_known = nullptr);
 
 }  // namespace switchyard::core

@@ -51,7 +51,11 @@ bool param_decays(const ParamSpec& p, const OptimConfig& cfg) {
   return true;
 }
 
-ParamTable make_param_table(const ModelConfig& c) {
+ParamTable make_param_table(const ModelConfig& c, int ep_rank, int ep_size) {
+  SY_CHECK(ep_size >= 1 && ep_rank >= 0 && ep_rank < ep_size && c.moe.n_experts % ep_size == 0,
+           "expert parallel rank {} of {} with {} experts", ep_rank, ep_size, c.moe.n_experts);
+  const int local_experts = static_cast<int>(c.moe.n_experts / ep_size);
+  const int first_expert = ep_rank * local_experts;
   using K = ParamKind;
   ParamTable t;
   const int64_t C = c.d_model, HD = c.hd(), NH = c.n_heads, NKV = c.n_kv_heads;
@@ -81,7 +85,7 @@ ParamTable make_param_table(const ModelConfig& c) {
     const int64_t I = c.moe.expert_size;
     const std::string m = p + (qwen ? "mlp." : "block_sparse_moe.");
     t.add(m + "gate.weight", {c.moe.n_experts, C}, K::ParamKind_router, l);
-    for (int e = 0; e < static_cast<int>(c.moe.n_experts); ++e) {
+    for (int e = first_expert; e < first_expert + local_experts; ++e) {
       const std::string x = fmt::format("{}experts.{}.", m, e);
       t.add(x + (qwen ? "gate_proj.weight" : "w1.weight"), {I, C}, K::ParamKind_expert, l, e);
       t.add(x + (qwen ? "up_proj.weight" : "w3.weight"), {I, C}, K::ParamKind_expert, l, e);

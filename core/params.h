@@ -58,7 +58,10 @@ bool param_decays(const ParamSpec& p, const OptimConfig& cfg);
 // The table of the model described by `cfg`, in arena order. Layout (see docs/ARCHITECTURE.md):
 // q,k,v weights (and biases) are adjacent so one GEMM computes the packed qkv; each expert's
 // gate (w1/gate_proj) and up (w3/up_proj) weights are adjacent so one GEMM computes gate|up.
-ParamTable make_param_table(const ModelConfig& cfg);
+// With expert parallelism (ep_size > 1) the table holds only the routed experts of rank ep_rank of
+// the expert group, experts [ep_rank*E/ep_size, (ep_rank+1)*E/ep_size) of every MoE layer, still
+// named by their global ids; every other tensor is replicated.
+ParamTable make_param_table(const ModelConfig& cfg, int ep_rank = 0, int ep_size = 1);
 
 // An owning block of floats in a backend's memory.
 class Arena {

@@ -22,7 +22,12 @@
 #include "moe/model.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "core/hf_checkpoint.h"
 #include "parallel/collectives.h"
+#include "launch/param_sharding.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/process_groups.h"
+#include "parallel/token_exchange.h"
 
 namespace switchyard::launch {
 namespace fs = std::filesystem;
@@ -53,20 +58,14 @@ void write_text(const fs::path& path, const std::string& text) {
 int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   core::ExperimentConfig cfg = core::load_experiment_config(opts.config_path, opts.overrides);
   const bool rank0 = mpi.rank() == 0;
-  LoadedModel init;
   if (!opts.init_from.empty()) {
-    init = load_hf_model(opts.init_from);
     // The architecture comes from the checkpoint; balancing-loss coefficients from the config.
     const core::MoeConfig losses = cfg.model.moe;
-    cfg.model = init.config;
+    cfg.model = core::read_hf_config(opts.init_from);
     cfg.model.moe.aux_loss_coef = losses.aux_loss_coef;
     cfg.model.moe.z_loss_coef = losses.z_loss_coef;
     core::validate(cfg, opts.config_path + " with --init-from " + opts.init_from);
   }
-  if (cfg.parallel.expert_parallel != 1)
-    throw_usage("{}: parallel.expert_parallel={} needs expert-parallel training, which this build "
-                "does not have yet; use 1 (every rank holds all experts, data parallel)",
-                opts.config_path, cfg.parallel.expert_parallel);
   if (cfg.train.precision != "fp32")
     throw_usage("{}: train.precision={} is not available in this build; use fp32", opts.config_path,
                 cfg.train.precision);
@@ -83,10 +82,32 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   data::WindowSampler sampler(*train_src, T, cfg.model.vocab_size, static_cast<uint64_t>(cfg.train.seed),
                               mpi.rank(), mpi.size(), accum);
 
+  // ---- process groups and the token exchange (expert parallelism) ----
+  auto world = parallel::MpiCommunicator::world();
+  parallel::ProcessGroups groups(*world, {cfg.parallel.expert_parallel, cfg.parallel.ranks_per_node});
+  std::unique_ptr<parallel::TokenExchange> exchange;
+  moe::ExpertParallel ep;
+  if (cfg.parallel.expert_parallel > 1) {
+    parallel::CostModel cost;
+    cost.intra = {cfg.parallel.intra_latency_us * 1e-6, cfg.parallel.intra_bandwidth_gbs * 1e9};
+    cost.inter = {cfg.parallel.inter_latency_us * 1e-6, cfg.parallel.inter_bandwidth_gbs * 1e9};
+    exchange = parallel::make_token_exchange(parallel::parse_exchange_algorithm(cfg.parallel.token_exchange),
+                                             groups.exchange_groups(), cost);
+    ep = {exchange.get(), groups.expert().rank(), static_cast<int>(cfg.parallel.expert_parallel)};
+  }
+
   // ---- model and optimizer ----
-  moe::Model model(*backend, cfg.model, B, T);
-  if (!init.params.empty()) model.set_params_from_host(init.params.data());
-  else model.init_random(static_cast<uint64_t>(cfg.train.seed));
+  moe::Model model(*backend, cfg.model, B, T, ep);
+  if (!opts.init_from.empty()) {
+    // this rank's share: dense tensors and its own experts; other ranks' experts are skipped
+    const core::ParamTable full = core::make_param_table(cfg.model);
+    std::vector<float> host(static_cast<size_t>(model.num_params()));
+    core::load_hf_weights(opts.init_from, model.table(), host.data(), &full);
+    model.set_params_from_host(host.data());
+  } else {
+    model.init_random(static_cast<uint64_t>(cfg.train.seed));
+  }
+  GradientReducer reducer(model.table(), groups, static_cast<int>(cfg.model.n_layers));
   optim::AdamW adamw(*backend, model.table(), cfg.optim);
 
   // ---- run folder ----
@@ -103,9 +124,11 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   if (rank0) metrics = std::make_unique<MetricsWriter>((dir / "metrics.jsonl").string());
   if (rank0) {
     fmt::print("switchyard train: {} parameters ({} layers, {} experts top-{}), {} rank(s) x {} "
-               "thread(s), global batch {} x {} tokens, run folder {}\n",
-               model.num_params(), cfg.model.n_layers, cfg.model.moe.n_experts, cfg.model.moe.top_k,
-               mpi.size(), threads, B * accum * mpi.size(), T, dir.string());
+               "thread(s), expert parallel {}{}, global batch {} x {} tokens, run folder {}\n",
+               core::make_param_table(cfg.model).total(), cfg.model.n_layers, cfg.model.moe.n_experts,
+               cfg.model.moe.top_k, mpi.size(), threads, cfg.parallel.expert_parallel,
+               exchange ? fmt::format(" ({} token exchange)", cfg.parallel.token_exchange) : "",
+               B * accum * mpi.size(), T, dir.string());
     std::fflush(stdout);
   }
 
@@ -128,28 +151,36 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     // loss, ce, aux, z, tokens summed over the window and the ranks
     std::vector<double> sums(5, 0.0);
     std::vector<int64_t> counts(static_cast<size_t>(model.num_moe_layers() * E), 0);
-    double fwd_s = 0, bwd_s = 0;
+    double fwd_s = 0, bwd_s = 0, expert_s = 0;
+    parallel::ExchangeStats traffic;
     for (int64_t micro = 0; micro < accum; ++micro) {
       sampler.next_batch(step, micro, B, tokens.data(), targets.data());
       const auto tf = Clock::now();
       const auto f = model.forward(tokens.data(), targets.data(), B, T);
       const auto tb = Clock::now();
-      model.backward(1.0f / static_cast<float>(accum * mpi.size()));
+      // the last micro-batch of the window starts each layer's gradient reduction as soon as
+      // backward has finished that layer (non-blocking; completed before the optimizer step)
+      const bool last = micro + 1 == accum;
+      model.backward(1.0f / static_cast<float>(accum * mpi.size()),
+                     last ? std::function<void(int)>([&](int layer) { reducer.start_bucket(model.grads(), layer); })
+                          : std::function<void(int)>());
       fwd_s += std::chrono::duration<double>(tb - tf).count();
       bwd_s += std::chrono::duration<double>(Clock::now() - tb).count();
       sums[0] += f.loss; sums[1] += f.ce; sums[2] += f.aux; sums[3] += f.z;
       sums[4] += static_cast<double>(f.tokens);
+      traffic += model.exchange_stats();
+      expert_s += model.expert_seconds();
       const auto c = model.expert_counts();
       for (size_t l = 0; l < c.size(); ++l)
         for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
     }
     // gradients reduced once per optimizer step (data parallel: every parameter is replicated)
     const auto t_reduce = Clock::now();
-    parallel::allreduce_sum(model.grads(), model.num_params(), MPI_COMM_WORLD);
+    reducer.finish(model.grads());
     parallel::allreduce_sum(sums.data(), 5, MPI_COMM_WORLD);
     parallel::allreduce_sum(counts.data(), static_cast<int64_t>(counts.size()), MPI_COMM_WORLD);
     const auto t_opt = Clock::now();
-    const double grad_norm = optim::grad_norm(*backend, model.grads(), model.num_params());
+    const double grad_norm = reducer.global_norm(*backend, model.grads());
     const double lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
     adamw.step(model.params(), model.grads(), lr, optim::clip_coefficient(grad_norm, cfg.optim.grad_clip));
     const auto t_end = Clock::now();
@@ -178,6 +209,10 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                       {"z_loss", sums[3] / n_mb}, {"lr", lr}, {"grad_norm", grad_norm},
                       {"tokens_per_s", tokens_per_s}, {"step_ms", seconds * 1e3}, {"forward_ms", fwd_s * 1e3},
                       {"backward_ms", bwd_s * 1e3}, {"reduce_ms", reduce_s * 1e3}, {"optimizer_ms", opt_s * 1e3},
+                      {"expert_ms", expert_s * 1e3}, {"exchange_ms", traffic.seconds * 1e3},
+                      {"exchange_bytes_intra", traffic.intra_node.bytes},
+                      {"exchange_bytes_inter", traffic.inter_node.bytes},
+                      {"exchange_messages_inter", traffic.inter_node.messages},
                       {"expert_load", load}});
       progress.update(step + 1, loss, lr, tokens_per_s, avg_step_s);
     }
@@ -188,10 +223,10 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   }
   progress.finish();
   run_eval(cfg.train.steps);
+  // every rank of the first expert group contributes its experts; rank 0 writes the whole model
+  const std::vector<float> full = gather_full_params(model, groups, cfg.model);
   if (rank0) {
-    std::vector<float> host(static_cast<size_t>(model.num_params()));
-    model.params_to_host(host.data());
-    save_hf_model((dir / "model").string(), cfg.model, model.table(), host.data());
+    save_hf_model((dir / "model").string(), cfg.model, core::make_param_table(cfg.model), full.data());
     fmt::print("switchyard train: done; metrics in {}, weights in {}\n", (dir / "metrics.jsonl").string(),
                (dir / "model").string());
   }

@@ -9,12 +9,12 @@
 namespace switchyard::moe {
 
 Experts::Experts(const core::ParamTable& table, const std::string& prefix, bool qwen_names,
-                 int64_t E, int64_t C, int64_t I)
+                 int64_t E, int64_t C, int64_t I, int64_t first_expert)
     : E_(E), C_(C), I_(I) {
   off_gate_up_.resize(static_cast<size_t>(E));
   off_down_.resize(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
-    const std::string x = fmt::format("{}experts.{}.", prefix, e);
+    const std::string x = fmt::format("{}experts.{}.", prefix, first_expert + e);
     const auto& g = table.at(x + (qwen_names ? "gate_proj.weight" : "w1.weight"));
     const auto& u = table.at(x + (qwen_names ? "up_proj.weight" : "w3.weight"));
     const auto& d = table.at(x + (qwen_names ? "down_proj.weight" : "w2.weight"));

@@ -17,9 +17,11 @@ namespace switchyard::moe {
 class Experts {
  public:
   // prefix: the layer's MoE prefix, e.g. "model.layers.3.block_sparse_moe." (mixtral: w1/w3/w2)
-  // or "model.layers.3.mlp." (qwen: gate_proj/up_proj/down_proj).
+  // or "model.layers.3.mlp." (qwen: gate_proj/up_proj/down_proj). E experts with global ids
+  // first_expert .. first_expert+E-1 (expert parallelism: this rank's share); local index e of
+  // offsets[] is global expert first_expert + e.
   Experts(const core::ParamTable& table, const std::string& prefix, bool qwen_names, int64_t E,
-          int64_t C, int64_t I);
+          int64_t C, int64_t I, int64_t first_expert = 0);
 
   int64_t experts() const { return E_; }
   int64_t width() const { return I_; }

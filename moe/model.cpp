@@ -33,8 +33,10 @@ float* Model::alloc_floats(int64_t n) {
   return p;
 }
 
-Model::Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch, int64_t max_seq)
-    : be_(be), cfg_(cfg), table_(core::make_param_table(cfg)), max_tokens_(max_batch * max_seq) {
+Model::Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch, int64_t max_seq,
+             const ExpertParallel& ep)
+    : be_(be), cfg_(cfg), table_(core::make_param_table(cfg, ep.rank, ep.size)),
+      max_tokens_(max_batch * max_seq) {
   params_ = core::Arena(be_, table_.total());
   grads_ = core::Arena(be_, table_.total());
   const int64_t N = max_tokens_, C = cfg.d_model, V = cfg.vocab_size;
@@ -53,7 +55,7 @@ Model::Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch,
     L->rstd2 = alloc_floats(N);
     L->attn = std::make_unique<core::AttentionLayer>(be_, cfg, table_, l, N);
     if (L->is_moe) {
-      L->moe = std::make_unique<MoeLayer>(be_, cfg, table_, l, N);
+      L->moe = std::make_unique<MoeLayer>(be_, cfg, table_, l, N, ep);
       ++n_moe_;
     } else {
       L->F = cfg.dense_ffn_size;
@@ -134,16 +136,21 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     if (tokens[i] < 0 || tokens[i] >= V)
       throw_usage("token {} at position {} is outside the model's vocabulary [0, {})", tokens[i], i, V);
 
+  const float* w_final_norm = P + table_.at("model.norm.weight").offset;
   be_.embedding_forward(layers_.empty() ? x_final_ : layers_[0]->x_in, tokens_,
                         P + table_.at("model.embed_tokens.weight").offset, N, C);
   ForwardResult r;
+  // Every residual add is fused with the RMSNorm that reads its result (add_rmsnorm_forward):
+  // x_mid = x_in + attn -> ln2; x_out = x_mid + ffn -> the next layer's ln1 (or the final norm).
+  if (layers_.empty())
+    be_.rmsnorm_forward(lnf_, lnf_rstd_, x_final_, w_final_norm, N, C, eps);
+  else
+    be_.rmsnorm_forward(layers_[0]->ln1, layers_[0]->rstd1, layers_[0]->x_in,
+                        P + layers_[0]->off_ln1, N, C, eps);
   for (size_t li = 0; li < layers_.size(); ++li) {
     Layer& L = *layers_[li];
-    float* x_out = li + 1 < layers_.size() ? layers_[li + 1]->x_in : x_final_;
-    be_.rmsnorm_forward(L.ln1, L.rstd1, L.x_in, P + L.off_ln1, N, C, eps);
     L.attn->forward(dtmp_, L.ln1, P, B, T);
-    be_.add(L.x_mid, L.x_in, dtmp_, N * C);
-    be_.rmsnorm_forward(L.ln2, L.rstd2, L.x_mid, P + L.off_ln2, N, C, eps);
+    be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, dtmp_, P + L.off_ln2, N, C, eps);
     if (L.is_moe) {
       L.moe->forward(dtmp_, L.ln2, P, N);
       r.aux += L.moe->stats().aux_loss;
@@ -151,9 +158,14 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     } else {
       core::ffn_forward(be_, dtmp_, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down);
     }
-    be_.add(x_out, L.x_mid, dtmp_, N * C);
+    if (li + 1 < layers_.size()) {
+      Layer& next = *layers_[li + 1];
+      be_.add_rmsnorm_forward(next.x_in, next.ln1, next.rstd1, L.x_mid, dtmp_, P + next.off_ln1,
+                              N, C, eps);
+    } else {
+      be_.add_rmsnorm_forward(x_final_, lnf_, lnf_rstd_, L.x_mid, dtmp_, w_final_norm, N, C, eps);
+    }
   }
-  be_.rmsnorm_forward(lnf_, lnf_rstd_, x_final_, P + table_.at("model.norm.weight").offset, N, C, eps);
   const float* w_head = P + table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
   be_.gemm(false, true, N, V, C, 1.0f, lnf_, C, w_head, C, 0.0f, logits_, V);
   be_.cross_entropy_forward(losses_, logits_, targets_, N, V);
@@ -177,7 +189,7 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   return r;
 }
 
-void Model::backward(float grad_scale) {
+void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_ready) {
   const int64_t N = B_ * T_, C = cfg_.d_model, V = cfg_.vocab_size;
   SY_CHECK(N > 0, "backward() without a forward()");
   const float* P = params_.data();
@@ -205,14 +217,32 @@ void Model::backward(float grad_scale) {
       core::ffn_backward(be_, dln_, false, G + L.off_gate_up, G + L.off_down, dresid_, L.ln2, L.h,
                          L.a, N, C, L.F, P + L.off_gate_up, P + L.off_down, L.dh, L.da);
     }
-    be_.rmsnorm_backward(dtmp_, G + L.off_ln2, dln_, L.x_mid, P + L.off_ln2, L.rstd2, N, C);
-    be_.axpy(dresid_, 1.0f, dtmp_, N * C);  // d x_mid
+    // d x_mid = d x_out + ln2's input gradient
+    be_.rmsnorm_backward_accumulate(dresid_, G + L.off_ln2, dln_, L.x_mid, P + L.off_ln2, L.rstd2,
+                                    N, C);
     // x_mid = x_in + attn(ln1(x_in))
     L.attn->backward(dln_, dresid_, L.ln1, P, G, B_, T_);
-    be_.rmsnorm_backward(dtmp_, G + L.off_ln1, dln_, L.x_in, P + L.off_ln1, L.rstd1, N, C);
-    be_.axpy(dresid_, 1.0f, dtmp_, N * C);  // d x_in
+    // d x_in = d x_mid + ln1's input gradient
+    be_.rmsnorm_backward_accumulate(dresid_, G + L.off_ln1, dln_, L.x_in, P + L.off_ln1, L.rstd1,
+                                    N, C);
+    if (on_grads_ready) on_grads_ready(L.index);
   }
   be_.embedding_backward(G + table_.at("model.embed_tokens.weight").offset, dresid_, tokens_, N, C);
+  if (on_grads_ready) on_grads_ready(-1);
+}
+
+parallel::ExchangeStats Model::exchange_stats() const {
+  parallel::ExchangeStats s;
+  for (const auto& L : layers_)
+    if (L->is_moe) s += L->moe->stats().exchange;
+  return s;
+}
+
+double Model::expert_seconds() const {
+  double s = 0;
+  for (const auto& L : layers_)
+    if (L->is_moe) s += L->moe->stats().expert_seconds;
+  return s;
 }
 
 std::vector<std::vector<int64_t>> Model::expert_counts() const {

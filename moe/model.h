@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -32,7 +33,9 @@ struct ForwardResult {
 class Model {
  public:
   // Activations are sized for micro-batches of up to max_batch sequences of max_seq tokens.
-  Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch, int64_t max_seq);
+  // With expert parallelism the table (and so the arenas) holds this rank's experts only.
+  Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch, int64_t max_seq,
+        const ExpertParallel& ep = {});
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -52,14 +55,20 @@ class Model {
 
   // tokens, targets: host arrays [B*T]. Keeps the activations for backward().
   ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
-  // Adds grad_scale * d(loss)/d(params) to grads() for the last forward.
-  void backward(float grad_scale = 1.0f);
+  // Adds grad_scale * d(loss)/d(params) to grads() for the last forward. on_grads_ready (optional)
+  // is called with a layer index as soon as that layer's parameter gradients are final, and with
+  // -1 once the tensors outside the layers (embedding, final norm, LM head) are: the trainer
+  // starts their reduction there, overlapping the rest of backward.
+  void backward(float grad_scale = 1.0f, const std::function<void(int)>& on_grads_ready = {});
   void zero_grads() { grads_.zero(); }
 
   // Logits [B*T, V] of the last forward (device pointer).
   const float* logits() const { return logits_; }
   // Routing slots per expert of each MoE layer in the last forward: [n_moe_layers][E].
   std::vector<std::vector<int64_t>> expert_counts() const;
+  // Token-exchange traffic and expert GEMM time of the last forward and backward, all MoE layers.
+  parallel::ExchangeStats exchange_stats() const;
+  double expert_seconds() const;
   int64_t num_moe_layers() const { return n_moe_; }
 
  private:

@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,6 +45,8 @@ struct Allocations {
 struct MoeLayer::Impl {
   core::Backend& be;
   int64_t C, E, K, I, S /* shared expert width, 0: none */, max_tokens;
+  ExpertParallel ep;
+  int64_t E_local, first_expert;  // this rank's experts (all of them without expert parallelism)
   Router router;
   Experts experts;
   int64_t off_shared_gate_up = -1, off_shared_down = -1, off_shared_gate = -1;
@@ -68,8 +72,20 @@ struct MoeLayer::Impl {
   std::vector<float> dprobs_host;     // [E]
   int64_t last_N = -1;                // tokens of the last forward (backward must match)
 
+  // ---- expert parallelism (ep.exchange != null) ----
+  // Routed slots in expert-sorted order (slot p of the exchange is routing slot order[p]), the
+  // exchange plan of the last forward (kept for backward: never re-routed), and the order of the
+  // received rows by local expert: received row r is row local_pos[r] of the expert segments.
+  std::unique_ptr<parallel::ExchangePlan> plan;
+  std::vector<int32_t> pos_host, idx_host, order, slot_token, slot_dest, slot_tag;
+  std::vector<float> gates_host, slot_gate, dgate_slots, dgates_host;
+  std::vector<int32_t> local_pos_host, local_offsets_host;
+  int32_t* local_pos = nullptr;                                        // [rows_cap]
+  float *xr = nullptr, *yr = nullptr, *dyr = nullptr, *dxr = nullptr;  // [rows_cap, C]
+  int64_t rows_cap = 0;  // capacity of every expert-row buffer (xp, h, a, ye, dye, dxp, dh, da)
+
   Impl(core::Backend& b, const core::ModelConfig& cfg, const core::ParamTable& table, int layer,
-       int64_t max_tok, const std::string& prefix)
+       int64_t max_tok, const std::string& prefix, const ExpertParallel& ep_)
       : be(b),
         C(cfg.d_model),
         E(cfg.moe.n_experts),
@@ -77,10 +93,13 @@ struct MoeLayer::Impl {
         I(cfg.moe.expert_size),
         S(cfg.moe.shared_expert_size),
         max_tokens(max_tok),
+        ep(ep_),
+        E_local(cfg.moe.n_experts / std::max(1, ep_.size)),
+        first_expert(ep_.rank * (cfg.moe.n_experts / std::max(1, ep_.size))),
         router(cfg.d_model, cfg.moe.n_experts, cfg.moe.top_k, cfg.moe.normalize_topk,
                table.at(prefix + "gate.weight").offset),
-        experts(table, prefix, cfg.qwen_layout(), cfg.moe.n_experts, cfg.d_model,
-                cfg.moe.expert_size),
+        experts(table, prefix, cfg.qwen_layout(), cfg.moe.n_experts / std::max(1, ep_.size),
+                cfg.d_model, cfg.moe.expert_size, ep_.rank * (cfg.moe.n_experts / std::max(1, ep_.size))),
         owned(b) {
     SY_CHECK(table.at(prefix + "gate.weight").numel == E * C,
              "router weight of layer {} is not [{}, {}]", layer, E, C);
@@ -106,15 +125,11 @@ struct MoeLayer::Impl {
     idx = ialloc(N * K);
     pos = ialloc(NK);
     offsets = ialloc(E + 1);
-    xp = falloc(NK * C);
-    h = falloc(NK * 2 * I);
-    a = falloc(NK * I);
-    ye = falloc(NK * C);
+    SY_CHECK(ep.size >= 1 && E % ep.size == 0 && (ep.size == 1 || ep.exchange),
+             "expert parallel size {} with {} experts and {} exchange", ep.size, E,
+             ep.exchange ? "an" : "no");
+    ensure_rows(NK);
     prob_sums = falloc(E);
-    dye = falloc(NK * C);
-    dxp = falloc(NK * C);
-    dh = falloc(NK * 2 * I);
-    da = falloc(NK * I);
     dgates = falloc(N * K);
     dlogits = falloc(N * E);
     dprobs_all = falloc(E);
@@ -128,11 +143,50 @@ struct MoeLayer::Impl {
       sh_dh = falloc(N * 2 * S);
       sh_da = falloc(N * S);
     }
+    if (ep.exchange) {
+      for (auto* v : {&pos_host, &idx_host, &order, &slot_token, &slot_dest, &slot_tag})
+        v->assign(static_cast<size_t>(NK), 0);
+      for (auto* v : {&gates_host, &slot_gate, &dgate_slots, &dgates_host})
+        v->assign(static_cast<size_t>(NK), 0.f);
+      local_offsets_host.assign(static_cast<size_t>(E_local + 1), 0);
+    }
     offsets_host.assign(static_cast<size_t>(E + 1), 0);
     prob_sums_host.assign(static_cast<size_t>(E), 0.f);
     prob_sums_d.assign(static_cast<size_t>(E), 0.0);
     dprobs_host.assign(static_cast<size_t>(E), 0.f);
   }
+
+  ~Impl() { release_rows(); }
+
+  // Expert-row buffers hold one row per routed slot this rank computes: N*K without expert
+  // parallelism; with it, whatever the exchange delivers (up to ep.size * N * K when every token
+  // of the group picks this rank), so they grow (x1.5) when a plan needs more. Growth happens
+  // only in forward, before the buffers are written, never between forward and backward.
+  void ensure_rows(int64_t rows) {
+    if (rows <= rows_cap) return;
+    release_rows();
+    rows_cap = std::max(rows, rows_cap + rows_cap / 2);
+    auto f = [&](int64_t n) { return static_cast<float*>(be.alloc(sizeof(float) * static_cast<size_t>(std::max<int64_t>(n, 1)))); };
+    xp = f(rows_cap * C); h = f(rows_cap * 2 * I); a = f(rows_cap * I); ye = f(rows_cap * C);
+    dye = f(rows_cap * C); dxp = f(rows_cap * C); dh = f(rows_cap * 2 * I); da = f(rows_cap * I);
+    if (ep.exchange) {
+      xr = f(rows_cap * C); yr = f(rows_cap * C); dyr = f(rows_cap * C); dxr = f(rows_cap * C);
+      local_pos = static_cast<int32_t*>(be.alloc(sizeof(int32_t) * static_cast<size_t>(rows_cap)));
+      local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
+    }
+  }
+  void release_rows() {
+    for (float* p : {xp, h, a, ye, dye, dxp, dh, da, xr, yr, dyr, dxr})
+      if (p) be.release(p);
+    if (local_pos) be.release(local_pos);
+    xp = h = a = ye = dye = dxp = dh = da = xr = yr = dyr = dxr = nullptr;
+    local_pos = nullptr;
+  }
+
+  void forward_expert_parallel(float* out, const float* x, const float* params, int64_t N,
+                               MoeStats& st);
+  void backward_expert_parallel(float* dx, const float* dout, const float* params, float* grads,
+                                int64_t N, MoeStats& st);
 
   float* falloc(int64_t n) {
     return static_cast<float*>(owned.take(sizeof(float) * static_cast<size_t>(n)));
@@ -142,13 +196,80 @@ struct MoeLayer::Impl {
   }
 };
 
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+// Expert-parallel forward: the routing plan's expert-sorted order becomes the exchange's slots
+// (destination = owner rank of the expert, tag = local expert), tokens travel to their experts,
+// received rows are ordered by local expert for the grouped GEMMs, and results come back weighted
+// by their gates (parallel/token_exchange.h fixes the summation order).
+void MoeLayer::Impl::forward_expert_parallel(float* out, const float* x, const float* params,
+                                             int64_t N, MoeStats& st) {
+  const int64_t NK = N * K;
+  be.copy_to_host(pos_host.data(), pos, sizeof(int32_t) * static_cast<size_t>(NK));
+  be.copy_to_host(idx_host.data(), idx, sizeof(int32_t) * static_cast<size_t>(NK));
+  be.copy_to_host(gates_host.data(), gates, sizeof(float) * static_cast<size_t>(NK));
+  for (int64_t s = 0; s < NK; ++s) order[static_cast<size_t>(pos_host[s])] = static_cast<int32_t>(s);
+  for (int64_t p = 0; p < NK; ++p) {
+    const int32_t s = order[p], e = idx_host[s];
+    slot_token[p] = static_cast<int32_t>(s / K);
+    slot_dest[p] = static_cast<int32_t>(e / E_local);
+    slot_tag[p] = static_cast<int32_t>(e % E_local);
+    slot_gate[p] = gates_host[s];
+  }
+  const size_t nk = static_cast<size_t>(NK);
+  parallel::RoutedSlots slots{N, {slot_token.data(), nk}, {slot_dest.data(), nk},
+                              {slot_gate.data(), nk}, {slot_tag.data(), nk},
+                              C * static_cast<int64_t>(sizeof(float))};
+  plan = ep.exchange->make_plan(slots);
+  st.exchange += plan->stats;
+  const int64_t R = plan->num_recv;
+  ensure_rows(R);
+  st.exchange += parallel::dispatch_forward(*ep.exchange, *plan, x, C, xr);
+
+  // received rows -> local-expert order (stable counting sort by tag)
+  std::fill(local_offsets_host.begin(), local_offsets_host.end(), 0);
+  for (int64_t r = 0; r < R; ++r) ++local_offsets_host[static_cast<size_t>(plan->recv_tag[r]) + 1];
+  for (int64_t e = 0; e < E_local; ++e) local_offsets_host[e + 1] += local_offsets_host[e];
+  std::vector<int32_t> cursor(local_offsets_host.begin(), local_offsets_host.end() - 1);
+  for (int64_t r = 0; r < R; ++r) local_pos_host[r] = cursor[static_cast<size_t>(plan->recv_tag[r])]++;
+  be.copy_from_host(local_pos, local_pos_host.data(), sizeof(int32_t) * static_cast<size_t>(R));
+  be.dispatch_forward(xp, xr, local_pos, R, 1, C);  // xp[local_pos[r]] = xr[r]
+
+  const auto t0 = std::chrono::steady_clock::now();
+  experts.forward(be, ye, h, a, xp, local_offsets_host.data(), params);
+  st.expert_seconds = seconds_since(t0);
+
+  be.dispatch_backward(yr, ye, local_pos, R, 1, C);  // yr[r] = ye[local_pos[r]]
+  st.exchange += parallel::combine_forward(*ep.exchange, *plan, yr, C, out);
+}
+
+void MoeLayer::Impl::backward_expert_parallel(float* dx, const float* dout, const float* params,
+                                              float* grads, int64_t N, MoeStats& st) {
+  const int64_t NK = N * K, R = plan->num_recv;
+  // dy of the received rows (gate * dout, where the expert output lives) and dgate per slot
+  st.exchange += parallel::combine_backward(*ep.exchange, *plan, dout, yr, C, dyr, dgate_slots.data());
+  for (int64_t p = 0; p < NK; ++p) dgates_host[static_cast<size_t>(order[p])] = dgate_slots[p];
+  be.copy_from_host(dgates, dgates_host.data(), sizeof(float) * static_cast<size_t>(NK));
+
+  be.dispatch_forward(dye, dyr, local_pos, R, 1, C);  // local-expert order
+  const auto t0 = std::chrono::steady_clock::now();
+  experts.backward(be, dxp, grads, dye, xp, h, a, local_offsets_host.data(), params, dh, da);
+  st.expert_seconds += seconds_since(t0);
+  be.dispatch_backward(dxr, dxp, local_pos, R, 1, C);  // received order
+  st.exchange += parallel::dispatch_backward(*ep.exchange, *plan, dxr, C, dx);  // dx (=)
+}
+
 static std::string moe_prefix(const core::ModelConfig& cfg, int layer) {
   return fmt::format("model.layers.{}.{}", layer, cfg.qwen_layout() ? "mlp." : "block_sparse_moe.");
 }
 
 MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
-                   int layer, int64_t max_tokens)
-    : impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer))) {
+                   int layer, int64_t max_tokens, const ExpertParallel& ep)
+    : impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep)) {
   stats_.expert_counts.assign(static_cast<size_t>(cfg.moe.n_experts), 0);
 }
 
@@ -174,9 +295,16 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
   be.copy_to_host(m.offsets_host.data(), m.offsets, sizeof(int32_t) * static_cast<size_t>(E + 1));
 
   // dispatch -> experts -> combine
-  be.dispatch_forward(m.xp, x, m.pos, N, K, C);
-  m.experts.forward(be, m.ye, m.h, m.a, m.xp, m.offsets_host.data(), params);
-  be.combine_forward(out, m.ye, m.pos, m.gates, N, K, C);
+  stats_.exchange = {};
+  if (m.ep.exchange) {
+    m.forward_expert_parallel(out, x, params, N, stats_);
+  } else {
+    be.dispatch_forward(m.xp, x, m.pos, N, K, C);
+    const auto t0 = std::chrono::steady_clock::now();
+    m.experts.forward(be, m.ye, m.h, m.a, m.xp, m.offsets_host.data(), params);
+    stats_.expert_seconds = seconds_since(t0);
+    be.combine_forward(out, m.ye, m.pos, m.gates, N, K, C);
+  }
 
   // shared expert: out += sigmoid(x Wsg^T) * ffn(x)
   if (m.S > 0) {
@@ -206,12 +334,18 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
   if (N == 0) return;
   const int64_t C = m.C, E = m.E, K = m.K;
 
-  // combine -> dy of the expert rows, dgates
-  be.combine_backward(m.dye, m.dgates, dout, m.ye, m.pos, m.gates, N, K, C);
-  // experts -> dxp; dispatch -> dx (=)
-  m.experts.backward(be, m.dxp, grads, m.dye, m.xp, m.h, m.a, m.offsets_host.data(), params, m.dh,
-                     m.da);
-  be.dispatch_backward(dx, m.dxp, m.pos, N, K, C);
+  if (m.ep.exchange) {
+    m.backward_expert_parallel(dx, dout, params, grads, N, stats_);
+  } else {
+    // combine -> dy of the expert rows, dgates
+    be.combine_backward(m.dye, m.dgates, dout, m.ye, m.pos, m.gates, N, K, C);
+    // experts -> dxp; dispatch -> dx (=)
+    const auto t0 = std::chrono::steady_clock::now();
+    m.experts.backward(be, m.dxp, grads, m.dye, m.xp, m.h, m.a, m.offsets_host.data(), params,
+                       m.dh, m.da);
+    stats_.expert_seconds += seconds_since(t0);
+    be.dispatch_backward(dx, m.dxp, m.pos, N, K, C);
+  }
 
   // router: dgates + aux term (dL/dprobs shared by all tokens) + z term
   const float* dprobs_all = nullptr;

@@ -19,6 +19,7 @@
 #include "core/backend.h"
 #include "core/config.h"
 #include "core/params.h"
+#include "parallel/token_exchange.h"
 
 namespace switchyard::moe {
 
@@ -26,12 +27,26 @@ struct MoeStats {
   std::vector<int64_t> expert_counts;  // [E] routing slots per expert in the last forward
   double aux_loss = 0;
   double z_loss = 0;
+  // expert parallelism: traffic and time of the token exchange (plan, dispatch and combine) of
+  // the last forward and backward; expert_seconds: the grouped expert GEMMs
+  parallel::ExchangeStats exchange;
+  double expert_seconds = 0;
+};
+
+// Expert parallelism: the experts of the layer are spread over the `size` ranks of an expert
+// group; this rank holds experts [rank*E/size, (rank+1)*E/size). Tokens reach their experts and
+// come back through `exchange` (flat, hierarchical or auto; parallel/token_exchange.h). A null
+// exchange means every expert is local (size 1).
+struct ExpertParallel {
+  parallel::TokenExchange* exchange = nullptr;
+  int rank = 0;
+  int size = 1;
 };
 
 class MoeLayer {
  public:
   MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
-           int layer, int64_t max_tokens);
+           int layer, int64_t max_tokens, const ExpertParallel& ep = {});
   ~MoeLayer();
   MoeLayer(const MoeLayer&) = delete;
   MoeLayer& operator=(const MoeLayer&) = delete;

@@ -1,13 +1,15 @@
 // core/cpu/attention.cpp: causal grouped-query attention on the CPU.
 //
-// Forward, per (batch, q head), in blocks of kRows query rows: S = scale * Q_blk K^T over the
-// causal prefix of keys (dnnl_sgemm on strided views of the packed qkv buffer), masked row softmax
-// (lse saved), O_blk = P V. Backward recomputes P from S and lse and never stores it:
+// Forward, per (batch, kv head) group of q heads, in blocks of kRows query positions: the group's
+// query rows of the block are stacked (head-major) into one [G*kRows, HD] matrix, so each block
+// takes two dnnl_sgemm calls for all G heads: S = scale * Q_blk K^T over the causal prefix of
+// keys, masked row softmax (lse saved), O_blk = P V. Backward recomputes P from S and lse and
+// never stores it:
 //   dV += P^T dO, dP = dO V^T, D_i = rowsum(dO*O), dS = P*(dP - D), dQ = scale dS K,
 //   dK += scale dS^T Q.
-// Several q heads share a kv head, so backward runs one task per (batch, kv head) looping over the
-// group's q heads (no races on dK/dV). When that gives too few tasks for the threads, it runs one
-// task per (batch, q head) with per-head dK/dV partials that are summed over the group afterwards.
+// One task per (batch, kv head) owns that kv head's dK/dV (no races). When that gives too few
+// tasks for the threads, tasks are single q heads (G = 1), and backward writes per-head dK/dV
+// partials that are summed over the group afterwards.
 // Inside the OpenMP regions oneDNN's sgemm runs single-threaded.
 #include <dnnl.h>
 #include <omp.h>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "core/cpu/cpu_backend.h"
+#include "core/cpu/simd.h"
 #include "core/error.h"
 
 namespace switchyard::core {
@@ -64,6 +67,14 @@ inline int64_t pad_lanes(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes;
 
 // max and sum over x[0, n), n a multiple of kLanes; the lanes are reduced as a tree.
 inline float padded_max(const float* x, int64_t n) {
+#ifdef SWITCHYARD_AVX2
+  __m256 a0 = _mm256_set1_ps(-INFINITY), a1 = a0;
+  for (int64_t j = 0; j < n; j += kLanes) {
+    a0 = _mm256_max_ps(a0, _mm256_loadu_ps(x + j));
+    a1 = _mm256_max_ps(a1, _mm256_loadu_ps(x + j + 8));
+  }
+  return simd::hmax8(_mm256_max_ps(a0, a1));
+#else
   float acc[kLanes];
   for (int64_t l = 0; l < kLanes; ++l) acc[l] = -INFINITY;
   for (int64_t j = 0; j < n; j += kLanes)
@@ -71,10 +82,24 @@ inline float padded_max(const float* x, int64_t n) {
   for (int64_t w = kLanes / 2; w > 0; w /= 2)
     for (int64_t l = 0; l < w; ++l) acc[l] = std::max(acc[l], acc[l + w]);
   return acc[0];
+#endif
 }
 
 // x[j] = exp(x[j] - m) over [0, n), n a multiple of kLanes; returns the sum of the results.
 inline float padded_exp_sum(float* x, int64_t n, float m) {
+#ifdef SWITCHYARD_AVX2
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const __m256 e0 = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
+    const __m256 e1 = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vm));
+    _mm256_storeu_ps(x + j, e0);
+    _mm256_storeu_ps(x + j + 8, e1);
+    a0 = _mm256_add_ps(a0, e0);
+    a1 = _mm256_add_ps(a1, e1);
+  }
+  return simd::hsum8(_mm256_add_ps(a0, a1));
+#else
   float acc[kLanes] = {};
   for (int64_t j = 0; j < n; j += kLanes)
     for (int64_t l = 0; l < kLanes; ++l) {
@@ -85,6 +110,23 @@ inline float padded_exp_sum(float* x, int64_t n, float m) {
   for (int64_t w = kLanes / 2; w > 0; w /= 2)
     for (int64_t l = 0; l < w; ++l) acc[l] += acc[l + w];
   return acc[0];
+#endif
+}
+
+// x[j] = exp(x[j] - m) over [0, n), n a multiple of kLanes.
+inline void padded_exp(float* x, int64_t n, float m) {
+#ifdef SWITCHYARD_AVX2
+  const __m256 vm = _mm256_set1_ps(m);
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const __m256 e0 = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
+    const __m256 e1 = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vm));
+    _mm256_storeu_ps(x + j, e0);
+    _mm256_storeu_ps(x + j + 8, e1);
+  }
+#else
+  for (int64_t j = 0; j < n; j += kLanes)
+    for (int64_t c = 0; c < kLanes; ++c) x[j + c] = exp_approx(x[j + c] - m);
+#endif
 }
 
 // Row-major sgemm; a failure is recorded (exceptions must not leave an OpenMP region).
@@ -95,86 +137,137 @@ inline void sgemm(std::atomic<int>& err, char ta, char tb, int64_t M, int64_t N,
     err.store(1, std::memory_order_relaxed);
 }
 
-// Views of one head: q/k/v rows have stride ld (the packed qkv width); o/do rows stride ldo.
-struct HeadView {
+// Views of G consecutive q heads h0..h0+G-1 that share one kv head, for one batch: q/k/v rows
+// have stride ld (the packed qkv width), q head h0+j starts j*HD floats after q; o/dO rows have
+// stride ldo, head j at j*HD; lse holds T values per head, the heads T apart.
+struct GroupView {
   const float *q, *k, *v;
   int64_t ld;
-  const float *o, *dO;  // o: attention output rows of this head (backward only)
+  const float *o, *dO;  // backward only
   int64_t ldo;
-  const float* lse;     // [T]
+  const float* lse;     // backward only
+  int64_t G;
 };
 
-// Forward of one (batch, head): writes o rows (stride ldo) and lse[T]. S: kRows*pad_lanes(T)
-// scratch. The softmax normalisation 1/sum is applied to the HD-wide output rows, not to P.
-void head_forward(std::atomic<int>& err, float* o, int64_t ldo, float* lse, const HeadView& h,
-                  int64_t T, int64_t HD, float scale, float* S) {
-  float inv[kRows];
+// Per-thread scratch of the group kernels, for up to G*kRows stacked query rows.
+struct GroupScratch {
+  float *S, *dP;           // [G*kRows, pad_lanes(T)] each (dP: backward only)
+  float *Qs, *Ys, *Zs;     // [G*kRows, HD] each: stacked rows (q | o or dO | dq)
+  float* row;              // [G*kRows]: 1/sum (forward) or D (backward)
+  static int64_t floats(int64_t G, int64_t T, int64_t HD) {
+    const int64_t R = G * std::min(T, kRows);
+    return 2 * R * pad_lanes(T) + 3 * R * HD + R;
+  }
+  GroupScratch(float* base, int64_t G, int64_t T, int64_t HD) {
+    const int64_t R = G * std::min(T, kRows);
+    S = base;
+    dP = S + R * pad_lanes(T);
+    Qs = dP + R * pad_lanes(T);
+    Ys = Qs + R * HD;
+    Zs = Ys + R * HD;
+    row = Zs + R * HD;
+  }
+};
+
+// dst[(j*m + i)*HD + c] = src[(r0 + i)*ld + j*HD + c]: the rows r0..r0+m of G heads, stacked
+// head-major into a dense [G*m, HD] block (so one GEMM serves the whole group).
+inline void stack_rows(float* __restrict dst, const float* __restrict src, int64_t ld, int64_t r0,
+                       int64_t m, int64_t G, int64_t HD) {
+  for (int64_t j = 0; j < G; ++j)
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(dst + (j * m + i) * HD, src + (r0 + i) * ld + j * HD,
+                  static_cast<size_t>(HD) * sizeof(float));
+}
+
+// Forward of a group of G q heads sharing one kv head: writes their o rows and lse. The query
+// rows of a block of kRows positions are stacked over the G heads, so S = Q K^T and O = P V are
+// one GEMM each per block. The softmax normalisation 1/sum is applied to the HD-wide output rows,
+// not to P.
+void group_forward(std::atomic<int>& err, float* o, int64_t ldo, float* lse, const GroupView& h,
+                   int64_t T, int64_t HD, float scale, const GroupScratch& w) {
+  const int64_t G = h.G;
   for (int64_t r0 = 0; r0 < T; r0 += kRows) {
-    const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0;  // keys 0..r1 are visible
+    const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0, M = G * m;  // keys 0..r1 visible
     const int64_t lds = pad_lanes(r1);
-    sgemm(err, 'N', 'T', m, r1, HD, scale, h.q + r0 * h.ld, h.ld, h.k, h.ld, 0.0f, S, lds);
-    for (int64_t i = 0; i < m; ++i) {
-      float* s = S + i * lds;
-      const int64_t n = r0 + i + 1, np = pad_lanes(n);  // causal: keys j < n
+    stack_rows(w.Qs, h.q, h.ld, r0, m, G, HD);
+    sgemm(err, 'N', 'T', M, r1, HD, scale, w.Qs, HD, h.k, h.ld, 0.0f, w.S, lds);
+    for (int64_t R = 0; R < M; ++R) {
+      const int64_t j = R / m, i = R % m;
+      float* s = w.S + R * lds;
+      const int64_t n = r0 + i + 1, np = pad_lanes(n);  // causal: keys < n
       std::fill(s + n, s + np, -INFINITY);
       const float mx = padded_max(s, np);
       const float sum = padded_exp_sum(s, np, mx);
       if (np < r1) std::fill(s + np, s + r1, 0.0f);
-      inv[i] = 1.0f / sum;
-      lse[r0 + i] = mx + std::log(sum);
+      w.row[R] = 1.0f / sum;
+      lse[j * T + r0 + i] = mx + std::log(sum);
     }
-    float* ob = o + r0 * ldo;
-    sgemm(err, 'N', 'N', m, HD, r1, 1.0f, S, lds, h.v, h.ld, 0.0f, ob, ldo);
-    for (int64_t i = 0; i < m; ++i) {
+    sgemm(err, 'N', 'N', M, HD, r1, 1.0f, w.S, lds, h.v, h.ld, 0.0f, w.Ys, HD);
+    for (int64_t R = 0; R < M; ++R) {
+      const int64_t j = R / m, i = R % m;
+      const float* y = w.Ys + R * HD;
+      float* ob = o + (r0 + i) * ldo + j * HD;
+      const float inv = w.row[R];
 #pragma omp simd
-      for (int64_t c = 0; c < HD; ++c) ob[i * ldo + c] *= inv[i];
+      for (int64_t c = 0; c < HD; ++c) ob[c] = y[c] * inv;
     }
   }
 }
 
-// Backward of one (batch, q head): dq rows (stride ld_dq) written (=); dk, dv rows (stride
-// ld_dkv) accumulated (+=). P, dP: kRows*pad_lanes(T) scratch each.
-void head_backward(std::atomic<int>& err, float* dq, int64_t ld_dq, float* dk, float* dv,
-                   int64_t ld_dkv, const HeadView& h, int64_t T, int64_t HD, float scale,
-                   float* P, float* dP) {
+// Backward of a group of G q heads sharing one kv head: their dq rows (stride ld_dq, head j at
+// j*HD) are written (=); dk, dv rows (stride ld_dkv) accumulated (+=). Per block of kRows
+// positions the G heads' rows are stacked, so each of the five products is one GEMM.
+void group_backward(std::atomic<int>& err, float* dq, int64_t ld_dq, float* dk, float* dv,
+                    int64_t ld_dkv, const GroupView& h, int64_t T, int64_t HD, float scale,
+                    const GroupScratch& w) {
+  const int64_t G = h.G;
   for (int64_t r0 = 0; r0 < T; r0 += kRows) {
-    const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0;
+    const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0, M = G * m;
     const int64_t ldp = pad_lanes(r1);
-    const float* dO = h.dO + r0 * h.ldo;
-    const float* O = h.o + r0 * h.ldo;
+    float *P = w.S, *dP = w.dP, *Qs = w.Qs, *dOs = w.Ys, *dQs = w.Zs;
+    stack_rows(Qs, h.q, h.ld, r0, m, G, HD);
+    stack_rows(dOs, h.dO, h.ldo, r0, m, G, HD);
     // P = exp(S - lse) on the causal part, 0 elsewhere
-    sgemm(err, 'N', 'T', m, r1, HD, scale, h.q + r0 * h.ld, h.ld, h.k, h.ld, 0.0f, P, ldp);
-    for (int64_t i = 0; i < m; ++i) {
-      float* p = P + i * ldp;
+    sgemm(err, 'N', 'T', M, r1, HD, scale, Qs, HD, h.k, h.ld, 0.0f, P, ldp);
+    for (int64_t R = 0; R < M; ++R) {
+      const int64_t j = R / m, i = R % m;
+      float* p = P + R * ldp;
       const int64_t n = r0 + i + 1, np = pad_lanes(n);
-      const float l = h.lse[r0 + i];
       std::fill(p + n, p + np, -INFINITY);
-      for (int64_t j = 0; j < np; j += kLanes)
-        for (int64_t c = 0; c < kLanes; ++c) p[j + c] = exp_approx(p[j + c] - l);
+      padded_exp(p, np, h.lse[j * T + r0 + i]);
       if (np < r1) std::fill(p + np, p + r1, 0.0f);
-    }
-    // dV[0:r1] += P^T dO_blk
-    sgemm(err, 'T', 'N', r1, HD, m, 1.0f, P, ldp, dO, h.ldo, 1.0f, dv, ld_dkv);
-    // dP = dO_blk V^T
-    sgemm(err, 'N', 'T', m, r1, HD, 1.0f, dO, h.ldo, h.v, h.ld, 0.0f, dP, ldp);
-    // dS = P * (dP - D), D_i = dot(dO_i, O_i); stored over dP (P is 0 on the masked part)
-    for (int64_t i = 0; i < m; ++i) {
-      const float* doi = dO + i * h.ldo;
-      const float* oi = O + i * h.ldo;
+      // D = dot(dO, O) of this row
+      const float* doi = dOs + R * HD;
+      const float* oi = h.o + (r0 + i) * h.ldo + j * HD;
       float D = 0.0f;
 #pragma omp simd reduction(+ : D)
       for (int64_t c = 0; c < HD; ++c) D += doi[c] * oi[c];
-      const float* p = P + i * ldp;
-      float* ds = dP + i * ldp;
+      w.row[R] = D;
+    }
+    // dV[0:r1] += P^T dO
+    sgemm(err, 'T', 'N', r1, HD, M, 1.0f, P, ldp, dOs, HD, 1.0f, dv, ld_dkv);
+    // dP = dO V^T
+    sgemm(err, 'N', 'T', M, r1, HD, 1.0f, dOs, HD, h.v, h.ld, 0.0f, dP, ldp);
+    // dS = P * (dP - D), stored over dP (P is 0 on the masked part)
+    for (int64_t R = 0; R < M; ++R) {
+      const int64_t i = R % m;
+      const float D = w.row[R];
+      const float* p = P + R * ldp;
+      float* ds = dP + R * ldp;
       const int64_t np = pad_lanes(r0 + i + 1);
       if (np > r1) std::fill(ds + r1, ds + np, 0.0f);  // not written by the gemm
-      for (int64_t j = 0; j < np; j += kLanes)
-        for (int64_t c = 0; c < kLanes; ++c) ds[j + c] = p[j + c] * (ds[j + c] - D);
+      for (int64_t jj = 0; jj < np; jj += kLanes)
+        for (int64_t c = 0; c < kLanes; ++c) ds[jj + c] = p[jj + c] * (ds[jj + c] - D);
       if (np < r1) std::fill(ds + np, ds + r1, 0.0f);
     }
-    // dQ_blk = scale * dS K[0:r1];  dK[0:r1] += scale * dS^T Q_blk
-    sgemm(err, 'N', 'N', m, HD, r1, scale, dP, ldp, h.k, h.ld, 0.0f, dq + r0 * ld_dq, ld_dq);
-    sgemm(err, 'T', 'N', r1, HD, m, scale, dP, ldp, h.q + r0 * h.ld, h.ld, 1.0f, dk, ld_dkv);
+    // dQ = scale * dS K[0:r1] (stacked, then scattered);  dK[0:r1] += scale * dS^T Q
+    sgemm(err, 'N', 'N', M, HD, r1, scale, dP, ldp, h.k, h.ld, 0.0f, dQs, HD);
+    sgemm(err, 'T', 'N', r1, HD, M, scale, dP, ldp, Qs, HD, 1.0f, dk, ld_dkv);
+    for (int64_t R = 0; R < M; ++R) {
+      const int64_t j = R / m, i = R % m;
+      std::memcpy(dq + (r0 + i) * ld_dq + j * HD, dQs + R * HD,
+                  static_cast<size_t>(HD) * sizeof(float));
+    }
   }
 }
 
@@ -191,24 +284,34 @@ void check_shape(const AttentionShape& s) {
 
 }  // namespace
 
+// Tasks are (batch, kv head) groups of q heads when that keeps the threads about as busy as
+// (batch, q head) tasks would; otherwise one q head per task.
+static bool by_kv_head(const AttentionShape& s, int64_t threads) {
+  return s.NH == s.NKV ||
+         occupancy(s.B * s.NKV, threads) + 0.15 >= occupancy(s.B * s.NH, threads);
+}
+
 void CpuBackend::attention_forward(float* out, float* lse, const float* qkv,
                                    const AttentionShape& s) {
   check_shape(s);
   if (s.B == 0 || s.T == 0) return;
-  const int64_t B = s.B, T = s.T, NH = s.NH, HD = s.HD, W = s.qkv_width(), QW = s.q_width();
-  const int64_t group = NH / s.NKV;
+  const int64_t B = s.B, T = s.T, NH = s.NH, NKV = s.NKV, HD = s.HD, W = s.qkv_width(),
+                QW = s.q_width();
+  const int64_t group = NH / NKV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  const int64_t rows = std::min(T, kRows), row_len = pad_lanes(T);
-  std::vector<float> scratch(static_cast<size_t>(omp_get_max_threads() * rows * row_len));
+  const int64_t threads = omp_get_max_threads();
+  const int64_t G = by_kv_head(s, threads) ? group : 1;  // q heads per task
+  const int64_t per_thread = GroupScratch::floats(G, T, HD);
+  std::vector<float> scratch(static_cast<size_t>(threads * per_thread));
   std::atomic<int> err{0};
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t task = 0; task < B * NH; ++task) {
-    const int64_t b = task / NH, h = task % NH, g = h / group;
+  for (int64_t task = 0; task < B * (NH / G); ++task) {
+    const int64_t b = task / (NH / G), h0 = (task % (NH / G)) * G, g = h0 / group;
     const float* base = qkv + b * T * W;
-    HeadView v{base + h * HD, base + QW + g * HD, base + QW + (s.NKV + g) * HD, W,
-               nullptr, nullptr, 0, nullptr};
-    head_forward(err, out + b * T * QW + h * HD, QW, lse + (b * NH + h) * T, v, T, HD, scale,
-                 scratch.data() + omp_get_thread_num() * rows * row_len);
+    GroupView v{base + h0 * HD, base + QW + g * HD, base + QW + (NKV + g) * HD, W,
+                nullptr, nullptr, 0, nullptr, G};
+    group_forward(err, out + b * T * QW + h0 * HD, QW, lse + (b * NH + h0) * T, v, T, HD, scale,
+                  GroupScratch(scratch.data() + omp_get_thread_num() * per_thread, G, T, HD));
   }
   if (err.load()) throw_internal("attention_forward: dnnl_sgemm failed");
 }
@@ -221,22 +324,20 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
                 QW = s.q_width();
   const int64_t group = NH / NKV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  const int64_t rows = std::min(T, kRows), row_len = pad_lanes(T);
   const int64_t threads = omp_get_max_threads();
-  std::vector<float> scratch(static_cast<size_t>(threads * 2 * rows * row_len));
   std::atomic<int> err{0};
-  auto view = [&](int64_t b, int64_t h) {
-    const int64_t g = h / group;
+  auto view = [&](int64_t b, int64_t h0, int64_t G) {
+    const int64_t g = h0 / group;
     const float* base = qkv + b * T * W;
-    return HeadView{base + h * HD, base + QW + g * HD, base + QW + (NKV + g) * HD, W,
-                    out + b * T * QW + h * HD, dout + b * T * QW + h * HD, QW,
-                    lse + (b * NH + h) * T};
+    return GroupView{base + h0 * HD, base + QW + g * HD, base + QW + (NKV + g) * HD, W,
+                     out + b * T * QW + h0 * HD, dout + b * T * QW + h0 * HD, QW,
+                     lse + (b * NH + h0) * T, G};
   };
 
-  const bool by_kv_head =
-      group == 1 || occupancy(B * NKV, threads) + 0.15 >= occupancy(B * NH, threads);
-  if (by_kv_head) {
-    // one task per (b, kv head): dK, dV of the kv head are owned by the task
+  if (by_kv_head(s, threads)) {
+    // one task per (b, kv head) for its whole group of q heads: dK, dV are owned by the task
+    const int64_t per_thread = GroupScratch::floats(group, T, HD);
+    std::vector<float> scratch(static_cast<size_t>(threads * per_thread));
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * NKV; ++task) {
       const int64_t b = task / NKV, g = task % NKV;
@@ -247,21 +348,23 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
         std::memset(dk + t * W, 0, static_cast<size_t>(HD) * sizeof(float));
         std::memset(dv + t * W, 0, static_cast<size_t>(HD) * sizeof(float));
       }
-      float* P = scratch.data() + omp_get_thread_num() * 2 * rows * row_len;
-      for (int64_t h = g * group; h < (g + 1) * group; ++h)
-        head_backward(err, rows0 + h * HD, W, dk, dv, W, view(b, h), T, HD, scale, P,
-                      P + rows * row_len);
+      group_backward(err, rows0 + g * group * HD, W, dk, dv, W, view(b, g * group, group), T, HD,
+                     scale,
+                     GroupScratch(scratch.data() + omp_get_thread_num() * per_thread, group, T,
+                                  HD));
     }
   } else {
     // one task per (b, q head): per-head dK|dV partials [B, NH, T, 2*HD], summed over the group
+    const int64_t per_thread = GroupScratch::floats(1, T, HD);
+    std::vector<float> scratch(static_cast<size_t>(threads * per_thread));
     std::vector<float> part(static_cast<size_t>(B * NH * T * 2 * HD));
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * NH; ++task) {
       const int64_t b = task / NH, h = task % NH;
       float* dk = part.data() + task * T * 2 * HD;
-      float* P = scratch.data() + omp_get_thread_num() * 2 * rows * row_len;
-      head_backward(err, dqkv + b * T * W + h * HD, W, dk, dk + HD, 2 * HD, view(b, h), T, HD,
-                    scale, P, P + rows * row_len);
+      group_backward(err, dqkv + b * T * W + h * HD, W, dk, dk + HD, 2 * HD, view(b, h, 1), T, HD,
+                     scale,
+                     GroupScratch(scratch.data() + omp_get_thread_num() * per_thread, 1, T, HD));
     }
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < B * T; ++r) {

@@ -2,6 +2,7 @@
 #include "core/cpu/cpu_backend.h"
 
 #include <dnnl.h>
+#include <immintrin.h>
 #include <omp.h>
 #include <xmmintrin.h>
 
@@ -42,7 +43,24 @@ void* CpuBackend::alloc(size_t bytes) {
   return p;
 }
 void CpuBackend::release(void* p) { std::free(p); }
-void CpuBackend::zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+void CpuBackend::zero(void* p, size_t bytes) {
+  // Large buffers (the gradient arena, tens of MB) are split across the threads: one thread's
+  // memset reaches well under the machine's write bandwidth.
+  constexpr size_t kParallelBytes = size_t{1} << 20, kAlign = 4096;
+  if (bytes < kParallelBytes || threads_ <= 1 || omp_in_parallel()) {
+    std::memset(p, 0, bytes);
+    return;
+  }
+  char* base = static_cast<char*>(p);
+#pragma omp parallel num_threads(threads_)
+  {
+    const size_t nt = static_cast<size_t>(omp_get_num_threads()),
+                 id = static_cast<size_t>(omp_get_thread_num());
+    const size_t per = (bytes + nt - 1) / nt / kAlign * kAlign + kAlign;
+    const size_t b = std::min(bytes, id * per), e = std::min(bytes, b + per);
+    if (b < e) std::memset(base + b, 0, e - b);
+  }
+}
 void CpuBackend::copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void CpuBackend::copy_from_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void CpuBackend::synchronize() {}
@@ -120,11 +138,34 @@ double CpuBackend::sum_squares(const float* x, int64_t n) {
 }
 
 namespace {
+// One AdamW step over a contiguous span. Explicit AVX2 (the build's baseline ISA): GCC does not
+// vectorise std::sqrt here (the errno path of sqrtf blocks it), and the scalar loop is 2x slower
+// than the memory traffic. The vector body rounds every product and sum separately (no FMA);
+// the scalar tail may be contracted to FMAs by the compiler: they differ in the last bit at most.
 void adamw_span(float* __restrict p, const float* __restrict grads, float* __restrict m,
                 float* __restrict v, int64_t n, float grad_scale, float decay, float step,
                 float beta1, float beta2, float eps, float inv_sqrt_bc2) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+#ifdef __AVX2__
+  const __m256 vgs = _mm256_set1_ps(grad_scale), vb1 = _mm256_set1_ps(beta1),
+               vb2 = _mm256_set1_ps(beta2), v1b1 = _mm256_set1_ps(1.0f - beta1),
+               v1b2 = _mm256_set1_ps(1.0f - beta2), vdecay = _mm256_set1_ps(decay),
+               vstep = _mm256_set1_ps(step), veps = _mm256_set1_ps(eps),
+               vibc2 = _mm256_set1_ps(inv_sqrt_bc2);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(grads + i), vgs);
+    const __m256 mi = _mm256_add_ps(_mm256_mul_ps(vb1, _mm256_loadu_ps(m + i)),
+                                    _mm256_mul_ps(v1b1, g));
+    const __m256 vi = _mm256_add_ps(_mm256_mul_ps(vb2, _mm256_loadu_ps(v + i)),
+                                    _mm256_mul_ps(_mm256_mul_ps(v1b2, g), g));
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+    const __m256 den = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vi), vibc2), veps);
+    const __m256 upd = _mm256_div_ps(_mm256_mul_ps(vstep, mi), den);
+    _mm256_storeu_ps(p + i, _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(p + i), vdecay), upd));
+  }
+#endif
+  for (; i < n; ++i) {
     const float g = grads[i] * grad_scale;
     const float mi = beta1 * m[i] + (1.0f - beta1) * g;
     const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;

@@ -35,6 +35,8 @@ class CpuBackend final : public Backend {
   void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t N, int64_t C) override;
   void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps) override;
   void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w, const float* rstd, int64_t N, int64_t C) override;
+  void add_rmsnorm_forward(float* sum, float* out, float* rstd, const float* a, const float* b, const float* w, int64_t N, int64_t C, float eps) override;
+  void rmsnorm_backward_accumulate(float* dx, float* dw, const float* dout, const float* x, const float* w, const float* rstd, int64_t N, int64_t C) override;
   void rope_forward(float* qkv, const AttentionShape& s, float theta) override;
   void rope_backward(float* dqkv, const AttentionShape& s, float theta) override;
   void attention_forward(float* out, float* lse, const float* qkv, const AttentionShape& s) override;

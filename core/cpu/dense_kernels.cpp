@@ -179,26 +179,46 @@ void CpuBackend::embedding_backward(float* dwte, const float* dout, const int32_
 
 // ---------------------------------------------------------------- RMSNorm
 
-void CpuBackend::rmsnorm_forward(float* out, float* rstd, const float* x, const float* w,
-                                 int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < N; ++r) {
-    const float* xr = x + r * C;
-    float* o = out + r * C;
-    const double ss = lane_sum(C, [&](int64_t c) { return xr[c] * xr[c]; });
-    const float rs = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(C) + eps));
-    rstd[r] = rs;
+namespace {
+
+// One row of RMSNorm: o = x * rstd * w; returns rstd.
+inline float rmsnorm_row(float* __restrict o, const float* __restrict xr,
+                         const float* __restrict w, int64_t C, float eps) {
+  const double ss = lane_sum(C, [&](int64_t c) { return xr[c] * xr[c]; });
+  const float rs = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(C) + eps));
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] * rs) * w[c];
+  for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] * rs) * w[c];
+  return rs;
+}
+
+inline void add_row(float* s, const float* a, const float* b, int64_t C) {  // s may alias a or b
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) s[c] = a[c] + b[c];
+}
+
+// dx_k (= or +=) r w_k g_k - x_k r^3 / C * sum_c g_c w_c x_c for one row; pf[c] += g_c x_c r.
+template <bool Accumulate>
+inline void rmsnorm_backward_row(float* __restrict d, float* __restrict pf,
+                                 const float* __restrict g, const float* __restrict xr,
+                                 const float* __restrict w, float rs, int64_t C) {
+  const double dot = lane_sum(C, [&](int64_t c) { return g[c] * w[c] * xr[c]; });
+  const float k = static_cast<float>(dot * rs * rs * rs / static_cast<double>(C));
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    const float v = rs * (w[c] * g[c]) - k * xr[c];
+    if constexpr (Accumulate) d[c] += v;
+    else d[c] = v;
+    pf[c] += g[c] * (xr[c] * rs);
   }
 }
 
-void CpuBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x,
-                                  const float* w, const float* rstd, int64_t N, int64_t C) {
-  // y_c = w_c x_c r, r = (mean(x^2) + eps)^-1/2:
-  //   dx_k = r w_k g_k - x_k r^3 / C * sum_c g_c w_c x_c;  dw_c += sum_rows g_c x_c r.
-  // dw: per-thread float partials flushed into double partials every kFlush rows, then reduced
-  // in thread order (deterministic for a given thread count).
+// y_c = w_c x_c r, r = (mean(x^2) + eps)^-1/2:
+//   dx_k = r w_k g_k - x_k r^3 / C * sum_c g_c w_c x_c;  dw_c += sum_rows g_c x_c r.
+// dw: per-thread float partials flushed into double partials every kFlush rows, then reduced
+// in thread order (deterministic for a given thread count).
+template <bool Accumulate>
+void rmsnorm_backward_impl(float* dx, float* dw, const float* dout, const float* x,
+                           const float* w, const float* rstd, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;
   constexpr int64_t kFlush = 64;
   const int64_t max_threads = omp_get_max_threads();
@@ -220,17 +240,7 @@ void CpuBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const
     };
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < N; ++r) {
-      const float* xr = x + r * C;
-      const float* g = dout + r * C;
-      float* d = dx + r * C;
-      const float rs = rstd[r];
-      const double dot = lane_sum(C, [&](int64_t c) { return g[c] * w[c] * xr[c]; });
-      const float k = static_cast<float>(dot * rs * rs * rs / static_cast<double>(C));
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        d[c] = rs * (w[c] * g[c]) - k * xr[c];
-        pf[c] += g[c] * (xr[c] * rs);
-      }
+      rmsnorm_backward_row<Accumulate>(dx + r * C, pf, dout + r * C, x + r * C, w, rstd[r], C);
       if (++pending == kFlush) flush();
     }
     flush();
@@ -242,6 +252,36 @@ void CpuBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const
       dw[c] += static_cast<float>(s);
     }
   }
+}
+
+}  // namespace
+
+void CpuBackend::rmsnorm_forward(float* out, float* rstd, const float* x, const float* w,
+                                 int64_t N, int64_t C, float eps) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < N; ++r) rstd[r] = rmsnorm_row(out + r * C, x + r * C, w, C, eps);
+}
+
+void CpuBackend::add_rmsnorm_forward(float* sum, float* out, float* rstd, const float* a,
+                                     const float* b, const float* w, int64_t N, int64_t C,
+                                     float eps) {
+  // Row by row: the row of sum is still in L1 when it is normalised.
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < N; ++r) {
+    add_row(sum + r * C, a + r * C, b + r * C, C);
+    rstd[r] = rmsnorm_row(out + r * C, sum + r * C, w, C, eps);
+  }
+}
+
+void CpuBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x,
+                                  const float* w, const float* rstd, int64_t N, int64_t C) {
+  rmsnorm_backward_impl<false>(dx, dw, dout, x, w, rstd, N, C);
+}
+
+void CpuBackend::rmsnorm_backward_accumulate(float* dx, float* dw, const float* dout,
+                                             const float* x, const float* w, const float* rstd,
+                                             int64_t N, int64_t C) {
+  rmsnorm_backward_impl<true>(dx, dw, dout, x, w, rstd, N, C);
 }
 
 // ---------------------------------------------------------------- RoPE

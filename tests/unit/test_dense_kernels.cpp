@@ -422,5 +422,117 @@ void check_layer(Backend& be, bool bias) {
 TEST_F(DenseKernels, AttentionLayerNoBias) { check_layer(*be, false); }
 TEST_F(DenseKernels, AttentionLayerWithQkvBias) { check_layer(*be, true); }
 
+// ---------------------------------------------------------------- optimizer and memory
+
+// AdamW over a span whose length is not a multiple of the vector width (vector body + scalar
+// tail), against the formula in double.
+TEST_F(DenseKernels, AdamwUpdateMatchesFormula) {
+  const int64_t n = 1000 + 13;
+  auto p = randn(n, 901, 0.5f), g = randn(n, 902, 0.1f), m = randn(n, 903, 0.01f),
+       v = randn(n, 904, 0.001f);
+  for (auto& x : v) x = x * x;  // second moments are >= 0
+  const float gs = 0.7f, lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+  const float bc1 = 1.0f - std::pow(b1, 3.0f), bc2 = 1.0f - std::pow(b2, 3.0f);
+  dvec wp(n), wm(n), wv(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double gi = static_cast<double>(g[i]) * gs;
+    wm[i] = b1 * static_cast<double>(m[i]) + (1.0 - b1) * gi;
+    wv[i] = b2 * static_cast<double>(v[i]) + (1.0 - b2) * gi * gi;
+    wp[i] = static_cast<double>(p[i]) * (1.0 - static_cast<double>(lr) * wd) -
+            lr * (wm[i] / bc1) / (std::sqrt(wv[i] / bc2) + eps);
+  }
+  be->adamw_update(p.data(), g.data(), m.data(), v.data(), n, gs, lr, b1, b2, eps, wd, bc1, bc2);
+  expect_close("adamw m", m, wm, 1e-5);
+  expect_close("adamw v", v, wv, 1e-5);
+  expect_close("adamw p", p, wp, 1e-5);
+}
+
+// zero() on a buffer large enough to be split across threads, with an odd length: every byte
+// inside is cleared, the bytes around it are left alone.
+TEST_F(DenseKernels, ZeroLargeOddBuffer) {
+  const size_t bytes = (size_t{3} << 20) + 4099;
+  std::vector<unsigned char> buf(bytes + 128, 0xAB);
+  be->zero(buf.data() + 64, bytes);
+  for (size_t i = 0; i < buf.size(); ++i) {
+    const bool inside = i >= 64 && i < 64 + bytes;
+    ASSERT_EQ(buf[i], inside ? 0 : 0xAB) << "byte " << i;
+  }
+}
+
+// ---------------------------------------------------------------- fused residual + RMSNorm
+
+// add_rmsnorm_forward against the double reference of (a + b) -> RMSNorm, bitwise against the
+// unfused add + rmsnorm_forward, and with sum aliasing a (the in-place residual update).
+TEST_F(DenseKernels, AddRmsnormForwardMatchesReferenceAndUnfused) {
+  for (int64_t C : {37, 256}) {
+    const int64_t N = 23;
+    const float eps = 1e-5f;
+    auto a = randn(N * C, 910, 1.2f), b = randn(N * C, 911, 0.7f), w = randn(C, 912, 0.5f);
+    for (auto& v : w) v += 1.0f;
+    std::vector<float> sum(N * C), out(N * C), rstd(N);
+    be->add_rmsnorm_forward(sum.data(), out.data(), rstd.data(), a.data(), b.data(), w.data(), N,
+                            C, eps);
+    dvec sd(N * C);
+    for (int64_t i = 0; i < N * C; ++i) sd[i] = static_cast<double>(a[i]) + b[i];
+    dvec want_rstd;
+    const dvec want = ref_rmsnorm(sd, to_d(w), N, C, eps, &want_rstd);
+    expect_close("add_rmsnorm sum", sum, sd, 1e-7);
+    expect_close("add_rmsnorm out", out, want, 2e-6);
+    expect_close("add_rmsnorm rstd", rstd, want_rstd, 2e-6);
+
+    std::vector<float> sum2(N * C), out2(N * C), rstd2(N);
+    be->add(sum2.data(), a.data(), b.data(), N * C);
+    be->rmsnorm_forward(out2.data(), rstd2.data(), sum2.data(), w.data(), N, C, eps);
+    EXPECT_EQ(sum, sum2);
+    EXPECT_EQ(out, out2);
+    EXPECT_EQ(rstd, rstd2);
+
+    auto a3 = a;  // sum written over a
+    std::vector<float> out3(N * C), rstd3(N);
+    be->add_rmsnorm_forward(a3.data(), out3.data(), rstd3.data(), a3.data(), b.data(), w.data(),
+                            N, C, eps);
+    EXPECT_EQ(a3, sum);
+    EXPECT_EQ(out3, out);
+  }
+}
+
+// rmsnorm_backward_accumulate adds the input gradient to dx (finite differences of the double
+// reference on top of the previous contents) and accumulates dw like rmsnorm_backward.
+TEST_F(DenseKernels, RmsnormBackwardAccumulate) {
+  for (int64_t C : {37, 256}) {
+    const int64_t N = 21;
+    const float eps = 1e-5f;
+    auto x = randn(N * C, 920, 1.5f), w = randn(C, 921, 0.5f);
+    for (auto& v : w) v += 1.0f;
+    std::vector<float> out(N * C), rstd(N);
+    be->rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, C, eps);
+    auto R = randn(N * C, 922);
+    auto dx = randn(N * C, 923);  // the residual gradient already there
+    const auto dx0 = dx;
+    auto dw = randn(C, 924);
+    const auto dw0 = dw;
+    be->rmsnorm_backward_accumulate(dx.data(), dw.data(), R.data(), x.data(), w.data(),
+                                    rstd.data(), N, C);
+    std::vector<float> ddx(N * C), ddw(C);
+    for (int64_t i = 0; i < N * C; ++i) ddx[i] = dx[i] - dx0[i];
+    for (int64_t c = 0; c < C; ++c) ddw[c] = dw[c] - dw0[c];
+    const dvec wd = to_d(w), xd = to_d(x);
+    fd_check("rmsnorm acc dx",
+             [&](const dvec& xx) { return dot(ref_rmsnorm(xx, wd, N, C, eps, nullptr), R); }, xd,
+             ddx.data(), pick(N * C, N * C, 0), 1e-4);
+    fd_check("rmsnorm acc dw",
+             [&](const dvec& ww) { return dot(ref_rmsnorm(xd, ww, N, C, eps, nullptr), R); }, wd,
+             ddw.data(), pick(C, C, 0), 1e-4);
+
+    // the same as rmsnorm_backward into scratch + axpy, within a rounding of the sum
+    std::vector<float> tmp(N * C), dw2 = dw0, dx2 = dx0;
+    be->rmsnorm_backward(tmp.data(), dw2.data(), R.data(), x.data(), w.data(), rstd.data(), N, C);
+    be->axpy(dx2.data(), 1.0f, tmp.data(), N * C);
+    EXPECT_EQ(dw, dw2);
+    for (int64_t i = 0; i < N * C; ++i)
+      ASSERT_NEAR(dx[i], dx2[i], 1e-6 * (std::abs(dx2[i]) + 1.0)) << i;
+  }
+}
+
 }  // namespace
 }  // namespace switchyard::core
