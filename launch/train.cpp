@@ -214,6 +214,10 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                       {"exchange_bytes_inter", traffic.inter_node.bytes},
                       {"exchange_messages_inter", traffic.inter_node.messages},
                       {"expert_load", load}});
+      if (step == 0 && exchange) {  // the exchange each MoE layer runs (auto: its choice)
+        const auto plans = model.exchange_plans();
+        for (size_t l = 0; l < plans.size(); ++l) fmt::print("token exchange, MoE layer {}: {}\n", l, plans[l]);
+      }
       progress.update(step + 1, loss, lr, tokens_per_s, avg_step_s);
     }
     if (cfg.train.eval_interval > 0 && (step + 1) % cfg.train.eval_interval == 0 && step + 1 < cfg.train.steps) {

@@ -238,6 +238,13 @@ parallel::ExchangeStats Model::exchange_stats() const {
   return s;
 }
 
+std::vector<std::string> Model::exchange_plans() const {
+  std::vector<std::string> out;
+  for (const auto& L : layers_)
+    if (L->is_moe) out.push_back(L->moe->stats().exchange_plan);
+  return out;
+}
+
 double Model::expert_seconds() const {
   double s = 0;
   for (const auto& L : layers_)

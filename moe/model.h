@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/attention_layer.h"
@@ -69,6 +70,8 @@ class Model {
   // Token-exchange traffic and expert GEMM time of the last forward and backward, all MoE layers.
   parallel::ExchangeStats exchange_stats() const;
   double expert_seconds() const;
+  // Per MoE layer, the token exchange the last forward used (empty without expert parallelism).
+  std::vector<std::string> exchange_plans() const;
   int64_t num_moe_layers() const { return n_moe_; }
 
  private:

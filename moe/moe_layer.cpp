@@ -226,6 +226,7 @@ void MoeLayer::Impl::forward_expert_parallel(float* out, const float* x, const f
                               C * static_cast<int64_t>(sizeof(float))};
   plan = ep.exchange->make_plan(slots);
   st.exchange += plan->stats;
+  st.exchange_plan = parallel::describe_plan(*plan);
   const int64_t R = plan->num_recv;
   ensure_rows(R);
   st.exchange += parallel::dispatch_forward(*ep.exchange, *plan, x, C, xr);

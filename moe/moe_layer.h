@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/backend.h"
@@ -31,6 +32,7 @@ struct MoeStats {
   // the last forward and backward; expert_seconds: the grouped expert GEMMs
   parallel::ExchangeStats exchange;
   double expert_seconds = 0;
+  std::string exchange_plan;  // the algorithm the last forward's plan ran, with auto's estimates
 };
 
 // Expert parallelism: the experts of the layer are spread over the `size` ranks of an expert
