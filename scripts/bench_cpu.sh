@@ -11,11 +11,8 @@ THREADS=${THREADS:-2}
 STEPS=${STEPS:-12}
 export OMP_NUM_THREADS=$THREADS
 
-CORPUS=data-cache/corpus.h5
-if [ ! -f "$CORPUS" ]; then
-  mapfile -t copyrights < <(find /usr/share/doc -name copyright -type f 2>/dev/null | sort)
-  build/switchyard prepare --input /usr/share/common-licenses "${copyrights[@]}" --output "$CORPUS" >/dev/null
-fi
+source scripts/corpus.sh
+ensure_corpus >/dev/null
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -9,11 +9,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 source scripts/env.sh
 STEPS=${1:-12}
-CORPUS=data-cache/corpus.h5
-if [ ! -f "$CORPUS" ]; then
-  mapfile -t copyrights < <(find /usr/share/doc -name copyright -type f 2>/dev/null | sort)
-  build/switchyard prepare --input /usr/share/common-licenses "${copyrights[@]}" --output "$CORPUS" >/dev/null
-fi
+source scripts/corpus.sh
+ensure_corpus >/dev/null
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 printf "%-4s %-4s %-13s %10s %9s %12s %10s %10s\n" np E exchange tokens/s step_ms exchange_ms expert_ms reduce_ms

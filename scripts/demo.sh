@@ -7,11 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 
-CORPUS=data-cache/corpus.h5
-if [ ! -f "$CORPUS" ]; then
-  mapfile -t copyrights < <(find /usr/share/doc -name copyright -type f 2>/dev/null | sort)
-  build/switchyard prepare --input /usr/share/common-licenses "${copyrights[@]}" --output "$CORPUS" --valid-fraction 0.05
-fi
+source scripts/corpus.sh
+ensure_corpus
 
 # Two MPI ranks with the 8 experts of every layer spread over them (expert parallelism 2, flat or
 # hierarchical token exchange chosen by the cost model); micro-batch 4 per rank keeps the global

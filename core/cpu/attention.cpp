@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/cpu/cpu_backend.h"
+#include "core/cpu/scalar_math.h"
 #include "core/cpu/simd.h"
 #include "core/error.h"
 
@@ -30,35 +31,7 @@ namespace {
 
 constexpr int64_t kRows = 64;  // query rows per block
 
-inline float fmadd(float a, float b, float c) {
-#ifdef __FMA__
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
 
-// exp(x) for float, vectorisable (same as core/cpu/dense_kernels.cpp); 0 below -87.3.
-inline float exp_approx(float x) {
-  constexpr float kHi = 88.0f, kLo = -87.33654475f;
-  const float xc = std::min(std::max(x, kLo), kHi);
-  constexpr float kMagic = 12582912.0f;
-  const float t = fmadd(xc, 1.44269504088896341f, kMagic);
-  const float fn = t - kMagic;
-  const int32_t n = std::bit_cast<int32_t>(t) - 0x4B400000;
-  float r = fmadd(fn, -0.693359375f, xc);
-  r = fmadd(fn, 2.12194440e-4f, r);
-  const float r2 = r * r;
-  float p = 1.9875691500e-4f;
-  p = fmadd(p, r, 1.3981999507e-3f);
-  p = fmadd(p, r, 8.3334519073e-3f);
-  p = fmadd(p, r, 4.1665795894e-2f);
-  p = fmadd(p, r, 1.6666665459e-1f);
-  p = fmadd(p, r, 5.0000001201e-1f);
-  p = fmadd(p, r2, r) + 1.0f;
-  const float res = p * std::bit_cast<float>((n + 127) << 23);
-  return x < kLo ? 0.0f : res;
-}
 
 // Score rows are processed in whole vectors of kLanes floats: a row's masked tail up to the next
 // multiple of kLanes is set to -inf (exp gives 0), so the loops below have no scalar remainder.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/cpu/cpu_backend.h"
+#include "core/cpu/scalar_math.h"
 #include "core/cpu/simd.h"
 #include "core/error.h"
 
@@ -22,31 +23,7 @@ namespace {
 // Below this many elements of work a loop runs on one thread (fork/join costs more than it saves).
 constexpr int64_t kParallelMin = 1 << 14;
 
-// exp(x) in fp32, vectorisable (no libm call, no float->int conversion): x = n ln2 + r with n
-// rounded to nearest by the 1.5*2^23 trick (n ends up in the low mantissa bits of m), Cody-Waite
-// reduction, a degree-6 polynomial for exp(r) on |r| <= ln2/2 (Cephes expf coefficients; relative
-// error < 1e-7), and 2^n built from exponent bits. Inputs are clamped to the normal range; NaN
-// propagates.
-inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.33654f), 88.37626f);  // min/max: vectorises without masks
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
-  const float m = x * 1.44269504088896341f + kMagic;
-  const float n = m - kMagic;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t ni =
-      std::bit_cast<int32_t>(m) - std::bit_cast<int32_t>(kMagic);  // n in [-126, 127]
-  return p * std::bit_cast<float>((ni + 127) << 23);
-}
-
-inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+inline float sigmoidf(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 // Row kernels: separate functions with restrict pointers so the compiler vectorises them (inside
 // an OpenMP-outlined body the pointers come from a shared struct and the loop is not vectorised).

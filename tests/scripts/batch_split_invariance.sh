@@ -5,19 +5,8 @@
 # before one AdamW step, so losses agree to fp32 rounding for 4 steps. (aux_loss_coef is 0: the
 # Switch loss of a micro-batch is not additive over micro-batches.)
 set -euo pipefail
-BUILD=${1:?build dir}
-SY="$BUILD/switchyard"
-SRC=${SWITCHYARD_SOURCE_DIR:?}
-source "$SRC/scripts/env.sh"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-
-for i in $(seq 400); do echo "line $i: the quick brown fox jumps over the lazy dog $((i * 7919 % 1000))"; done > "$TMP/a.txt"
-"$SY" prepare --input "$TMP/a.txt" --output "$TMP/tok.h5" --valid-fraction 0 >/dev/null
-COMMON=(--config "$SRC/configs/tiny.yaml" --set data.train="$TMP/tok.h5" --set train.steps=4
-        --set model.d_model=64 --set model.n_layers=2 --set model.n_heads=4 --set model.n_kv_heads=2
-        --set model.moe.expert_size=64 --set model.moe.aux_loss_coef=0 --set train.seq_len=32
-        --set optim.warmup_steps=1 --set train.threads=1)
+source "$(dirname "$0")/lib/common.sh"
+COMMON=("${SMALL_MODEL[@]}" --set train.steps=4 --set model.moe.expert_size=64 --set model.moe.aux_loss_coef=0)
 OMP_NUM_THREADS=1 "$SY" train "${COMMON[@]}" --set train.micro_batch=8 --run-dir "$TMP/one" >/dev/null
 OMP_NUM_THREADS=1 "$SY" train "${COMMON[@]}" --set train.micro_batch=4 --set train.grad_accum=2 --run-dir "$TMP/accum" >/dev/null
 OMP_NUM_THREADS=1 mpirun -np 2 --bind-to none "$SY" train "${COMMON[@]}" --set train.micro_batch=4 --run-dir "$TMP/dp" >/dev/null

@@ -6,20 +6,9 @@
 # end (gathered from the expert ranks) load back on one process. aux_loss_coef is 0: the Switch
 # loss of a micro-batch is not additive over micro-batches (see docs/ARCHITECTURE.md).
 set -euo pipefail
-BUILD=${1:?build dir}
-SY="$BUILD/switchyard"
-SRC=${SWITCHYARD_SOURCE_DIR:?}
-source "$SRC/scripts/env.sh"
-export OMP_NUM_THREADS=1
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-
-for i in $(seq 400); do echo "line $i: the quick brown fox jumps over the lazy dog $((i * 7919 % 1000))"; done > "$TMP/a.txt"
-"$SY" prepare --input "$TMP/a.txt" --output "$TMP/tok.h5" --valid-fraction 0 >/dev/null
-COMMON=(--config "$SRC/configs/tiny.yaml" --set data.train="$TMP/tok.h5" --set train.steps=5
-        --set model.d_model=64 --set model.n_layers=2 --set model.n_heads=4 --set model.n_kv_heads=2
-        --set model.moe.n_experts=8 --set model.moe.expert_size=32 --set model.moe.aux_loss_coef=0
-        --set train.seq_len=32 --set optim.warmup_steps=1 --set train.threads=1)
+source "$(dirname "$0")/lib/common.sh"
+COMMON=("${SMALL_MODEL[@]}" --set train.steps=5 --set model.moe.n_experts=8
+        --set model.moe.expert_size=32 --set model.moe.aux_loss_coef=0)
 run() {  # name np micro_batch expert_parallel exchange ranks_per_node
   mpirun -np "$2" --bind-to none "$SY" train "${COMMON[@]}" --set train.micro_batch="$3" \
     --set parallel.expert_parallel="$4" --set parallel.token_exchange="$5" \

@@ -3,19 +3,9 @@
 # within 60 seconds, never a hang. (1) bad data on one rank only (MPMD launch: rank 1 gets a
 # missing file); (2) one rank killed with SIGKILL in the middle of training.
 set -uo pipefail
-BUILD=${1:?build dir}
-SY="$BUILD/switchyard"
-SRC=${SWITCHYARD_SOURCE_DIR:?}
-source "$SRC/scripts/env.sh"
-export OMP_NUM_THREADS=1
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+source "$(dirname "$0")/lib/common.sh"
 passes=0; fails=0
-for i in $(seq 400); do echo "line $i: the quick brown fox jumps over the lazy dog"; done > "$TMP/a.txt"
-"$SY" prepare --input "$TMP/a.txt" --output "$TMP/tok.h5" --valid-fraction 0 >/dev/null
-COMMON=(--config "$SRC/configs/tiny.yaml" --set model.d_model=64 --set model.n_layers=2
-        --set model.n_heads=4 --set model.n_kv_heads=2 --set model.moe.expert_size=32
-        --set train.seq_len=32 --set train.micro_batch=2 --set train.threads=1)
+COMMON=("${SMALL_MODEL[@]}" --set model.moe.expert_size=32 --set train.micro_batch=2)
 
 # (1) rank 1 alone points at a missing data file
 start=$(date +%s)
