@@ -450,6 +450,8 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.positive(t.log_interval, "train.log_interval");
   c.non_negative(t.eval_interval, "train.eval_interval");
   c.non_negative(t.eval_windows, "train.eval_windows");
+  c.non_negative(cfg.checkpoint.interval, "checkpoint.interval");
+  c.positive(cfg.checkpoint.keep_last, "checkpoint.keep_last");
 
   const OptimConfig& o = cfg.optim;
   c.positive(o.lr, "optim.lr");

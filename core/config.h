@@ -169,6 +169,18 @@ struct RunConfig {
   }
 };
 
+struct CheckpointConfig {
+  std::string dir;                // empty: <run folder>/checkpoints
+  int64_t interval = 0;           // save every this many steps; 0: only at the end and on SIGTERM/SIGUSR1
+  int64_t keep_last = 2;          // complete checkpoints kept (older ones pruned after a save)
+
+  template <class V> void visit(V& v) {
+    v("dir", dir);
+    v("interval", interval);
+    v("keep_last", keep_last);
+  }
+};
+
 struct ExperimentConfig {
   RunConfig run;
   ModelConfig model;
@@ -176,6 +188,7 @@ struct ExperimentConfig {
   OptimConfig optim;
   DataConfig data;
   ParallelConfig parallel;
+  CheckpointConfig checkpoint;
 
   template <class V> void visit(V& v) {
     v("run", run);
@@ -184,6 +197,7 @@ struct ExperimentConfig {
     v("optim", optim);
     v("data", data);
     v("parallel", parallel);
+    v("checkpoint", checkpoint);
   }
 };
 

@@ -1,5 +1,6 @@
 // launch/main.cpp: the `switchyard` command.
-//   train    launch/train.h      the training loop (YAML config, --set overrides, --init-from)
+//   train    launch/train.h      the training loop (YAML config, --set overrides, --init-from,
+//                                --resume from a checkpoint, launch/checkpoint.h)
 //   eval     launch/commands.h   mean token loss over consecutive windows of a token file
 //   prepare  launch/commands.h   text files -> HDF5 token file (data/prepare.h)
 //   bench    launch/bench.h      measured GEMM peak of the backend
@@ -35,6 +36,10 @@ int main(int argc, char** argv) {
   t->add_option("--set", train.overrides, "Override a config key: --set train.steps=50 (repeatable)");
   t->add_option("--init-from", train.init_from, "Start from Hugging Face weights (config.json + safetensors)");
   t->add_option("--run-dir", train.run_dir, "Run folder (default: run.dir, else runs/<run.name>)");
+  auto* resume = t->add_option("--resume", train.resume_from,
+                               "Continue from a checkpoint: a step-NNNNNN folder or a checkpoint directory "
+                               "(its `latest`); without a value, the latest under checkpoint.dir")
+                     ->expected(0, 1);
 
   sy::launch::EvalOptions eval;
   auto* e = app.add_subcommand("eval", "Mean token loss over consecutive non-overlapping windows");
@@ -68,6 +73,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    train.resume = resume->count() > 0;
     if (*t) return sy::launch::run_train(train, mpi);
     if (*e) return sy::launch::run_eval(eval);
     if (*p) return sy::launch::run_prepare(prep);

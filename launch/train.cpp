@@ -5,7 +5,9 @@
 #include <mpi.h>
 #include <omp.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +18,7 @@
 #include "core/error.h"
 #include "data/sampler.h"
 #include "data/token_source.h"
+#include "launch/checkpoint.h"
 #include "launch/evaluate.h"
 #include "launch/metrics.h"
 #include "launch/model_io.h"
@@ -47,6 +50,34 @@ std::string run_folder(const core::ExperimentConfig& cfg, const TrainOptions& op
   return (fs::path("runs") / cfg.run.name).string();
 }
 
+// Set by SIGTERM / SIGUSR1 (preemption): the loop finishes its step, saves and exits 0.
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free);
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+void install_stop_handlers() {
+  g_stop_signal.store(0);
+  struct sigaction sa = {};
+  sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART;  // interrupted system calls (MPI, HDF5, file I/O) resume
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+
+// On resume: keeps the records of steps up to `step` (the ones the checkpoint includes).
+void truncate_metrics(const fs::path& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const auto rec = nlohmann::json::parse(line, nullptr, false);
+    if (!rec.is_discarded() && rec.is_object() && rec.value("step", int64_t{0}) <= step) kept += line + "\n";
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
@@ -56,6 +87,7 @@ void write_text(const fs::path& path, const std::string& text) {
 }  // namespace
 
 int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
+  install_stop_handlers();  // a preemption signal during start-up stops after the first step
   core::ExperimentConfig cfg = core::load_experiment_config(opts.config_path, opts.overrides);
   const bool rank0 = mpi.rank() == 0;
   if (!opts.init_from.empty()) {
@@ -110,16 +142,41 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   GradientReducer reducer(model.table(), groups, static_cast<int>(cfg.model.n_layers));
   optim::AdamW adamw(*backend, model.table(), cfg.optim);
 
-  // ---- run folder ----
+  // ---- run folder, checkpoint to resume from ----
   const fs::path dir = run_folder(cfg, opts);
+  const fs::path ckpt_root = cfg.checkpoint.dir.empty() ? dir / "checkpoints" : fs::path(cfg.checkpoint.dir);
+  int64_t start_step = 0, last_saved = -1;
+  if (opts.resume) {
+    const std::string folder = resolve_checkpoint(opts.resume_from.empty() ? ckpt_root.string() : opts.resume_from);
+    const LoadedCheckpoint ck = load_checkpoint(folder, model, adamw);
+    if (ck.step > cfg.train.steps)
+      throw_usage("{}: the checkpoint is at step {}, past train.steps = {}; raise train.steps to continue",
+                  folder, ck.step, cfg.train.steps);
+    start_step = last_saved = ck.step;
+    if (rank0)
+      fmt::print("switchyard train: resuming from {} at step {} (written by {} rank(s), expert parallel {})\n",
+                 folder, ck.step, ck.world_size, ck.expert_parallel);
+  }
   if (rank0) {
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) throw_usage("cannot create run folder {}: {}", dir.string(), ec.message());
     write_text(dir / "config.yaml", core::to_yaml(cfg));
-    fs::remove(dir / "metrics.jsonl");
+    if (opts.resume) truncate_metrics(dir / "metrics.jsonl", start_step);
+    else fs::remove(dir / "metrics.jsonl");
   }
   MPI_Barrier(MPI_COMM_WORLD);
+  Progress progress(cfg.train.steps, cfg.train.log_interval);
+  auto save = [&](int64_t step) {
+    if (step == last_saved) return;
+    const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, model, adamw, groups);
+    last_saved = step;
+    if (rank0) {
+      progress.finish();
+      fmt::print("switchyard train: checkpoint of step {} saved in {}\n", step, where);
+      std::fflush(stdout);
+    }
+  };
   std::unique_ptr<MetricsWriter> metrics;
   if (rank0) metrics = std::make_unique<MetricsWriter>((dir / "metrics.jsonl").string());
   if (rank0) {
@@ -141,11 +198,10 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     }
   };
 
-  Progress progress(cfg.train.steps, cfg.train.log_interval);
   std::vector<int32_t> tokens(static_cast<size_t>(B * T)), targets(tokens.size());
   const int64_t E = cfg.model.moe.n_experts;
   double avg_step_s = 0;
-  for (int64_t step = 0; step < cfg.train.steps; ++step) {
+  for (int64_t step = start_step; step < cfg.train.steps; ++step) {
     const auto t0 = Clock::now();
     model.zero_grads();
     // loss, ce, aux, z, tokens summed over the window and the ranks
@@ -187,7 +243,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     const double seconds = std::chrono::duration<double>(t_end - t0).count();
     const double reduce_s = std::chrono::duration<double>(t_opt - t_reduce).count();
     const double opt_s = std::chrono::duration<double>(t_end - t_opt).count();
-    avg_step_s = step == 0 ? seconds : 0.9 * avg_step_s + 0.1 * seconds;
+    avg_step_s = step == start_step ? seconds : 0.9 * avg_step_s + 0.1 * seconds;
 
     const double n_mb = static_cast<double>(accum * mpi.size());
     const double loss = sums[0] / n_mb;
@@ -224,8 +280,20 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
       progress.finish();
       run_eval(step + 1);
     }
+    // a stop signal on any rank stops every rank after the same step
+    int stop = g_stop_signal.load();
+    MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    const int64_t every = cfg.checkpoint.interval;
+    if (stop || (every > 0 && (step + 1) % every == 0) || step + 1 == cfg.train.steps) save(step + 1);
+    if (stop) {
+      if (rank0)
+        fmt::print("switchyard train: stopped by signal {} after step {}; resume with `switchyard train --resume` "
+                   "(same config)\n", stop, step + 1);
+      return 0;
+    }
   }
   progress.finish();
+  save(cfg.train.steps);
   run_eval(cfg.train.steps);
   // every rank of the first expert group contributes its experts; rank 0 writes the whole model
   const std::vector<float> full = gather_full_params(model, groups, cfg.model);

@@ -16,6 +16,8 @@ struct TrainOptions {
   std::vector<std::string> overrides;  // --set a.b=value
   std::string init_from;               // Hugging Face folder with initial weights (optional)
   std::string run_dir;                 // overrides run.dir / runs/<run.name>
+  bool resume = false;                 // --resume given
+  std::string resume_from;             // its value: a checkpoint folder or root; empty: checkpoint.dir
 };
 
 // Returns the process exit code (0 on success); throws switchyard::Error on bad input.

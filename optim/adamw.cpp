@@ -30,6 +30,19 @@ void AdamW::step(float* params, const float* grads, double lr, double grad_scale
   }
 }
 
+void AdamW::set_state(const float* exp_avg_host, const float* exp_avg_sq_host, int64_t steps_taken) {
+  const size_t bytes = static_cast<size_t>(m_.numel()) * sizeof(float);
+  be_.copy_from_host(m_.data(), exp_avg_host, bytes);
+  be_.copy_from_host(v_.data(), exp_avg_sq_host, bytes);
+  t_ = steps_taken;
+}
+
+void AdamW::state_to_host(float* exp_avg_host, float* exp_avg_sq_host) const {
+  const size_t bytes = static_cast<size_t>(m_.numel()) * sizeof(float);
+  be_.copy_to_host(exp_avg_host, m_.data(), bytes);
+  be_.copy_to_host(exp_avg_sq_host, v_.data(), bytes);
+}
+
 double grad_norm(core::Backend& be, const float* grads, int64_t n) {
   return std::sqrt(be.sum_squares(grads, n));
 }

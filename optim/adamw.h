@@ -24,6 +24,11 @@ class AdamW {
   int64_t steps_taken() const { return t_; }
   const core::Arena& exp_avg() const { return m_; }
   const core::Arena& exp_avg_sq() const { return v_; }
+  // Restores a checkpoint: both moments (host arrays of table.total() floats, the table's layout)
+  // and the step counter (bias correction continues from steps_taken + 1).
+  void set_state(const float* exp_avg_host, const float* exp_avg_sq_host, int64_t steps_taken);
+  // The moments as host arrays of table.total() floats (for saving).
+  void state_to_host(float* exp_avg_host, float* exp_avg_sq_host) const;
 
  private:
   core::Backend& be_;

@@ -1,0 +1,363 @@
+// launch/checkpoint.cpp: see checkpoint.h for the format and the atomicity protocol.
+#include "launch/checkpoint.h"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "core/params.h"
+
+namespace switchyard::launch {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kFormat = "switchyard-checkpoint";
+constexpr int kVersion = 1;
+constexpr std::array<const char*, 3> kGroups = {"param", "exp_avg", "exp_avg_sq"};
+
+std::array<uint32_t, 256> make_crc_table() {
+  std::array<uint32_t, 256> t{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    t[i] = c;
+  }
+  return t;
+}
+
+// ---- HDF5 (the C API, wrapped as data/hdf5_tokens.cpp does) ----
+void quiet_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+class H5Handle {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  H5Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
+  H5Handle(H5Handle&& o) noexcept : id_(std::exchange(o.id_, H5I_INVALID_HID)), closer_(o.closer_) {}
+  H5Handle(const H5Handle&) = delete;
+  H5Handle& operator=(const H5Handle&) = delete;
+  ~H5Handle() { close(); }
+  bool close() {
+    if (id_ < 0) return true;
+    const herr_t r = closer_(id_);
+    id_ = H5I_INVALID_HID;
+    return r >= 0;
+  }
+  hid_t get() const { return id_; }
+
+ private:
+  hid_t id_;
+  Closer closer_;
+};
+
+H5Handle checked(hid_t id, H5Handle::Closer closer, const std::string& file, const std::string& what) {
+  if (id < 0) throw_usage("{}: HDF5 error: cannot {}", file, what);
+  return H5Handle(id, closer);
+}
+
+void check(herr_t r, const std::string& file, const std::string& what) {
+  if (r < 0) throw_usage("{}: HDF5 error: cannot {}", file, what);
+}
+
+// ---- durable files ----
+void fsync_path(const fs::path& p, bool directory) {
+  const int fd = ::open(p.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) throw_usage("{}: cannot open to flush it to disk", p.string());
+  const int r = ::fsync(fd);
+  ::close(fd);
+  if (r != 0) throw_usage("{}: fsync failed (is the file system full or read-only?)", p.string());
+}
+
+void write_durable(const fs::path& p, const std::string& text) {
+  {
+    std::ofstream f(p, std::ios::binary | std::ios::trunc);
+    f << text;
+    f.flush();
+    if (!f) throw_usage("{}: cannot write (check that the checkpoint folder is writable)", p.string());
+  }
+  fsync_path(p, false);
+}
+
+void rename_durable(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  if (ec) throw_usage("cannot rename {} to {}: {}", from.string(), to.string(), ec.message());
+  fsync_path(to.parent_path().empty() ? fs::path(".") : to.parent_path(), true);
+}
+
+// Test hook (SWITCHYARD_TEST_SLOW_SAVE_MS): a pause at the points where a kill is most telling.
+void test_pause() {
+  if (const char* slow = std::getenv("SWITCHYARD_TEST_SLOW_SAVE_MS"); slow && std::atoi(slow) > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(slow)));
+}
+
+std::string file_name_of_rank(int rank) { return fmt::format("rank-{:05d}.h5", rank); }
+
+// step number of a complete checkpoint folder name "step-NNNNNN", else -1
+int64_t step_of_folder(const std::string& name) {
+  if (name.size() <= 5 || name.rfind("step-", 0) != 0) return -1;
+  const std::string digits = name.substr(5);
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) return -1;
+  return std::stoll(digits);
+}
+
+// Removes temporary folders of saves that never finished (another pid: a killed job), and complete
+// checkpoints beyond the newest keep_last.
+void prune(const fs::path& root, int64_t keep_last, const std::string& own_tmp) {
+  std::vector<std::pair<int64_t, fs::path>> complete;
+  for (const auto& e : fs::directory_iterator(root)) {
+    if (!e.is_directory()) continue;
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step-", 0) == 0 && name.find(".tmp-") != std::string::npos && name != own_tmp) {
+      std::error_code ec;
+      fs::remove_all(e.path(), ec);
+    } else if (const int64_t s = step_of_folder(name); s >= 0) {
+      complete.emplace_back(s, e.path());
+    }
+  }
+  std::sort(complete.begin(), complete.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep_last) < complete.size(); ++i) {
+    std::error_code ec;
+    fs::remove_all(complete[i].second, ec);
+  }
+}
+
+// This rank's tensors into `path`: its experts, and every dense tensor when `dense`.
+void write_rank_file(const fs::path& path, const core::ParamTable& table, bool dense,
+                     const std::array<const float*, 3>& arenas) {
+  quiet_hdf5();
+  const std::string file = path.string();
+  H5Handle f = checked(H5Fcreate(file.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, file,
+                       "create the checkpoint file (check that the folder is writable)");
+  for (size_t g = 0; g < kGroups.size(); ++g) {
+    H5Handle grp = checked(H5Gcreate2(f.get(), kGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose,
+                           file, fmt::format("create group {}", kGroups[g]));
+    for (const auto& p : table.specs()) {
+      if (p.kind != core::ParamKind::ParamKind_expert && !dense) continue;
+      const std::string what = fmt::format("{}/{}", kGroups[g], p.name);
+      std::vector<hsize_t> dims(p.shape.begin(), p.shape.end());
+      H5Handle space = checked(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose,
+                               file, "create a dataspace for " + what);
+      H5Handle ds = checked(H5Dcreate2(grp.get(), p.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+                                       H5P_DEFAULT, H5P_DEFAULT),
+                            H5Dclose, file, "create dataset " + what);
+      const float* data = arenas[g] + p.offset;
+      check(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), file, "write " + what);
+      const uint32_t crc = crc32c(data, sizeof(float) * static_cast<size_t>(p.numel));
+      H5Handle scalar = checked(H5Screate(H5S_SCALAR), H5Sclose, file, "create a dataspace");
+      H5Handle attr = checked(H5Acreate2(ds.get(), "crc32c", H5T_STD_U32LE, scalar.get(), H5P_DEFAULT, H5P_DEFAULT),
+                              H5Aclose, file, "create the crc32c attribute of " + what);
+      check(H5Awrite(attr.get(), H5T_NATIVE_UINT32, &crc), file, "write the crc32c attribute of " + what);
+    }
+  }
+  if (!f.close()) throw_usage("{}: HDF5 error: cannot close (flush) the checkpoint file", file);
+  fsync_path(path, false);
+}
+
+json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConfig& cfg, int world) {
+  const int E = static_cast<int>(cfg.parallel.expert_parallel);
+  json tensors = json::object(), files = json::array();
+  for (int q = 0; q < E; ++q) {
+    files.push_back(file_name_of_rank(q));
+    const core::ParamTable table = core::make_param_table(cfg.model, q, E);
+    for (const auto& p : table.specs())
+      if (p.kind == core::ParamKind::ParamKind_expert || q == 0)
+        tensors[p.name] = {{"file", file_name_of_rank(q)}, {"shape", p.shape}};
+  }
+  return {{"format", kFormat},
+          {"version", kVersion},
+          {"step", step},
+          {"steps_taken", steps_taken},
+          {"layout", {{"world_size", world}, {"expert_parallel", E}}},
+          {"files", files},
+          {"tensors", tensors},
+          {"config", core::to_yaml(cfg)}};
+}
+
+}  // namespace
+
+uint32_t crc32c(const void* data, size_t bytes, uint32_t crc) {
+  static const std::array<uint32_t, 256> table = make_crc_table();
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint32_t c = ~crc;
+  for (size_t i = 0; i < bytes; ++i) c = table[(c ^ p[i]) & 0xFFu] ^ (c >> 8);
+  return ~c;
+}
+
+std::string checkpoint_folder_name(int64_t step) { return fmt::format("step-{:06d}", step); }
+
+std::string save_checkpoint(const std::string& root_str, int64_t step, const core::ExperimentConfig& cfg,
+                            const moe::Model& model, const optim::AdamW& adamw, parallel::ProcessGroups& groups) {
+  const fs::path root(root_str);
+  const int rank = groups.world().rank();
+  const std::string name = checkpoint_folder_name(step);
+  // rank 0 names the temporary folder (its pid) and creates it; the others learn the pid
+  int64_t pid = static_cast<int64_t>(::getpid());
+  MPI_Bcast(&pid, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  const std::string tmp_name = fmt::format("{}.tmp-{}", name, pid);
+  const fs::path tmp = root / tmp_name, final_dir = root / name;
+  if (rank == 0) {
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    if (ec) throw_usage("cannot create the checkpoint folder {}: {} (set checkpoint.dir)", root.string(), ec.message());
+    fs::remove_all(tmp, ec);
+    fs::create_directory(tmp, ec);
+    if (ec) throw_usage("cannot create {}: {} (check that checkpoint.dir is writable)", tmp.string(), ec.message());
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+
+  if (groups.expert_group_index() == 0) {  // world ranks 0..E-1 hold every expert once
+    const int64_t n = model.num_params();
+    std::vector<float> params(static_cast<size_t>(n)), m(params.size()), v(params.size());
+    model.params_to_host(params.data());
+    adamw.state_to_host(m.data(), v.data());
+    write_rank_file(tmp / file_name_of_rank(rank), model.table(), rank == 0, {params.data(), m.data(), v.data()});
+    test_pause();  // kill point 1: files in the temporary folder, no manifest yet
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+
+  if (rank == 0) {
+    write_durable(tmp / "manifest.json",
+                  make_manifest(step, adamw.steps_taken(), cfg, groups.world().size()).dump(1) + "\n");
+    fsync_path(tmp, true);
+    std::error_code ec;
+    if (fs::exists(final_dir)) {  // the same step saved before (e.g. by a run resumed earlier)
+      const fs::path old = root / fmt::format("{}.tmp-{}-old", name, pid);
+      fs::remove_all(old, ec);
+      rename_durable(final_dir, old);
+    }
+    rename_durable(tmp, final_dir);
+    test_pause();  // kill point 2: the new folder complete, `latest` not moved yet
+    write_durable(root / fmt::format("latest.tmp-{}", pid), name + "\n");
+    rename_durable(root / fmt::format("latest.tmp-{}", pid), root / "latest");
+    prune(root, cfg.checkpoint.keep_last, tmp_name);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  return final_dir.string();
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  const fs::path p(path);
+  if (fs::exists(p / "manifest.json")) return p.string();
+  if (fs::exists(p / "latest")) {
+    std::ifstream f(p / "latest");
+    std::string name;
+    std::getline(f, name);
+    while (!name.empty() && (name.back() == '\r' || name.back() == ' ')) name.pop_back();
+    const fs::path folder = p / name;
+    if (name.empty() || !fs::exists(folder / "manifest.json"))
+      throw_usage("{}: `latest` names '{}', which is not a complete checkpoint (no manifest.json); pass a "
+                  "step-NNNNNN folder to --resume", (p / "latest").string(), name);
+    return folder.string();
+  }
+  if (!fs::exists(p))
+    throw_usage("--resume {}: no such folder (expected a checkpoint folder step-NNNNNN or a checkpoint directory "
+                "with a `latest` file; nothing has been saved there yet?)", path);
+  throw_usage("--resume {}: not a checkpoint (no manifest.json) nor a checkpoint directory (no `latest`)", path);
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& model, optim::AdamW& adamw) {
+  quiet_hdf5();
+  const fs::path folder(folder_str);
+  const fs::path manifest_path = folder / "manifest.json";
+  json man;
+  try {
+    std::ifstream f(manifest_path);
+    if (!f) throw_usage("{}: cannot open the checkpoint manifest", manifest_path.string());
+    man = json::parse(f);
+    if (man.value("format", "") != kFormat)
+      throw_usage("{}: not a Switchyard checkpoint manifest (format '{}')", manifest_path.string(),
+                  man.value("format", ""));
+    if (man.at("version").get<int>() != kVersion)
+      throw_usage("{}: checkpoint version {} is not supported (this build reads version {})",
+                  manifest_path.string(), man.at("version").get<int>(), kVersion);
+  } catch (const json::exception& e) {
+    throw_usage("{}: malformed checkpoint manifest: {}", manifest_path.string(), e.what());
+  }
+  LoadedCheckpoint out;
+  out.folder = folder.string();
+  json tensors;
+  try {
+    tensors = man.at("tensors");
+    out.step = man.at("step").get<int64_t>();
+    out.steps_taken = man.at("steps_taken").get<int64_t>();
+    out.world_size = man.at("layout").at("world_size").get<int64_t>();
+    out.expert_parallel = man.at("layout").at("expert_parallel").get<int64_t>();
+  } catch (const json::exception& e) {
+    throw_usage("{}: malformed checkpoint manifest: {}", manifest_path.string(), e.what());
+  }
+
+  const core::ParamTable& table = model.table();
+  const size_t n = static_cast<size_t>(model.num_params());
+  std::vector<float> params(n), m(n), v(n);
+  std::array<float*, 3> dst = {params.data(), m.data(), v.data()};
+  std::map<std::string, H5Handle> files;  // opened once each
+  for (const auto& p : table.specs()) {
+    if (!tensors.contains(p.name))
+      throw_usage("{}: the checkpoint has no tensor {} (was it written for another model? compare model.* "
+                  "of your config with the manifest's config)", manifest_path.string(), p.name);
+    std::string fname;
+    std::vector<int64_t> shape;
+    try {
+      fname = tensors.at(p.name).at("file").get<std::string>();
+      shape = tensors.at(p.name).at("shape").get<std::vector<int64_t>>();
+    } catch (const json::exception& e) {
+      throw_usage("{}: malformed entry for tensor {}: {}", manifest_path.string(), p.name, e.what());
+    }
+    const std::string file = (folder / fname).string();
+    if (shape != p.shape)
+      throw_usage("{}: tensor {} has shape {} in the checkpoint, the model expects {} (another model config?)",
+                  manifest_path.string(), p.name, json(shape).dump(), json(p.shape).dump());
+    auto it = files.find(fname);
+    if (it == files.end())
+      it = files.emplace(fname, checked(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, file,
+                                        "open the checkpoint file (missing or damaged)")).first;
+    for (size_t g = 0; g < kGroups.size(); ++g) {
+      const std::string what = fmt::format("{}/{}", kGroups[g], p.name);
+      H5Handle ds = checked(H5Dopen2(it->second.get(), what.c_str(), H5P_DEFAULT), H5Dclose, file,
+                            "open dataset " + what + " (damaged checkpoint file?)");
+      H5Handle space = checked(H5Dget_space(ds.get()), H5Sclose, file, "read the shape of " + what);
+      const int rank = H5Sget_simple_extent_ndims(space.get());
+      std::vector<hsize_t> dims(static_cast<size_t>(std::max(rank, 0)));
+      if (rank >= 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+      if (rank < 0 || !std::equal(dims.begin(), dims.end(), p.shape.begin(), p.shape.end(),
+                                  [](hsize_t a, int64_t b) { return static_cast<int64_t>(a) == b; }))
+        throw_usage("{}: dataset {} does not have the shape {} the manifest states (damaged checkpoint file)", file,
+                    what, json(p.shape).dump());
+      float* out_ptr = dst[g] + p.offset;
+      check(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out_ptr), file,
+            "read dataset " + what + " (damaged checkpoint file?)");
+      H5Handle attr = checked(H5Aopen(ds.get(), "crc32c", H5P_DEFAULT), H5Aclose, file,
+                              "open the crc32c attribute of " + what + " (damaged checkpoint file?)");
+      uint32_t stored = 0;
+      check(H5Aread(attr.get(), H5T_NATIVE_UINT32, &stored), file, "read the crc32c attribute of " + what);
+      const uint32_t actual = crc32c(out_ptr, sizeof(float) * static_cast<size_t>(p.numel));
+      if (actual != stored)
+        throw_usage("{}: checksum mismatch in dataset {} (crc32c {:08x}, stored {:08x}): the checkpoint file is "
+                    "damaged; resume from an older checkpoint folder (--resume <checkpoint dir>/step-NNNNNN)",
+                    file, what, actual, stored);
+    }
+  }
+  model.set_params_from_host(params.data());
+  adamw.set_state(m.data(), v.data(), out.steps_taken);
+  return out;
+}
+
+}  // namespace switchyard::launch

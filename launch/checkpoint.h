@@ -1,0 +1,63 @@
+// launch/checkpoint.h: training checkpoints (HDF5) that never lose work and load on any layout.
+//
+// A checkpoint is a folder `step-000123/` under the checkpoint root (checkpoint.dir, default
+// <run folder>/checkpoints):
+//   rank-XXXXX.h5   one file per rank of the first expert group (world ranks 0..E-1): its routed
+//                   experts (named by global id) and, for world rank 0 only, every dense tensor.
+//                   Per tensor three fp32 datasets, `param/<HF name>`, `exp_avg/<HF name>`,
+//                   `exp_avg_sq/<HF name>`, each with a `crc32c` attribute (uint32, over its bytes).
+//   manifest.json   written last by rank 0: format, version, step, optimizer steps_taken, the
+//                   layout it was written from (world_size, expert_parallel), the resolved config
+//                   (YAML), and for every tensor its file and shape.
+// The root also holds `latest` (one line: the folder name of the newest complete checkpoint).
+//
+// Atomicity: files are written into `step-000123.tmp-<pid>/`, fsynced with the folder, renamed to
+// `step-000123/`, then `latest` is replaced (temp file + rename) and older checkpoints beyond
+// checkpoint.keep_last are pruned. A SIGKILL at any moment leaves the previous checkpoint loadable.
+// Test hook: SWITCHYARD_TEST_SLOW_SAVE_MS=N makes every writing rank sleep N ms after writing its
+// file (inside the temporary folder), and rank 0 again after the rename, before `latest` moves, so
+// tests can kill a job at those points of a save.
+//
+// Loading reads every tensor of this rank's table by name from the file the manifest names (any
+// layout loads any checkpoint) and verifies shapes and CRCs; errors are usage errors naming the
+// file and the tensor.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/config.h"
+#include "moe/model.h"
+#include "optim/adamw.h"
+#include "parallel/process_groups.h"
+
+namespace switchyard::launch {
+
+// CRC-32C (Castagnoli, reflected 0x82F63B78). `crc` is the value of the bytes so far (chaining:
+// crc32c(b, n2, crc32c(a, n1)) == crc32c(a+b)); crc32c("123456789", 9) == 0xE3069283.
+uint32_t crc32c(const void* data, size_t bytes, uint32_t crc = 0);
+
+// "step-000123"
+std::string checkpoint_folder_name(int64_t step);
+
+// Collective over the world. Writes the checkpoint of `step` under `root` as described above and
+// returns its folder.
+std::string save_checkpoint(const std::string& root, int64_t step, const core::ExperimentConfig& cfg,
+                            const moe::Model& model, const optim::AdamW& adamw,
+                            parallel::ProcessGroups& groups);
+
+// A checkpoint folder (has manifest.json) as is, or a checkpoint root: the folder `latest` names.
+std::string resolve_checkpoint(const std::string& path);
+
+struct LoadedCheckpoint {
+  std::string folder;
+  int64_t step = 0;         // optimizer steps completed; training continues with step + 1
+  int64_t steps_taken = 0;  // AdamW's counter
+  int64_t world_size = 0, expert_parallel = 0;  // the layout it was written from
+};
+
+// Every rank: restores its parameters, both AdamW moments and the step counter.
+LoadedCheckpoint load_checkpoint(const std::string& folder, moe::Model& model, optim::AdamW& adamw);
+
+}  // namespace switchyard::launch
