@@ -273,9 +273,11 @@ std::string resolve_checkpoint(const std::string& path) {
   throw_usage("--resume {}: not a checkpoint (no manifest.json) nor a checkpoint directory (no `latest`)", path);
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& model, optim::AdamW& adamw) {
+namespace {
+
+// manifest.json of a checkpoint folder, its format and version checked.
+json read_manifest(const fs::path& folder) {
   quiet_hdf5();
-  const fs::path folder(folder_str);
   const fs::path manifest_path = folder / "manifest.json";
   json man;
   try {
@@ -291,23 +293,20 @@ LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& mode
   } catch (const json::exception& e) {
     throw_usage("{}: malformed checkpoint manifest: {}", manifest_path.string(), e.what());
   }
-  LoadedCheckpoint out;
-  out.folder = folder.string();
+  return man;
+}
+
+// Reads the first `n_groups` of kGroups (param, exp_avg, exp_avg_sq) of every tensor of `table` into
+// dst[g] + offset, by name from the file the manifest names, verifying shapes and CRCs.
+void read_tensors(const fs::path& folder, const json& man, const core::ParamTable& table, size_t n_groups,
+                  const std::array<float*, 3>& dst) {
+  const fs::path manifest_path = folder / "manifest.json";
   json tensors;
   try {
     tensors = man.at("tensors");
-    out.step = man.at("step").get<int64_t>();
-    out.steps_taken = man.at("steps_taken").get<int64_t>();
-    out.world_size = man.at("layout").at("world_size").get<int64_t>();
-    out.expert_parallel = man.at("layout").at("expert_parallel").get<int64_t>();
   } catch (const json::exception& e) {
     throw_usage("{}: malformed checkpoint manifest: {}", manifest_path.string(), e.what());
   }
-
-  const core::ParamTable& table = model.table();
-  const size_t n = static_cast<size_t>(model.num_params());
-  std::vector<float> params(n), m(n), v(n);
-  std::array<float*, 3> dst = {params.data(), m.data(), v.data()};
   std::map<std::string, H5Handle> files;  // opened once each
   for (const auto& p : table.specs()) {
     if (!tensors.contains(p.name))
@@ -329,7 +328,7 @@ LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& mode
     if (it == files.end())
       it = files.emplace(fname, checked(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, file,
                                         "open the checkpoint file (missing or damaged)")).first;
-    for (size_t g = 0; g < kGroups.size(); ++g) {
+    for (size_t g = 0; g < n_groups; ++g) {
       const std::string what = fmt::format("{}/{}", kGroups[g], p.name);
       H5Handle ds = checked(H5Dopen2(it->second.get(), what.c_str(), H5P_DEFAULT), H5Dclose, file,
                             "open dataset " + what + " (damaged checkpoint file?)");
@@ -355,8 +354,48 @@ LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& mode
                     file, what, actual, stored);
     }
   }
+}
+
+}  // namespace
+
+LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& model, optim::AdamW& adamw) {
+  const fs::path folder(folder_str);
+  const json man = read_manifest(folder);
+  LoadedCheckpoint out;
+  out.folder = folder.string();
+  try {
+    out.step = man.at("step").get<int64_t>();
+    out.steps_taken = man.at("steps_taken").get<int64_t>();
+    out.world_size = man.at("layout").at("world_size").get<int64_t>();
+    out.expert_parallel = man.at("layout").at("expert_parallel").get<int64_t>();
+  } catch (const json::exception& e) {
+    throw_usage("{}: malformed checkpoint manifest: {}", (folder / "manifest.json").string(), e.what());
+  }
+  const size_t n = static_cast<size_t>(model.num_params());
+  std::vector<float> params(n), m(n), v(n);
+  read_tensors(folder, man, model.table(), 3, {params.data(), m.data(), v.data()});
   model.set_params_from_host(params.data());
   adamw.set_state(m.data(), v.data(), out.steps_taken);
+  return out;
+}
+
+CheckpointParams load_checkpoint_params(const std::string& folder_str) {
+  const fs::path folder(folder_str);
+  const json man = read_manifest(folder);
+  const std::string manifest_path = (folder / "manifest.json").string();
+  CheckpointParams out;
+  out.folder = folder.string();
+  std::string yaml;
+  try {
+    out.step = man.at("step").get<int64_t>();
+    yaml = man.at("config").get<std::string>();
+  } catch (const json::exception& e) {
+    throw_usage("{}: malformed checkpoint manifest: {}", manifest_path, e.what());
+  }
+  out.config = core::parse_experiment_config(yaml, manifest_path + " (config)");
+  const core::ParamTable table = core::make_param_table(out.config.model);
+  out.params.resize(static_cast<size_t>(table.total()));
+  read_tensors(folder, man, table, 1, {out.params.data(), nullptr, nullptr});
   return out;
 }
 

@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/config.h"
 #include "moe/model.h"
@@ -59,5 +60,15 @@ struct LoadedCheckpoint {
 
 // Every rank: restores its parameters, both AdamW moments and the step counter.
 LoadedCheckpoint load_checkpoint(const std::string& folder, moe::Model& model, optim::AdamW& adamw);
+
+// The full model's fp32 parameters (every expert, make_param_table(config.model) order) and the
+// resolved config of a checkpoint folder, read in one process whatever layout wrote it (`export`).
+struct CheckpointParams {
+  std::string folder;
+  int64_t step = 0;
+  core::ExperimentConfig config;
+  std::vector<float> params;
+};
+CheckpointParams load_checkpoint_params(const std::string& folder);
 
 }  // namespace switchyard::launch

@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/error.h"
@@ -29,7 +32,21 @@ int run_eval(const EvalOptions& opts) {
   auto backend = core::make_cpu_backend(opts.threads);
   moe::Model model(*backend, loaded.config, opts.batch, T);
   model.set_params_from_host(loaded.params.data());
-  const EvalResult r = evaluate(model, *source, T, opts.batch, opts.max_windows);
+  std::FILE* dump = nullptr;
+  if (!opts.dump_logits.empty() && !(dump = std::fopen(opts.dump_logits.c_str(), "wb")))
+    throw_usage("eval --dump-logits {}: cannot open for writing", opts.dump_logits);
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> closer(dump, [](std::FILE* f) { return f ? std::fclose(f) : 0; });
+  std::vector<float> host;
+  const auto on_logits = [&](const float* logits, int64_t rows) {
+    host.resize(static_cast<size_t>(rows * loaded.config.vocab_size));
+    backend->copy_to_host(host.data(), logits, host.size() * sizeof(float));
+    if (std::fwrite(host.data(), sizeof(float), host.size(), dump) != host.size())
+      throw_usage("eval --dump-logits {}: write failed (disk full?)", opts.dump_logits);
+  };
+  const EvalResult r = evaluate(model, *source, T, opts.batch, opts.max_windows,
+                                dump ? LogitsCallback(on_logits) : LogitsCallback());
+  if (dump && std::fclose(closer.release()) != 0)
+    throw_usage("eval --dump-logits {}: write failed (disk full?)", opts.dump_logits);
   fmt::print("{}\n", nlohmann::json{{"loss", r.loss}, {"tokens", r.tokens}}.dump());
   return 0;
 }

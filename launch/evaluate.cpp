@@ -8,7 +8,7 @@
 namespace switchyard::launch {
 
 EvalResult evaluate(moe::Model& model, const data::TokenSource& source, int64_t seq_len,
-                    int64_t batch, int64_t max_windows) {
+                    int64_t batch, int64_t max_windows, const LogitsCallback& on_logits) {
   data::EvalWindows windows(source, seq_len, model.config().vocab_size);
   int64_t n = windows.count();
   if (max_windows > 0) n = std::min(n, max_windows);
@@ -20,6 +20,7 @@ EvalResult evaluate(moe::Model& model, const data::TokenSource& source, int64_t 
     for (int64_t i = 0; i < b; ++i)
       windows.read(w0 + i, tokens.data() + i * seq_len, targets.data() + i * seq_len);
     const auto f = model.forward(tokens.data(), targets.data(), b, seq_len);
+    if (on_logits) on_logits(model.logits(), b * seq_len);
     sum += f.ce * static_cast<double>(f.tokens);
     r.tokens += f.tokens;
   }

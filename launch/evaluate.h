@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "data/token_source.h"
 #include "moe/model.h"
@@ -17,7 +18,9 @@ struct EvalResult {
 // Windows w = 0, 1, ... of seq_len+1 tokens in file order ([w*(T+1), (w+1)*(T+1))), evaluated in
 // batches of up to `batch` windows; max_windows <= 0 means all of them. Only the cross-entropy
 // counts (balancing losses are a training signal, not part of the evaluation loss).
+// on_logits (optional) gets the logits of each batch (backend memory, [rows, vocab]) in window order.
+using LogitsCallback = std::function<void(const float* logits, int64_t rows)>;
 EvalResult evaluate(moe::Model& model, const data::TokenSource& source, int64_t seq_len,
-                    int64_t batch, int64_t max_windows);
+                    int64_t batch, int64_t max_windows, const LogitsCallback& on_logits = {});
 
 }  // namespace switchyard::launch

@@ -3,6 +3,7 @@
 //                                --resume from a checkpoint, launch/checkpoint.h)
 //   eval     launch/commands.h   mean token loss over consecutive windows of a token file
 //   prepare  launch/commands.h   text files -> HDF5 token file (data/prepare.h)
+//   export   launch/export.h     checkpoint -> Hugging Face layout (sharded safetensors, tokenizer)
 //   bench    launch/bench.h      measured GEMM peak of the backend
 // Library code throws switchyard::Error; only this file ends the process. With several MPI ranks a
 // failing rank prints its error with its rank and aborts the whole job (no rank hangs).
@@ -15,6 +16,7 @@
 #include "core/error.h"
 #include "launch/bench.h"
 #include "launch/commands.h"
+#include "launch/export.h"
 #include "launch/train.h"
 #include "parallel/mpi_context.h"
 
@@ -51,6 +53,17 @@ int main(int argc, char** argv) {
   e->add_option("--batch", eval.batch, "Windows per forward pass");
   e->add_option("--max-windows", eval.max_windows, "Evaluate at most this many windows (0: all)");
   e->add_option("--threads", eval.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+  e->add_option("--dump-logits", eval.dump_logits,
+                "Also write the logits (fp32 little-endian [windows*seq_len, vocab]) to this file");
+
+  sy::launch::ExportOptions exp;
+  auto* x = app.add_subcommand("export", "Write a checkpoint in the Hugging Face layout (transformers, vLLM)");
+  x->add_option("--checkpoint", exp.checkpoint,
+                "Checkpoint folder (step-NNNNNN), checkpoint directory (its `latest`) or run folder")->required();
+  x->add_option("--out", exp.out, "Output folder (replaced if it holds a previous export)")->required();
+  x->add_option("--dtype", exp.dtype, "Weight dtype: bf16 (default), fp16 or fp32")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  x->add_option("--max-shard-size", exp.max_shard_size, "Largest safetensors shard, e.g. 5GB (default), 500MB");
 
   sy::launch::PrepareCommandOptions prep;
   auto* p = app.add_subcommand("prepare", "Turn text files into a byte-level HDF5 token file");
@@ -77,6 +90,7 @@ int main(int argc, char** argv) {
     if (*t) return sy::launch::run_train(train, mpi);
     if (*e) return sy::launch::run_eval(eval);
     if (*p) return sy::launch::run_prepare(prep);
+    if (*x) return sy::launch::run_export(exp);
     if (*bg) return sy::launch::run_bench_gemm(bench_threads, bench_repeats);
   } catch (const sy::Error& err) {
     if (mpi.size() > 1) fmt::print(stderr, "switchyard: error on rank {}: {}\n", mpi.rank(), err.what());

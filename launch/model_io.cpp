@@ -30,9 +30,7 @@ std::string resolve_model_dir(const std::string& checkpoint_dir) {
               checkpoint_dir);
 }
 
-namespace {
-
-nlohmann::json hf_config_json(const core::ModelConfig& c) {
+nlohmann::json hf_config_json(const core::ModelConfig& c, const std::string& torch_dtype) {
   nlohmann::json j;
   const bool qwen = c.qwen_layout();
   j["architectures"] = {qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM"};
@@ -51,7 +49,7 @@ nlohmann::json hf_config_json(const core::ModelConfig& c) {
   j["router_aux_loss_coef"] = c.moe.aux_loss_coef;
   j["hidden_act"] = "silu";
   j["initializer_range"] = c.init_std;
-  j["torch_dtype"] = "float32";
+  j["torch_dtype"] = torch_dtype;
   j["bos_token_id"] = nullptr;
   j["eos_token_id"] = 0;
   if (qwen) {
@@ -72,35 +70,48 @@ nlohmann::json hf_config_json(const core::ModelConfig& c) {
   return j;
 }
 
-}  // namespace
+std::vector<HfTensor> hf_tensors(const core::ModelConfig& cfg, const core::ParamTable& table,
+                                 const float* host_params) {
+  std::vector<HfTensor> out;
+  for (const auto& p : table.specs()) out.push_back({p.name, p.shape, host_params + p.offset, {}});
+  // Qwen2-MoE always has q/k/v biases: a model without them is written with zero biases, which
+  // computes the same function in every engine.
+  if (cfg.qwen_layout() && !cfg.qkv_bias) {
+    for (int64_t l = 0; l < cfg.n_layers; ++l)
+      for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
+        const auto& w = table.at("model.layers." + std::to_string(l) + ".self_attn." + proj + ".weight");
+        out.push_back({"model.layers." + std::to_string(l) + ".self_attn." + proj + ".bias", {w.shape[0]},
+                       nullptr, std::vector<float>(static_cast<size_t>(w.shape[0]), 0.0f)});
+      }
+  }
+  for (auto& t : out)
+    if (!t.data) t.data = t.owned.data();
+  return out;
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f << text;
+    f.flush();
+    if (!f) throw_usage("cannot write {}: check that the folder is writable", tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw_usage("cannot rename {} to {}: {}", tmp, path, ec.message());
+}
 
 void save_hf_model(const std::string& dir, const core::ModelConfig& cfg, const core::ParamTable& table,
                    const float* host_params) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw_usage("cannot create {}: {}", dir, ec.message());
+  const std::vector<HfTensor> hf = hf_tensors(cfg, table, host_params);
   std::vector<core::TensorWrite> tensors;
-  for (const auto& p : table.specs()) tensors.push_back({p.name, "F32", p.shape, host_params + p.offset});
-  // Qwen2-MoE always has q/k/v biases: a model without them is written with zero biases, which
-  // computes the same function in every engine.
-  std::vector<std::vector<float>> zero_biases;
-  if (cfg.qwen_layout() && !cfg.qkv_bias) {
-    for (int64_t l = 0; l < cfg.n_layers; ++l)
-      for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
-        const auto& w = table.at("model.layers." + std::to_string(l) + ".self_attn." + proj + ".weight");
-        zero_biases.emplace_back(static_cast<size_t>(w.shape[0]), 0.0f);
-        tensors.push_back({"model.layers." + std::to_string(l) + ".self_attn." + proj + ".bias", "F32",
-                           {w.shape[0]}, zero_biases.back().data()});
-      }
-  }
+  for (const auto& t : hf) tensors.push_back({t.name, "F32", t.shape, t.data});
   core::write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
-  const fs::path tmp = fs::path(dir) / "config.json.tmp";
-  {
-    std::ofstream f(tmp);
-    f << hf_config_json(cfg).dump(2) << "\n";
-    if (!f) throw_usage("cannot write {}: check that the folder is writable", tmp.string());
-  }
-  fs::rename(tmp, fs::path(dir) / "config.json");
+  write_text_file((fs::path(dir) / "config.json").string(), hf_config_json(cfg).dump(2) + "\n");
 }
 
 }  // namespace switchyard::launch

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/demo.sh: the main job on a small real corpus, end to end:
 # install + build, prepare the license and copyright texts every Debian machine has, train
-# configs/tiny.yaml under mpirun, evaluate the trained model, and say where the results are.
+# configs/tiny.yaml under mpirun, evaluate the trained model, export it in the Hugging Face layout
+# (bf16, sharded safetensors, byte-level tokenizer) and say where the results are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,5 +21,9 @@ mpirun -np "$RANKS" --bind-to none build/switchyard train --config configs/tiny.
 
 echo "== evaluation of the trained model on the validation split =="
 build/switchyard eval --checkpoint runs/tiny --data "$CORPUS" --split valid
+echo "== export of the latest checkpoint for transformers / vLLM =="
+build/switchyard export --checkpoint runs/tiny --out runs/tiny/export --dtype bf16
 echo "Results: runs/tiny/metrics.jsonl (per-step metrics), runs/tiny/config.yaml (resolved config),"
-echo "         runs/tiny/model/ (weights, Hugging Face layout)"
+echo "         runs/tiny/model/ (fp32 weights, Hugging Face layout, for --init-from),"
+echo "         runs/tiny/export/ (bf16 export: config.json, safetensors shards + index, tokenizer;"
+echo "         AutoModelForCausalLM.from_pretrained('runs/tiny/export') loads it)"

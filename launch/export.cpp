@@ -1,0 +1,227 @@
+// launch/export.cpp: see export.h for the layout written.
+#include "launch/export.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "core/params.h"
+#include "core/safetensors.h"
+#include "launch/checkpoint.h"
+#include "launch/model_io.h"
+
+namespace switchyard::launch {
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+uint64_t parse_byte_size(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  std::string unit = text.substr(i);
+  for (auto& ch : unit) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  static const std::pair<const char*, uint64_t> kUnits[] = {
+      {"", 1},           {"B", 1},          {"KB", 1000ull},      {"MB", 1000000ull},   {"GB", 1000000000ull},
+      {"TB", 1000000000000ull}, {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40}};
+  const auto* u = std::find_if(std::begin(kUnits), std::end(kUnits), [&](const auto& x) { return unit == x.first; });
+  if (i == 0 || i > 15 || u == std::end(kUnits))
+    throw_usage("--max-shard-size '{}': expected a whole number of bytes with an optional unit (B, KB, MB, GB, "
+                "TB, KiB, MiB, GiB), e.g. 5GB or 500MB", text);
+  const uint64_t count = std::stoull(text.substr(0, i)), n = count * u->second;
+  if (count == 0) throw_usage("--max-shard-size '{}': must be at least 1 byte", text);
+  if (n / u->second != count) throw_usage("--max-shard-size '{}': too large", text);
+  return n;
+}
+
+namespace {
+
+struct Source {
+  core::ModelConfig model;
+  std::vector<float> params;  // make_param_table(model) order
+  std::string from;           // the folder read
+};
+
+Source load_source(const std::string& dir) {
+  const fs::path p(dir);
+  if (!fs::is_directory(p))
+    throw_usage("export --checkpoint {}: no such folder (expected a checkpoint folder step-NNNNNN, a checkpoint "
+                "directory with `latest`, or a run folder written by `switchyard train`)", dir);
+  std::string ckpt;
+  if (fs::exists(p / "manifest.json") || fs::exists(p / "latest")) ckpt = resolve_checkpoint(dir);
+  else if (fs::exists(p / "checkpoints" / "latest")) ckpt = resolve_checkpoint((p / "checkpoints").string());
+  if (!ckpt.empty()) {
+    CheckpointParams c = load_checkpoint_params(ckpt);
+    return {c.config.model, std::move(c.params), ckpt};
+  }
+  if (fs::exists(p / "model" / "config.json") || fs::exists(p / "config.json")) {
+    LoadedModel m = load_hf_model(resolve_model_dir(dir));
+    return {m.config, std::move(m.params), m.dir};
+  }
+  throw_usage("export --checkpoint {}: no checkpoint there (no manifest.json, `latest`, checkpoints/latest) and "
+              "no model (no config.json, model/config.json)", dir);
+}
+
+std::string byte_token(int b) { return fmt::format("<0x{:02X}>", b); }
+
+ojson special_token(int id, const std::string& content) {
+  return {{"id", id},          {"content", content}, {"single_word", false}, {"lstrip", false},
+          {"rstrip", false},   {"normalized", false}, {"special", true}};
+}
+
+// tokenizers' JSON: a BPE model without merges whose vocabulary is the byte tokens, with
+// byte_fallback, so every character becomes the tokens of its UTF-8 bytes (id = byte value).
+ojson tokenizer_json(int64_t vocab_size) {
+  ojson vocab = ojson::object();
+  for (int64_t id = 0; id < vocab_size; ++id)
+    vocab[id < 256 ? byte_token(static_cast<int>(id)) : fmt::format("<unused_{}>", id)] = id;
+  ojson model = {{"type", "BPE"},        {"dropout", nullptr},   {"unk_token", nullptr},
+                 {"continuing_subword_prefix", nullptr},         {"end_of_word_suffix", nullptr},
+                 {"fuse_unk", false},    {"byte_fallback", true},
+                 {"vocab", vocab},       {"merges", ojson::array()}};
+  return {{"version", "1.0"},
+          {"truncation", nullptr},
+          {"padding", nullptr},
+          {"added_tokens", ojson::array({special_token(0, byte_token(0))})},
+          {"normalizer", nullptr},
+          {"pre_tokenizer", nullptr},
+          {"post_processor", nullptr},
+          {"decoder", {{"type", "Sequence"}, {"decoders", ojson::array({{{"type", "ByteFallback"}},
+                                                                        {{"type", "Fuse"}}})}}},
+          {"model", model}};
+}
+
+ojson tokenizer_config_json(int64_t max_len) {
+  ojson added = ojson::object();
+  added["0"] = special_token(0, byte_token(0));
+  added["0"].erase("id");
+  return {{"tokenizer_class", "PreTrainedTokenizerFast"},
+          {"add_bos_token", false},
+          {"add_eos_token", false},
+          {"added_tokens_decoder", added},
+          {"bos_token", nullptr},
+          {"eos_token", byte_token(0)},
+          {"pad_token", byte_token(0)},
+          {"unk_token", nullptr},
+          {"clean_up_tokenization_spaces", false},
+          {"model_max_length", max_len}};
+}
+
+// fp32 -> the export dtype, little-endian bytes
+void encode(const float* src, size_t n, const std::string& dtype, std::vector<uint8_t>& out) {
+  if (dtype == "F32") {
+    out.resize(n * 4);
+    std::memcpy(out.data(), src, n * 4);
+    return;
+  }
+  std::vector<uint16_t> h(n);
+  if (dtype == "BF16") core::f32_to_bf16(src, h.data(), n);
+  else core::f32_to_f16(src, h.data(), n);
+  out.resize(n * 2);
+  std::memcpy(out.data(), h.data(), n * 2);
+}
+
+// Moves `tmp` to `out`, replacing a previous export (or an empty folder) there.
+void install(const fs::path& tmp, const fs::path& out) {
+  std::error_code ec;
+  if (fs::exists(out)) {
+    if (!fs::is_directory(out) || (!fs::is_empty(out) && !fs::exists(out / "config.json")))
+      throw_usage("export --out {}: exists and is not a model folder (no config.json); remove it or choose "
+                  "another --out", out.string());
+    const fs::path old = out.string() + fmt::format(".old-{}", ::getpid());
+    fs::rename(out, old, ec);
+    if (ec) throw_usage("cannot move the previous export {} aside: {}", out.string(), ec.message());
+    fs::rename(tmp, out, ec);
+    if (ec) throw_usage("cannot rename {} to {}: {}", tmp.string(), out.string(), ec.message());
+    fs::remove_all(old, ec);
+    return;
+  }
+  fs::rename(tmp, out, ec);
+  if (ec) throw_usage("cannot rename {} to {}: {}", tmp.string(), out.string(), ec.message());
+}
+
+}  // namespace
+
+int run_export(const ExportOptions& opts) {
+  if (opts.checkpoint.empty() || opts.out.empty()) throw_usage("export: give --checkpoint DIR and --out DIR");
+  const std::string dtype = opts.dtype == "fp32" ? "F32" : opts.dtype == "bf16" ? "BF16" : opts.dtype == "fp16" ? "F16" : "";
+  if (dtype.empty()) throw_usage("export --dtype {}: expected bf16, fp16 or fp32", opts.dtype);
+  const char* torch_dtype = dtype == "F32" ? "float32" : dtype == "BF16" ? "bfloat16" : "float16";
+  const uint64_t max_shard = parse_byte_size(opts.max_shard_size);
+  fs::path out(opts.out);
+  if (!out.has_filename()) out = out.parent_path();
+
+  const Source src = load_source(opts.checkpoint);
+  const core::ParamTable table = core::make_param_table(src.model);
+  const std::vector<HfTensor> tensors = hf_tensors(src.model, table, src.params.data());
+  const size_t esz = core::safetensors_dtype_size(dtype);
+
+  // shards: tensors in order, a new shard when the next tensor would pass max_shard
+  std::vector<std::vector<size_t>> shards;
+  uint64_t in_shard = 0, total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    int64_t numel = 1;
+    for (int64_t d : tensors[i].shape) numel *= d;
+    const uint64_t bytes = static_cast<uint64_t>(numel) * esz;
+    if (shards.empty() || (in_shard > 0 && in_shard + bytes > max_shard)) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(i);
+    in_shard += bytes;
+    total += bytes;
+  }
+
+  std::error_code ec;
+  if (out.has_parent_path()) fs::create_directories(out.parent_path(), ec);
+  const fs::path tmp = out.string() + fmt::format(".tmp-{}", ::getpid());
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) throw_usage("export --out {}: cannot create {}: {}", opts.out, tmp.string(), ec.message());
+  try {
+    ojson weight_map = ojson::object();
+    const size_t n = shards.size();
+    for (size_t s = 0; s < n; ++s) {
+      const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, n);
+      std::vector<std::vector<uint8_t>> bufs(shards[s].size());
+      std::vector<core::TensorWrite> writes;
+      for (size_t k = 0; k < shards[s].size(); ++k) {
+        const HfTensor& t = tensors[shards[s][k]];
+        int64_t numel = 1;
+        for (int64_t d : t.shape) numel *= d;
+        encode(t.data, static_cast<size_t>(numel), dtype, bufs[k]);
+        writes.push_back({t.name, dtype, t.shape, bufs[k].data()});
+        weight_map[t.name] = file;
+      }
+      core::write_safetensors((tmp / file).string(), writes, {{"format", "pt"}});
+    }
+    const ojson index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_text_file((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+    write_text_file((tmp / "config.json").string(), hf_config_json(src.model, torch_dtype).dump(2) + "\n");
+    const ojson gen = {{"eos_token_id", 0}, {"pad_token_id", 0}, {"bos_token_id", nullptr}};
+    write_text_file((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
+    write_text_file((tmp / "tokenizer.json").string(), tokenizer_json(src.model.vocab_size).dump(2) + "\n");
+    write_text_file((tmp / "tokenizer_config.json").string(),
+                    tokenizer_config_json(src.model.max_seq_len).dump(2) + "\n");
+    const ojson special = {{"eos_token", byte_token(0)}, {"pad_token", byte_token(0)}};
+    write_text_file((tmp / "special_tokens_map.json").string(), special.dump(2) + "\n");
+    install(tmp, out);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  if (src.model.vocab_size < 256)
+    fmt::print(stderr, "export: warning: vocab_size {} < 256: bytes >= {} have no token in tokenizer.json\n",
+               src.model.vocab_size, src.model.vocab_size);
+  fmt::print("{}\n", ojson{{"out", out.string()}, {"shards", shards.size()}, {"total_size", total},
+                           {"dtype", opts.dtype}, {"source", src.from}}.dump());
+  return 0;
+}
+
+}  // namespace switchyard::launch

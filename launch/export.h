@@ -1,0 +1,40 @@
+// launch/export.h: `switchyard export`, a checkpoint -> the Hugging Face layout that transformers,
+// vLLM and `--init-from` load.
+//
+// Input (--checkpoint): a checkpoint folder (step-NNNNNN/ with manifest.json), a checkpoint
+// directory (its `latest`), or a run folder (its checkpoints/latest, else its model/ folder). The
+// checkpoint may have been written by any number of ranks: the parameters are read by name.
+// Output (--out), written into `<out>.tmp-<pid>/` and renamed (a previous export there is replaced):
+//   config.json                      mixtral / MixtralForCausalLM, or qwen2_moe / Qwen2MoeForCausalLM
+//                                    (ModelConfig::qwen_layout()); torch_dtype = --dtype
+//   model-0000i-of-0000n.safetensors tensors by HF name in parameter-table order, each shard at most
+//                                    --max-shard-size bytes of data (a larger tensor gets its own)
+//   model.safetensors.index.json     {"metadata": {"total_size": data bytes}, "weight_map": {...}}
+//   generation_config.json           eos = pad = token 0
+//   tokenizer.json, tokenizer_config.json, special_tokens_map.json
+//                                    the byte-level tokenizer: a `tokenizers` BPE model without merges
+//                                    over the 256 tokens "<0xXX>" (id = byte) with byte_fallback, so
+//                                    every UTF-8 byte of a text is one token; decoder ByteFallback +
+//                                    Fuse. Token 0 ("<0x00>", the end-of-document byte) is eos.
+// bf16 / fp16 round fp32 to nearest even (core/half.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace switchyard::launch {
+
+struct ExportOptions {
+  std::string checkpoint;
+  std::string out;
+  std::string dtype = "bf16";  // bf16, fp16 or fp32
+  std::string max_shard_size = "5GB";
+};
+
+// "5GB" (10^9), "500MB", "2000KB", "1GiB" (2^30), "123" or "123B" -> bytes; a usage Error otherwise.
+uint64_t parse_byte_size(const std::string& text);
+
+// Prints one JSON line {"out", "shards", "total_size", "dtype", "source"}; returns the exit code.
+int run_export(const ExportOptions& opts);
+
+}  // namespace switchyard::launch
