@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config libdnnl-dev libyaml-cpp-dev libfmt-dev libhdf5-dev
           libopenmpi-dev openmpi-bin nlohmann-json3-dev libcli11-dev libgtest-dev
-          python3-torch python3-numpy)
+          python3-torch python3-numpy python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,6 +16,19 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# A venv beside Debian's PyTorch with transformers from PyPI: the export test loads exports through
+# AutoModelForCausalLM with it. Pinned to the last release that supports PyTorch 1.13 and already
+# has Mixtral and Qwen2-MoE. Optional: without it those checks say "skipped".
+if [ ! -x .venv/bin/python ] && [ -z "${SWITCHYARD_NO_VENV:-}" ]; then
+  if /usr/bin/python3 -m venv --system-site-packages .venv >/dev/null 2>&1 &&
+     .venv/bin/pip install -q "transformers==4.40.2" >/dev/null 2>&1; then
+    echo "setup: .venv with transformers 4.40.2 (for the export checks)"
+  else
+    rm -rf .venv
+    echo "setup: could not make .venv with transformers; export checks through transformers will be skipped"
+  fi
 fi
 
 BUILD_DIR=${BUILD_DIR:-build}

@@ -12,6 +12,10 @@
 # (c) bad arguments are one-line usage errors naming the folder or value.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
+# the reference check runs in the project's venv when scripts/setup.sh made one (Debian's PyTorch
+# plus transformers from PyPI), else with Debian's python (transformers checks are then skipped)
+PYREF=/usr/bin/python3
+[ -x "$SRC/.venv/bin/python" ] && PYREF="$SRC/.venv/bin/python"
 export OMP_NUM_THREADS=2
 T=32; W=12
 # an llm.c shard (v1, uint16 tokens) of the training text, for eval and the reference
@@ -37,7 +41,7 @@ check_model() {  # name max-shard-size [train overrides...]
     local loss
     loss=$("$SY" eval --init-from "$run/$e" --data "$TMP/val.bin" --seq-len $T --max-windows $W --batch 4 \
              --dump-logits "$run/$e.logits" | /usr/bin/python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["loss"]))')
-    /usr/bin/python3 "$SRC/tests/golden/check_export.py" --model "$run/$e" --tokens "$TMP/val.bin" --seq-len $T \
+    "$PYREF" "$SRC/tests/golden/check_export.py" --model "$run/$e" --tokens "$TMP/val.bin" --seq-len $T \
       --windows $W --switchyard-logits "$run/$e.logits" --switchyard-loss "$loss" --tol 1e-5 --transformers
   done
   /usr/bin/python3 - "$run" "$SRC/tests/golden" <<'PY'
