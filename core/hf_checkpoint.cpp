@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -240,8 +241,18 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
     if (t.shape != p.shape)
       throw_usage("{}: tensor '{}' has shape {}, expected {} for the model config", t.file, p.name,
                   shape_str(t.shape), shape_str(p.shape));
-    if (t.dtype != "F32" && t.dtype != "BF16" && t.dtype != "F16" && t.dtype != "F64")
-      throw_usage("{}: tensor '{}' has dtype {}; expected F32, BF16 or F16", t.file, p.name, t.dtype);
+    if (t.dtype == "I8") {  // int8 weight-only export (launch/export_int8.h): needs its scales
+      auto s = found.find(p.name + "_scale");
+      if (s == found.end())
+        throw_usage("{}: tensor '{}' is I8 but there is no '{}_scale' tensor to dequantize it", t.file, p.name,
+                    p.name);
+      if (s->second->dtype != "F32" || s->second->shape != std::vector<int64_t>{p.shape[0]})
+        throw_usage("{}: tensor '{}_scale' must be F32 of shape [{}], got {} {}", s->second->file, p.name,
+                    p.shape[0], s->second->dtype, shape_str(s->second->shape));
+    } else if (t.dtype != "F32" && t.dtype != "BF16" && t.dtype != "F16" && t.dtype != "F64") {
+      throw_usage("{}: tensor '{}' has dtype {}; expected F32, BF16, F16 (or I8 with '{}_scale')", t.file,
+                  p.name, t.dtype, p.name);
+    }
   }
   if (!missing.empty()) {
     const size_t show = std::min<size_t>(missing.size(), 5);
@@ -261,6 +272,10 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
     if (table.find(t->name) >= 0) continue;
     if (also_known && also_known->find(t->name) >= 0) continue;
     if (ends_with(t->name, "rotary_emb.inv_freq")) continue;
+    if (ends_with(t->name, "_scale")) {  // the scales of an I8 parameter
+      auto q = found.find(t->name.substr(0, t->name.size() - 6));
+      if (q != found.end() && q->second->dtype == "I8" && table.find(q->first) >= 0) continue;
+    }
     if (t->numel() == 0) continue;  // e.g. a zero-sized qwen2_moe shared expert
     if (t->name == "lm_head.weight" && table.find("model.embed_tokens.weight") >= 0) continue;  // tied
     if (ends_with(t->name, ".shared_expert_gate.weight")) {
@@ -279,7 +294,23 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
                 n_unknown > unknown.size() ? fmt::format(" and {} more", n_unknown - unknown.size())
                                            : "");
 
-  for (const ParamSpec& p : table.specs()) to_f32(*found.at(p.name), host_params + p.offset);
+  for (const ParamSpec& p : table.specs()) {
+    const TensorView& t = *found.at(p.name);
+    if (t.dtype != "I8") {
+      to_f32(t, host_params + p.offset);
+      continue;
+    }
+    // dequantize: w[r, j] = q[r, j] * scale[r] (fp32)
+    const TensorView& s = *found.at(p.name + "_scale");
+    std::vector<float> scale(static_cast<size_t>(p.shape[0]));
+    std::memcpy(scale.data(), s.data, scale.size() * sizeof(float));
+    const int64_t cols = t.numel() / std::max<int64_t>(p.shape[0], 1);
+    float* dst = host_params + p.offset;
+    for (int64_t r = 0; r < p.shape[0]; ++r)
+      for (int64_t j = 0; j < cols; ++j)
+        dst[r * cols + j] =
+            static_cast<float>(static_cast<int8_t>(t.data[r * cols + j])) * scale[static_cast<size_t>(r)];
+  }
 }
 
 }  // namespace switchyard::core

@@ -15,7 +15,10 @@
 #include "core/half.h"
 #include "core/params.h"
 #include "core/safetensors.h"
+#include "data/token_source.h"
 #include "launch/checkpoint.h"
+#include "launch/export_gguf.h"
+#include "launch/export_int8.h"
 #include "launch/model_io.h"
 
 namespace switchyard::launch {
@@ -157,18 +160,71 @@ int run_export(const ExportOptions& opts) {
   fs::path out(opts.out);
   if (!out.has_filename()) out = out.parent_path();
 
+  if (opts.format == "gguf") {
+    if (!opts.quantize.empty())
+      throw_usage("export --format gguf --quantize {}: not supported (GGUF is written in --dtype only)", opts.quantize);
+    if (fs::is_directory(out))
+      throw_usage("export --format gguf --out {}: is a folder; give the .gguf file to write", opts.out);
+    if (out.has_parent_path() && !fs::is_directory(out.parent_path()))
+      throw_usage("export --format gguf --out {}: no folder {}", opts.out, out.parent_path().string());
+    const Source src = load_source(opts.checkpoint);
+    const auto [count, size] = write_gguf(src.model, src.params, out.string(), dtype);
+    fmt::print("{}\n", ojson{{"out", out.string()}, {"format", "gguf"}, {"tensors", count}, {"size", size},
+                             {"dtype", opts.dtype}, {"source", src.from}}.dump());
+    return 0;
+  }
+  if (opts.format != "hf") throw_usage("export --format {}: expected hf or gguf", opts.format);
+  if (!opts.quantize.empty() && opts.quantize != "int8")
+    throw_usage("export --quantize {}: expected int8", opts.quantize);
+  const bool int8 = opts.quantize == "int8";
+  if (int8 && opts.eval_data.empty())
+    throw_usage("export --quantize int8 needs --eval-data FILE (a token file) for the eval-loss report");
+  if (!int8 && !opts.eval_data.empty())
+    throw_usage("export --eval-data {}: only used with --quantize int8 (the eval-loss report)", opts.eval_data);
+  if (int8 && opts.eval_windows < 1) throw_usage("export --eval-windows {}: must be at least 1", opts.eval_windows);
+  if (int8 && !fs::is_regular_file(opts.eval_data))
+    throw_usage("export --eval-data {}: no such file", opts.eval_data);
+  // the valid split of an HDF5 token file when it has one, else its train split (an llm.c shard is
+  // read whole); opened here so that a bad file fails before anything is written
+  const std::string eval_split = int8 && data::token_file_has_split(opts.eval_data, "valid") ? "valid" : "train";
+  if (int8) data::open_token_source(opts.eval_data, eval_split);
+
   const Source src = load_source(opts.checkpoint);
+  if (int8 && opts.eval_seq_len > src.model.max_seq_len)
+    throw_usage("export --eval-seq-len {} exceeds the model's max_seq_len {} ({})", opts.eval_seq_len,
+                src.model.max_seq_len, src.from);
   const core::ParamTable table = core::make_param_table(src.model);
   const std::vector<HfTensor> tensors = hf_tensors(src.model, table, src.params.data());
-  const size_t esz = core::safetensors_dtype_size(dtype);
 
-  // shards: tensors in order, a new shard when the next tensor would pass max_shard
+  // What the files hold: each tensor in --dtype, or (int8) its I8 data then its F32 scales.
+  struct Entry {
+    std::string name, dtype;
+    std::vector<int64_t> shape;
+    size_t tensor;     // index into tensors
+    int part;          // 0: the tensor in --dtype, 1: int8 data, 2: int8 scales
+    uint64_t bytes;
+  };
+  std::vector<Entry> entries;
+  std::vector<Int8Tensor> quantized(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const HfTensor& t = tensors[i];
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    if (int8 && int8_quantized_tensor(t.name, t.shape)) {
+      quantized[i] = quantize_int8(t.data, t.shape[0], t.shape[1]);
+      entries.push_back({t.name, "I8", t.shape, i, 1, static_cast<uint64_t>(numel)});
+      entries.push_back({t.name + "_scale", "F32", {t.shape[0]}, i, 2, static_cast<uint64_t>(t.shape[0]) * 4});
+    } else {
+      entries.push_back({t.name, dtype, t.shape, i, 0,
+                         static_cast<uint64_t>(numel) * core::safetensors_dtype_size(dtype)});
+    }
+  }
+
+  // shards: entries in order, a new shard when the next entry would pass max_shard
   std::vector<std::vector<size_t>> shards;
   uint64_t in_shard = 0, total = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    int64_t numel = 1;
-    for (int64_t d : tensors[i].shape) numel *= d;
-    const uint64_t bytes = static_cast<uint64_t>(numel) * esz;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const uint64_t bytes = entries[i].bytes;
     if (shards.empty() || (in_shard > 0 && in_shard + bytes > max_shard)) {
       shards.emplace_back();
       in_shard = 0;
@@ -192,18 +248,26 @@ int run_export(const ExportOptions& opts) {
       std::vector<std::vector<uint8_t>> bufs(shards[s].size());
       std::vector<core::TensorWrite> writes;
       for (size_t k = 0; k < shards[s].size(); ++k) {
-        const HfTensor& t = tensors[shards[s][k]];
-        int64_t numel = 1;
-        for (int64_t d : t.shape) numel *= d;
-        encode(t.data, static_cast<size_t>(numel), dtype, bufs[k]);
-        writes.push_back({t.name, dtype, t.shape, bufs[k].data()});
-        weight_map[t.name] = file;
+        const Entry& en = entries[shards[s][k]];
+        const void* data = nullptr;
+        if (en.part == 0) {
+          encode(tensors[en.tensor].data, static_cast<size_t>(en.bytes / core::safetensors_dtype_size(dtype)),
+                 dtype, bufs[k]);
+          data = bufs[k].data();
+        } else {
+          data = en.part == 1 ? static_cast<const void*>(quantized[en.tensor].q.data())
+                              : static_cast<const void*>(quantized[en.tensor].scale.data());
+        }
+        writes.push_back({en.name, en.dtype, en.shape, data});
+        weight_map[en.name] = file;
       }
       core::write_safetensors((tmp / file).string(), writes, {{"format", "pt"}});
     }
     const ojson index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     write_text_file((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-    write_text_file((tmp / "config.json").string(), hf_config_json(src.model, torch_dtype).dump(2) + "\n");
+    nlohmann::json config = hf_config_json(src.model, torch_dtype);
+    if (int8) config["quantization_config"] = int8_quantization_config();
+    write_text_file((tmp / "config.json").string(), config.dump(2) + "\n");
     const ojson gen = {{"eos_token_id", 0}, {"pad_token_id", 0}, {"bos_token_id", nullptr}};
     write_text_file((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
     write_text_file((tmp / "tokenizer.json").string(), tokenizer_json(src.model.vocab_size).dump(2) + "\n");
@@ -219,8 +283,13 @@ int run_export(const ExportOptions& opts) {
   if (src.model.vocab_size < 256)
     fmt::print(stderr, "export: warning: vocab_size {} < 256: bytes >= {} have no token in tokenizer.json\n",
                src.model.vocab_size, src.model.vocab_size);
+  if (int8)
+    fmt::print("{}\n", int8_eval_report(src.model, src.params, out.string(), opts.eval_data, eval_split,
+                                        opts.eval_windows,
+                                        opts.eval_seq_len).dump());
   fmt::print("{}\n", ojson{{"out", out.string()}, {"shards", shards.size()}, {"total_size", total},
-                           {"dtype", opts.dtype}, {"source", src.from}}.dump());
+                           {"dtype", opts.dtype},
+                           {"quantize", int8 ? "int8" : "none"}, {"source", src.from}}.dump());
   return 0;
 }
 

@@ -17,6 +17,9 @@
 //                                    every UTF-8 byte of a text is one token; decoder ByteFallback +
 //                                    Fuse. Token 0 ("<0x00>", the end-of-document byte) is eos.
 // bf16 / fp16 round fp32 to nearest even (core/half.h).
+// --format gguf (launch/export_gguf.h): one GGUF v3 file --out for llama.cpp instead.
+// --quantize int8 (launch/export_int8.h): the linear weights as I8 + `<name>_scale` F32, the rest in
+// --dtype; needs --eval-data and prints the eval loss before / after as a JSON line first.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +32,11 @@ struct ExportOptions {
   std::string out;
   std::string dtype = "bf16";  // bf16, fp16 or fp32
   std::string max_shard_size = "5GB";
+  std::string format = "hf";     // hf, or gguf (launch/export_gguf.h: --out is the .gguf file)
+  std::string quantize;         // "" or "int8"
+  std::string eval_data;        // token file for the --quantize report
+  int64_t eval_windows = 16;
+  int64_t eval_seq_len = 0;     // 0: the model's max_seq_len
 };
 
 // "5GB" (10^9), "500MB", "2000KB", "1GiB" (2^30), "123" or "123B" -> bytes; a usage Error otherwise.

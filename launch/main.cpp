@@ -3,7 +3,8 @@
 //                                --resume from a checkpoint, launch/checkpoint.h)
 //   eval     launch/commands.h   mean token loss over consecutive windows of a token file
 //   prepare  launch/commands.h   text files -> HDF5 token file (data/prepare.h)
-//   export   launch/export.h     checkpoint -> Hugging Face layout (sharded safetensors, tokenizer)
+//   export   launch/export.h     checkpoint -> Hugging Face layout (sharded safetensors, tokenizer;
+//                                --quantize int8), or GGUF for llama.cpp (launch/export_gguf.h)
 //   bench    launch/bench.h      measured GEMM peak of the backend
 // Library code throws switchyard::Error; only this file ends the process. With several MPI ranks a
 // failing rank prints its error with its rank and aborts the whole job (no rank hangs).
@@ -64,6 +65,14 @@ int main(int argc, char** argv) {
   x->add_option("--dtype", exp.dtype, "Weight dtype: bf16 (default), fp16 or fp32")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   x->add_option("--max-shard-size", exp.max_shard_size, "Largest safetensors shard, e.g. 5GB (default), 500MB");
+  x->add_option("--format", exp.format, "hf (default: Hugging Face folder) or gguf (one llama.cpp file --out)")
+      ->check(CLI::IsMember({"hf", "gguf"}));
+  x->add_option("--quantize", exp.quantize,
+                "int8: per-channel weight-only int8 linear weights (I8 + F32 scales); needs --eval-data")
+      ->check(CLI::IsMember({"int8"}));
+  x->add_option("--eval-data", exp.eval_data, "Token file for the --quantize eval-loss report (before / after)");
+  x->add_option("--eval-windows", exp.eval_windows, "Windows evaluated for the --quantize report (default 16)");
+  x->add_option("--eval-seq-len", exp.eval_seq_len, "Window length for the report (default: model max_seq_len)");
 
   sy::launch::PrepareCommandOptions prep;
   auto* p = app.add_subcommand("prepare", "Turn text files into a byte-level HDF5 token file");

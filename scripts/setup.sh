@@ -20,14 +20,17 @@ fi
 
 # A venv beside Debian's PyTorch with transformers from PyPI: the export test loads exports through
 # AutoModelForCausalLM with it. Pinned to the last release that supports PyTorch 1.13 and already
-# has Mixtral and Qwen2-MoE. Optional: without it those checks say "skipped".
-if [ ! -x .venv/bin/python ] && [ -z "${SWITCHYARD_NO_VENV:-}" ]; then
-  if /usr/bin/python3 -m venv --system-site-packages .venv >/dev/null 2>&1 &&
-     .venv/bin/pip install -q "transformers==4.40.2" >/dev/null 2>&1; then
-    echo "setup: .venv with transformers 4.40.2 (for the export checks)"
+# has Mixtral and Qwen2-MoE; gguf (llama.cpp's reader) for the GGUF export check. Optional: without
+# it those checks say "skipped".
+VENV_PACKAGES=("transformers==4.40.2" "gguf==0.17.1")
+if [ -z "${SWITCHYARD_NO_VENV:-}" ] &&
+   ! .venv/bin/python -c "import transformers, gguf" >/dev/null 2>&1; then
+  if { [ -x .venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages .venv >/dev/null 2>&1; } &&
+     .venv/bin/pip install -q "${VENV_PACKAGES[@]}" >/dev/null 2>&1; then
+    echo "setup: .venv with ${VENV_PACKAGES[*]} (for the export checks)"
   else
     rm -rf .venv
-    echo "setup: could not make .venv with transformers; export checks through transformers will be skipped"
+    echo "setup: could not make .venv with ${VENV_PACKAGES[*]}; export checks through them will be skipped"
   fi
 fi
 

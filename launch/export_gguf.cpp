@@ -1,0 +1,237 @@
+// launch/export_gguf.cpp: see export_gguf.h.
+#include "launch/export_gguf.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "core/params.h"
+
+namespace switchyard::launch {
+namespace {
+
+namespace fs = std::filesystem;
+
+enum : uint32_t { kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7, kString = 8, kArray = 9 };
+constexpr uint64_t kAlign = 32;
+
+struct Buf {
+  std::vector<uint8_t> b;
+  template <class T> void put(T v) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    b.insert(b.end(), p, p + sizeof(T));
+  }
+  void str(const std::string& s) {
+    put<uint64_t>(s.size());
+    b.insert(b.end(), s.begin(), s.end());
+  }
+};
+
+struct Meta {
+  Buf buf;
+  uint64_t count = 0;
+  void key(const std::string& k, uint32_t type) {
+    buf.str(k);
+    buf.put(type);
+    ++count;
+  }
+  void u32(const std::string& k, int64_t v) { key(k, kU32); buf.put(static_cast<uint32_t>(v)); }
+  void i32(const std::string& k, int64_t v) { key(k, kI32); buf.put(static_cast<int32_t>(v)); }
+  void f32(const std::string& k, double v) { key(k, kF32); buf.put(static_cast<float>(v)); }
+  void boolean(const std::string& k, bool v) { key(k, kBool); buf.put(static_cast<uint8_t>(v)); }
+  void str(const std::string& k, const std::string& v) { key(k, kString); buf.str(v); }
+  void strs(const std::string& k, const std::vector<std::string>& v) {
+    key(k, kArray);
+    buf.put(kString);
+    buf.put<uint64_t>(v.size());
+    for (const auto& s : v) buf.str(s);
+  }
+  void i32s(const std::string& k, const std::vector<int32_t>& v) {
+    key(k, kArray);
+    buf.put(kI32);
+    buf.put<uint64_t>(v.size());
+    for (int32_t x : v) buf.put(x);
+  }
+};
+
+// GPT-2's bytes_to_unicode: byte -> the UTF-8 of its printable stand-in character.
+std::vector<std::string> byte_tokens() {
+  std::vector<int> cp(256, -1);
+  for (int b = 0; b < 256; ++b)
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) cp[b] = b;
+  int n = 0;
+  for (int b = 0; b < 256; ++b)
+    if (cp[b] < 0) cp[b] = 256 + n++;
+  std::vector<std::string> out;
+  for (int c : cp) {
+    std::string s;
+    if (c < 0x80) s += static_cast<char>(c);
+    else {
+      s += static_cast<char>(0xC0 | (c >> 6));
+      s += static_cast<char>(0x80 | (c & 0x3F));
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+struct Tensor {
+  std::string name;
+  std::vector<int64_t> shape;  // PyTorch order
+  std::vector<float> data;
+  bool f32 = false;            // forced F32
+};
+
+// HF q or k rows (heads of d rows, rotate-half) -> llama.cpp's interleaved order.
+std::vector<float> permute_rope(const float* w, int64_t heads, int64_t d, int64_t cols) {
+  std::vector<float> out(static_cast<size_t>(heads * d * cols));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < d / 2; ++i)
+      for (int64_t j = 0; j < 2; ++j)
+        std::memcpy(&out[static_cast<size_t>((h * d + 2 * i + j) * cols)], w + (h * d + j * (d / 2) + i) * cols,
+                    static_cast<size_t>(cols) * sizeof(float));
+  return out;
+}
+
+}  // namespace
+
+std::pair<size_t, uint64_t> write_gguf(const core::ModelConfig& c, const std::vector<float>& params,
+                                       const std::string& path, const std::string& dtype) {
+  if (c.qwen_layout())
+    throw_usage("export --format gguf: only Mixtral-layout models are supported (this model has a shared "
+                "expert, q/k/v bias, dense layers or un-normalised top-k: the qwen2_moe layout; export it "
+                "with --format hf)");
+  const core::ParamTable table = core::make_param_table(c);
+  auto at = [&](const std::string& name) { return params.data() + table.at(name).offset; };
+  const int64_t C = c.d_model, HD = c.hd(), E = c.moe.n_experts, I = c.moe.expert_size;
+
+  std::vector<Tensor> ts;
+  auto copy = [&](const std::string& hf, const std::string& name, std::vector<int64_t> shape, bool f32 = false) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    const float* p = at(hf);
+    ts.push_back({name, std::move(shape), std::vector<float>(p, p + n), f32});
+  };
+  copy("model.embed_tokens.weight", "token_embd.weight", {c.vocab_size, C});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l), b = fmt::format("blk.{}.", l);
+    copy(p + "input_layernorm.weight", b + "attn_norm.weight", {C}, true);
+    ts.push_back({b + "attn_q.weight", {c.n_heads * HD, C},
+                  permute_rope(at(p + "self_attn.q_proj.weight"), c.n_heads, HD, C)});
+    ts.push_back({b + "attn_k.weight", {c.n_kv_heads * HD, C},
+                  permute_rope(at(p + "self_attn.k_proj.weight"), c.n_kv_heads, HD, C)});
+    copy(p + "self_attn.v_proj.weight", b + "attn_v.weight", {c.n_kv_heads * HD, C});
+    copy(p + "self_attn.o_proj.weight", b + "attn_output.weight", {C, c.n_heads * HD});
+    copy(p + "post_attention_layernorm.weight", b + "ffn_norm.weight", {C}, true);
+    copy(p + "block_sparse_moe.gate.weight", b + "ffn_gate_inp.weight", {E, C}, true);
+    for (const auto& [w, name, rows, cols] : {std::tuple{"w1", "ffn_gate_exps", I, C},
+                                              std::tuple{"w3", "ffn_up_exps", I, C},
+                                              std::tuple{"w2", "ffn_down_exps", C, I}}) {
+      Tensor t{b + name + ".weight", {E, rows, cols}, {}, false};
+      t.data.reserve(static_cast<size_t>(E * rows * cols));
+      for (int64_t e = 0; e < E; ++e) {
+        const float* src = at(fmt::format("{}block_sparse_moe.experts.{}.{}.weight", p, e, w));
+        t.data.insert(t.data.end(), src, src + rows * cols);
+      }
+      ts.push_back(std::move(t));
+    }
+  }
+  copy("model.norm.weight", "output_norm.weight", {C}, true);
+  if (!c.tie_embeddings) copy("lm_head.weight", "output.weight", {c.vocab_size, C});
+
+  Meta m;
+  const int ftype = dtype == "F32" ? 0 : dtype == "F16" ? 1 : 32;  // llama_ftype ALL_F32, MOSTLY_F16, MOSTLY_BF16
+  const uint32_t gtype = dtype == "F32" ? 0 : dtype == "F16" ? 1 : 30;  // ggml_type F32, F16, BF16
+  m.str("general.architecture", "llama");
+  m.str("general.name", "switchyard");
+  m.u32("general.alignment", kAlign);
+  m.u32("general.file_type", ftype);
+  m.u32("llama.block_count", c.n_layers);
+  m.u32("llama.context_length", c.max_seq_len);
+  m.u32("llama.embedding_length", C);
+  m.u32("llama.feed_forward_length", I);
+  m.u32("llama.attention.head_count", c.n_heads);
+  m.u32("llama.attention.head_count_kv", c.n_kv_heads);
+  m.u32("llama.attention.key_length", HD);
+  m.u32("llama.attention.value_length", HD);
+  m.u32("llama.rope.dimension_count", HD);
+  m.f32("llama.rope.freq_base", c.rope_theta);
+  m.f32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  m.u32("llama.expert_count", E);
+  m.u32("llama.expert_used_count", c.moe.top_k);
+  m.u32("llama.vocab_size", c.vocab_size);
+  std::vector<std::string> tokens = byte_tokens();
+  tokens.resize(std::min<size_t>(tokens.size(), static_cast<size_t>(c.vocab_size)));
+  for (int64_t id = 256; id < c.vocab_size; ++id) tokens.push_back(fmt::format("<unused_{}>", id));
+  std::vector<int32_t> types(tokens.size(), 1);  // NORMAL
+  for (size_t id = 256; id < types.size(); ++id) types[id] = 5;  // UNUSED
+  m.str("tokenizer.ggml.model", "gpt2");
+  m.str("tokenizer.ggml.pre", "default");
+  m.strs("tokenizer.ggml.tokens", tokens);
+  m.i32s("tokenizer.ggml.token_type", types);
+  m.strs("tokenizer.ggml.merges", {});
+  m.u32("tokenizer.ggml.eos_token_id", 0);
+  m.u32("tokenizer.ggml.padding_token_id", 0);
+  m.boolean("tokenizer.ggml.add_bos_token", false);
+
+  // header, tensor infos, padding, then each tensor's data at its aligned offset
+  Buf h;
+  h.put<uint32_t>(0x46554747u);  // "GGUF" little-endian
+  h.put<uint32_t>(3);
+  h.put<uint64_t>(ts.size());
+  h.put<uint64_t>(m.count);
+  h.b.insert(h.b.end(), m.buf.b.begin(), m.buf.b.end());
+  std::vector<std::vector<uint8_t>> data(ts.size());
+  uint64_t offset = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const Tensor& t = ts[i];
+    const bool f32 = t.f32 || t.shape.size() == 1 || dtype == "F32";
+    std::vector<uint8_t>& d = data[i];
+    if (f32) {
+      d.resize(t.data.size() * 4);
+      std::memcpy(d.data(), t.data.data(), d.size());
+    } else {
+      std::vector<uint16_t> half(t.data.size());
+      if (dtype == "BF16") core::f32_to_bf16(t.data.data(), half.data(), half.size());
+      else core::f32_to_f16(t.data.data(), half.data(), half.size());
+      d.resize(half.size() * 2);
+      std::memcpy(d.data(), half.data(), d.size());
+    }
+    h.str(t.name);
+    h.put<uint32_t>(static_cast<uint32_t>(t.shape.size()));
+    for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) h.put<uint64_t>(static_cast<uint64_t>(*it));
+    h.put<uint32_t>(f32 ? 0u : gtype);
+    h.put<uint64_t>(offset);
+    offset += (d.size() + kAlign - 1) / kAlign * kAlign;
+  }
+  h.b.resize((h.b.size() + kAlign - 1) / kAlign * kAlign, 0);
+
+  const std::string tmp = path + fmt::format(".tmp-{}", ::getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw_usage("export --out {}: cannot write {} (is the folder writable?)", path, tmp);
+    f.write(reinterpret_cast<const char*>(h.b.data()), static_cast<std::streamsize>(h.b.size()));
+    static const char zeros[kAlign] = {};
+    for (const auto& d : data) {
+      f.write(reinterpret_cast<const char*>(d.data()), static_cast<std::streamsize>(d.size()));
+      f.write(zeros, static_cast<std::streamsize>((kAlign - d.size() % kAlign) % kAlign));
+    }
+    f.flush();
+    if (!f) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw_usage("export --out {}: write failed (disk full?)", path);
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw_usage("cannot rename {} to {}: {}", tmp, path, ec.message());
+  return {ts.size(), h.b.size() + offset};
+}
+
+}  // namespace switchyard::launch

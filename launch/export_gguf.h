@@ -1,0 +1,42 @@
+// launch/export_gguf.h: `switchyard export --format gguf`, one GGUF v3 file for llama.cpp.
+//
+// Mixtral-layout models only (ModelConfig::qwen_layout() false), written as llama.cpp's
+// architecture `llama` with stacked expert tensors (llama.cpp's convert_hf_to_gguf.py names):
+//   token_embd.weight [V, C]            output_norm.weight [C]      output.weight [V, C] (absent if tied)
+//   blk.N.attn_norm.weight [C]          blk.N.ffn_norm.weight [C]
+//   blk.N.attn_q.weight, attn_k, attn_v, attn_output (HF [out, in])
+//   blk.N.ffn_gate_inp.weight [E, C]    (the router)
+//   blk.N.ffn_gate_exps.weight [E, I, C] (w1), ffn_up_exps [E, I, C] (w3), ffn_down_exps [E, C, I] (w2)
+// Shapes above are PyTorch order (outermost first); GGUF stores the dims innermost first, so a
+// [out, in] matrix has ne = {in, out}; the bytes are the same C-order data.
+// RoPE: HF applies rotate-half (pairs (i, i + d/2) of a head); llama.cpp's LLM_ARCH_LLAMA uses the
+// interleaved form (pairs (2i, 2i + 1)). Like convert_hf_to_gguf.py (LlamaModel.permute), the rows
+// of attn_q (per query head) and attn_k (per kv head) are permuted: within a head of d rows, GGUF
+// row 2i + j = HF row j * d/2 + i (j = 0, 1), which makes the two conventions compute the same.
+// Types: 1-D tensors and ffn_gate_inp in F32; the rest in --dtype (F32, F16 or BF16), rounded to
+// nearest even (core/half.h). Data aligned to general.alignment = 32.
+// Metadata: general.architecture "llama", general.name, general.alignment, general.file_type,
+// llama.{block_count, context_length, embedding_length, feed_forward_length (expert size),
+// attention.head_count, attention.head_count_kv, attention.key_length, attention.value_length,
+// rope.dimension_count, rope.freq_base, attention.layer_norm_rms_epsilon, expert_count,
+// expert_used_count, vocab_size}, and the byte vocabulary as tokenizer.ggml.model "gpt2" with
+// tokenizer.ggml.pre "default": token id b < 256 is GPT-2's bytes_to_unicode(b) (so every byte is
+// one token and id = byte value, as in the HF export), no merges, ids >= 256 "<unused_N>";
+// eos = padding = 0, no bos.
+// Not supported (usage errors): qwen2_moe-layout models (shared expert, q/k/v bias, dense layers,
+// un-normalised top-k; llama.cpp's `qwen2moe`), --quantize with gguf.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+
+namespace switchyard::launch {
+
+// Writes `path` (through path.tmp-<pid> and a rename); dtype "F32", "F16" or "BF16".
+// Returns {tensor count, file size}.
+std::pair<size_t, uint64_t> write_gguf(const core::ModelConfig& model, const std::vector<float>& params,
+                                       const std::string& path, const std::string& dtype);
+
+}  // namespace switchyard::launch
