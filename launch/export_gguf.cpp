@@ -102,13 +102,20 @@ std::vector<float> permute_rope(const float* w, int64_t heads, int64_t d, int64_
 
 std::pair<size_t, uint64_t> write_gguf(const core::ModelConfig& c, const std::vector<float>& params,
                                        const std::string& path, const std::string& dtype) {
-  if (c.qwen_layout())
-    throw_usage("export --format gguf: only Mixtral-layout models are supported (this model has a shared "
-                "expert, q/k/v bias, dense layers or un-normalised top-k: the qwen2_moe layout; export it "
-                "with --format hf)");
+  const bool qwen = c.qwen_layout();
+  if (qwen && c.first_dense_layers > 0)
+    throw_usage("export --format gguf: llama.cpp's qwen2moe has no dense-MLP layers (this model has "
+                "first_dense_layers = {}); export it with --format hf", c.first_dense_layers);
+  if (qwen && c.moe.shared_expert_size == 0)
+    throw_usage("export --format gguf: llama.cpp's qwen2moe always applies a shared expert (this qwen2_moe-"
+                "layout model has shared_expert_size = 0); export it with --format hf");
+  if (qwen && c.moe.normalize_topk)
+    throw_usage("export --format gguf: llama.cpp's qwen2moe never renormalises the top-k gates (this "
+                "qwen2_moe-layout model has normalize_topk = true); export it with --format hf");
   const core::ParamTable table = core::make_param_table(c);
   auto at = [&](const std::string& name) { return params.data() + table.at(name).offset; };
   const int64_t C = c.d_model, HD = c.hd(), E = c.moe.n_experts, I = c.moe.expert_size;
+  const int64_t S = c.moe.shared_expert_size;
 
   std::vector<Tensor> ts;
   auto copy = [&](const std::string& hf, const std::string& name, std::vector<int64_t> shape, bool f32 = false) {
@@ -120,25 +127,45 @@ std::pair<size_t, uint64_t> write_gguf(const core::ModelConfig& c, const std::ve
   copy("model.embed_tokens.weight", "token_embd.weight", {c.vocab_size, C});
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l), b = fmt::format("blk.{}.", l);
+    const std::string m = p + (qwen ? "mlp." : "block_sparse_moe.");
     copy(p + "input_layernorm.weight", b + "attn_norm.weight", {C}, true);
-    ts.push_back({b + "attn_q.weight", {c.n_heads * HD, C},
-                  permute_rope(at(p + "self_attn.q_proj.weight"), c.n_heads, HD, C)});
-    ts.push_back({b + "attn_k.weight", {c.n_kv_heads * HD, C},
-                  permute_rope(at(p + "self_attn.k_proj.weight"), c.n_kv_heads, HD, C)});
+    if (qwen) {  // NEOX rope (rotate-half, as HF): q/k rows unpermuted
+      copy(p + "self_attn.q_proj.weight", b + "attn_q.weight", {c.n_heads * HD, C});
+      copy(p + "self_attn.k_proj.weight", b + "attn_k.weight", {c.n_kv_heads * HD, C});
+    } else {
+      ts.push_back({b + "attn_q.weight", {c.n_heads * HD, C},
+                    permute_rope(at(p + "self_attn.q_proj.weight"), c.n_heads, HD, C)});
+      ts.push_back({b + "attn_k.weight", {c.n_kv_heads * HD, C},
+                    permute_rope(at(p + "self_attn.k_proj.weight"), c.n_kv_heads, HD, C)});
+    }
     copy(p + "self_attn.v_proj.weight", b + "attn_v.weight", {c.n_kv_heads * HD, C});
+    if (qwen)
+      for (const auto& [g, rows] : {std::pair{"q", c.n_heads * HD}, std::pair{"k", c.n_kv_heads * HD},
+                                    std::pair{"v", c.n_kv_heads * HD}}) {
+        const std::string name = fmt::format("{}attn_{}.bias", b, g);
+        if (c.qkv_bias) copy(fmt::format("{}self_attn.{}_proj.bias", p, g), name, {rows}, true);
+        else ts.push_back({name, {rows}, std::vector<float>(static_cast<size_t>(rows), 0.0f), true});
+      }
     copy(p + "self_attn.o_proj.weight", b + "attn_output.weight", {C, c.n_heads * HD});
     copy(p + "post_attention_layernorm.weight", b + "ffn_norm.weight", {C}, true);
-    copy(p + "block_sparse_moe.gate.weight", b + "ffn_gate_inp.weight", {E, C}, true);
-    for (const auto& [w, name, rows, cols] : {std::tuple{"w1", "ffn_gate_exps", I, C},
-                                              std::tuple{"w3", "ffn_up_exps", I, C},
-                                              std::tuple{"w2", "ffn_down_exps", C, I}}) {
+    copy(m + "gate.weight", b + "ffn_gate_inp.weight", {E, C}, true);
+    for (const auto& [w, name, rows, cols] :
+         {std::tuple{qwen ? "gate_proj" : "w1", "ffn_gate_exps", I, C},
+          std::tuple{qwen ? "up_proj" : "w3", "ffn_up_exps", I, C},
+          std::tuple{qwen ? "down_proj" : "w2", "ffn_down_exps", C, I}}) {
       Tensor t{b + name + ".weight", {E, rows, cols}, {}, false};
       t.data.reserve(static_cast<size_t>(E * rows * cols));
       for (int64_t e = 0; e < E; ++e) {
-        const float* src = at(fmt::format("{}block_sparse_moe.experts.{}.{}.weight", p, e, w));
+        const float* src = at(fmt::format("{}experts.{}.{}.weight", m, e, w));
         t.data.insert(t.data.end(), src, src + rows * cols);
       }
       ts.push_back(std::move(t));
+    }
+    if (qwen) {
+      copy(m + "shared_expert_gate.weight", b + "ffn_gate_inp_shexp.weight", {C}, true);  // HF [1, C]
+      copy(m + "shared_expert.gate_proj.weight", b + "ffn_gate_shexp.weight", {S, C});
+      copy(m + "shared_expert.up_proj.weight", b + "ffn_up_shexp.weight", {S, C});
+      copy(m + "shared_expert.down_proj.weight", b + "ffn_down_shexp.weight", {C, S});
     }
   }
   copy("model.norm.weight", "output_norm.weight", {C}, true);
@@ -147,24 +174,30 @@ std::pair<size_t, uint64_t> write_gguf(const core::ModelConfig& c, const std::ve
   Meta m;
   const int ftype = dtype == "F32" ? 0 : dtype == "F16" ? 1 : 32;  // llama_ftype ALL_F32, MOSTLY_F16, MOSTLY_BF16
   const uint32_t gtype = dtype == "F32" ? 0 : dtype == "F16" ? 1 : 30;  // ggml_type F32, F16, BF16
-  m.str("general.architecture", "llama");
+  const std::string a = qwen ? "qwen2moe" : "llama";
+  m.str("general.architecture", a);
   m.str("general.name", "switchyard");
   m.u32("general.alignment", kAlign);
   m.u32("general.file_type", ftype);
-  m.u32("llama.block_count", c.n_layers);
-  m.u32("llama.context_length", c.max_seq_len);
-  m.u32("llama.embedding_length", C);
-  m.u32("llama.feed_forward_length", I);
-  m.u32("llama.attention.head_count", c.n_heads);
-  m.u32("llama.attention.head_count_kv", c.n_kv_heads);
-  m.u32("llama.attention.key_length", HD);
-  m.u32("llama.attention.value_length", HD);
-  m.u32("llama.rope.dimension_count", HD);
-  m.f32("llama.rope.freq_base", c.rope_theta);
-  m.f32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps);
-  m.u32("llama.expert_count", E);
-  m.u32("llama.expert_used_count", c.moe.top_k);
-  m.u32("llama.vocab_size", c.vocab_size);
+  m.u32(a + ".block_count", c.n_layers);
+  m.u32(a + ".context_length", c.max_seq_len);
+  m.u32(a + ".embedding_length", C);
+  m.u32(a + ".feed_forward_length", I);
+  m.u32(a + ".attention.head_count", c.n_heads);
+  m.u32(a + ".attention.head_count_kv", c.n_kv_heads);
+  m.u32(a + ".attention.key_length", HD);
+  m.u32(a + ".attention.value_length", HD);
+  m.u32(a + ".rope.dimension_count", HD);
+  m.f32(a + ".rope.freq_base", c.rope_theta);
+  m.f32(a + ".attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  m.u32(a + ".expert_count", E);
+  m.u32(a + ".expert_used_count", c.moe.top_k);
+  if (qwen) {
+    m.u32(a + ".expert_feed_forward_length", I);
+    m.u32(a + ".expert_shared_feed_forward_length", S);
+    m.boolean(a + ".expert_weights_norm", false);
+  }
+  m.u32(a + ".vocab_size", c.vocab_size);
   std::vector<std::string> tokens = byte_tokens();
   tokens.resize(std::min<size_t>(tokens.size(), static_cast<size_t>(c.vocab_size)));
   for (int64_t id = 256; id < c.vocab_size; ++id) tokens.push_back(fmt::format("<unused_{}>", id));

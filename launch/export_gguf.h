@@ -1,6 +1,6 @@
 // launch/export_gguf.h: `switchyard export --format gguf`, one GGUF v3 file for llama.cpp.
 //
-// Mixtral-layout models only (ModelConfig::qwen_layout() false), written as llama.cpp's
+// Mixtral-layout models (ModelConfig::qwen_layout() false) are written as llama.cpp's
 // architecture `llama` with stacked expert tensors (llama.cpp's convert_hf_to_gguf.py names):
 //   token_embd.weight [V, C]            output_norm.weight [C]      output.weight [V, C] (absent if tied)
 //   blk.N.attn_norm.weight [C]          blk.N.ffn_norm.weight [C]
@@ -23,8 +23,21 @@
 // tokenizer.ggml.pre "default": token id b < 256 is GPT-2's bytes_to_unicode(b) (so every byte is
 // one token and id = byte value, as in the HF export), no merges, ids >= 256 "<unused_N>";
 // eos = padding = 0, no bos.
-// Not supported (usage errors): qwen2_moe-layout models (shared expert, q/k/v bias, dense layers,
-// un-normalised top-k; llama.cpp's `qwen2moe`), --quantize with gguf.
+// Qwen2-MoE-layout models (qwen_layout() true) are written as llama.cpp's architecture `qwen2moe`
+// (gguf 0.17.1 MODEL_TENSORS[QWEN2MOE]): the tensors above (experts from mlp.experts.N.{gate,up,
+// down}_proj, router from mlp.gate) plus
+//   blk.N.attn_q.bias, attn_k.bias, attn_v.bias (F32; zeros when the model has no q/k/v bias, as
+//     in the HF export)
+//   blk.N.ffn_gate_inp_shexp.weight [C] (HF shared_expert_gate [1, C]; F32)
+//   blk.N.ffn_gate_shexp.weight [S, C], ffn_up_shexp [S, C], ffn_down_shexp [C, S] (the shared expert)
+// and q/k NOT permuted: llama.cpp runs qwen2moe with NEOX rope, which is HF's rotate-half
+// (convert_hf_to_gguf.py permutes only for LlamaModel). Metadata as above under "qwen2moe.", plus
+// qwen2moe.expert_feed_forward_length (I), expert_shared_feed_forward_length (S) and
+// expert_weights_norm = false. llama.cpp's qwen2moe graph hard-codes un-normalised top-k gates,
+// an always-present sigmoid-gated shared expert and MoE in every layer, so these are usage errors:
+// normalize_topk = true, shared_expert_size = 0, first_dense_layers > 0.
+// Not supported (usage errors): the qwen2_moe cases above, --quantize with gguf.
+
 #pragma once
 
 #include <string>

@@ -5,8 +5,11 @@
 # GGUF v3, alignment 32, llama.cpp tensor names, shapes (ne innermost first) and types, the
 # metadata (llama.* hyperparameters, tokenizer.ggml.* byte vocabulary), and the data: experts
 # stacked, q/k un-permuted (llama.cpp's rope permutation undone) equal to the HF export, bit for bit
-# in fp32 and the round-to-nearest-even in fp16 / bf16. Also: a qwen2_moe-layout model, --quantize
-# with gguf and --out a folder are one-line usage errors.
+# in fp32 and the round-to-nearest-even in fp16 / bf16. A qwen2_moe-layout model (shared expert,
+# q/k/v bias, un-normalised top-k) exported as architecture qwen2moe, read back: every tensor name in
+# the gguf package's MODEL_TENSORS[QWEN2MOE], qwen2moe.* metadata under gguf.Keys' names, q/k not
+# permuted, data == HF export bit for bit in fp32. Also one-line usage errors: qwen2_moe models with
+# normalize_topk, first_dense_layers or no shared expert, --quantize with gguf, --out a folder.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 export OMP_NUM_THREADS=2
@@ -27,9 +30,22 @@ expect_usage() {  # needle -- command...
     echo "FAIL: want exit 2 and one line with '$needle', got rc=$rc:"; cat "$TMP/err"; exit 1
   fi
 }
-"$SY" train "${SMALL_MODEL[@]}" --set train.steps=1 --set model.moe.shared_expert_size=32 --run-dir "$TMP/qwen" \
-  >"$TMP/qwen.log" 2>&1 || { cat "$TMP/qwen.log"; exit 1; }
-expect_usage "Mixtral-layout" -- "$SY" export --checkpoint "$TMP/qwen" --out "$TMP/q.gguf" --format gguf
+train_qwen() {  # run-dir, --set...
+  local dir=$1; shift
+  "$SY" train "${SMALL_MODEL[@]}" --set train.steps=1 "$@" --run-dir "$dir" >"$dir.log" 2>&1 || { cat "$dir.log"; exit 1; }
+}
+qrun="$TMP/qwen2moe"
+train_qwen "$qrun" --set train.steps=2 --set checkpoint.interval=2 --set model.moe.shared_expert_size=32 \
+  --set model.qkv_bias=true --set model.moe.normalize_topk=false
+"$SY" export --checkpoint "$qrun" --out "$qrun/hf" --dtype fp32 >/dev/null
+"$SY" export --checkpoint "$qrun" --out "$qrun/model-fp32.gguf" --format gguf --dtype fp32
+train_qwen "$TMP/qwen" --set model.moe.shared_expert_size=32
+expect_usage "normalize_topk = true" -- "$SY" export --checkpoint "$TMP/qwen" --out "$TMP/q.gguf" --format gguf
+train_qwen "$TMP/qdense" --set model.moe.shared_expert_size=32 --set model.moe.normalize_topk=false \
+  --set model.first_dense_layers=1 --set model.dense_ffn_size=64
+expect_usage "first_dense_layers = 1" -- "$SY" export --checkpoint "$TMP/qdense" --out "$TMP/q.gguf" --format gguf
+train_qwen "$TMP/qnoshared" --set model.qkv_bias=true --set model.moe.normalize_topk=false
+expect_usage "shared_expert_size = 0" -- "$SY" export --checkpoint "$TMP/qnoshared" --out "$TMP/q.gguf" --format gguf
 expect_usage "--quantize" -- "$SY" export --checkpoint "$run" --out "$TMP/q.gguf" --format gguf --quantize int8 \
   --eval-data "$TMP/a.txt"
 expect_usage "$run/hf" -- "$SY" export --checkpoint "$run" --out "$run/hf" --format gguf
@@ -121,6 +137,85 @@ for dt, gtype in (("fp32", 0), ("fp16", 1), ("bf16", 30)):
     check(f"{dt}: shapes (ne innermost first)", ok_shape)
     check(f"{dt}: types (1-D and ffn_gate_inp F32, the rest {dt})", ok_type)
     check(f"{dt}: data == HF export (q/k un-permuted, experts stacked)", ok_data)
+sys.exit(1 if failed else 0)
+PYEOF
+"$PY" - "$qrun" <<'PYEOF'
+import json, sys
+import numpy as np
+import gguf
+from gguf import GGUFReader, Keys, MODEL_ARCH
+from gguf.constants import MODEL_TENSORS, TENSOR_NAMES, MODEL_ARCH_NAMES
+run = sys.argv[1]
+cfg = json.load(open(f"{run}/hf/config.json"))
+(shard,) = set(json.load(open(f"{run}/hf/model.safetensors.index.json"))["weight_map"].values())
+raw = open(f"{run}/hf/{shard}", "rb").read()
+n = int.from_bytes(raw[:8], "little")
+hf = {k: np.frombuffer(raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4").reshape(v["shape"])
+      for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
+failed = 0
+def check(what, ok):
+    global failed
+    failed += not ok
+    print(f"gguf qwen2moe: {what:62s} {'ok' if ok else 'FAIL'}")
+arch = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN2MOE]
+C, L, E = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_experts"]
+I, S = cfg["moe_intermediate_size"], cfg["shared_expert_intermediate_size"]
+NH, NKV, V = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
+assert cfg["model_type"] == "qwen2_moe" and S > 0 and cfg["norm_topk_prob"] is False
+# names from the HF export (Qwen2-MoE names) -> the gguf package's own tensor-name table
+T = gguf.MODEL_TENSOR
+want = {TENSOR_NAMES[T.TOKEN_EMBD] + ".weight": hf["model.embed_tokens.weight"],
+        TENSOR_NAMES[T.OUTPUT_NORM] + ".weight": hf["model.norm.weight"],
+        TENSOR_NAMES[T.OUTPUT] + ".weight": hf["lm_head.weight"]}
+for l in range(L):
+    p = f"model.layers.{l}."
+    nm = lambda t, suffix="weight": TENSOR_NAMES[t].format(bid=l) + "." + suffix
+    want[nm(T.ATTN_NORM)] = hf[p + "input_layernorm.weight"]
+    want[nm(T.FFN_NORM)] = hf[p + "post_attention_layernorm.weight"]
+    for t, h in ((T.ATTN_Q, "q"), (T.ATTN_K, "k"), (T.ATTN_V, "v"), (T.ATTN_OUT, "o")):
+        want[nm(t)] = hf[p + f"self_attn.{h}_proj.weight"]
+        if h != "o": want[nm(t, "bias")] = hf[p + f"self_attn.{h}_proj.bias"]
+    want[nm(T.FFN_GATE_INP)] = hf[p + "mlp.gate.weight"]
+    for t, w in ((T.FFN_GATE_EXP, "gate"), (T.FFN_UP_EXP, "up"), (T.FFN_DOWN_EXP, "down")):
+        want[nm(t)] = np.stack([hf[p + f"mlp.experts.{e}.{w}_proj.weight"] for e in range(E)])
+    for t, w in ((T.FFN_GATE_SHEXP, "gate"), (T.FFN_UP_SHEXP, "up"), (T.FFN_DOWN_SHEXP, "down")):
+        want[nm(t)] = hf[p + f"mlp.shared_expert.{w}_proj.weight"]
+    want[nm(T.FFN_GATE_INP_SHEXP)] = hf[p + "mlp.shared_expert_gate.weight"].reshape(C)
+r = GGUFReader(f"{run}/model-fp32.gguf")
+def field(k):
+    f = r.fields[k]
+    if f.types == [8]: return bytes(f.parts[f.data[0]]).decode()
+    return f.parts[f.data[0]][0].item()
+check("GGUF v3, alignment 32, architecture qwen2moe",
+      field("GGUF.version") == 3 and field(Keys.General.ARCHITECTURE) == arch == "qwen2moe"
+      and r.alignment == 32 and all(t.data_offset % 32 == 0 for t in r.tensors))
+allowed = {TENSOR_NAMES[t].format(bid=l) for t in MODEL_TENSORS[MODEL_ARCH.QWEN2MOE] for l in range(L)}
+ts = {t.name: t for t in r.tensors}
+check(f"{len(ts)} tensor names all in gguf MODEL_TENSORS[QWEN2MOE]",
+      all(k.rsplit(".", 1)[0] in allowed for k in ts) or print(sorted(k for k in ts if k.rsplit(".", 1)[0] not in allowed)))
+check(f"{len(want)} tensors == the HF export's, renamed", set(ts) == set(want) or print(sorted(set(ts) ^ set(want))))
+K = Keys.LLM
+meta = {K.BLOCK_COUNT: L, K.CONTEXT_LENGTH: cfg["max_position_embeddings"], K.EMBEDDING_LENGTH: C,
+        K.EXPERT_COUNT: E, K.EXPERT_USED_COUNT: cfg["num_experts_per_tok"], K.EXPERT_FEED_FORWARD_LENGTH: I,
+        K.EXPERT_SHARED_FEED_FORWARD_LENGTH: S, K.EXPERT_WEIGHTS_NORM: False,
+        Keys.Attention.HEAD_COUNT: NH, Keys.Attention.HEAD_COUNT_KV: NKV, Keys.Rope.DIMENSION_COUNT: C // NH}
+got = {k.format(arch=arch): field(k.format(arch=arch)) for k in meta}
+meta = {k.format(arch=arch): v for k, v in meta.items()}
+check("qwen2moe.* hyperparameters (gguf.Keys names)", got == meta or print(got, meta))
+check("rope.freq_base, layer_norm_rms_epsilon (fp32)",
+      np.float32(field(Keys.Rope.FREQ_BASE.format(arch=arch))) == np.float32(cfg["rope_theta"]) and
+      np.float32(field(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch))) == np.float32(cfg["rms_norm_eps"]))
+ok_shape = ok_type = ok_data = True
+for name, w in want.items():
+    t = ts[name]
+    ok_shape &= [int(x) for x in t.shape] == list(w.shape[::-1])
+    ok_type &= int(t.tensor_type) == 0
+    a = np.asarray(t.data).reshape(w.shape)
+    ok_data &= a.dtype == np.float32 and np.array_equal(a.view(np.uint32), w.view(np.uint32))
+check("shapes (ne innermost first; ffn_gate_inp_shexp [C])", ok_shape)
+check("types (all F32)", ok_type)
+check("data == HF export bit for bit (q/k not permuted: NEOX rope)", ok_data)
+check("q/k/v biases nonzero (trained, not zero-filled)", all(np.any(want[f"blk.0.attn_{g}.bias"]) for g in "qkv"))
 sys.exit(1 if failed else 0)
 PYEOF
 echo "export_gguf: all checks passed"
