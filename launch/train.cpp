@@ -98,9 +98,6 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     cfg.model.moe.z_loss_coef = losses.z_loss_coef;
     core::validate(cfg, opts.config_path + " with --init-from " + opts.init_from);
   }
-  if (cfg.train.precision != "fp32")
-    throw_usage("{}: train.precision={} is not available in this build; use fp32", opts.config_path,
-                cfg.train.precision);
 
   const int threads = choose_threads(cfg.train, mpi.size());
   auto backend = core::make_cpu_backend(threads);
