@@ -85,7 +85,6 @@ std::string validate_error(const ExperimentConfig& cfg) {
   return {};
 }
 
-#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "message: " << (msg)
 
 void expect_equal(const ExperimentConfig& a, const ExperimentConfig& b) {
   // Compare through the writer: every field is written, doubles in round-trip precision.

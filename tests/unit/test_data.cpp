@@ -36,22 +36,7 @@ std::string read_bytes(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// Runs f, expects a usage Error and returns its message (empty when none was thrown).
-template <class F>
-std::string usage_error(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
-    EXPECT_EQ(e.exit_code(), 2);
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected switchyard::Error, got std::exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected a usage error, none thrown";
-  return "";
-}
+using test::usage_error;
 
 #define EXPECT_USAGE_NAMING(stmt, name)                                        \
   do {                                                                         \

@@ -20,18 +20,8 @@ namespace {
 
 using launch::parse_byte_size;
 
-#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "message: " << (msg)
 
-template <class F> std::string usage_error(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return {};
-}
+using test::usage_error;
 
 TEST(ExportShardSize, Units) {
   EXPECT_EQ(parse_byte_size("5GB"), 5000000000ull);

@@ -1,10 +1,18 @@
 // tests/unit/testing.h: helpers shared by the unit tests (random tensors, tolerances, temp dirs).
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include "core/error.h"
+
+// EXPECT_HAS(message, part): the message contains part.
+#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "message: " << (msg)
 
 namespace switchyard::test {
 
@@ -14,5 +22,22 @@ std::vector<float> randn(int64_t n, uint64_t seed, float stddev = 1.0f);
 double max_rel_error(const float* a, const float* b, int64_t n, double floor = 1e-3);
 // A fresh empty directory under the build tree, named after the current test.
 std::filesystem::path temp_dir(const std::string& name);
+
+// Runs f, expects a usage Error (exit code 2) and returns its message ("" when none was thrown).
+template <class F>
+std::string usage_error(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+    EXPECT_EQ(e.exit_code(), 2);
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected switchyard::Error, got std::exception: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected a usage error, none thrown";
+  return "";
+}
 
 }  // namespace switchyard::test
