@@ -60,12 +60,11 @@ import json, os, sys
 import numpy as np
 from gguf import GGUFReader
 run = sys.argv[1]
+sys.path.insert(0, os.path.join(os.environ["SWITCHYARD_SOURCE_DIR"], "tests", "golden"))
+import torch_moe as tm  # the reference's safetensors reader
 cfg = json.load(open(f"{run}/hf/config.json"))
 (shard,) = set(json.load(open(f"{run}/hf/model.safetensors.index.json"))["weight_map"].values())
-raw = open(f"{run}/hf/{shard}", "rb").read()
-n = int.from_bytes(raw[:8], "little")
-hf = {k: np.frombuffer(raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4").reshape(v["shape"])
-      for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
+hf = {k: v.numpy() for k, v in tm.load_safetensors(f"{run}/hf/{shard}")[0].items()}
 failed = 0
 def check(what, ok):
     global failed
@@ -140,18 +139,17 @@ for dt, gtype in (("fp32", 0), ("fp16", 1), ("bf16", 30)):
 sys.exit(1 if failed else 0)
 PYEOF
 "$PY" - "$qrun" <<'PYEOF'
-import json, sys
+import json, os, sys
 import numpy as np
 import gguf
 from gguf import GGUFReader, Keys, MODEL_ARCH
 from gguf.constants import MODEL_TENSORS, TENSOR_NAMES, MODEL_ARCH_NAMES
 run = sys.argv[1]
+sys.path.insert(0, os.path.join(os.environ["SWITCHYARD_SOURCE_DIR"], "tests", "golden"))
+import torch_moe as tm  # the reference's safetensors reader
 cfg = json.load(open(f"{run}/hf/config.json"))
 (shard,) = set(json.load(open(f"{run}/hf/model.safetensors.index.json"))["weight_map"].values())
-raw = open(f"{run}/hf/{shard}", "rb").read()
-n = int.from_bytes(raw[:8], "little")
-hf = {k: np.frombuffer(raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4").reshape(v["shape"])
-      for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
+hf = {k: v.numpy() for k, v in tm.load_safetensors(f"{run}/hf/{shard}")[0].items()}
 failed = 0
 def check(what, ok):
     global failed
