@@ -10,9 +10,24 @@
 namespace switchyard::core {
 
 AttentionLayer::AttentionLayer(Backend& be, const ModelConfig& cfg, const ParamTable& table,
+                               int layer, int64_t max_tokens, ActivationStore& acts,
+                               const PrecisionPolicy& prec)
+    : be_(be), prec_(prec), theta_(static_cast<float>(cfg.rope_theta)), C_(cfg.d_model),
+      max_tokens_(max_tokens) {
+  setup(cfg, table, layer, acts);
+}
+
+AttentionLayer::AttentionLayer(Backend& be, const ModelConfig& cfg, const ParamTable& table,
                                int layer, int64_t max_tokens)
     : be_(be), theta_(static_cast<float>(cfg.rope_theta)), C_(cfg.d_model),
-      max_tokens_(max_tokens) {
+      max_tokens_(max_tokens), own_acts_(std::make_unique<ActivationStore>(be, Recompute::none)) {
+  setup(cfg, table, layer, *own_acts_);
+  own_acts_->allocate();
+}
+
+void AttentionLayer::setup(const ModelConfig& cfg, const ParamTable& table, int layer,
+                           ActivationStore& acts) {
+  const int64_t max_tokens = max_tokens_;
   shape_.NH = cfg.n_heads;
   shape_.NKV = cfg.n_kv_heads;
   shape_.HD = cfg.hd();
@@ -49,17 +64,22 @@ AttentionLayer::AttentionLayer(Backend& be, const ModelConfig& cfg, const ParamT
   off_wo_ = wo.offset;
 
   const int64_t W = shape_.qkv_width();
-  auto buf = [&](int64_t n) { return static_cast<float*>(be_.alloc(static_cast<size_t>(n) * sizeof(float))); };
-  qkv_ = buf(max_tokens * W);
-  att_ = buf(max_tokens * qw);
-  lse_ = buf(max_tokens * shape_.NH);
-  dqkv_ = buf(max_tokens * W);
-  datt_ = buf(max_tokens * qw);
+  acts.add(layer, "attn.qkv", &qkv_, max_tokens * W, Keep::expensive);
+  acts.add(layer, "attn.out", &att_, max_tokens * qw, Keep::expensive);
+  acts.add(layer, "attn.lse", &lse_, max_tokens * shape_.NH, Keep::expensive);
+  acts.add(layer, "attn.dqkv", &dqkv_, max_tokens * W, Keep::scratch);
+  acts.add(layer, "attn.dout", &datt_, max_tokens * qw, Keep::scratch);
 }
 
-AttentionLayer::~AttentionLayer() {
-  for (float* p : {qkv_, att_, lse_, dqkv_, datt_})
-    if (p) be_.release(p);
+void AttentionLayer::attend(const float* x, const float* params) {
+  const int64_t N = shape_.B * shape_.T, W = shape_.qkv_width();
+  be_.gemm(false, true, N, W, C_, 1.0f, x, C_, params + off_wqkv_, C_, 0.0f, qkv_, W,
+           prec_.activation());  // qkv = x Wqkv^T
+  if (off_bqkv_ >= 0) be_.add_bias(qkv_, params + off_bqkv_, N, W);
+  be_.rope_forward(qkv_, shape_, theta_);
+  prec_.store(be_, qkv_, N * W);
+  be_.attention_forward(att_, lse_, qkv_, shape_);
+  prec_.store(be_, att_, N * shape_.q_width());
 }
 
 void AttentionLayer::forward(float* out, const float* x, const float* params, int64_t B,
@@ -69,14 +89,10 @@ void AttentionLayer::forward(float* out, const float* x, const float* params, in
            max_tokens_);
   shape_.B = B;
   shape_.T = T;
-  const int64_t W = shape_.qkv_width(), QW = shape_.q_width();
-  const float* wqkv = params + off_wqkv_;
-  const float* wo = params + off_wo_;
-  be_.gemm(false, true, N, W, C_, 1.0f, x, C_, wqkv, C_, 0.0f, qkv_, W);  // qkv = x Wqkv^T
-  if (off_bqkv_ >= 0) be_.add_bias(qkv_, params + off_bqkv_, N, W);
-  be_.rope_forward(qkv_, shape_, theta_);
-  be_.attention_forward(att_, lse_, qkv_, shape_);
-  be_.gemm(false, true, N, C_, QW, 1.0f, att_, QW, wo, QW, 0.0f, out, C_);  // out = att Wo^T
+  const int64_t QW = shape_.q_width();
+  attend(x, params);
+  be_.gemm(false, true, N, C_, QW, 1.0f, att_, QW, params + off_wo_, QW, 0.0f, out, C_,
+           prec_.activation());  // out = att Wo^T
 }
 
 void AttentionLayer::backward(float* dx, const float* dout, const float* x, const float* params,
@@ -88,16 +104,18 @@ void AttentionLayer::backward(float* dx, const float* dout, const float* x, cons
   const int64_t W = shape_.qkv_width(), QW = shape_.q_width();
   const float* wqkv = params + off_wqkv_;
   const float* wo = params + off_wo_;
-  be_.gemm(false, false, N, QW, C_, 1.0f, dout, C_, wo, QW, 0.0f, datt_, QW);  // datt = dout Wo
-  be_.gemm(true, false, C_, QW, N, 1.0f, dout, C_, att_, QW, 1.0f, grads + off_wo_,
-           QW);  // dWo += dout^T att
+  be_.gemm(false, false, N, QW, C_, 1.0f, dout, C_, wo, QW, 0.0f, datt_, QW,
+           prec_.activation());  // datt = dout Wo
+  be_.gemm(true, false, C_, QW, N, 1.0f, dout, C_, att_, QW, 1.0f, grads + off_wo_, QW,
+           prec_.weight_grad());  // dWo += dout^T att
   be_.attention_backward(dqkv_, datt_, att_, lse_, qkv_, shape_);
   be_.rope_backward(dqkv_, shape_, theta_);
   if (off_bqkv_ >= 0) be_.bias_backward(grads + off_bqkv_, dqkv_, N, W);
   // dx before dWqkv: the transposed GEMM runs faster after dx has streamed dqkv through the cache
-  be_.gemm(false, false, N, C_, W, 1.0f, dqkv_, W, wqkv, C_, 0.0f, dx, C_);  // dx = dqkv Wqkv
-  be_.gemm(true, false, W, C_, N, 1.0f, dqkv_, W, x, C_, 1.0f, grads + off_wqkv_,
-           C_);  // dWqkv += dqkv^T x
+  be_.gemm(false, false, N, C_, W, 1.0f, dqkv_, W, wqkv, C_, 0.0f, dx, C_,
+           prec_.activation());  // dx = dqkv Wqkv
+  be_.gemm(true, false, W, C_, N, 1.0f, dqkv_, W, x, C_, 1.0f, grads + off_wqkv_, C_,
+           prec_.weight_grad());  // dWqkv += dqkv^T x
 }
 
 }  // namespace switchyard::core

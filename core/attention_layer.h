@@ -1,23 +1,31 @@
 // core/attention_layer.h: the self-attention sublayer of one transformer block:
 //   qkv = x Wqkv^T (+ bias) -> RoPE on q,k -> causal GQA attention -> out = att Wo^T.
-// x is the normalised input [B*T, C]; out [B*T, C] is written (=). The layer keeps what its
-// backward needs (post-RoPE qkv, attention output, log-sum-exp) in buffers it owns, sized for
-// max_tokens = B*T at construction. Backward writes dx (=) and accumulates parameter grads (+=).
+// x is the normalised input [B*T, C]; out [B*T, C] is written (=). What backward needs (post-RoPE
+// qkv, attention output, log-sum-exp) is registered with the ActivationStore as `expensive`:
+// under full checkpointing it is shared between layers and the model reruns forward() before
+// backward. Backward writes dx (=) and accumulates parameter grads (+=). GEMM dtypes come from the
+// PrecisionPolicy; `params` are the compute weights (core/precision.h).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
+#include "core/activations.h"
 #include "core/backend.h"
 #include "core/config.h"
 #include "core/params.h"
+#include "core/precision.h"
 
 namespace switchyard::core {
 
 class AttentionLayer {
  public:
+  // A layer of a model: buffers registered with the model's store (allocated by the model).
+  AttentionLayer(Backend& be, const ModelConfig& cfg, const ParamTable& table, int layer,
+                 int64_t max_tokens, ActivationStore& acts, const PrecisionPolicy& prec);
+  // A layer that owns its buffers (fp32, everything kept): for tests and tools.
   AttentionLayer(Backend& be, const ModelConfig& cfg, const ParamTable& table, int layer,
                  int64_t max_tokens);
-  ~AttentionLayer();
   AttentionLayer(const AttentionLayer&) = delete;
   AttentionLayer& operator=(const AttentionLayer&) = delete;
 
@@ -27,13 +35,17 @@ class AttentionLayer {
                 int64_t B, int64_t T);
 
  private:
+  void setup(const ModelConfig& cfg, const ParamTable& table, int layer, ActivationStore& acts);
+  void attend(const float* x, const float* params);  // qkv, RoPE, attention into the saved buffers
   Backend& be_;
+  PrecisionPolicy prec_;
   AttentionShape shape_;  // B and T filled per call
   float theta_;
   int64_t C_, max_tokens_;
   int64_t off_wqkv_, off_bqkv_ /* -1: no bias */, off_wo_;
-  float *qkv_ = nullptr, *att_ = nullptr, *lse_ = nullptr;     // saved
+  float *qkv_ = nullptr, *att_ = nullptr, *lse_ = nullptr;     // saved (expensive)
   float *dqkv_ = nullptr, *datt_ = nullptr;                     // scratch
+  std::unique_ptr<ActivationStore> own_acts_;                   // standalone layers only
 };
 
 }  // namespace switchyard::core

@@ -24,6 +24,25 @@ struct AttentionShape {
   int64_t q_width() const { return NH * HD; }
 };
 
+// Compute dtypes of mixed precision (core/precision.h: the policy that picks them per role).
+enum class Dtype : uint8_t { f32, bf16, f16 };
+const char* dtype_name(Dtype d);
+
+// Where a GEMM rounds: operands a and b are read as if rounded to their dtype, the fp32-accumulated
+// product (alpha*op(A)op(B) + beta*C) is rounded to c's dtype when written. Rounding is to nearest,
+// ties to even; fp16 overflow (|x| >= 65520) gives +-inf as on a GPU, NaN stays NaN. f32: as is.
+// The inputs in memory are never modified.
+struct GemmRounding {
+  Dtype a = Dtype::f32, b = Dtype::f32, c = Dtype::f32;
+  bool any() const { return a != Dtype::f32 || b != Dtype::f32 || c != Dtype::f32; }
+};
+
+// Bytes the backend holds (live) and the most it held at once since reset_peak_memory().
+struct MemoryStats {
+  int64_t live_bytes = 0;
+  int64_t peak_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -35,14 +54,19 @@ class Backend {
   virtual void zero(void* p, size_t bytes) = 0;
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void copy_from_host(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // within the backend's memory
   virtual void synchronize() = 0;
+  virtual MemoryStats memory_stats() const = 0;
+  virtual void reset_peak_memory() = 0;  // peak = live
 
   // ---- GEMM ----
   // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op(X) = X^T when trans_x.
   // A is [M,K] (or [K,M] transposed), B is [K,N] (or [N,K] transposed).
   virtual void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                    int64_t ldc) = 0;
+                    int64_t ldc, const GemmRounding& rounding = {}) = 0;
+  // x[i] = round(x[i]) to dtype d in place, same rounding as GemmRounding (d == f32: no-op).
+  virtual void round_to(Dtype d, float* x, int64_t n) = 0;
 
   // ---- elementwise and reductions ----
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;  // out = a + b

@@ -443,8 +443,21 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.positive(t.grad_accum, "train.grad_accum");
   c.require(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp16",
             "train.precision", "'{}' is not one of fp32, bf16, fp16", t.precision);
-  c.require(t.precision == "fp32", "train.precision",
-            "{} is not supported yet by this build (fp32 only)", t.precision);
+  const LossScalerConfig& ls = t.loss_scaler;
+  c.positive(ls.initial_scale, "train.loss_scaler.initial_scale");
+  c.require(ls.growth_factor >= 1, "train.loss_scaler.growth_factor", "must be >= 1, got {}", ls.growth_factor);
+  c.require(ls.backoff_factor > 0 && ls.backoff_factor < 1, "train.loss_scaler.backoff_factor",
+            "must be in (0, 1), got {}", ls.backoff_factor);
+  c.positive(ls.growth_interval, "train.loss_scaler.growth_interval");
+  c.positive(ls.hysteresis, "train.loss_scaler.hysteresis");
+  c.positive(ls.min_scale, "train.loss_scaler.min_scale");
+  c.require(ls.min_scale <= ls.initial_scale, "train.loss_scaler.min_scale",
+            "{} is larger than train.loss_scaler.initial_scale = {}", ls.min_scale, ls.initial_scale);
+  c.positive(ls.max_overflows_at_min, "train.loss_scaler.max_overflows_at_min");
+  const std::string& ac = t.activation_checkpointing;
+  c.require(ac == "none" || ac == "full" || ac == "selective" || ac == "auto",
+            "train.activation_checkpointing", "'{}' is not one of none, full, selective, auto", ac);
+  c.non_negative(t.activation_memory_mb, "train.activation_memory_mb");
   c.non_negative(t.seed, "train.seed");
   c.non_negative(t.threads, "train.threads");
   c.positive(t.log_interval, "train.log_interval");

@@ -103,12 +103,42 @@ struct OptimConfig {
   }
 };
 
+// Dynamic loss scaling (train.precision fp16): the loss is multiplied by `scale` before backward
+// and the gradients divided by it before the optimizer. An overflow (inf/NaN in any gradient on
+// any rank) skips the step on every rank; after `hysteresis` overflows the scale is multiplied by
+// backoff_factor (never below min_scale); after growth_interval clean steps in a row it is
+// multiplied by growth_factor. Overflowing `max_overflows_at_min` steps in a row at min_scale
+// stops training with a diagnostic.
+struct LossScalerConfig {
+  double initial_scale = 65536.0;
+  double growth_factor = 2.0;
+  double backoff_factor = 0.5;
+  int64_t growth_interval = 1000;
+  int64_t hysteresis = 2;
+  double min_scale = 1.0;
+  int64_t max_overflows_at_min = 5;
+
+  template <class V> void visit(V& v) {
+    v("initial_scale", initial_scale);
+    v("growth_factor", growth_factor);
+    v("backoff_factor", backoff_factor);
+    v("growth_interval", growth_interval);
+    v("hysteresis", hysteresis);
+    v("min_scale", min_scale);
+    v("max_overflows_at_min", max_overflows_at_min);
+  }
+};
+
 struct TrainConfig {
   int64_t steps = 100;
   int64_t micro_batch = 8;        // sequences per micro-batch per rank
   int64_t seq_len = 256;
   int64_t grad_accum = 1;         // micro-batches per optimizer step
-  std::string precision = "fp32"; // fp32 (bf16/fp16 come with the mixed-precision work)
+  std::string precision = "fp32"; // fp32 | bf16 | fp16 (GEMM/attention dtype; master weights fp32)
+  LossScalerConfig loss_scaler;   // fp16 only
+  // none | full | selective | auto (auto: the least recomputation within activation_memory_mb)
+  std::string activation_checkpointing = "none";
+  int64_t activation_memory_mb = 0;  // per rank budget for auto; 0: no limit (auto = none)
   int64_t seed = 1234;
   int64_t threads = 0;            // CPU threads per rank; 0: OMP_NUM_THREADS or all cores
   int64_t log_interval = 1;
@@ -121,6 +151,9 @@ struct TrainConfig {
     v("seq_len", seq_len);
     v("grad_accum", grad_accum);
     v("precision", precision);
+    v("loss_scaler", loss_scaler);
+    v("activation_checkpointing", activation_checkpointing);
+    v("activation_memory_mb", activation_memory_mb);
     v("seed", seed);
     v("threads", threads);
     v("log_interval", log_interval);

@@ -7,17 +7,20 @@
 #include <cstdint>
 
 #include "core/backend.h"
+#include "core/precision.h"
 
 namespace switchyard::core {
 
 // h [n, 2I] (saved: gate|up pre-activations), a [n, I] (saved: silu(gate)*up), y [n, C] (=).
+// prec: GEMM dtypes (core/precision.h); the weights are compute weights.
 void ffn_forward(Backend& be, float* y, float* h, float* a, const float* x, int64_t n, int64_t C,
-                 int64_t I, const float* w_gate_up, const float* w_down);
+                 int64_t I, const float* w_gate_up, const float* w_down,
+                 const PrecisionPolicy& prec = {});
 
 // scratch_dh [n, 2I], scratch_da [n, I].
 void ffn_backward(Backend& be, float* dx, bool accumulate_dx, float* dw_gate_up, float* dw_down,
                   const float* dy, const float* x, const float* h, const float* a, int64_t n,
                   int64_t C, int64_t I, const float* w_gate_up, const float* w_down,
-                  float* scratch_dh, float* scratch_da);
+                  float* scratch_dh, float* scratch_da, const PrecisionPolicy& prec = {});
 
 }  // namespace switchyard::core

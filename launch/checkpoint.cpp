@@ -171,7 +171,8 @@ void write_rank_file(const fs::path& path, const core::ParamTable& table, bool d
   fsync_path(path, false);
 }
 
-json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConfig& cfg, int world) {
+json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConfig& cfg, int world,
+                   const optim::LossScalerState& ls) {
   const int E = static_cast<int>(cfg.parallel.expert_parallel);
   json tensors = json::object(), files = json::array();
   for (int q = 0; q < E; ++q) {
@@ -185,6 +186,10 @@ json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConf
           {"version", kVersion},
           {"step", step},
           {"steps_taken", steps_taken},
+          {"loss_scaler", {{"scale", ls.scale}, {"clean_steps", ls.clean_steps},
+                           {"hysteresis_left", ls.hysteresis_left},
+                           {"overflows_at_min", ls.overflows_at_min},
+                           {"skipped_steps", ls.skipped_steps}}},
           {"layout", {{"world_size", world}, {"expert_parallel", E}}},
           {"files", files},
           {"tensors", tensors},
@@ -204,7 +209,8 @@ uint32_t crc32c(const void* data, size_t bytes, uint32_t crc) {
 std::string checkpoint_folder_name(int64_t step) { return fmt::format("step-{:06d}", step); }
 
 std::string save_checkpoint(const std::string& root_str, int64_t step, const core::ExperimentConfig& cfg,
-                            const moe::Model& model, const optim::AdamW& adamw, parallel::ProcessGroups& groups) {
+                            const moe::Model& model, const optim::AdamW& adamw, parallel::ProcessGroups& groups,
+                            const optim::LossScalerState& scaler) {
   const fs::path root(root_str);
   const int rank = groups.world().rank();
   const std::string name = checkpoint_folder_name(step);
@@ -235,7 +241,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
 
   if (rank == 0) {
     write_durable(tmp / "manifest.json",
-                  make_manifest(step, adamw.steps_taken(), cfg, groups.world().size()).dump(1) + "\n");
+                  make_manifest(step, adamw.steps_taken(), cfg, groups.world().size(), scaler).dump(1) + "\n");
     fsync_path(tmp, true);
     std::error_code ec;
     if (fs::exists(final_dir)) {  // the same step saved before (e.g. by a run resumed earlier)
@@ -368,6 +374,15 @@ LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& mode
     out.steps_taken = man.at("steps_taken").get<int64_t>();
     out.world_size = man.at("layout").at("world_size").get<int64_t>();
     out.expert_parallel = man.at("layout").at("expert_parallel").get<int64_t>();
+    if (man.contains("loss_scaler")) {
+      const json& ls = man.at("loss_scaler");
+      out.has_loss_scaler = true;
+      out.loss_scaler.scale = ls.at("scale").get<double>();
+      out.loss_scaler.clean_steps = ls.at("clean_steps").get<int64_t>();
+      out.loss_scaler.hysteresis_left = ls.at("hysteresis_left").get<int64_t>();
+      out.loss_scaler.overflows_at_min = ls.at("overflows_at_min").get<int64_t>();
+      out.loss_scaler.skipped_steps = ls.at("skipped_steps").get<int64_t>();
+    }
   } catch (const json::exception& e) {
     throw_usage("{}: malformed checkpoint manifest: {}", (folder / "manifest.json").string(), e.what());
   }

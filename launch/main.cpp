@@ -5,6 +5,8 @@
 //   prepare  launch/commands.h   text files -> HDF5 token file (data/prepare.h)
 //   export   launch/export.h     checkpoint -> Hugging Face layout (sharded safetensors, tokenizer;
 //                                --quantize int8), or GGUF for llama.cpp (launch/export_gguf.h)
+//   plan     launch/plan.h       parameters, FLOPs and memory per rank of a config, and the
+//                                activation checkpointing `auto` picks
 //   bench    launch/bench.h      measured GEMM peak of the backend
 // Library code throws switchyard::Error; only this file ends the process. With several MPI ranks a
 // failing rank prints its error with its rank and aborts the whole job (no rank hangs).
@@ -18,6 +20,7 @@
 #include "launch/bench.h"
 #include "launch/commands.h"
 #include "launch/export.h"
+#include "launch/plan.h"
 #include "launch/train.h"
 #include "parallel/mpi_context.h"
 
@@ -80,6 +83,13 @@ int main(int argc, char** argv) {
   p->add_option("--output", prep.output, "Output HDF5 file")->required();
   p->add_option("--valid-fraction", prep.valid_fraction, "Fraction of documents for the validation split");
 
+  sy::launch::PlanOptions plan;
+  auto* pl = app.add_subcommand("plan", "Parameters, FLOPs per token and memory per rank of a config, per "
+                                        "activation-checkpointing policy");
+  pl->add_option("--config", plan.config_path, "YAML experiment config")->required();
+  pl->add_option("--set", plan.overrides, "Override a config key (repeatable), as for train");
+  pl->add_option("--ranks", plan.ranks, "World size (default: parallel.expert_parallel)");
+
   int bench_threads = 0, bench_repeats = 5;
   auto* b = app.add_subcommand("bench", "Micro-benchmarks of the backend");
   auto* bg = b->add_subcommand("gemm", "Measured fp32 GEMM rate (the peak a training step is compared to)");
@@ -100,6 +110,7 @@ int main(int argc, char** argv) {
     if (*e) return sy::launch::run_eval(eval);
     if (*p) return sy::launch::run_prepare(prep);
     if (*x) return sy::launch::run_export(exp);
+    if (*pl) return sy::launch::run_plan(plan);
     if (*bg) return sy::launch::run_bench_gemm(bench_threads, bench_repeats);
   } catch (const sy::Error& err) {
     if (mpi.size() > 1) fmt::print(stderr, "switchyard: error on rank {}: {}\n", mpi.rank(), err.what());

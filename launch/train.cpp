@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "core/backend.h"
@@ -22,8 +23,11 @@
 #include "launch/evaluate.h"
 #include "launch/metrics.h"
 #include "launch/model_io.h"
+#include "launch/nonfinite.h"
+#include "launch/plan.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
+#include "optim/loss_scaler.h"
 #include "optim/lr_schedule.h"
 #include "core/hf_checkpoint.h"
 #include "parallel/collectives.h"
@@ -78,6 +82,41 @@ void truncate_metrics(const fs::path& path, int64_t step) {
   std::ofstream(path, std::ios::trunc) << kept;
 }
 
+// Test hook SWITCHYARD_TEST_OVERFLOW="RANK:STEP[,RANK:STEP...]": that rank writes +inf into a
+// gradient of its last layer during backward of that step (1-based), as an fp16 overflow would.
+bool inject_overflow(int rank, int64_t step) {
+  const char* env = std::getenv("SWITCHYARD_TEST_OVERFLOW");
+  if (!env) return false;
+  std::string spec(env);
+  size_t at = 0;
+  while (at < spec.size()) {
+    size_t end = spec.find(',', at);
+    if (end == std::string::npos) end = spec.size();
+    const std::string item = spec.substr(at, end - at);
+    const size_t colon = item.find(':');
+    if (colon != std::string::npos && std::atoi(item.substr(0, colon).c_str()) == rank &&
+        std::atoll(item.substr(colon + 1).c_str()) == step)
+      return true;
+    at = end + 1;
+  }
+  return false;
+}
+
+// Peak resident memory of the process (VmHWM), bytes; 0 where /proc is missing.
+int64_t resident_peak_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string key;
+  while (f >> key) {
+    if (key == "VmHWM:") {
+      int64_t kb = 0;
+      f >> kb;
+      return kb * 1024;
+    }
+    f.ignore(1 << 20, '\n');
+  }
+  return 0;
+}
+
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
@@ -101,6 +140,12 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
 
   const int threads = choose_threads(cfg.train, mpi.size());
   auto backend = core::make_cpu_backend(threads);
+  // precision policy, activation checkpointing (auto: resolved against the memory budget)
+  const PlanEstimate estimate = plan(cfg);
+  moe::ModelOptions model_opts;
+  model_opts.precision = core::PrecisionPolicy::parse(cfg.train.precision);
+  model_opts.recompute = estimate.chosen;
+  optim::LossScaler scaler(cfg.train.loss_scaler, model_opts.precision.needs_loss_scaling());
   const int64_t B = cfg.train.micro_batch, T = cfg.train.seq_len, accum = cfg.train.grad_accum;
 
   // ---- data ----
@@ -126,7 +171,8 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   }
 
   // ---- model and optimizer ----
-  moe::Model model(*backend, cfg.model, B, T, ep);
+  const int64_t live_before_model = backend->memory_stats().live_bytes;
+  moe::Model model(*backend, cfg.model, B, T, ep, model_opts);
   if (!opts.init_from.empty()) {
     // this rank's share: dense tensors and its own experts; other ranks' experts are skipped
     const core::ParamTable full = core::make_param_table(cfg.model);
@@ -138,6 +184,10 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   }
   GradientReducer reducer(model.table(), groups, static_cast<int>(cfg.model.n_layers));
   optim::AdamW adamw(*backend, model.table(), cfg.optim);
+  // what the model and optimizer hold besides activations (parameters, gradients, compute
+  // weights, moments): the measured activation memory is the peak minus these
+  const int64_t state_bytes =
+      backend->memory_stats().live_bytes - live_before_model - model.activation_bytes();
 
   // ---- run folder, checkpoint to resume from ----
   const fs::path dir = run_folder(cfg, opts);
@@ -146,6 +196,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   if (opts.resume) {
     const std::string folder = resolve_checkpoint(opts.resume_from.empty() ? ckpt_root.string() : opts.resume_from);
     const LoadedCheckpoint ck = load_checkpoint(folder, model, adamw);
+    if (ck.has_loss_scaler && scaler.enabled()) scaler.set_state(ck.loss_scaler);
     if (ck.step > cfg.train.steps)
       throw_usage("{}: the checkpoint is at step {}, past train.steps = {}; raise train.steps to continue",
                   folder, ck.step, cfg.train.steps);
@@ -166,7 +217,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   Progress progress(cfg.train.steps, cfg.train.log_interval);
   auto save = [&](int64_t step) {
     if (step == last_saved) return;
-    const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, model, adamw, groups);
+    const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, model, adamw, groups, scaler.state());
     last_saved = step;
     if (rank0) {
       progress.finish();
@@ -183,6 +234,12 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                cfg.model.moe.top_k, mpi.size(), threads, cfg.parallel.expert_parallel,
                exchange ? fmt::format(" ({} token exchange)", cfg.parallel.token_exchange) : "",
                B * accum * mpi.size(), T, dir.string());
+    fmt::print("switchyard train: precision {}{}, activation checkpointing {} ({:.1f} MiB of activations per "
+               "rank planned{})\n",
+               cfg.train.precision, scaler.enabled() ? fmt::format(" (loss scale {:g})", scaler.scale()) : "",
+               core::recompute_name(estimate.chosen),
+               static_cast<double>(estimate.activation_bytes[static_cast<int>(estimate.chosen)]) / (1 << 20),
+               estimate.why.empty() ? "" : "; " + estimate.why);
     std::fflush(stdout);
   }
 
@@ -200,12 +257,18 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   double avg_step_s = 0;
   for (int64_t step = start_step; step < cfg.train.steps; ++step) {
     const auto t0 = Clock::now();
+    if (step == start_step) backend->reset_peak_memory();
     model.zero_grads();
-    // loss, ce, aux, z, tokens summed over the window and the ranks
-    std::vector<double> sums(5, 0.0);
+    // loss, ce, aux, z, tokens summed over the window and the ranks; [5]: ranks whose loss was
+    // non-finite
+    std::vector<double> sums(6, 0.0);
     std::vector<int64_t> counts(static_cast<size_t>(model.num_moe_layers() * E), 0);
     double fwd_s = 0, bwd_s = 0, expert_s = 0;
+    bool local_loss_nonfinite = false;
     parallel::ExchangeStats traffic;
+    // the loss scale is constant over the accumulation window
+    const double loss_scale = scaler.scale();
+    const bool inject = inject_overflow(mpi.rank(), step + 1);
     for (int64_t micro = 0; micro < accum; ++micro) {
       sampler.next_batch(step, micro, B, tokens.data(), targets.data());
       const auto tf = Clock::now();
@@ -214,11 +277,20 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
       // the last micro-batch of the window starts each layer's gradient reduction as soon as
       // backward has finished that layer (non-blocking; completed before the optimizer step)
       const bool last = micro + 1 == accum;
-      model.backward(1.0f / static_cast<float>(accum * mpi.size()),
-                     last ? std::function<void(int)>([&](int layer) { reducer.start_bucket(model.grads(), layer); })
+      const int last_layer = static_cast<int>(cfg.model.n_layers) - 1;
+      model.backward(static_cast<float>(loss_scale / static_cast<double>(accum * mpi.size())),
+                     last ? std::function<void(int)>([&](int layer) {
+                       if (inject && layer == last_layer) {
+                         const auto& ln = model.table().at(fmt::format("model.layers.{}.post_attention_layernorm.weight", layer));
+                         const float inf = std::numeric_limits<float>::infinity();
+                         backend->copy_from_host(model.grads() + ln.offset, &inf, sizeof(float));
+                       }
+                       reducer.start_bucket(model.grads(), layer);
+                     })
                           : std::function<void(int)>());
       fwd_s += std::chrono::duration<double>(tb - tf).count();
       bwd_s += std::chrono::duration<double>(Clock::now() - tb).count();
+      if (!std::isfinite(f.loss)) local_loss_nonfinite = true;
       sums[0] += f.loss; sums[1] += f.ce; sums[2] += f.aux; sums[3] += f.z;
       sums[4] += static_cast<double>(f.tokens);
       traffic += model.exchange_stats();
@@ -227,15 +299,32 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
       for (size_t l = 0; l < c.size(); ++l)
         for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
     }
+    sums[5] = local_loss_nonfinite ? 1.0 : 0.0;
     // gradients reduced once per optimizer step (data parallel: every parameter is replicated)
     const auto t_reduce = Clock::now();
     reducer.finish(model.grads());
-    parallel::allreduce_sum(sums.data(), 5, MPI_COMM_WORLD);
+    parallel::allreduce_sum(sums.data(), 6, MPI_COMM_WORLD);
     parallel::allreduce_sum(counts.data(), static_cast<int64_t>(counts.size()), MPI_COMM_WORLD);
     const auto t_opt = Clock::now();
-    const double grad_norm = reducer.global_norm(*backend, model.grads());
+    // the norm covers every gradient of every rank, so every rank takes the same decision
+    const double scaled_norm = reducer.global_norm(*backend, model.grads());
+    const bool overflow = !std::isfinite(scaled_norm) || sums[5] > 0;
+    const double grad_norm = scaled_norm / loss_scale;
     const double lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
-    adamw.step(model.params(), model.grads(), lr, optim::clip_coefficient(grad_norm, cfg.optim.grad_clip));
+    const auto outcome = scaler.update(overflow);
+    if (outcome == optim::LossScaler::Outcome::stop) {
+      const std::string where = locate_nonfinite(model, local_loss_nonfinite);
+      if (scaler.enabled())
+        throw_usage("fp16 training stopped at step {}: gradients overflowed {} steps in a row at the minimum loss "
+                    "scale {:g}; {}. Lower optim.lr, use train.precision: bf16, or look at that layer's inputs",
+                    step + 1, cfg.train.loss_scaler.max_overflows_at_min, scaler.scale(), where);
+      throw_usage("training diverged at step {}: non-finite {} in {}; {}. Lower optim.lr or raise optim.warmup_steps",
+                  step + 1, sums[5] > 0 ? "loss" : "gradients", cfg.train.precision, where);
+    }
+    const bool skipped = outcome == optim::LossScaler::Outcome::skip;
+    if (!skipped)
+      adamw.step(model.params(), model.grads(), lr,
+                 optim::clip_coefficient(grad_norm, cfg.optim.grad_clip) / loss_scale);
     const auto t_end = Clock::now();
     const double seconds = std::chrono::duration<double>(t_end - t0).count();
     const double reduce_s = std::chrono::duration<double>(t_opt - t_reduce).count();
@@ -245,9 +334,6 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     const double n_mb = static_cast<double>(accum * mpi.size());
     const double loss = sums[0] / n_mb;
     const double tokens_per_s = sums[4] / seconds;
-    if (!std::isfinite(loss))
-      throw_usage("training diverged at step {}: loss is {}; lower optim.lr or raise optim.warmup_steps",
-                  step + 1, loss);
     if (rank0) {
       nlohmann::json load = nlohmann::json::array();
       for (int64_t l = 0; l < model.num_moe_layers(); ++l) {
@@ -258,7 +344,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
           row.push_back(total ? static_cast<double>(counts[l * E + e]) / static_cast<double>(total) : 0.0);
         load.push_back(row);
       }
-      metrics->write({{"step", step + 1}, {"loss", loss}, {"ce", sums[1] / n_mb}, {"aux_loss", sums[2] / n_mb},
+      nlohmann::json rec = {{"step", step + 1}, {"loss", loss}, {"ce", sums[1] / n_mb}, {"aux_loss", sums[2] / n_mb},
                       {"z_loss", sums[3] / n_mb}, {"lr", lr}, {"grad_norm", grad_norm},
                       {"tokens_per_s", tokens_per_s}, {"step_ms", seconds * 1e3}, {"forward_ms", fwd_s * 1e3},
                       {"backward_ms", bwd_s * 1e3}, {"reduce_ms", reduce_s * 1e3}, {"optimizer_ms", opt_s * 1e3},
@@ -266,10 +352,30 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                       {"exchange_bytes_intra", traffic.intra_node.bytes},
                       {"exchange_bytes_inter", traffic.inter_node.bytes},
                       {"exchange_messages_inter", traffic.inter_node.messages},
-                      {"expert_load", load}});
+                      {"expert_load", load}};
+      if (scaler.enabled()) {
+        rec["loss_scale"] = loss_scale;  // the scale this step ran with
+        rec["skipped"] = skipped;
+        rec["skipped_steps"] = scaler.state().skipped_steps;
+      }
+      if (step == start_step) {  // measured memory of the first step (activations: one micro-batch)
+        const core::MemoryStats mem = backend->memory_stats();
+        rec["memory_peak_mb"] = static_cast<double>(mem.peak_bytes) / (1 << 20);
+        rec["activation_mb"] =
+            static_cast<double>(mem.peak_bytes - live_before_model - state_bytes) / (1 << 20);
+        rec["activation_plan_mb"] =
+            static_cast<double>(estimate.activation_bytes[static_cast<int>(estimate.chosen)]) / (1 << 20);
+        rec["rss_peak_mb"] = static_cast<double>(resident_peak_bytes()) / (1 << 20);
+      }
+      metrics->write(rec);
       if (step == 0 && exchange) {  // the exchange each MoE layer runs (auto: its choice)
         const auto plans = model.exchange_plans();
         for (size_t l = 0; l < plans.size(); ++l) fmt::print("token exchange, MoE layer {}: {}\n", l, plans[l]);
+      }
+      if (skipped) {
+        progress.finish();
+        fmt::print("switchyard train: step {} skipped: gradient overflow at loss scale {:g}; scale now {:g}\n",
+                   step + 1, loss_scale, scaler.scale());
       }
       progress.update(step + 1, loss, lr, tokens_per_s, avg_step_s);
     }

@@ -9,8 +9,9 @@
 namespace switchyard::moe {
 
 Experts::Experts(const core::ParamTable& table, const std::string& prefix, bool qwen_names,
-                 int64_t E, int64_t C, int64_t I, int64_t first_expert)
-    : E_(E), C_(C), I_(I) {
+                 int64_t E, int64_t C, int64_t I, int64_t first_expert,
+                 const core::PrecisionPolicy& prec)
+    : E_(E), C_(C), I_(I), prec_(prec) {
   off_gate_up_.resize(static_cast<size_t>(E));
   off_down_.resize(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
@@ -35,7 +36,7 @@ void Experts::forward(core::Backend& be, float* y, float* h, float* a, const flo
     if (n == 0) continue;
     core::ffn_forward(be, y + r0 * C_, h + r0 * 2 * I_, a + r0 * I_, xp + r0 * C_, n, C_, I_,
                       params + off_gate_up_[static_cast<size_t>(e)],
-                      params + off_down_[static_cast<size_t>(e)]);
+                      params + off_down_[static_cast<size_t>(e)], prec_);
   }
 }
 
@@ -49,7 +50,7 @@ void Experts::backward(core::Backend& be, float* dxp, float* grads, const float*
     core::ffn_backward(be, dxp + r0 * C_, /*accumulate_dx=*/false, grads + off_gate_up_[ue],
                        grads + off_down_[ue], dy + r0 * C_, xp + r0 * C_, h + r0 * 2 * I_,
                        a + r0 * I_, n, C_, I_, params + off_gate_up_[ue], params + off_down_[ue],
-                       scratch_dh + r0 * 2 * I_, scratch_da + r0 * I_);
+                       scratch_dh + r0 * 2 * I_, scratch_da + r0 * I_, prec_);
   }
 }
 

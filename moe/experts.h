@@ -11,6 +11,7 @@
 
 #include "core/backend.h"
 #include "core/params.h"
+#include "core/precision.h"
 
 namespace switchyard::moe {
 
@@ -21,7 +22,7 @@ class Experts {
   // first_expert .. first_expert+E-1 (expert parallelism: this rank's share); local index e of
   // offsets[] is global expert first_expert + e.
   Experts(const core::ParamTable& table, const std::string& prefix, bool qwen_names, int64_t E,
-          int64_t C, int64_t I, int64_t first_expert = 0);
+          int64_t C, int64_t I, int64_t first_expert = 0, const core::PrecisionPolicy& prec = {});
 
   int64_t experts() const { return E_; }
   int64_t width() const { return I_; }
@@ -37,6 +38,7 @@ class Experts {
 
  private:
   int64_t E_, C_, I_;
+  core::PrecisionPolicy prec_;
   std::vector<int64_t> off_gate_up_;  // [2I, C]: gate rows then up rows (adjacent in the arena)
   std::vector<int64_t> off_down_;     // [C, I]
 };

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/ffn.h"
@@ -27,18 +28,14 @@ struct Model::Layer {
   std::unique_ptr<MoeLayer> moe;
 };
 
-float* Model::alloc_floats(int64_t n) {
-  auto* p = static_cast<float*>(be_.alloc(static_cast<size_t>(n) * sizeof(float)));
-  buffers_.push_back(p);
-  return p;
-}
-
 Model::Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch, int64_t max_seq,
-             const ExpertParallel& ep)
-    : be_(be), cfg_(cfg), table_(core::make_param_table(cfg, ep.rank, ep.size)),
-      max_tokens_(max_batch * max_seq) {
+             const ExpertParallel& ep, const ModelOptions& opts)
+    : be_(be), cfg_(cfg), opts_(opts), table_(core::make_param_table(cfg, ep.rank, ep.size)),
+      acts_(be, opts.recompute), max_tokens_(max_batch * max_seq) {
+  using core::Keep;
   params_ = core::Arena(be_, table_.total());
   grads_ = core::Arena(be_, table_.total());
+  if (opts_.precision.mixed()) compute_ = core::Arena(be_, table_.total());
   const int64_t N = max_tokens_, C = cfg.d_model, V = cfg.vocab_size;
   for (int l = 0; l < static_cast<int>(cfg.n_layers); ++l) {
     auto L = std::make_unique<Layer>();
@@ -47,46 +44,58 @@ Model::Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch,
     L->is_moe = cfg.is_moe_layer(l);
     L->off_ln1 = table_.at(p + "input_layernorm.weight").offset;
     L->off_ln2 = table_.at(p + "post_attention_layernorm.weight").offset;
-    L->x_in = alloc_floats(N * C);
-    L->ln1 = alloc_floats(N * C);
-    L->rstd1 = alloc_floats(N);
-    L->x_mid = alloc_floats(N * C);
-    L->ln2 = alloc_floats(N * C);
-    L->rstd2 = alloc_floats(N);
-    L->attn = std::make_unique<core::AttentionLayer>(be_, cfg, table_, l, N);
+    // the block input is all full checkpointing keeps; the residual after attention is needed
+    // unless the attention output projection is recomputed; norm outputs are cheap to redo
+    acts_.add(l, "block.x_in", &L->x_in, N * C, Keep::always);
+    acts_.add(l, "block.ln1", &L->ln1, N * C, Keep::cheap);
+    acts_.add(l, "block.rstd1", &L->rstd1, N, Keep::cheap);
+    acts_.add(l, "block.x_mid", &L->x_mid, N * C, Keep::expensive);
+    acts_.add(l, "block.ln2", &L->ln2, N * C, Keep::cheap);
+    acts_.add(l, "block.rstd2", &L->rstd2, N, Keep::cheap);
+    L->attn = std::make_unique<core::AttentionLayer>(be_, cfg, table_, l, N, acts_, opts_.precision);
     if (L->is_moe) {
-      L->moe = std::make_unique<MoeLayer>(be_, cfg, table_, l, N, ep);
+      L->moe = std::make_unique<MoeLayer>(be_, cfg, table_, l, N, ep, acts_, opts_.precision);
       ++n_moe_;
     } else {
       L->F = cfg.dense_ffn_size;
       L->off_gate_up = table_.at(p + "mlp.gate_proj.weight").offset;
       L->off_down = table_.at(p + "mlp.down_proj.weight").offset;
-      L->h = alloc_floats(N * 2 * L->F);
-      L->a = alloc_floats(N * L->F);
-      L->dh = alloc_floats(N * 2 * L->F);
-      L->da = alloc_floats(N * L->F);
+      acts_.add(l, "ffn.h", &L->h, N * 2 * L->F, Keep::expensive);
+      acts_.add(l, "ffn.a", &L->a, N * L->F, Keep::cheap);
+      acts_.add(l, "ffn.dh", &L->dh, N * 2 * L->F, Keep::scratch);
+      acts_.add(l, "ffn.da", &L->da, N * L->F, Keep::scratch);
     }
     layers_.push_back(std::move(L));
   }
-  x_final_ = alloc_floats(N * C);
-  lnf_ = alloc_floats(N * C);
-  lnf_rstd_ = alloc_floats(N);
-  logits_ = alloc_floats(N * V);
-  dlogits_ = alloc_floats(N * V);
-  losses_ = alloc_floats(N);
-  dloss_ = alloc_floats(N);
-  dresid_ = alloc_floats(N * C);
-  dtmp_ = alloc_floats(N * C);
-  dln_ = alloc_floats(N * C);
-  tokens_ = static_cast<int32_t*>(be_.alloc(static_cast<size_t>(N) * sizeof(int32_t)));
-  targets_ = static_cast<int32_t*>(be_.alloc(static_cast<size_t>(N) * sizeof(int32_t)));
+  acts_.add(-1, "head.x_final", &x_final_, N * C, Keep::always);
+  acts_.add(-1, "head.lnf", &lnf_, N * C, Keep::always);
+  acts_.add(-1, "head.rstd", &lnf_rstd_, N, Keep::always);
+  acts_.add(-1, "head.logits", &logits_, N * V, Keep::always);
+  acts_.add(-1, "head.losses", &losses_, N, Keep::always);
+  acts_.add(-1, "head.tokens", &tokens_, N, Keep::always);
+  acts_.add(-1, "head.targets", &targets_, N, Keep::always);
+  acts_.add(-1, "head.dlogits", &dlogits_, N * V, Keep::scratch);
+  acts_.add(-1, "head.dloss", &dloss_, N, Keep::scratch);
+  acts_.add(-1, "block.dresid", &dresid_, N * C, Keep::scratch);
+  acts_.add(-1, "block.out", &dtmp_, N * C, Keep::scratch);
+  acts_.add(-1, "block.dln", &dln_, N * C, Keep::scratch);
+  acts_.allocate();
 }
 
-Model::~Model() {
-  layers_.clear();
-  for (float* p : buffers_) be_.release(p);
-  be_.release(tokens_);
-  be_.release(targets_);
+Model::~Model() { layers_.clear(); }
+
+// Compute weights: the master weights rounded to the compute dtype, except the router weights
+// (routing is decided in fp32; core/precision.h).
+void Model::refresh_compute_weights() {
+  compute_stale_ = false;
+  if (!opts_.precision.mixed()) return;
+  float* dst = compute_.data();
+  const float* src = params_.data();
+  for (const auto& p : table_.specs()) {
+    const size_t bytes = static_cast<size_t>(p.numel) * sizeof(float);
+    be_.copy(dst + p.offset, src + p.offset, bytes);
+    if (p.kind != ParamKind::ParamKind_router) be_.round_to(opts_.precision.compute, dst + p.offset, p.numel);
+  }
 }
 
 void Model::init_random(uint64_t seed) {
@@ -115,6 +124,7 @@ void Model::init_random(uint64_t seed) {
 
 void Model::set_params_from_host(const float* host) {
   be_.copy_from_host(params_.data(), host, static_cast<size_t>(table_.total()) * sizeof(float));
+  compute_stale_ = true;
 }
 
 void Model::params_to_host(float* host) const {
@@ -128,7 +138,9 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
                    B, T, max_tokens_, cfg_.max_seq_len);
   B_ = B;
   T_ = T;
-  const float* P = params_.data();
+  if (compute_stale_) refresh_compute_weights();
+  const auto& prec = opts_.precision;
+  const float* P = prec.mixed() ? compute_.data() : params_.data();
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   be_.copy_from_host(tokens_, tokens, static_cast<size_t>(N) * sizeof(int32_t));
   be_.copy_from_host(targets_, targets, static_cast<size_t>(N) * sizeof(int32_t));
@@ -156,7 +168,8 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
       r.aux += L.moe->stats().aux_loss;
       r.z += L.moe->stats().z_loss;
     } else {
-      core::ffn_forward(be_, dtmp_, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down);
+      core::ffn_forward(be_, dtmp_, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down,
+                        prec);
     }
     if (li + 1 < layers_.size()) {
       Layer& next = *layers_[li + 1];
@@ -167,7 +180,7 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     }
   }
   const float* w_head = P + table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
-  be_.gemm(false, true, N, V, C, 1.0f, lnf_, C, w_head, C, 0.0f, logits_, V);
+  be_.gemm(false, true, N, V, C, 1.0f, lnf_, C, w_head, C, 0.0f, logits_, V, prec.activation());
   be_.cross_entropy_forward(losses_, logits_, targets_, N, V);
 
   std::vector<float> losses(static_cast<size_t>(N));
@@ -192,7 +205,9 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
 void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_ready) {
   const int64_t N = B_ * T_, C = cfg_.d_model, V = cfg_.vocab_size;
   SY_CHECK(N > 0, "backward() without a forward()");
-  const float* P = params_.data();
+  SY_CHECK(!compute_stale_, "backward(): the weights changed since the last forward()");
+  const auto& prec = opts_.precision;
+  const float* P = prec.mixed() ? compute_.data() : params_.data();
   float* G = grads_.data();
 
   // d(mean CE)/d(loss_i) = 1/counted for counted targets (the CE kernel ignores the others)
@@ -201,8 +216,10 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
   be_.cross_entropy_backward(dlogits_, logits_, targets_, dloss_, N, V);
 
   const auto& head = table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-  be_.gemm(false, false, N, C, V, 1.0f, dlogits_, V, P + head.offset, C, 0.0f, dln_, C);
-  be_.gemm(true, false, V, C, N, 1.0f, dlogits_, V, lnf_, C, 1.0f, G + head.offset, C);
+  be_.gemm(false, false, N, C, V, 1.0f, dlogits_, V, P + head.offset, C, 0.0f, dln_, C,
+           prec.activation());
+  be_.gemm(true, false, V, C, N, 1.0f, dlogits_, V, lnf_, C, 1.0f, G + head.offset, C,
+           prec.weight_grad());
   const int64_t off_norm = table_.at("model.norm.weight").offset;
   be_.rmsnorm_backward(dresid_, G + off_norm, dln_, x_final_, P + off_norm, lnf_rstd_, N, C);
 
@@ -210,12 +227,13 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
   const float d_z = n_moe_ ? static_cast<float>(cfg_.moe.z_loss_coef / n_moe_) * grad_scale : 0.f;
   for (size_t li = layers_.size(); li-- > 0;) {
     Layer& L = *layers_[li];
+    if (opts_.recompute != core::Recompute::none) recompute_block(L, P, B_, T_);
     // x_out = x_mid + ffn(ln2(x_mid)); dresid holds d x_out
     if (L.is_moe) {
       L.moe->backward(dln_, dresid_, L.ln2, P, G, N, d_aux, d_z);
     } else {
       core::ffn_backward(be_, dln_, false, G + L.off_gate_up, G + L.off_down, dresid_, L.ln2, L.h,
-                         L.a, N, C, L.F, P + L.off_gate_up, P + L.off_down, L.dh, L.da);
+                         L.a, N, C, L.F, P + L.off_gate_up, P + L.off_down, L.dh, L.da, prec);
     }
     // d x_mid = d x_out + ln2's input gradient
     be_.rmsnorm_backward_accumulate(dresid_, G + L.off_ln2, dln_, L.x_mid, P + L.off_ln2, L.rstd2,
@@ -229,6 +247,41 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
   }
   be_.embedding_backward(G + table_.at("model.embed_tokens.weight").offset, dresid_, tokens_, N, C);
   if (on_grads_ready) on_grads_ready(-1);
+}
+
+// Rebuilds what the checkpointing policy did not keep for block L, from its input x_in (and,
+// under selective, the kept residual x_mid and GEMM outputs), with the kernels and weights the
+// forward used: the result is bit-identical. MoE layers replay their saved routing plan.
+void Model::recompute_block(Layer& L, const float* P, int64_t B, int64_t T) {
+  const int64_t N = B * T, C = cfg_.d_model;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  be_.rmsnorm_forward(L.ln1, L.rstd1, L.x_in, P + L.off_ln1, N, C, eps);
+  if (opts_.recompute == core::Recompute::full) {
+    L.attn->forward(dtmp_, L.ln1, P, B, T);
+    be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, dtmp_, P + L.off_ln2, N, C, eps);
+    if (L.is_moe)
+      L.moe->recompute(L.ln2, P, N);
+    else
+      core::ffn_forward(be_, dtmp_, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up,
+                        P + L.off_down, opts_.precision);
+    return;
+  }
+  // selective: norm outputs and SwiGLU products
+  be_.rmsnorm_forward(L.ln2, L.rstd2, L.x_mid, P + L.off_ln2, N, C, eps);
+  if (L.is_moe)
+    L.moe->recompute(L.ln2, P, N);
+  else
+    be_.swiglu_forward(L.a, L.h, N, L.F);
+}
+
+int64_t Model::first_nonfinite_block() const {
+  const int64_t n = B_ * T_ * cfg_.d_model;
+  auto bad = [&](const float* x) { return !std::isfinite(be_.sum_squares(x, n)); };
+  const int64_t L = static_cast<int64_t>(layers_.size());
+  if (L > 0 && bad(layers_[0]->x_in)) return -1;
+  for (int64_t l = 0; l < L; ++l)
+    if (bad(l + 1 < L ? layers_[static_cast<size_t>(l + 1)]->x_in : x_final_)) return l;
+  return L;
 }
 
 parallel::ExchangeStats Model::exchange_stats() const {

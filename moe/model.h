@@ -15,10 +15,12 @@
 #include <string>
 #include <vector>
 
+#include "core/activations.h"
 #include "core/attention_layer.h"
 #include "core/backend.h"
 #include "core/config.h"
 #include "core/params.h"
+#include "core/precision.h"
 #include "moe/moe_layer.h"
 
 namespace switchyard::moe {
@@ -31,12 +33,20 @@ struct ForwardResult {
   int64_t tokens = 0;  // targets counted (targets < 0 are ignored)
 };
 
+// How the model computes: GEMM/attention dtype (fp32 master weights always) and which
+// activations survive from forward to backward (core/activations.h).
+struct ModelOptions {
+  core::PrecisionPolicy precision;
+  core::Recompute recompute = core::Recompute::none;
+};
+
 class Model {
  public:
-  // Activations are sized for micro-batches of up to max_batch sequences of max_seq tokens.
-  // With expert parallelism the table (and so the arenas) holds this rank's experts only.
+  // Activations are sized for micro-batches of up to max_batch sequences of max_seq tokens,
+  // allocated once: every micro-batch of an accumulation window reuses them. With expert
+  // parallelism the table (and so the arenas) holds this rank's experts only.
   Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch, int64_t max_seq,
-        const ExpertParallel& ep = {});
+        const ExpertParallel& ep = {}, const ModelOptions& opts = {});
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -44,8 +54,14 @@ class Model {
   const core::ModelConfig& config() const { return cfg_; }
   const core::ParamTable& table() const { return table_; }
   core::Backend& backend() const { return be_; }
-  float* params() const { return params_.data(); }
+  // fp32 master weights. The non-const accessor marks the compute weights stale: the next
+  // forward refreshes them (a copy rounded to the compute dtype; the same memory under fp32).
+  float* params() { compute_stale_ = true; return params_.data(); }
+  const float* params() const { return params_.data(); }
   float* grads() const { return grads_.data(); }
+  const ModelOptions& options() const { return opts_; }
+  // Bytes of activation storage (kept per layer + shared), allocated at construction.
+  int64_t activation_bytes() const { return acts_.bytes(); }
   int64_t num_params() const { return table_.total(); }
 
   // Normal(0, init_std) linear weights and embeddings (output projections scaled by
@@ -56,7 +72,9 @@ class Model {
 
   // tokens, targets: host arrays [B*T]. Keeps the activations for backward().
   ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
-  // Adds grad_scale * d(loss)/d(params) to grads() for the last forward. on_grads_ready (optional)
+  // Adds grad_scale * d(loss)/d(params) to grads() for the last forward; under activation
+  // checkpointing each block is recomputed from its saved input first (replaying its routing
+  // plan). grad_scale carries the loss scale and the 1/micro-batches factor. on_grads_ready (optional)
   // is called with a layer index as soon as that layer's parameter gradients are final, and with
   // -1 once the tensors outside the layers (embedding, final norm, LM head) are: the trainer
   // starts their reduction there, overlapping the rest of backward.
@@ -73,25 +91,33 @@ class Model {
   // Per MoE layer, the token exchange the last forward used (empty without expert parallelism).
   std::vector<std::string> exchange_plans() const;
   int64_t num_moe_layers() const { return n_moe_; }
+  // After a non-finite loss: the first block whose output (the next block's input, or the final
+  // residual) holds inf/NaN in the last forward; -1: the embedding output already does; n_layers:
+  // none does (the head or the loss overflowed).
+  int64_t first_nonfinite_block() const;
 
  private:
   struct Layer;
+  void recompute_block(Layer& L, const float* P, int64_t B, int64_t T);
+  void refresh_compute_weights();
   core::Backend& be_;
   core::ModelConfig cfg_;
+  ModelOptions opts_;
   core::ParamTable table_;
   core::Arena params_, grads_;
+  core::Arena compute_;  // compute weights (mixed precision only)
+  bool compute_stale_ = true;
+  core::ActivationStore acts_;
   int64_t max_tokens_;
   int64_t n_moe_ = 0;
   std::vector<std::unique_ptr<Layer>> layers_;
-  // activations (device): residual stream inputs per layer, final norm, logits, losses
-  std::vector<float*> buffers_;
+  // activations outside the layers (kept): final norm, logits, losses, tokens; scratch: the rest
   float *x_final_ = nullptr, *lnf_ = nullptr, *lnf_rstd_ = nullptr, *logits_ = nullptr, *losses_ = nullptr;
   float *dlogits_ = nullptr, *dresid_ = nullptr, *dtmp_ = nullptr, *dln_ = nullptr;
   float* dloss_ = nullptr;
   int32_t *tokens_ = nullptr, *targets_ = nullptr;
   int64_t B_ = 0, T_ = 0;
   int64_t counted_ = 0;
-  float* alloc_floats(int64_t n);
 };
 
 }  // namespace switchyard::moe

@@ -22,28 +22,11 @@
 
 namespace switchyard::moe {
 
-namespace {
-// Backend allocations released when the owner goes (also when the Impl constructor throws).
-struct Allocations {
-  core::Backend& be;
-  std::vector<void*> ptrs;
-  explicit Allocations(core::Backend& b) : be(b) {}
-  ~Allocations() {
-    for (void* p : ptrs) be.release(p);
-  }
-  Allocations(const Allocations&) = delete;
-  Allocations& operator=(const Allocations&) = delete;
-  void* take(size_t bytes) {
-    ptrs.reserve(ptrs.size() + 1);
-    void* p = be.alloc(bytes > 0 ? bytes : 1);
-    ptrs.push_back(p);
-    return p;
-  }
-};
-}  // namespace
-
 struct MoeLayer::Impl {
   core::Backend& be;
+  core::ActivationStore& acts;
+  int layer;
+  core::PrecisionPolicy prec;
   int64_t C, E, K, I, S /* shared expert width, 0: none */, max_tokens;
   ExpertParallel ep;
   int64_t E_local, first_expert;  // this rank's experts (all of them without expert parallelism)
@@ -51,9 +34,10 @@ struct MoeLayer::Impl {
   Experts experts;
   int64_t off_shared_gate_up = -1, off_shared_down = -1, off_shared_gate = -1;
 
-  Allocations owned;  // every backend buffer below
-
-  // saved by forward for backward
+  // Activation buffers (core/activations.h). Kept under every policy, the routing plan: probs,
+  // lse, gates, idx, pos, offsets (and local_pos with expert parallelism). Expensive: the
+  // dispatched/exchanged tokens xp (yr), expert GEMM outputs h, ye, shared expert h, y, logit.
+  // Cheap: the SwiGLU products a, sh_a. The rest is scratch.
   float *logits = nullptr, *probs = nullptr, *lse = nullptr,
         *gates = nullptr;                                          // [N,E],[N,E],[N],[N,K]
   int32_t *idx = nullptr, *pos = nullptr, *offsets = nullptr;      // [N,K],[N*K],[E+1]
@@ -84,9 +68,13 @@ struct MoeLayer::Impl {
   float *xr = nullptr, *yr = nullptr, *dyr = nullptr, *dxr = nullptr;  // [rows_cap, C]
   int64_t rows_cap = 0;  // capacity of every expert-row buffer (xp, h, a, ye, dye, dxp, dh, da)
 
-  Impl(core::Backend& b, const core::ModelConfig& cfg, const core::ParamTable& table, int layer,
-       int64_t max_tok, const std::string& prefix, const ExpertParallel& ep_)
+  Impl(core::Backend& b, const core::ModelConfig& cfg, const core::ParamTable& table, int layer_,
+       int64_t max_tok, const std::string& prefix, const ExpertParallel& ep_,
+       core::ActivationStore& acts_, const core::PrecisionPolicy& prec_)
       : be(b),
+        acts(acts_),
+        layer(layer_),
+        prec(prec_),
         C(cfg.d_model),
         E(cfg.moe.n_experts),
         K(cfg.moe.top_k),
@@ -97,10 +85,10 @@ struct MoeLayer::Impl {
         E_local(cfg.moe.n_experts / std::max(1, ep_.size)),
         first_expert(ep_.rank * (cfg.moe.n_experts / std::max(1, ep_.size))),
         router(cfg.d_model, cfg.moe.n_experts, cfg.moe.top_k, cfg.moe.normalize_topk,
-               table.at(prefix + "gate.weight").offset),
+               table.at(prefix + "gate.weight").offset, prec_),
         experts(table, prefix, cfg.qwen_layout(), cfg.moe.n_experts / std::max(1, ep_.size),
-                cfg.d_model, cfg.moe.expert_size, ep_.rank * (cfg.moe.n_experts / std::max(1, ep_.size))),
-        owned(b) {
+                cfg.d_model, cfg.moe.expert_size, ep_.rank * (cfg.moe.n_experts / std::max(1, ep_.size)),
+                prec_) {
     SY_CHECK(table.at(prefix + "gate.weight").numel == E * C,
              "router weight of layer {} is not [{}, {}]", layer, E, C);
     SY_CHECK(max_tokens >= 0 && max_tokens * K <= INT32_MAX,
@@ -117,38 +105,45 @@ struct MoeLayer::Impl {
       off_shared_down = d.offset;
       off_shared_gate = sg.offset;
     }
-    const int64_t N = max_tokens, NK = max_tokens * K;
-    logits = falloc(N * E);
-    probs = falloc(N * E);
-    lse = falloc(N);
-    gates = falloc(N * K);
-    idx = ialloc(N * K);
-    pos = ialloc(NK);
-    offsets = ialloc(E + 1);
     SY_CHECK(ep.size >= 1 && E % ep.size == 0 && (ep.size == 1 || ep.exchange),
              "expert parallel size {} with {} experts and {} exchange", ep.size, E,
              ep.exchange ? "an" : "no");
-    ensure_rows(NK);
-    prob_sums = falloc(E);
-    dgates = falloc(N * K);
-    dlogits = falloc(N * E);
-    dprobs_all = falloc(E);
+    using core::Keep;
+    const int64_t N = max_tokens, NK = max_tokens * K;
+    acts.add(layer, "moe.logits", &logits, N * E, Keep::scratch);
+    acts.add(layer, "moe.probs", &probs, N * E, Keep::always);
+    acts.add(layer, "moe.lse", &lse, N, Keep::always);
+    acts.add(layer, "moe.gates", &gates, N * K, Keep::always);
+    acts.add(layer, "moe.idx", &idx, N * K, Keep::always);
+    acts.add(layer, "moe.pos", &pos, NK, Keep::always);
+    acts.add(layer, "moe.offsets", &offsets, E + 1, Keep::always);
+    acts.add(layer, "moe.prob_sums", &prob_sums, E, Keep::scratch);
+    acts.add(layer, "moe.dgates", &dgates, N * K, Keep::scratch);
+    acts.add(layer, "moe.dlogits", &dlogits, N * E, Keep::scratch);
+    acts.add(layer, "moe.dprobs_all", &dprobs_all, E, Keep::scratch);
     if (S > 0) {
-      sh_h = falloc(N * 2 * S);
-      sh_a = falloc(N * S);
-      sh_y = falloc(N * C);
-      sh_logit = falloc(N);
-      sh_dy = falloc(N * C);
-      sh_dlogit = falloc(N);
-      sh_dh = falloc(N * 2 * S);
-      sh_da = falloc(N * S);
+      acts.add(layer, "moe.shared.h", &sh_h, N * 2 * S, Keep::expensive);
+      acts.add(layer, "moe.shared.a", &sh_a, N * S, Keep::cheap);
+      acts.add(layer, "moe.shared.y", &sh_y, N * C, Keep::expensive);
+      acts.add(layer, "moe.shared.logit", &sh_logit, N, Keep::expensive);
+      acts.add(layer, "moe.shared.dy", &sh_dy, N * C, Keep::scratch);
+      acts.add(layer, "moe.shared.dlogit", &sh_dlogit, N, Keep::scratch);
+      acts.add(layer, "moe.shared.dh", &sh_dh, N * 2 * S, Keep::scratch);
+      acts.add(layer, "moe.shared.da", &sh_da, N * S, Keep::scratch);
     }
+    // expert rows: N*K without expert parallelism (exactly); with it the balanced share, grown
+    // by ensure_rows() when a plan delivers more
+    rows_cap = NK;
+    for_each_row_buffer([&](const char* name, auto** slot, int64_t width, Keep keep) {
+      acts.add(layer, name, slot, rows_cap * width, keep);
+    });
     if (ep.exchange) {
       for (auto* v : {&pos_host, &idx_host, &order, &slot_token, &slot_dest, &slot_tag})
         v->assign(static_cast<size_t>(NK), 0);
       for (auto* v : {&gates_host, &slot_gate, &dgate_slots, &dgates_host})
         v->assign(static_cast<size_t>(NK), 0.f);
       local_offsets_host.assign(static_cast<size_t>(E_local + 1), 0);
+      local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
     }
     offsets_host.assign(static_cast<size_t>(E + 1), 0);
     prob_sums_host.assign(static_cast<size_t>(E), 0.f);
@@ -156,44 +151,44 @@ struct MoeLayer::Impl {
     dprobs_host.assign(static_cast<size_t>(E), 0.f);
   }
 
-  ~Impl() { release_rows(); }
-
   // Expert-row buffers hold one row per routed slot this rank computes: N*K without expert
   // parallelism; with it, whatever the exchange delivers (up to ep.size * N * K when every token
   // of the group picks this rank), so they grow (x1.5) when a plan needs more. Growth happens
   // only in forward, before the buffers are written, never between forward and backward.
-  void ensure_rows(int64_t rows) {
-    if (rows <= rows_cap) return;
-    release_rows();
-    rows_cap = std::max(rows, rows_cap + rows_cap / 2);
-    auto f = [&](int64_t n) { return static_cast<float*>(be.alloc(sizeof(float) * static_cast<size_t>(std::max<int64_t>(n, 1)))); };
-    xp = f(rows_cap * C); h = f(rows_cap * 2 * I); a = f(rows_cap * I); ye = f(rows_cap * C);
-    dye = f(rows_cap * C); dxp = f(rows_cap * C); dh = f(rows_cap * 2 * I); da = f(rows_cap * I);
+  template <class F>
+  void for_each_row_buffer(F&& f) {
+    using core::Keep;
+    f("moe.xp", &xp, C, Keep::expensive);
+    f("moe.h", &h, 2 * I, Keep::expensive);
+    f("moe.a", &a, I, Keep::cheap);
+    f("moe.ye", &ye, C, Keep::expensive);
+    f("moe.dye", &dye, C, Keep::scratch);
+    f("moe.dxp", &dxp, C, Keep::scratch);
+    f("moe.dh", &dh, 2 * I, Keep::scratch);
+    f("moe.da", &da, I, Keep::scratch);
     if (ep.exchange) {
-      xr = f(rows_cap * C); yr = f(rows_cap * C); dyr = f(rows_cap * C); dxr = f(rows_cap * C);
-      local_pos = static_cast<int32_t*>(be.alloc(sizeof(int32_t) * static_cast<size_t>(rows_cap)));
-      local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
+      f("moe.xr", &xr, C, Keep::scratch);
+      f("moe.yr", &yr, C, Keep::expensive);
+      f("moe.dyr", &dyr, C, Keep::scratch);
+      f("moe.dxr", &dxr, C, Keep::scratch);
+      f("moe.local_pos", &local_pos, 1, Keep::always);
     }
   }
-  void release_rows() {
-    for (float* p : {xp, h, a, ye, dye, dxp, dh, da, xr, yr, dyr, dxr})
-      if (p) be.release(p);
-    if (local_pos) be.release(local_pos);
-    xp = h = a = ye = dye = dxp = dh = da = xr = yr = dyr = dxr = nullptr;
-    local_pos = nullptr;
+  void ensure_rows(int64_t rows) {
+    if (rows <= rows_cap) return;
+    rows_cap = std::max(rows, rows_cap + rows_cap / 2);
+    for_each_row_buffer([&](const char* name, auto** slot, int64_t width, core::Keep) {
+      using T = std::remove_reference_t<decltype(**slot)>;
+      acts.ensure<T>(layer, name, rows_cap * width);
+    });
+    if (ep.exchange) local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
   }
-
-  void forward_expert_parallel(float* out, const float* x, const float* params, int64_t N,
-                               MoeStats& st);
+  void plan_expert_parallel(int64_t N, MoeStats& st);
+  void run_experts(const float* x, const float* params, int64_t N, MoeStats& st);
+  void shared_forward(const float* x, const float* params, int64_t N);
   void backward_expert_parallel(float* dx, const float* dout, const float* params, float* grads,
                                 int64_t N, MoeStats& st);
 
-  float* falloc(int64_t n) {
-    return static_cast<float*>(owned.take(sizeof(float) * static_cast<size_t>(n)));
-  }
-  int32_t* ialloc(int64_t n) {
-    return static_cast<int32_t*>(owned.take(sizeof(int32_t) * static_cast<size_t>(n)));
-  }
 };
 
 namespace {
@@ -202,12 +197,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-// Expert-parallel forward: the routing plan's expert-sorted order becomes the exchange's slots
-// (destination = owner rank of the expert, tag = local expert), tokens travel to their experts,
-// received rows are ordered by local expert for the grouped GEMMs, and results come back weighted
-// by their gates (parallel/token_exchange.h fixes the summation order).
-void MoeLayer::Impl::forward_expert_parallel(float* out, const float* x, const float* params,
-                                             int64_t N, MoeStats& st) {
+// Expert-parallel plan: the routing plan's expert-sorted order becomes the exchange's slots
+// (destination = owner rank of the expert, tag = local expert); received rows are ordered by local
+// expert for the grouped GEMMs (local_pos, local_offsets_host). Kept for backward and recompute.
+void MoeLayer::Impl::plan_expert_parallel(int64_t N, MoeStats& st) {
   const int64_t NK = N * K;
   be.copy_to_host(pos_host.data(), pos, sizeof(int32_t) * static_cast<size_t>(NK));
   be.copy_to_host(idx_host.data(), idx, sizeof(int32_t) * static_cast<size_t>(NK));
@@ -229,7 +222,6 @@ void MoeLayer::Impl::forward_expert_parallel(float* out, const float* x, const f
   st.exchange_plan = parallel::describe_plan(*plan);
   const int64_t R = plan->num_recv;
   ensure_rows(R);
-  st.exchange += parallel::dispatch_forward(*ep.exchange, *plan, x, C, xr);
 
   // received rows -> local-expert order (stable counting sort by tag)
   std::fill(local_offsets_host.begin(), local_offsets_host.end(), 0);
@@ -238,14 +230,33 @@ void MoeLayer::Impl::forward_expert_parallel(float* out, const float* x, const f
   std::vector<int32_t> cursor(local_offsets_host.begin(), local_offsets_host.end() - 1);
   for (int64_t r = 0; r < R; ++r) local_pos_host[r] = cursor[static_cast<size_t>(plan->recv_tag[r])]++;
   be.copy_from_host(local_pos, local_pos_host.data(), sizeof(int32_t) * static_cast<size_t>(R));
-  be.dispatch_forward(xp, xr, local_pos, R, 1, C);  // xp[local_pos[r]] = xr[r]
+}
 
+// dispatch -> grouped experts: fills xp, h, a, ye (with expert parallelism also yr, the expert
+// outputs in received order) from x by the saved plan. Forward and full recompute run this.
+void MoeLayer::Impl::run_experts(const float* x, const float* params, int64_t N, MoeStats& st) {
   const auto t0 = std::chrono::steady_clock::now();
+  if (!ep.exchange) {
+    be.dispatch_forward(xp, x, pos, N, K, C);
+    experts.forward(be, ye, h, a, xp, offsets_host.data(), params);
+    st.expert_seconds += seconds_since(t0);
+    return;
+  }
+  const int64_t R = plan->num_recv;
+  st.exchange += parallel::dispatch_forward(*ep.exchange, *plan, x, C, xr);
+  be.dispatch_forward(xp, xr, local_pos, R, 1, C);  // xp[local_pos[r]] = xr[r]
+  const auto t1 = std::chrono::steady_clock::now();
   experts.forward(be, ye, h, a, xp, local_offsets_host.data(), params);
-  st.expert_seconds = seconds_since(t0);
-
+  st.expert_seconds += seconds_since(t1);
   be.dispatch_backward(yr, ye, local_pos, R, 1, C);  // yr[r] = ye[local_pos[r]]
-  st.exchange += parallel::combine_forward(*ep.exchange, *plan, yr, C, out);
+}
+
+// Shared expert: sh_h, sh_a, sh_y = ffn(x); sh_logit = x Wsg^T.
+void MoeLayer::Impl::shared_forward(const float* x, const float* params, int64_t N) {
+  core::ffn_forward(be, sh_y, sh_h, sh_a, x, N, C, S, params + off_shared_gate_up,
+                    params + off_shared_down, prec);
+  be.gemm(false, true, N, 1, C, 1.0f, x, C, params + off_shared_gate, C, 0.0f, sh_logit, 1,
+          prec.activation());
 }
 
 void MoeLayer::Impl::backward_expert_parallel(float* dx, const float* dout, const float* params,
@@ -270,7 +281,16 @@ static std::string moe_prefix(const core::ModelConfig& cfg, int layer) {
 
 MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
                    int layer, int64_t max_tokens, const ExpertParallel& ep)
-    : impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep)) {
+    : own_acts_(std::make_unique<core::ActivationStore>(be, core::Recompute::none)),
+      impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, *own_acts_, {})) {
+  own_acts_->allocate();
+  stats_.expert_counts.assign(static_cast<size_t>(cfg.moe.n_experts), 0);
+}
+
+MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
+                   int layer, int64_t max_tokens, const ExpertParallel& ep,
+                   core::ActivationStore& acts, const core::PrecisionPolicy& prec)
+    : impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, acts, prec)) {
   stats_.expert_counts.assign(static_cast<size_t>(cfg.moe.n_experts), 0);
 }
 
@@ -297,23 +317,21 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
 
   // dispatch -> experts -> combine
   stats_.exchange = {};
-  if (m.ep.exchange) {
-    m.forward_expert_parallel(out, x, params, N, stats_);
-  } else {
-    be.dispatch_forward(m.xp, x, m.pos, N, K, C);
-    const auto t0 = std::chrono::steady_clock::now();
-    m.experts.forward(be, m.ye, m.h, m.a, m.xp, m.offsets_host.data(), params);
-    stats_.expert_seconds = seconds_since(t0);
+  stats_.expert_seconds = 0;
+  if (m.ep.exchange) m.plan_expert_parallel(N, stats_);
+  m.run_experts(x, params, N, stats_);
+  if (m.ep.exchange)
+    stats_.exchange += parallel::combine_forward(*m.ep.exchange, *m.plan, m.yr, C, out);
+  else
     be.combine_forward(out, m.ye, m.pos, m.gates, N, K, C);
-  }
 
   // shared expert: out += sigmoid(x Wsg^T) * ffn(x)
   if (m.S > 0) {
-    core::ffn_forward(be, m.sh_y, m.sh_h, m.sh_a, x, N, C, m.S, params + m.off_shared_gate_up,
-                      params + m.off_shared_down);
-    be.gemm(false, true, N, 1, C, 1.0f, x, C, params + m.off_shared_gate, C, 0.0f, m.sh_logit, 1);
+    m.shared_forward(x, params, N);
     be.sigmoid_gate_forward(out, m.sh_logit, m.sh_y, N, C);
   }
+  // the output is an activation stored in the compute dtype
+  m.prec.store(be, out, N * C);
 
   // statistics: counts from the plan, P_e via column sums of probs, z via sum of squares of lse
   for (int64_t e = 0; e < E; ++e)
@@ -324,6 +342,21 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
   for (int64_t e = 0; e < E; ++e) m.prob_sums_d[static_cast<size_t>(e)] = m.prob_sums_host[e];
   stats_.aux_loss = aux_loss(stats_.expert_counts, m.prob_sums_d, N);
   stats_.z_loss = be.sum_squares(m.lse, N) / static_cast<double>(N);
+}
+
+void MoeLayer::recompute(const float* x, const float* params, int64_t N) {
+  Impl& m = *impl_;
+  SY_CHECK(N == m.last_N, "MoeLayer::recompute: N={} differs from the last forward's N={}", N,
+           m.last_N);
+  if (N == 0) return;
+  if (!m.acts.kept(core::Keep::expensive)) {  // full: everything after the routing plan
+    m.run_experts(x, params, N, stats_);
+    if (m.S > 0) m.shared_forward(x, params, N);
+  } else if (!m.acts.kept(core::Keep::cheap)) {  // selective: the SwiGLU products
+    const int64_t rows = m.ep.exchange ? m.plan->num_recv : m.offsets_host[m.E];
+    m.be.swiglu_forward(m.a, m.h, rows, m.I);
+    if (m.S > 0) m.be.swiglu_forward(m.sh_a, m.sh_h, N, m.S);
+  }
 }
 
 void MoeLayer::backward(float* dx, const float* dout, const float* x, const float* params,
@@ -363,12 +396,14 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
   if (m.S > 0) {
     be.sigmoid_gate_backward(m.sh_dy, m.sh_dlogit, dout, m.sh_logit, m.sh_y, N, C);
     // dWsg [1,C] += dlogit^T x; dx += dlogit Wsg
-    be.gemm(true, false, 1, C, N, 1.0f, m.sh_dlogit, 1, x, C, 1.0f, grads + m.off_shared_gate, C);
+    be.gemm(true, false, 1, C, N, 1.0f, m.sh_dlogit, 1, x, C, 1.0f, grads + m.off_shared_gate, C,
+            m.prec.weight_grad());
     be.gemm(false, false, N, C, 1, 1.0f, m.sh_dlogit, 1, params + m.off_shared_gate, C, 1.0f, dx,
-            C);
+            C, m.prec.activation());
     core::ffn_backward(be, dx, /*accumulate_dx=*/true, grads + m.off_shared_gate_up,
                        grads + m.off_shared_down, m.sh_dy, x, m.sh_h, m.sh_a, N, C, m.S,
-                       params + m.off_shared_gate_up, params + m.off_shared_down, m.sh_dh, m.sh_da);
+                       params + m.off_shared_gate_up, params + m.off_shared_down, m.sh_dh, m.sh_da,
+                       m.prec);
   }
 }
 

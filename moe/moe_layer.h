@@ -14,12 +14,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/activations.h"
 #include "core/backend.h"
 #include "core/config.h"
 #include "core/params.h"
+#include "core/precision.h"
 #include "parallel/token_exchange.h"
 
 namespace switchyard::moe {
@@ -47,13 +50,24 @@ struct ExpertParallel {
 
 class MoeLayer {
  public:
+  // A layer that owns its buffers (everything kept, fp32): for tests and tools.
   MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
            int layer, int64_t max_tokens, const ExpertParallel& ep = {});
+  // A layer of a model: buffers registered with the model's store (allocated by the model),
+  // GEMM dtypes from `prec`, `params` are the compute weights.
+  MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
+           int layer, int64_t max_tokens, const ExpertParallel& ep, core::ActivationStore& acts,
+           const core::PrecisionPolicy& prec);
   ~MoeLayer();
   MoeLayer(const MoeLayer&) = delete;
   MoeLayer& operator=(const MoeLayer&) = delete;
 
   void forward(float* out, const float* x, const float* params, int64_t N);
+  // Before backward under activation checkpointing: rebuilds what the store did not keep from x
+  // (the same normalised input) by replaying the saved routing plan: never re-routes, never
+  // counts expert load again (stats() keeps the forward's counts and losses). Under full
+  // checkpointing with expert parallelism the dispatch exchange runs again (same plan).
+  void recompute(const float* x, const float* params, int64_t N);
   // d_aux, d_z: dL/d(aux) and dL/d(z) of this layer (coefficient / #MoE layers, times any loss
   // scale). Uses the routing plan saved by the last forward: never re-routes.
   void backward(float* dx, const float* dout, const float* x, const float* params, float* grads,
@@ -64,6 +78,7 @@ class MoeLayer {
  private:
   // implementation state: the helper that writes moe_layer.cpp owns everything below
   struct Impl;
+  std::unique_ptr<core::ActivationStore> own_acts_;  // standalone layers only
   Impl* impl_;
   MoeStats stats_;
 };

@@ -5,8 +5,9 @@
 
 namespace switchyard::moe {
 
-Router::Router(int64_t C, int64_t E, int64_t K, bool renormalize, int64_t w_offset)
-    : C_(C), E_(E), K_(K), renormalize_(renormalize), w_offset_(w_offset) {
+Router::Router(int64_t C, int64_t E, int64_t K, bool renormalize, int64_t w_offset,
+               const core::PrecisionPolicy& prec)
+    : C_(C), E_(E), K_(K), renormalize_(renormalize), w_offset_(w_offset), prec_(prec) {
   SY_CHECK(E >= 1 && K >= 1 && K <= E, "router: need 1 <= top_k ({}) <= n_experts ({})", K, E);
 }
 
@@ -15,7 +16,7 @@ void Router::forward(core::Backend& be, float* logits, float* probs, float* lse,
   if (N == 0) return;
   const float* wr = params + w_offset_;
   // logits [N,E] = x [N,C] Wr^T
-  be.gemm(false, true, N, E_, C_, 1.0f, x, C_, wr, C_, 0.0f, logits, E_);
+  be.gemm(false, true, N, E_, C_, 1.0f, x, C_, wr, C_, 0.0f, logits, E_, prec_.router());
   be.router_topk(probs, lse, idx, gates, logits, N, E_, K_, renormalize_);
 }
 
@@ -27,9 +28,11 @@ void Router::backward(core::Backend& be, float* dx, float* grads, float* dlogits
   be.router_backward(dlogits, dgates, probs, lse, idx, gates, dprobs_all, z_coef, N, E_, K_,
                      renormalize_);
   // dWr [E,C] += dlogits^T x
-  be.gemm(true, false, E_, C_, N, 1.0f, dlogits, E_, x, C_, 1.0f, grads + w_offset_, C_);
+  be.gemm(true, false, E_, C_, N, 1.0f, dlogits, E_, x, C_, 1.0f, grads + w_offset_, C_,
+          prec_.router_wgrad());
   // dx [N,C] += dlogits Wr
-  be.gemm(false, false, N, C_, E_, 1.0f, dlogits, E_, params + w_offset_, C_, 1.0f, dx, C_);
+  be.gemm(false, false, N, C_, E_, 1.0f, dlogits, E_, params + w_offset_, C_, 1.0f, dx, C_,
+          prec_.router_dgrad());
 }
 
 double aux_loss(const std::vector<int64_t>& counts, const std::vector<double>& prob_sums,

@@ -11,13 +11,16 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/precision.h"
 
 namespace switchyard::moe {
 
 class Router {
  public:
   // w_offset: element offset of the router weight [E, C] in the parameter (and gradient) arena.
-  Router(int64_t C, int64_t E, int64_t K, bool renormalize, int64_t w_offset);
+  // prec: the router GEMMs read compute-dtype activations against fp32 weights (core/precision.h).
+  Router(int64_t C, int64_t E, int64_t K, bool renormalize, int64_t w_offset,
+         const core::PrecisionPolicy& prec = {});
 
   int64_t experts() const { return E_; }
   int64_t top_k() const { return K_; }
@@ -38,6 +41,7 @@ class Router {
   int64_t C_, E_, K_;
   bool renormalize_;
   int64_t w_offset_;
+  core::PrecisionPolicy prec_;
 };
 
 // aux = E * sum_e (counts[e] / N) * (prob_sums[e] / N); prob_sums[e] = sum_t probs[t,e].

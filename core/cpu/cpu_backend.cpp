@@ -34,15 +34,43 @@ CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_m
 
 std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
 
+CpuBackend::~CpuBackend() {
+  for (float* p : scratch_)
+    if (p) release(p);
+}
+
 void* CpuBackend::alloc(size_t bytes) {
   size_t rounded = (bytes + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
   void* p = std::aligned_alloc(64, rounded);
   if (!p) throw_internal("cpu backend: out of host memory allocating {} bytes", bytes);
   std::memset(p, 0, rounded);
+  std::lock_guard<std::mutex> lock(mem_mutex_);
+  blocks_.emplace(p, rounded);
+  live_bytes_ += static_cast<int64_t>(rounded);
+  peak_bytes_ = std::max(peak_bytes_, live_bytes_);
   return p;
 }
-void CpuBackend::release(void* p) { std::free(p); }
+void CpuBackend::release(void* p) {
+  if (!p) return;
+  {
+    std::lock_guard<std::mutex> lock(mem_mutex_);
+    auto it = blocks_.find(p);
+    if (it == blocks_.end())
+      throw_internal("cpu backend: release of {} that alloc() did not return (or released twice)", p);
+    live_bytes_ -= static_cast<int64_t>(it->second);
+    blocks_.erase(it);
+  }
+  std::free(p);
+}
+MemoryStats CpuBackend::memory_stats() const {
+  std::lock_guard<std::mutex> lock(mem_mutex_);
+  return MemoryStats{live_bytes_, peak_bytes_};
+}
+void CpuBackend::reset_peak_memory() {
+  std::lock_guard<std::mutex> lock(mem_mutex_);
+  peak_bytes_ = live_bytes_;
+}
 void CpuBackend::zero(void* p, size_t bytes) {
   // Large buffers (the gradient arena, tens of MB) are split across the threads: one thread's
   // memset reaches well under the machine's write bandwidth.
@@ -65,20 +93,47 @@ void CpuBackend::copy_to_host(void* dst, const void* src, size_t bytes) { std::m
 void CpuBackend::copy_from_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void CpuBackend::synchronize() {}
 
+float* CpuBackend::gemm_scratch(int slot, int64_t n) {
+  if (n > scratch_floats_[slot]) {
+    release(scratch_[slot]);
+    scratch_[slot] = nullptr;
+    scratch_floats_[slot] = 0;
+    scratch_[slot] = static_cast<float*>(alloc(static_cast<size_t>(n) * sizeof(float)));
+    scratch_floats_[slot] = n;
+  }
+  return scratch_[slot];
+}
+
 void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                      int64_t ldc) {
+                      int64_t ldc, const GemmRounding& rounding) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // C = beta * C
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
+    if (rounding.c != Dtype::f32) round_rows(rounding.c, C, ldc, C, ldc, M, N);
     return;
+  }
+  if (rounding.a != Dtype::f32) {  // op(A) reads A as [M,K], or [K,M] when transposed
+    const int64_t rows = trans_a ? K : M, cols = trans_a ? M : K;
+    float* a = gemm_scratch(0, rows * cols);
+    round_rows(rounding.a, a, cols, A, lda, rows, cols);
+    A = a;
+    lda = cols;
+  }
+  if (rounding.b != Dtype::f32) {  // op(B) reads B as [K,N], or [N,K] when transposed
+    const int64_t rows = trans_b ? N : K, cols = trans_b ? K : N;
+    float* b = gemm_scratch(1, rows * cols);
+    round_rows(rounding.b, b, cols, B, ldb, rows, cols);
+    B = b;
+    ldb = cols;
   }
   dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B,
                                 ldb, beta, C, ldc);
   if (st != dnnl_success)
     throw_internal("dnnl_sgemm failed (status {}) for M={} N={} K={} lda={} ldb={} ldc={}",
                    static_cast<int>(st), M, N, K, lda, ldb, ldc);
+  if (rounding.c != Dtype::f32) round_rows(rounding.c, C, ldc, C, ldc, M, N);
 }
 
 void CpuBackend::add(float* out, const float* a, const float* b, int64_t n) {

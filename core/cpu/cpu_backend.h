@@ -1,11 +1,15 @@
 // core/cpu/cpu_backend.h: the CPU backend. GEMMs go to oneDNN (dnnl_sgemm); other kernels are
 // OpenMP loops. The methods are defined across core/cpu/*.cpp, one file per kind of kernel:
-//   cpu_backend.cpp  memory, GEMM, elementwise, reductions
+//   cpu_backend.cpp  memory (with live/peak accounting), GEMM, elementwise, reductions
+//   rounding.cpp     rounding to bf16/fp16 precision (round_to, the GEMM operand/result rounding)
 //   dense_kernels.cpp embedding, RMSNorm, RoPE, cross-entropy
 //   attention.cpp    causal GQA attention forward/backward
 //   moe_kernels.cpp  SwiGLU, sigmoid gate, router top-k and its backward, routing plan,
 //                    dispatch/combine permutations
 #pragma once
+
+#include <mutex>
+#include <unordered_map>
 
 #include "core/backend.h"
 
@@ -14,6 +18,9 @@ namespace switchyard::core {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads);
+  ~CpuBackend() override;
+  CpuBackend(const CpuBackend&) = delete;
+  CpuBackend& operator=(const CpuBackend&) = delete;
   std::string name() const override { return "cpu"; }
   int threads() const { return threads_; }
 
@@ -22,8 +29,19 @@ class CpuBackend final : public Backend {
   void zero(void* p, size_t bytes) override;
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override;
   void copy_from_host(void* dst, const void* host_src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;  // dense_kernels.cpp
   void synchronize() override;
-  void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) override;
+  // Live bytes are the sizes alloc() hands out rounded up to 64 (alloc(0) holds 64), the GEMM's
+  // rounding scratch (below) included.
+  MemoryStats memory_stats() const override;
+  void reset_peak_memory() override;
+  // With rounding.any(), an operand whose dtype is not f32 is copied, rounded, into a scratch
+  // buffer of the backend (just the region op(X) reads, compact, same transposition), dnnl_sgemm
+  // runs on the copies with fp32 accumulation, and the M x N region of C is rounded in place to
+  // rounding.c. The two scratch buffers grow to the largest operand seen and are kept until the
+  // backend is destroyed: they count toward memory_stats(). Not thread-safe (one caller thread).
+  void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmRounding& rounding = {}) override;
+  void round_to(Dtype d, float* x, int64_t n) override;  // rounding.cpp
   void add(float* out, const float* a, const float* b, int64_t n) override;
   void axpy(float* y, float alpha, const float* x, int64_t n) override;
   void add_bias(float* x, const float* bias, int64_t rows, int64_t cols) override;
@@ -56,7 +74,21 @@ class CpuBackend final : public Backend {
   void combine_backward(float* dy, float* dgates, const float* dout, const float* y, const int32_t* pos, const float* gates, int64_t N, int64_t K, int64_t C) override;
 
  private:
+  // dst[r*ldd + c] = round_d(src[r*lds + c]) for r < rows, c < cols (dst == src with ldd == lds:
+  // in place). OpenMP-parallel over rows and column chunks once the region is large enough; runs
+  // on the calling thread alone inside a parallel region. d == f32: copies. (rounding.cpp)
+  void round_rows(Dtype d, float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows,
+                  int64_t cols);
+  // Scratch buffer `slot` (0: GEMM operand A, 1: B) of at least n floats; grows, never shrinks.
+  float* gemm_scratch(int slot, int64_t n);
+
   int threads_;
+  // Memory accounting: every live block from alloc() and its rounded size.
+  mutable std::mutex mem_mutex_;
+  std::unordered_map<void*, size_t> blocks_;
+  int64_t live_bytes_ = 0, peak_bytes_ = 0;
+  float* scratch_[2] = {nullptr, nullptr};
+  int64_t scratch_floats_[2] = {0, 0};
 };
 
 }  // namespace switchyard::core

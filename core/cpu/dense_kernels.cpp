@@ -227,6 +227,21 @@ void rmsnorm_backward_impl(float* dx, float* dw, const float* dout, const float*
 
 }  // namespace
 
+void CpuBackend::copy(void* dst, const void* src, size_t bytes) {
+  // large copies (weights to compute weights) split across the threads like zero()
+  constexpr size_t kParallelBytes = size_t{1} << 20;
+  if (bytes < kParallelBytes || threads_ <= 1 || omp_in_parallel()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  const size_t chunk = (bytes / static_cast<size_t>(threads_) + 4095) / 4096 * 4096;
+#pragma omp parallel for schedule(static) num_threads(threads_)
+  for (int t = 0; t < threads_; ++t) {
+    const size_t b = std::min(bytes, static_cast<size_t>(t) * chunk), e = std::min(bytes, b + chunk);
+    if (b < e) std::memcpy(static_cast<char*>(dst) + b, static_cast<const char*>(src) + b, e - b);
+  }
+}
+
 void CpuBackend::rmsnorm_forward(float* out, float* rstd, const float* x, const float* w,
                                  int64_t N, int64_t C, float eps) {
 #pragma omp parallel for schedule(static)

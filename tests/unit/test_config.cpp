@@ -393,8 +393,11 @@ TEST(Config, ValidationFailures) {
       {[](auto& c) { c.model.first_dense_layers = 5; }, "model.first_dense_layers: must be in [0, model.n_layers = 4], got 5"},
       {[](auto& c) { c.model.first_dense_layers = 1; c.model.dense_ffn_size = 0; }, "model.dense_ffn_size: must be positive"},
       {[](auto& c) { c.train.seq_len = 512; }, "train.seq_len: 512 is longer than model.max_seq_len = 256"},
-      {[](auto& c) { c.train.precision = "bf16"; }, "train.precision: bf16 is not supported yet by this build (fp32 only)"},
-      {[](auto& c) { c.train.precision = "fp16"; }, "train.precision: fp16 is not supported yet by this build (fp32 only)"},
+      {[](auto& c) { c.train.loss_scaler.backoff_factor = 1; }, "train.loss_scaler.backoff_factor: must be in (0, 1), got 1"},
+      {[](auto& c) { c.train.loss_scaler.min_scale = 1e6; }, "train.loss_scaler.min_scale: 1000000 is larger than train.loss_scaler.initial_scale = 65536"},
+      {[](auto& c) { c.train.loss_scaler.hysteresis = 0; }, "train.loss_scaler.hysteresis: must be positive"},
+      {[](auto& c) { c.train.activation_checkpointing = "some"; }, "train.activation_checkpointing: 'some' is not one of none, full, selective, auto"},
+      {[](auto& c) { c.train.activation_memory_mb = -1; }, "train.activation_memory_mb: must be >= 0"},
       {[](auto& c) { c.train.precision = "fp8"; }, "train.precision: 'fp8' is not one of fp32, bf16, fp16"},
       {[](auto& c) { c.train.steps = 0; }, "train.steps: must be positive"},
       {[](auto& c) { c.train.grad_accum = 0; }, "train.grad_accum: must be positive"},
@@ -428,8 +431,8 @@ TEST(Config, ValidationFailures) {
 }
 
 TEST(Config, ValidationRunsOnParse) {
-  std::string m = usage_error("train:\n  precision: bf16\n");
-  EXPECT_HAS(m, "configs/x.yaml: train.precision: bf16 is not supported yet by this build (fp32 only)");
+  std::string m = usage_error("train:\n  precision: int4\n");
+  EXPECT_HAS(m, "configs/x.yaml: train.precision: 'int4' is not one of fp32, bf16, fp16");
   m = usage_error(kTinyLike, {"parallel.expert_parallel=3"});
   EXPECT_HAS(m, "configs/x.yaml: parallel.expert_parallel: 3 does not divide");
 }

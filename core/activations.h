@@ -1,0 +1,87 @@
+// core/activations.h: where a model's activation buffers live under an activation-checkpointing
+// policy. Every layer registers each buffer it uses with a class saying when its contents must
+// survive from forward to backward:
+//   always     kept per layer under every policy (block inputs, the routing plan)
+//   expensive  kept per layer unless `full` (GEMM outputs, attention outputs, exchanged tokens)
+//   cheap      kept per layer only under `none` (norm outputs, SwiGLU products)
+//   scratch    never kept: one buffer per name shared by all layers (backward temporaries)
+// A buffer that is not kept for its layer points into storage shared by every layer that
+// registered that name (sized for the largest); the layer recomputes its contents in backward.
+// Storage is allocated once (allocate()), so the activation memory of a micro-batch is fixed and
+// every micro-batch of an accumulation window reuses it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+
+namespace switchyard::core {
+
+enum class Recompute { none, full, selective };
+Recompute parse_recompute(const std::string& s);  // none | full | selective (auto is resolved by the planner)
+const char* recompute_name(Recompute r);
+
+enum class Keep { always, expensive, cheap, scratch };
+
+class ActivationStore {
+ public:
+  ActivationStore(Backend& be, Recompute policy) : be_(be), policy_(policy) {}
+  ~ActivationStore();
+  ActivationStore(const ActivationStore&) = delete;
+  ActivationStore& operator=(const ActivationStore&) = delete;
+
+  Recompute policy() const { return policy_; }
+  // Whether a buffer of class k survives from forward to backward under this policy.
+  bool kept(Keep k) const;
+
+  // Registers *slot (a T*) as `count` elements of buffer `name` of `layer` (-1: outside the layers).
+  // *slot is set by allocate(); until then it is null.
+  template <class T>
+  void add(int layer, const std::string& name, T** slot, int64_t count, Keep keep) {
+    add_bytes(layer, name, count * static_cast<int64_t>(sizeof(T)), keep,
+              [slot](void* p) { *slot = static_cast<T*>(p); });
+  }
+  void allocate();
+  // Grows buffer `name` of `layer` to at least `count` T's (expert rows under expert parallelism).
+  // Contents are lost; shared storage is regrown for every layer that uses it. Call only where the
+  // buffer holds nothing live (forward, before writing it).
+  template <class T>
+  void ensure(int layer, const std::string& name, int64_t count) {
+    ensure_bytes(layer, name, count * static_cast<int64_t>(sizeof(T)));
+  }
+
+  int64_t bytes() const;  // allocated now
+  // Bytes kept per layer and shared, for reports.
+  int64_t kept_bytes() const;
+  int64_t shared_bytes() const;
+
+ private:
+  struct Slot {
+    int layer;
+    std::string name;
+    int64_t bytes;
+    Keep keep;
+    std::function<void(void*)> bind;
+    void* own = nullptr;  // per-layer storage (null when shared)
+  };
+  struct Shared {
+    int64_t bytes = 0;
+    void* ptr = nullptr;
+  };
+  void add_bytes(int layer, const std::string& name, int64_t bytes, Keep keep,
+                 std::function<void(void*)> bind);
+  void ensure_bytes(int layer, const std::string& name, int64_t bytes);
+  void* take(int64_t bytes);
+
+  Backend& be_;
+  Recompute policy_;
+  std::vector<Slot> slots_;
+  std::map<std::string, Shared> shared_;
+  bool allocated_ = false;
+};
+
+}  // namespace switchyard::core

@@ -1,0 +1,199 @@
+// launch/plan.cpp: the per-rank cost model of a config (see launch/plan.h).
+#include "launch/plan.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+
+#include "core/error.h"
+#include "core/params.h"
+
+namespace switchyard::launch {
+
+namespace {
+using core::Recompute;
+
+int64_t aligned(int64_t bytes) { return (std::max<int64_t>(bytes, 1) + 63) / 64 * 64; }
+
+// Activation bytes of one micro-batch under a policy, buffer by buffer as the layers register
+// them (core/activations.h classes). Shared storage: one copy per name, the largest request.
+int64_t activation_bytes(const core::ExperimentConfig& cfg, Recompute policy) {
+  const auto& m = cfg.model;
+  const int64_t N = cfg.train.micro_batch * cfg.train.seq_len, C = m.d_model, V = m.vocab_size;
+  const int64_t E = m.moe.n_experts, K = m.moe.top_k, I = m.moe.expert_size, S = m.moe.shared_expert_size;
+  const int64_t NH = m.n_heads, W = (m.n_heads + 2 * m.n_kv_heads) * m.hd(), QW = m.n_heads * m.hd();
+  const int64_t F = m.dense_ffn_size, NK = N * K;
+  const bool ep = cfg.parallel.expert_parallel > 1;
+  const bool keep_expensive = policy != Recompute::full, keep_cheap = policy == Recompute::none;
+  enum Cls { always, expensive, cheap, scratch };
+  std::map<std::string, int64_t> shared;
+  int64_t kept = 0;
+  auto add = [&](const std::string& name, int64_t floats, Cls c) {
+    const int64_t bytes = floats * 4;
+    const bool keep = c == always || (c == expensive && keep_expensive) || (c == cheap && keep_cheap);
+    if (keep) kept += aligned(bytes);
+    else shared[name] = std::max(shared[name], bytes);
+  };
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    add("block.x_in", N * C, always);
+    add("block.ln1", N * C, cheap);
+    add("block.rstd1", N, cheap);
+    add("block.x_mid", N * C, expensive);
+    add("block.ln2", N * C, cheap);
+    add("block.rstd2", N, cheap);
+    add("attn.qkv", N * W, expensive);
+    add("attn.out", N * QW, expensive);
+    add("attn.lse", N * NH, expensive);
+    add("attn.dqkv", N * W, scratch);
+    add("attn.dout", N * QW, scratch);
+    if (m.is_moe_layer(l)) {
+      for (auto [name, n] : {std::pair{"moe.probs", N * E}, {"moe.lse", N}, {"moe.gates", NK},
+                             {"moe.idx", NK}, {"moe.pos", NK}, {"moe.offsets", E + 1}})
+        add(name, n, always);
+      for (auto [name, n] : {std::pair{"moe.logits", N * E}, {"moe.prob_sums", E}, {"moe.dgates", NK},
+                             {"moe.dlogits", N * E}, {"moe.dprobs_all", E}})
+        add(name, n, scratch);
+      if (S > 0) {
+        add("moe.shared.h", N * 2 * S, expensive);
+        add("moe.shared.a", N * S, cheap);
+        add("moe.shared.y", N * C, expensive);
+        add("moe.shared.logit", N, expensive);
+        add("moe.shared.dy", N * C, scratch);
+        add("moe.shared.dlogit", N, scratch);
+        add("moe.shared.dh", N * 2 * S, scratch);
+        add("moe.shared.da", N * S, scratch);
+      }
+      const int64_t rows = NK;
+      add("moe.xp", rows * C, expensive);
+      add("moe.h", rows * 2 * I, expensive);
+      add("moe.a", rows * I, cheap);
+      add("moe.ye", rows * C, expensive);
+      add("moe.dye", rows * C, scratch);
+      add("moe.dxp", rows * C, scratch);
+      add("moe.dh", rows * 2 * I, scratch);
+      add("moe.da", rows * I, scratch);
+      if (ep) {
+        add("moe.xr", rows * C, scratch);
+        add("moe.yr", rows * C, expensive);
+        add("moe.dyr", rows * C, scratch);
+        add("moe.dxr", rows * C, scratch);
+        add("moe.local_pos", rows, always);
+      }
+    } else {
+      add("ffn.h", N * 2 * F, expensive);
+      add("ffn.a", N * F, cheap);
+      add("ffn.dh", N * 2 * F, scratch);
+      add("ffn.da", N * F, scratch);
+    }
+  }
+  for (auto [name, n] : {std::pair{"head.x_final", N * C}, {"head.lnf", N * C}, {"head.rstd", N},
+                         {"head.logits", N * V}, {"head.losses", N}, {"head.tokens", N}, {"head.targets", N}})
+    add(name, n, always);
+  for (auto [name, n] : {std::pair{"head.dlogits", N * V}, {"head.dloss", N}, {"block.dresid", N * C},
+                         {"block.out", N * C}, {"block.dln", N * C}})
+    add(name, n, scratch);
+  int64_t total = kept;
+  for (const auto& [name, bytes] : shared) total += aligned(bytes);
+  return total;
+}
+
+std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
+}  // namespace
+
+PlanEstimate plan(const core::ExperimentConfig& cfg) {
+  const auto& m = cfg.model;
+  const int ep = static_cast<int>(cfg.parallel.expert_parallel);
+  PlanEstimate p;
+  const core::ParamTable full = core::make_param_table(m), mine = core::make_param_table(m, 0, ep);
+  p.params_total = full.total();
+  p.params_rank = mine.total();
+  int64_t active = 0;
+  for (const auto& s : full.specs()) {
+    if (s.kind == core::ParamKind::ParamKind_embedding && !(m.tie_embeddings)) continue;  // a lookup
+    if (s.kind == core::ParamKind::ParamKind_expert) {
+      if (s.expert < m.moe.top_k) active += s.numel;  // top_k experts' worth
+      continue;
+    }
+    active += s.numel;
+  }
+  p.params_active = active;
+  const double attn = 2.0 * static_cast<double>(cfg.train.seq_len) * static_cast<double>(m.n_heads * m.hd()) *
+                      static_cast<double>(m.n_layers);
+  p.flops_per_token_forward = 2.0 * static_cast<double>(active) + attn;
+  const double head = 2.0 * static_cast<double>(m.vocab_size * m.d_model);
+  p.flops_per_token_train[static_cast<int>(Recompute::none)] = 3 * p.flops_per_token_forward;
+  p.flops_per_token_train[static_cast<int>(Recompute::selective)] = 3 * p.flops_per_token_forward;
+  p.flops_per_token_train[static_cast<int>(Recompute::full)] = 4 * p.flops_per_token_forward - head;
+  p.param_bytes = 4 * p.params_rank;
+  p.grad_bytes = 4 * p.params_rank;
+  p.optimizer_bytes = 8 * p.params_rank;
+  p.compute_weight_bytes = cfg.train.precision == "fp32" ? 0 : 4 * p.params_rank;
+  for (Recompute r : {Recompute::none, Recompute::full, Recompute::selective})
+    p.activation_bytes[static_cast<int>(r)] = activation_bytes(cfg, r);
+
+  const std::string& want = cfg.train.activation_checkpointing;
+  if (want != "auto") {
+    p.chosen = core::parse_recompute(want);
+    return p;
+  }
+  const int64_t budget = cfg.train.activation_memory_mb * (int64_t{1} << 20);
+  if (budget == 0) {
+    p.chosen = Recompute::none;
+    p.why = "auto: no train.activation_memory_mb budget, so nothing is recomputed";
+    return p;
+  }
+  for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full}) {
+    if (p.activation_bytes[static_cast<int>(r)] <= budget) {
+      p.chosen = r;
+      p.why = fmt::format("auto: {} is the least recomputation within train.activation_memory_mb = {} ({} needed)",
+                          core::recompute_name(r), cfg.train.activation_memory_mb,
+                          mib(p.activation_bytes[static_cast<int>(r)]));
+      return p;
+    }
+  }
+  throw_usage("train.activation_memory_mb = {}: even full activation checkpointing needs {} per rank for "
+              "micro_batch {} x seq_len {}; lower train.micro_batch or raise the budget",
+              cfg.train.activation_memory_mb, mib(p.activation_bytes[static_cast<int>(Recompute::full)]),
+              cfg.train.micro_batch, cfg.train.seq_len);
+}
+
+std::string format_plan(const core::ExperimentConfig& cfg, const PlanEstimate& p, int world) {
+  const auto& m = cfg.model;
+  const int ep = static_cast<int>(cfg.parallel.expert_parallel);
+  std::string out;
+  out += fmt::format("plan for {} rank(s), expert parallel {}, precision {}, micro-batch {} x {} tokens\n", world,
+                     ep, cfg.train.precision, cfg.train.micro_batch, cfg.train.seq_len);
+  out += fmt::format("  parameters: {} total, {} per rank ({} experts of {} per layer), {} active per token\n",
+                     p.params_total, p.params_rank, m.moe.n_experts / ep, m.moe.n_experts, p.params_active);
+  out += fmt::format("  FLOPs per token: forward {:.3g}, training {:.3g} (none, selective), {:.3g} (full)\n",
+                     p.flops_per_token_forward, p.flops_per_token_train[0], p.flops_per_token_train[1]);
+  out += "  memory per rank (every rank holds the same amounts):\n";
+  out += fmt::format("    {:<34} {:>12}\n", "parameters (fp32 master)", mib(p.param_bytes));
+  out += fmt::format("    {:<34} {:>12}\n", "gradients (fp32)", mib(p.grad_bytes));
+  out += fmt::format("    {:<34} {:>12}\n", "optimizer (AdamW moments, fp32)", mib(p.optimizer_bytes));
+  if (p.compute_weight_bytes)
+    out += fmt::format("    {:<34} {:>12}\n", "compute weights", mib(p.compute_weight_bytes));
+  const int64_t fixed = p.param_bytes + p.grad_bytes + p.optimizer_bytes + p.compute_weight_bytes;
+  for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full}) {
+    const int64_t a = p.activation_bytes[static_cast<int>(r)];
+    out += fmt::format("    {:<34} {:>12}   total {:>12}{}\n",
+                       fmt::format("activations, checkpointing {}", core::recompute_name(r)), mib(a),
+                       mib(fixed + a), r == p.chosen ? "   <- chosen" : "");
+  }
+  out += fmt::format("  train.activation_checkpointing = {}{}\n", cfg.train.activation_checkpointing,
+                     p.why.empty() ? "" : "; " + p.why);
+  return out;
+}
+
+int run_plan(const PlanOptions& opts) {
+  const core::ExperimentConfig cfg = core::load_experiment_config(opts.config_path, opts.overrides);
+  const int world = opts.ranks > 0 ? opts.ranks : static_cast<int>(cfg.parallel.expert_parallel);
+  if (world % cfg.parallel.expert_parallel != 0)
+    throw_usage("plan --ranks {}: must be a multiple of parallel.expert_parallel = {}", world,
+                cfg.parallel.expert_parallel);
+  fmt::print("{}", format_plan(cfg, plan(cfg), world));
+  return 0;
+}
+
+}  // namespace switchyard::launch

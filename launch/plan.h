@@ -1,0 +1,46 @@
+// launch/plan.h: what a config costs per rank before it runs (`switchyard plan`), and the
+// activation-checkpointing policy `auto` picks.
+//   parameters: total, this rank's share (dense + its experts), active per token (dense + top_k
+//     experts + shared expert, embedding excluded);
+//   FLOPs per token: forward 2 x active linear parameters (LM head included) + causal attention
+//     2 x seq_len x q_width per layer; training = 3 x forward, plus one more forward of the
+//     blocks under full checkpointing;
+//   memory per rank: fp32 parameters, gradients, two AdamW moments, compute weights (mixed
+//     precision), and activations of one micro-batch under none / full / selective. Activations
+//     follow the buffer classes of core/activations.h: what a policy keeps per layer, plus one
+//     copy of what it shares. This backend stores activations in fp32 whatever the compute dtype.
+//     Expert rows assume balanced routing (micro_batch x seq_len x top_k per rank); under expert
+//     parallelism they grow with imbalance.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "core/activations.h"
+#include "core/config.h"
+
+namespace switchyard::launch {
+
+struct PlanEstimate {
+  int64_t params_total = 0, params_rank = 0, params_active = 0;
+  double flops_per_token_forward = 0;
+  int64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, compute_weight_bytes = 0;
+  std::array<int64_t, 3> activation_bytes{};  // indexed by core::Recompute
+  std::array<double, 3> flops_per_token_train{};
+  core::Recompute chosen = core::Recompute::none;  // train.activation_checkpointing resolved
+  std::string why;                                  // how auto decided (empty otherwise)
+};
+
+// Throws a usage error naming train.activation_memory_mb when auto finds no policy that fits.
+PlanEstimate plan(const core::ExperimentConfig& cfg);
+std::string format_plan(const core::ExperimentConfig& cfg, const PlanEstimate& p, int world);
+
+struct PlanOptions {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  int ranks = 0;  // 0: parallel.expert_parallel
+};
+int run_plan(const PlanOptions& opts);
+
+}  // namespace switchyard::launch
