@@ -169,15 +169,15 @@ std::string format_plan(const core::ExperimentConfig& cfg, const PlanEstimate& p
   out += fmt::format("  FLOPs per token: forward {:.3g}, training {:.3g} (none, selective), {:.3g} (full)\n",
                      p.flops_per_token_forward, p.flops_per_token_train[0], p.flops_per_token_train[1]);
   out += "  memory per rank (every rank holds the same amounts):\n";
-  out += fmt::format("    {:<34} {:>12}\n", "parameters (fp32 master)", mib(p.param_bytes));
-  out += fmt::format("    {:<34} {:>12}\n", "gradients (fp32)", mib(p.grad_bytes));
-  out += fmt::format("    {:<34} {:>12}\n", "optimizer (AdamW moments, fp32)", mib(p.optimizer_bytes));
+  out += fmt::format("    {:<38} {:>12}\n", "parameters (fp32 master)", mib(p.param_bytes));
+  out += fmt::format("    {:<38} {:>12}\n", "gradients (fp32)", mib(p.grad_bytes));
+  out += fmt::format("    {:<38} {:>12}\n", "optimizer (AdamW moments, fp32)", mib(p.optimizer_bytes));
   if (p.compute_weight_bytes)
-    out += fmt::format("    {:<34} {:>12}\n", "compute weights", mib(p.compute_weight_bytes));
+    out += fmt::format("    {:<38} {:>12}\n", "compute weights", mib(p.compute_weight_bytes));
   const int64_t fixed = p.param_bytes + p.grad_bytes + p.optimizer_bytes + p.compute_weight_bytes;
   for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full}) {
     const int64_t a = p.activation_bytes[static_cast<int>(r)];
-    out += fmt::format("    {:<34} {:>12}   total {:>12}{}\n",
+    out += fmt::format("    {:<38} {:>12}   total {:>12}{}\n",
                        fmt::format("activations, checkpointing {}", core::recompute_name(r)), mib(a),
                        mib(fixed + a), r == p.chosen ? "   <- chosen" : "");
   }

@@ -315,8 +315,8 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     if (outcome == optim::LossScaler::Outcome::stop) {
       const std::string where = locate_nonfinite(model, local_loss_nonfinite);
       if (scaler.enabled())
-        throw_usage("fp16 training stopped at step {}: gradients overflowed {} steps in a row at the minimum loss "
-                    "scale {:g}; {}. Lower optim.lr, use train.precision: bf16, or look at that layer's inputs",
+        throw_usage("fp16 training stopped at step {}: {} step(s) in a row overflowed (inf/NaN) at the minimum "
+                    "loss scale {:g}; {}. Lower optim.lr, use train.precision: bf16, or look at that layer's inputs",
                     step + 1, cfg.train.loss_scaler.max_overflows_at_min, scaler.scale(), where);
       throw_usage("training diverged at step {}: non-finite {} in {}; {}. Lower optim.lr or raise optim.warmup_steps",
                   step + 1, sums[5] > 0 ? "loss" : "gradients", cfg.train.precision, where);
