@@ -5,7 +5,8 @@
 #               (the issue asks for <= 1.5%), final eval loss, skipped fp16 steps, final loss scale;
 #   throughput: median tokens/s of each precision over the steps after warm-up, ratio to fp32;
 #   ceiling:    `switchyard bench gemm`: this CPU's fp32 GEMM rate, oneDNN's native bf16 matmul rate
-#               and the backend's bf16 path (bf16-rounded operands through the fp32 kernel).
+#               and the backend's bf16 path (bf16-rounded operands through the fp32 kernel); and
+#               scripts/isa_peak.cpp: one core's fp32 FMA vs bf16 dot-product instruction peak.
 # THREADS (default 2), STEPS, PRECISIONS (default "fp32 bf16 fp16").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,10 @@ OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 
 build/switchyard bench gemm --threads "$THREADS" > "$OUT/gemm.jsonl"
+echo '{}' > "$OUT/isa.json"
+if grep -q avx512_bf16 /proc/cpuinfo && g++ -O2 -mavx512f -mavx512bf16 scripts/isa_peak.cpp -o "$OUT/isa_peak" 2>/dev/null; then
+  "$OUT/isa_peak" > "$OUT/isa.json"
+fi
 for p in $PRECISIONS; do
   echo "training $STEPS steps in $p ..." >&2
   build/switchyard train --config configs/tiny.yaml --run-dir "$OUT/$p" --set train.steps="$STEPS" \
@@ -54,5 +59,11 @@ print(f"GEMM ceiling on this CPU: fp32 {peak['peak_gflops']:.0f} GFLOP/s, oneDNN
       f"{peak['peak_bf16_native_gflops']:.0f} GFLOP/s "
       f"({peak['peak_bf16_native_gflops']/peak['peak_gflops']:.2f}x fp32), backend bf16 path "
       f"{max(s['bf16_rounded_gflops'] for s in g[:-1]):.0f} GFLOP/s")
+isa = json.load(open(f"{out}/isa.json"))
+if isa:
+    print(f"instruction peak per core: fp32 FMA {isa['fp32_fma_gflops_per_core']:.0f} GFLOP/s, bf16 dot product "
+          f"{isa['bf16_dp_gflops_per_core']:.0f} GFLOP/s "
+          f"({isa['bf16_dp_gflops_per_core']/isa['fp32_fma_gflops_per_core']:.2f}x); AMX: "
+          f"{'yes' if 'amx_bf16' in open('/proc/cpuinfo').read() else 'not exposed'}")
 PY
 echo "runs in $OUT" >&2

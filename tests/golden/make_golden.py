@@ -14,10 +14,16 @@ Writes per case:
     before clipping). traj batch 0 is the golden batch.
     __metadata__: aux_loss_coef, z_loss_coef, lr, min_lr, warmup_steps, steps, weight_decay, beta1,
     beta2, eps, grad_clip, case, batch, seq_len, seed, dead_expert (layer:expert or "")
+  DIR/golden_mixed.safetensors: the same golden batch and initial weights through the mixed-precision
+    forward (torch_moe.py: precision="bf16" / "fp16" emulates the rounding points of core/precision.h),
+    for p in bf16, fp16: "<p>.logits" F32 [B*T,V], "<p>.loss", "<p>.ce", "<p>.aux", "<p>.z" F32 [1],
+    "<p>.expert_counts" I32 [n_moe_layers,E]; __metadata__: case, precisions, <p>.margin (smallest
+    k-th/(k+1)-th router logit gap of that forward), <p>.gap_fp64 (||logits_p - logits|| / ||logits||).
   mixtral_k2 only: DIR/model_bf16_sharded/ (same config.json; BF16 weights in 2 shards +
     model.safetensors.index.json) and DIR/golden_bf16_logits.safetensors ("tokens" I32 [B,T],
     "targets" I32 [B,T], "logits" F32 [B*T,V], "loss" F32 [1] from the bf16-rounded weights).
-Everything is computed in float64 from the exact float32 (or bf16) weights, then stored as F32.
+Everything is computed in float64 from the exact float32 (or bf16) weights, then stored as F32 (the
+mixed-precision forward too, rounded to bf16/fp16 where the C++ rounds).
 """
 import argparse
 import copy
@@ -214,9 +220,9 @@ def run_case(name, case, out_dir):
         case=name, batch=str(B), seq_len=str(T), seed=str(case["seed"]), dead_expert=dead)
     tm.save_safetensors(os.path.join(out_dir, "golden.safetensors"), g, meta)
 
-    extra = ""
+    extra = mixed_variant(name, model, tokens, targets, out_dir, out.logits)
     if name == "mixtral_k2":
-        extra = bf16_variant(case, init_state, tokens, targets, out_dir, out.logits)
+        extra += bf16_variant(case, init_state, tokens, targets, out_dir, out.logits)
 
     dt = time.time() - t0
     run_case.last_margin = min(margin, traj_margin)
@@ -226,6 +232,33 @@ def run_case(name, case, out_dir):
           f"traj {traj['loss'][0]:.4f}->{traj['loss'][-1]:.4f} margin={min(margin, traj_margin):.3g}"
           + (f" dead_gap={dead_gap:.3g}" if dead else "") + 
           f"{extra} ({dt:.2f}s)", flush=True)
+
+
+MIXED = ("bf16", "fp16")
+
+
+def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64):
+    g = OrderedDict()
+    meta = OrderedDict(case=name, precisions=",".join(MIXED))
+    extra = ""
+    for p in MIXED:
+        with torch.no_grad():
+            o = model(tokens, targets, precision=p)
+        margin = topk_margin(model)
+        gap = float((o.logits - logits_fp64).norm() / logits_fp64.norm())
+        assert torch.isfinite(o.logits).all(), f"{name} {p}: non-finite logits"
+        # the C++ must route alike: a top-k logit gap far above what a one-unit difference of a rounded
+        # router input (a rounding-midpoint straddle) can move
+        assert margin > MIN_MARGIN, f"{name} {p}: routing tie risk, margin {margin}"
+        g[f"{p}.logits"] = f32(o.logits)
+        for k in ("loss", "ce", "aux", "z"):
+            g[f"{p}.{k}"] = f32(getattr(o, k).reshape(1))
+        g[f"{p}.expert_counts"] = o.counts.to(torch.int32)
+        meta[f"{p}.margin"] = repr(margin)
+        meta[f"{p}.gap_fp64"] = repr(gap)
+        extra += f" {p}: loss={float(o.loss):.6f} gap={gap:.3g} margin={margin:.3g}"
+    tm.save_safetensors(os.path.join(out_dir, "golden_mixed.safetensors"), g, meta)
+    return extra
 
 
 def bf16_variant(case, init_state, tokens, targets, out_dir, logits_f32w):

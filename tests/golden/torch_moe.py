@@ -11,6 +11,15 @@ Written from the model definition (not from the C++ code):
           aux_l = E * sum_e (count_e / N) * P_e   (count_e: routed (token, k) slots, no gradient)
           z_l   = mean_t logsumexp_e(logits[t, e])^2
 
+Mixed precision (forward only): forward(..., precision="bf16" | "fp16") emulates the rounding points of
+core/precision.h on float64 values: rnd(x) rounds to the compute dtype (from the float32 value, ties to
+even, fp16 overflow -> inf) and keeps x's dtype. Compute weights: every parameter rounded except the
+router weights. Activation GEMMs (q/k/v, o_proj, every gate_up/down projection, shared_expert_gate,
+lm_head): rnd(rnd(x) @ rnd(W)^T), then + rnd(bias) unrounded. Rounded also: the embedding rows, the
+post-RoPE q/k/v, the attention output and the MoE layer output (once, after the combine and the shared
+expert). Not rounded: RMSNorm outputs, residual adds, router logits (rnd(x) @ W_router^T in full
+precision), softmax/top-k, the SwiGLU product, the loss terms. precision=None: no rounding at all.
+
 Parameter names/shapes are the Hugging Face ones of core/params.cpp make_param_table (mixtral layout, or
 qwen2_moe when there is a shared expert, a qkv bias or dense first layers).
 
@@ -21,6 +30,7 @@ Run with Debian's PyTorch 1.13 (/usr/bin/python3).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -141,6 +151,44 @@ def param_table(cfg: dict):
 
 
 # ----------------------------------------------------------------------------------------------
+# mixed-precision emulation (core/precision.h): set for the duration of MoeTransformer.forward
+
+_COMPUTE = None  # None (no rounding), "bf16" or "fp16"
+
+
+@contextlib.contextmanager
+def compute_precision(p):
+    global _COMPUTE
+    if p not in (None, "bf16", "fp16"):
+        raise ValueError(f"precision {p!r} is not None, 'bf16' or 'fp16'")
+    old, _COMPUTE = _COMPUTE, p
+    try:
+        yield
+    finally:
+        _COMPUTE = old
+
+
+def rnd(x):
+    """x rounded to the compute precision, in x's dtype: nearest, ties to even, from the float32 value
+    (the C++ rounds fp32 results; a float64 -> bf16 cast could round twice differently); fp16 overflow
+    gives inf. The identity without a compute precision."""
+    if _COMPUTE is None:
+        return x
+    y = x.float()
+    y = y.to(torch.bfloat16) if _COMPUTE == "bf16" else y.half()
+    return y.to(x.dtype)
+
+
+def linear(mod, x):
+    """mod(x) for an nn.Linear. Under a compute precision, the activation GEMM: operand and weight
+    rounded, (float64-accumulated) product rounded, then the rounded bias added without rounding."""
+    if _COMPUTE is None:
+        return mod(x)
+    y = rnd(F.linear(rnd(x), rnd(mod.weight)))
+    return y if mod.bias is None else y + rnd(mod.bias)
+
+
+# ----------------------------------------------------------------------------------------------
 # model
 
 class RMSNorm(nn.Module):
@@ -150,7 +198,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * rnd(self.weight)
 
 
 def rotate_half(x):
@@ -178,11 +226,12 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.NH, self.HD).transpose(1, 2)   # [B, NH, T, HD]
-        k = self.k_proj(x).view(B, T, self.NKV, self.HD).transpose(1, 2)  # [B, NKV, T, HD]
-        v = self.v_proj(x).view(B, T, self.NKV, self.HD).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = linear(self.q_proj, x).view(B, T, self.NH, self.HD).transpose(1, 2)   # [B, NH, T, HD]
+        k = linear(self.k_proj, x).view(B, T, self.NKV, self.HD).transpose(1, 2)  # [B, NKV, T, HD]
+        v = linear(self.v_proj, x).view(B, T, self.NKV, self.HD).transpose(1, 2)
+        q = rnd(q * cos + rotate_half(q) * sin)  # post-RoPE q/k/v: stored in the compute dtype
+        k = rnd(k * cos + rotate_half(k) * sin)
+        v = rnd(v)
         rep = self.NH // self.NKV
         if rep > 1:  # head h -> kv head h // rep
             k = k.repeat_interleave(rep, dim=1)
@@ -192,8 +241,9 @@ class Attention(nn.Module):
         att = att.masked_fill(~causal, float("-inf"))
         att = torch.softmax(att, dim=-1)
         y = torch.matmul(att, v)  # [B, NH, T, HD]
-        y = y.transpose(1, 2).reshape(B, T, self.NH * self.HD)
-        return self.o_proj(y)
+        # the attention output is stored rounded (in the forward a no-op: o_proj rounds its operand)
+        y = rnd(y.transpose(1, 2).reshape(B, T, self.NH * self.HD))
+        return linear(self.o_proj, y)
 
 
 class SwiGLU(nn.Module):
@@ -208,7 +258,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         g, u, d = (getattr(self, n) for n in self._names)
-        return d(F.silu(g(x)) * u(x))
+        return linear(d, F.silu(linear(g, x)) * linear(u, x))
 
 
 MoeStats = namedtuple("MoeStats", "aux z counts")
@@ -230,7 +280,8 @@ class SparseMoe(nn.Module):
 
     def forward(self, x):  # x [N, C]
         N = x.shape[0]
-        logits = self.gate(x)  # [N, E]
+        # router: fp32 weights, unrounded logits; only its input is read in the compute dtype
+        logits = self.gate(x) if _COMPUTE is None else F.linear(rnd(x), self.gate.weight)  # [N, E]
         lp = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
         p = torch.softmax(lp, dim=-1)
         self.last_logits = lp.detach()  # for diagnostics (routing margins)
@@ -246,7 +297,8 @@ class SparseMoe(nn.Module):
             y = self.experts[e](x.index_select(0, tok)) * gates[tok, slot].unsqueeze(-1)
             out.index_add_(0, tok, y)
         if self.has_shared:
-            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+            out = out + torch.sigmoid(linear(self.shared_expert_gate, x)) * self.shared_expert(x)
+        out = rnd(out)  # the layer output: stored in the compute dtype
         counts = torch.bincount(topi.reshape(-1), minlength=self.E)  # routed slots per expert
         P = p.mean(dim=0)
         aux = self.E * ((counts.to(p.dtype) / N).detach() * P).sum()
@@ -308,13 +360,18 @@ class MoeTransformer(nn.Module):
             f"{set(mine.items()) ^ set(want.items())}")
         self.table = table
 
-    def forward(self, tokens, targets=None):
+    def forward(self, tokens, targets=None, precision=None):
         """tokens, targets [B, T] int64. Returns Output(loss, ce, aux_mean, z_mean, logits [B*T, V],
-        counts [n_moe_layers, E] int64). loss/ce are None without targets."""
+        counts [n_moe_layers, E] int64). loss/ce are None without targets. precision: None, or "bf16" /
+        "fp16" to emulate the mixed-precision forward (module docstring)."""
+        with compute_precision(precision):
+            return self._forward(tokens, targets)
+
+    def _forward(self, tokens, targets):
         c = self.cfg
         B, T = tokens.shape
         assert T <= c["max_seq_len"]
-        x = self.model.embed_tokens(tokens)
+        x = rnd(self.model.embed_tokens(tokens))  # rows of the rounded embedding
         cos, sin = rope_cos_sin(T, c["head_dim"], c["rope_theta"], x.dtype, x.device)
         auxes, zs, counts = [], [], []
         for blk in self.model.layers:
@@ -325,7 +382,8 @@ class MoeTransformer(nn.Module):
                 counts.append(st.counts)
         x = self.model.norm(x)
         w = self.model.embed_tokens.weight if c["tie_embeddings"] else self.lm_head.weight
-        logits = F.linear(x, w).reshape(B * T, -1)
+        logits = F.linear(x, w) if _COMPUTE is None else rnd(F.linear(rnd(x), rnd(w)))  # the LM head GEMM
+        logits = logits.reshape(B * T, -1)
         zero = logits.new_zeros(())
         aux = torch.stack(auxes).mean() if auxes else zero
         z = torch.stack(zs).mean() if zs else zero

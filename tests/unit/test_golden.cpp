@@ -2,10 +2,12 @@
 // tests/golden/make_golden.py (Debian's python3-torch, float64) writes Hugging Face weights and the
 // loss, logits, expert counts and every parameter gradient of one batch, plus a 10-step AdamW
 // trajectory. Here the weights come in through the --init-from loader (launch::load_hf_model) and
-// every tensor is compared in fp32.
+// every tensor is compared in fp32. The mixed-precision forward (bf16, fp16) is compared with the
+// reference's emulation of the same rounding points (golden_mixed.safetensors).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -142,6 +144,106 @@ TEST_P(Golden, TenStepAdamWTrajectory) {
     EXPECT_NEAR(r.loss, ref_loss[s], 1e-4 * std::abs(ref_loss[s])) << "step " << s;
     EXPECT_NEAR(norm, ref_norm[s], 1e-4 * std::abs(ref_norm[s])) << "step " << s;
     adamw.step(model.params(), model.grads(), lr, sy::optim::clip_coefficient(norm, oc.grad_clip));
+  }
+}
+
+// The mixed-precision forward against the reference's emulation of core/precision.h's rounding
+// points (torch_moe.py, precision="bf16"/"fp16": the same roundings, on float64 values).
+//
+// What can differ. Where the C++ fp32 value and the reference's float64 value round to the same
+// bf16/fp16 number, both sides agree bit for bit. Where they straddle a rounding midpoint (mostly a
+// GEMM output that cancels: a few fp32 ulps of its terms, against the bf16/fp16 spacing of the
+// result) that element differs by one unit of the compute dtype, and the later roundings of that
+// token, and through attention of later tokens, amplify it: a token it reaches ends up differing by
+// a good part of the whole rounding effect. fp16's 8x finer spacing straddles 8x as often.
+// Measured on the golden batches (oneDNN's AVX-512, AVX2 and SSE4.1 kernels; 1, 2 or 4 threads):
+// bf16 logits bit-identical in all three cases; fp16 8e-5..2.9e-4 norm-relative with 19..27 of the
+// 32 tokens identical; loss and ce within 6.3e-6, aux 3.3e-6, z 1.6e-4 (relative). Over 20 other
+// batches per case: bf16 identical in 48 of 60, at most 1.8e-3; fp16 at most 4.3e-4 with at least
+// 10 of 32 tokens identical; loss/ce at most 4.3e-5, aux 7e-5, z 4.5e-4; routing never differed.
+//
+// What is caught. Rounding at all moves the logits away from the fp32 golden by 4.8e-3..7.2e-3
+// (bf16) and 5.2e-4..1.1e-3 (fp16); leaving out any one observable rounding point of the emulation
+// moves them by 1.6e-3..8e-2 (bf16) and 2e-4..1e-3 (fp16), and leaves 0..2 of 32 tokens identical
+// (10..16 for the post-RoPE rounding of mixtral_k2, a no-op at position 0 and for v). So bf16
+// gets a norm tolerance 5x below the rounding gap. fp16 cannot have one (its straddle noise is a
+// third of the gap): its norm tolerance only covers that noise, and the count of identical
+// tokens (at least a quarter) is what discriminates its rounding points. Not observable in the
+// forward at all: the rounding of the stored attention output (the o_proj GEMM rounds its operand
+// again) and, with top-1 routing (mixtral_k1: gate 1), the roundings of the MoE output and of the
+// router input.
+struct MixedCase {
+  const char* precision;
+  double logits_tol;  // ||logits - golden|| / ||golden||
+  double loss_tol;    // relative, loss and ce
+  double stat_tol;    // relative, aux and z (fp32 from the router logits, whose input is rounded)
+  double gap_factor;  // the logits must differ from the fp32 golden by gap_factor * logits_tol
+};
+constexpr MixedCase kMixed[] = {{"bf16", 9e-4, 1e-4, 1e-3, 5.0}, {"fp16", 4e-4, 4e-5, 5e-4, 1.25}};
+constexpr double kMinIdenticalTokens = 0.25;  // fraction of the B*T tokens
+
+// Rows of a [rows, cols] within 1e-6 (norm-relative) of b's: identical up to a unit of the compute
+// dtype in a logit far below the row's norm, as both sides round the logits to that dtype.
+int64_t identical_rows(const float* a, const std::vector<float>& b, int64_t rows, int64_t cols) {
+  int64_t n = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const std::vector<float> row(b.begin() + r * cols, b.begin() + (r + 1) * cols);
+    n += norm_rel(a + r * cols, row) < 1e-6;
+  }
+  return n;
+}
+
+TEST_P(Golden, MixedPrecisionForward) {
+  const fs::path dir = golden_root() / GetParam();
+  ASSERT_TRUE(fs::exists(dir / "golden_mixed.safetensors")) << "run tests/golden/make_golden.py first: " << dir;
+  sy::core::SafetensorsFile g((dir / "golden.safetensors").string());
+  sy::core::SafetensorsFile gm((dir / "golden_mixed.safetensors").string());
+  auto loaded = sy::launch::load_hf_model((dir / "model").string());
+  loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
+  loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
+  const auto tokens = i32(g, "tokens"), targets = i32(g, "targets");
+  const int64_t B = g.at("tokens").shape[0], T = g.at("tokens").shape[1];
+  const int64_t N = B * T, V = loaded.config.vocab_size, E = loaded.config.moe.n_experts;
+  const auto logits_fp32 = f32(g, "logits");
+
+  for (const MixedCase& mc : kMixed) {
+    SCOPED_TRACE(mc.precision);
+    const std::string p = mc.precision;
+    auto be = sy::core::make_cpu_backend(2);
+    sy::moe::ModelOptions opts;
+    opts.precision = sy::core::PrecisionPolicy::parse(p);
+    sy::moe::Model model(*be, loaded.config, B, T, {}, opts);
+    model.set_params_from_host(loaded.params.data());
+    const auto r = model.forward(tokens.data(), targets.data(), B, T);
+
+    const auto counts = i32(gm, p + ".expert_counts");
+    const auto ours = model.expert_counts();
+    ASSERT_EQ(static_cast<int64_t>(counts.size()), model.num_moe_layers() * E);
+    for (size_t l = 0; l < ours.size(); ++l)
+      for (int64_t e = 0; e < E; ++e)
+        EXPECT_EQ(ours[l][e], counts[l * E + e]) << "layer " << l << " expert " << e;
+
+    const auto ref = f32(gm, p + ".logits");
+    ASSERT_EQ(static_cast<int64_t>(ref.size()), N * V);
+    const double err = norm_rel(model.logits(), ref);
+    const double gap = norm_rel(model.logits(), logits_fp32);
+    const int64_t identical = identical_rows(model.logits(), ref, N, V);
+    auto rel = [&](double ours_v, const char* key) {
+      const double want = f32(gm, p + "." + key)[0];
+      return std::abs(ours_v - want) / std::abs(want);
+    };
+    std::printf("[ mixed    ] %s %s: logits %.3g (tol %.2g), %lld/%lld tokens identical, %.3g from the "
+                "fp32 golden; loss %.2g ce %.2g aux %.2g z %.2g\n", GetParam().c_str(), mc.precision,
+                err, mc.logits_tol, static_cast<long long>(identical), static_cast<long long>(N), gap,
+                rel(r.loss, "loss"), rel(r.ce, "ce"), rel(r.aux, "aux"), rel(r.z, "z"));
+    EXPECT_LT(err, mc.logits_tol);
+    EXPECT_GE(identical, kMinIdenticalTokens * N) << "tokens with identical logits";
+    EXPECT_LT(rel(r.loss, "loss"), mc.loss_tol);
+    EXPECT_LT(rel(r.ce, "ce"), mc.loss_tol);
+    EXPECT_LT(rel(r.aux, "aux"), mc.stat_tol);
+    EXPECT_LT(rel(r.z, "z"), mc.stat_tol);
+    // the tolerance discriminates: rounding moved the logits away from the fp32 forward by more
+    EXPECT_GT(gap, mc.gap_factor * mc.logits_tol) << "the mixed forward is too close to the fp32 one";
   }
 }
 
