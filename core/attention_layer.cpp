@@ -74,7 +74,7 @@ void AttentionLayer::setup(const ModelConfig& cfg, const ParamTable& table, int 
 void AttentionLayer::attend(const float* x, const float* params) {
   const int64_t N = shape_.B * shape_.T, W = shape_.qkv_width();
   be_.gemm(false, true, N, W, C_, 1.0f, x, C_, params + off_wqkv_, C_, 0.0f, qkv_, W,
-           prec_.activation());  // qkv = x Wqkv^T
+           prec_.stored_activation());  // qkv = x Wqkv^T (x stored by the model)
   if (off_bqkv_ >= 0) be_.add_bias(qkv_, params + off_bqkv_, N, W);
   be_.rope_forward(qkv_, shape_, theta_);
   prec_.store(be_, qkv_, N * W);
@@ -92,7 +92,7 @@ void AttentionLayer::forward(float* out, const float* x, const float* params, in
   const int64_t QW = shape_.q_width();
   attend(x, params);
   be_.gemm(false, true, N, C_, QW, 1.0f, att_, QW, params + off_wo_, QW, 0.0f, out, C_,
-           prec_.activation());  // out = att Wo^T
+           prec_.stored_activation());  // out = att Wo^T
 }
 
 void AttentionLayer::backward(float* dx, const float* dout, const float* x, const float* params,
@@ -107,15 +107,16 @@ void AttentionLayer::backward(float* dx, const float* dout, const float* x, cons
   be_.gemm(false, false, N, QW, C_, 1.0f, dout, C_, wo, QW, 0.0f, datt_, QW,
            prec_.activation());  // datt = dout Wo
   be_.gemm(true, false, C_, QW, N, 1.0f, dout, C_, att_, QW, 1.0f, grads + off_wo_, QW,
-           prec_.weight_grad());  // dWo += dout^T att
+           prec_.weight_grad());  // dWo += dout^T att (dout fresh, att stored)
   be_.attention_backward(dqkv_, datt_, att_, lse_, qkv_, shape_);
   be_.rope_backward(dqkv_, shape_, theta_);
+  prec_.store(be_, dqkv_, N * W);  // feeds two GEMMs (and the bias gradient) in the compute dtype
   if (off_bqkv_ >= 0) be_.bias_backward(grads + off_bqkv_, dqkv_, N, W);
   // dx before dWqkv: the transposed GEMM runs faster after dx has streamed dqkv through the cache
   be_.gemm(false, false, N, C_, W, 1.0f, dqkv_, W, wqkv, C_, 0.0f, dx, C_,
-           prec_.activation());  // dx = dqkv Wqkv
+           prec_.stored_activation());  // dx = dqkv Wqkv
   be_.gemm(true, false, W, C_, N, 1.0f, dqkv_, W, x, C_, 1.0f, grads + off_wqkv_, C_,
-           prec_.weight_grad());  // dWqkv += dqkv^T x
+           prec_.stored_weight_grad());  // dWqkv += dqkv^T x
 }
 
 }  // namespace switchyard::core

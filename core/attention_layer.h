@@ -1,6 +1,7 @@
 // core/attention_layer.h: the self-attention sublayer of one transformer block:
 //   qkv = x Wqkv^T (+ bias) -> RoPE on q,k -> causal GQA attention -> out = att Wo^T.
-// x is the normalised input [B*T, C]; out [B*T, C] is written (=). What backward needs (post-RoPE
+// x is the normalised input [B*T, C], stored in the compute dtype (PrecisionPolicy::store);
+// out [B*T, C] is written (=). What backward needs (post-RoPE
 // qkv, attention output, log-sum-exp) is registered with the ActivationStore as `expensive`:
 // under full checkpointing it is shared between layers and the model reruns forward() before
 // backward. Backward writes dx (=) and accumulates parameter grads (+=). GEMM dtypes come from the

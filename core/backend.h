@@ -83,9 +83,12 @@ class Backend {
   // g = grad_scale * grads (clipping and unscaling folded in); p -= lr*wd*p;
   // m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
   // p -= lr * (m / bc1) / (sqrt(v / bc2) + eps)   with bc1 = 1-b1^t, bc2 = 1-b2^t.
+  // p_compute (optional): also writes round(p) to dtype `compute` there, in the same pass (the
+  // compute weights of mixed precision).
   virtual void adamw_update(float* p, const float* grads, float* m, float* v, int64_t n,
                             float grad_scale, float lr, float beta1, float beta2, float eps,
-                            float weight_decay, float bc1, float bc2) = 0;
+                            float weight_decay, float bc1, float bc2, float* p_compute = nullptr,
+                            Dtype compute = Dtype::f32) = 0;
 
   // ---- embedding ----
   virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,

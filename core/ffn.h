@@ -12,7 +12,9 @@
 namespace switchyard::core {
 
 // h [n, 2I] (saved: gate|up pre-activations), a [n, I] (saved: silu(gate)*up), y [n, C] (=).
-// prec: GEMM dtypes (core/precision.h); the weights are compute weights.
+// prec: GEMM dtypes (core/precision.h); the weights are compute weights, x is stored in the
+// compute dtype, and so is a (forward stores it). dy_stored: dy is stored too (else fp32, rounded
+// on the fly by the GEMMs).
 void ffn_forward(Backend& be, float* y, float* h, float* a, const float* x, int64_t n, int64_t C,
                  int64_t I, const float* w_gate_up, const float* w_down,
                  const PrecisionPolicy& prec = {});
@@ -21,6 +23,7 @@ void ffn_forward(Backend& be, float* y, float* h, float* a, const float* x, int6
 void ffn_backward(Backend& be, float* dx, bool accumulate_dx, float* dw_gate_up, float* dw_down,
                   const float* dy, const float* x, const float* h, const float* a, int64_t n,
                   int64_t C, int64_t I, const float* w_gate_up, const float* w_down,
-                  float* scratch_dh, float* scratch_da, const PrecisionPolicy& prec = {});
+                  float* scratch_dh, float* scratch_da, const PrecisionPolicy& prec = {},
+                  bool dy_stored = false);
 
 }  // namespace switchyard::core

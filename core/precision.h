@@ -30,17 +30,24 @@ struct PrecisionPolicy {
   bool mixed() const { return compute != Dtype::f32; }
   bool needs_loss_scaling() const { return compute == Dtype::f16; }
 
-  // Forward GEMMs and input-gradient GEMMs: activation x compute weight (already rounded).
+  // GEMM roles. Operands in one of two states: *stored* (an activation its producer already
+  // rounded with store(), or a compute weight) needs no rounding; *fresh* (an fp32 value: the
+  // residual-stream gradient, router dlogits) is rounded on the fly. Rounding is idempotent, so
+  // the states only save passes, never change results.
+  // Forward and input-gradient GEMMs, fresh activation x compute weight -> stored activation.
   GemmRounding activation() const { return {compute, Dtype::f32, compute}; }
-  // Weight-gradient GEMMs: both operands activations, accumulated into fp32 gradients.
-  GemmRounding weight_grad() const { return {compute, compute, Dtype::f32}; }
-  // Router GEMMs: compute-dtype activations against fp32 router weights, fp32 logits.
-  GemmRounding router() const { return {compute, Dtype::f32, Dtype::f32}; }
-  // Router weight gradient: fp32 dlogits x compute-dtype activations, fp32 accumulation.
-  GemmRounding router_wgrad() const { return {Dtype::f32, compute, Dtype::f32}; }
-  // Router input gradient: fp32 dlogits x fp32 weights into a compute-dtype gradient.
+  // The same with a stored activation operand.
+  GemmRounding stored_activation() const { return {Dtype::f32, Dtype::f32, compute}; }
+  // Weight gradients (fp32 accumulation): fresh dY x stored X, and stored dY x stored X.
+  GemmRounding weight_grad() const { return {compute, Dtype::f32, Dtype::f32}; }
+  GemmRounding stored_weight_grad() const { return {Dtype::f32, Dtype::f32, Dtype::f32}; }
+  // Router GEMMs: the stored (compute-dtype) input against fp32 router weights, fp32 logits; the
+  // weight gradient from fp32 dlogits; the input gradient rounded like any activation gradient.
+  GemmRounding router() const { return {Dtype::f32, Dtype::f32, Dtype::f32}; }
+  GemmRounding router_wgrad() const { return {Dtype::f32, Dtype::f32, Dtype::f32}; }
   GemmRounding router_dgrad() const { return {Dtype::f32, Dtype::f32, compute}; }
-  // An activation stored between kernels (post-RoPE q/k/v, attention output): rounded in place.
+  // An activation stored between kernels (norm outputs, post-RoPE q/k/v, attention output, SwiGLU
+  // products, activation gradients that feed two GEMMs): rounded in place.
   void store(Backend& be, float* x, int64_t n) const {
     if (compute != Dtype::f32) be.round_to(compute, x, n);
   }

@@ -322,9 +322,13 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                   step + 1, sums[5] > 0 ? "loss" : "gradients", cfg.train.precision, where);
     }
     const bool skipped = outcome == optim::LossScaler::Outcome::skip;
-    if (!skipped)
-      adamw.step(model.params(), model.grads(), lr,
-                 optim::clip_coefficient(grad_norm, cfg.optim.grad_clip) / loss_scale);
+    if (!skipped) {  // the optimizer writes the compute weights of mixed precision in its pass
+      const auto target = model.begin_update();
+      adamw.step(target.master, model.grads(), lr,
+                 optim::clip_coefficient(grad_norm, cfg.optim.grad_clip) / loss_scale, target.compute,
+                 target.dtype);
+      model.end_update();
+    }
     const auto t_end = Clock::now();
     const double seconds = std::chrono::duration<double>(t_end - t0).count();
     const double reduce_s = std::chrono::duration<double>(t_opt - t_reduce).count();

@@ -50,7 +50,7 @@ void Experts::backward(core::Backend& be, float* dxp, float* grads, const float*
     core::ffn_backward(be, dxp + r0 * C_, /*accumulate_dx=*/false, grads + off_gate_up_[ue],
                        grads + off_down_[ue], dy + r0 * C_, xp + r0 * C_, h + r0 * 2 * I_,
                        a + r0 * I_, n, C_, I_, params + off_gate_up_[ue], params + off_down_[ue],
-                       scratch_dh + r0 * 2 * I_, scratch_da + r0 * I_, prec_);
+                       scratch_dh + r0 * 2 * I_, scratch_da + r0 * I_, prec_, /*dy_stored=*/true);
   }
 }
 

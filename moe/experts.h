@@ -31,7 +31,7 @@ class Experts {
   void forward(core::Backend& be, float* y, float* h, float* a, const float* xp,
                const int32_t* offsets, const float* params) const;
   // dy [rows, C] -> dxp [rows, C] (=); expert weight grads +=. scratch_dh [rows, 2I],
-  // scratch_da [rows, I].
+  // scratch_da [rows, I]. xp and dy are stored in the compute dtype (PrecisionPolicy::store).
   void backward(core::Backend& be, float* dxp, float* grads, const float* dy, const float* xp,
                 const float* h, const float* a, const int32_t* offsets, const float* params,
                 float* scratch_dh, float* scratch_da) const;

@@ -154,15 +154,20 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   ForwardResult r;
   // Every residual add is fused with the RMSNorm that reads its result (add_rmsnorm_forward):
   // x_mid = x_in + attn -> ln2; x_out = x_mid + ffn -> the next layer's ln1 (or the final norm).
-  if (layers_.empty())
+  // Norm outputs are stored in the compute dtype: every consumer is a GEMM (core/precision.h).
+  if (layers_.empty()) {
     be_.rmsnorm_forward(lnf_, lnf_rstd_, x_final_, w_final_norm, N, C, eps);
-  else
+    prec.store(be_, lnf_, N * C);
+  } else {
     be_.rmsnorm_forward(layers_[0]->ln1, layers_[0]->rstd1, layers_[0]->x_in,
                         P + layers_[0]->off_ln1, N, C, eps);
+    prec.store(be_, layers_[0]->ln1, N * C);
+  }
   for (size_t li = 0; li < layers_.size(); ++li) {
     Layer& L = *layers_[li];
     L.attn->forward(dtmp_, L.ln1, P, B, T);
     be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, dtmp_, P + L.off_ln2, N, C, eps);
+    prec.store(be_, L.ln2, N * C);
     if (L.is_moe) {
       L.moe->forward(dtmp_, L.ln2, P, N);
       r.aux += L.moe->stats().aux_loss;
@@ -175,12 +180,14 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
       Layer& next = *layers_[li + 1];
       be_.add_rmsnorm_forward(next.x_in, next.ln1, next.rstd1, L.x_mid, dtmp_, P + next.off_ln1,
                               N, C, eps);
+      prec.store(be_, next.ln1, N * C);
     } else {
       be_.add_rmsnorm_forward(x_final_, lnf_, lnf_rstd_, L.x_mid, dtmp_, w_final_norm, N, C, eps);
+      prec.store(be_, lnf_, N * C);
     }
   }
   const float* w_head = P + table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
-  be_.gemm(false, true, N, V, C, 1.0f, lnf_, C, w_head, C, 0.0f, logits_, V, prec.activation());
+  be_.gemm(false, true, N, V, C, 1.0f, lnf_, C, w_head, C, 0.0f, logits_, V, prec.stored_activation());
   be_.cross_entropy_forward(losses_, logits_, targets_, N, V);
 
   std::vector<float> losses(static_cast<size_t>(N));
@@ -255,23 +262,42 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
 void Model::recompute_block(Layer& L, const float* P, int64_t B, int64_t T) {
   const int64_t N = B * T, C = cfg_.d_model;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const auto& prec = opts_.precision;
   be_.rmsnorm_forward(L.ln1, L.rstd1, L.x_in, P + L.off_ln1, N, C, eps);
+  prec.store(be_, L.ln1, N * C);
   if (opts_.recompute == core::Recompute::full) {
     L.attn->forward(dtmp_, L.ln1, P, B, T);
     be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, dtmp_, P + L.off_ln2, N, C, eps);
+    prec.store(be_, L.ln2, N * C);
     if (L.is_moe)
       L.moe->recompute(L.ln2, P, N);
     else
       core::ffn_forward(be_, dtmp_, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up,
-                        P + L.off_down, opts_.precision);
+                        P + L.off_down, prec);
     return;
   }
   // selective: norm outputs and SwiGLU products
   be_.rmsnorm_forward(L.ln2, L.rstd2, L.x_mid, P + L.off_ln2, N, C, eps);
-  if (L.is_moe)
+  prec.store(be_, L.ln2, N * C);
+  if (L.is_moe) {
     L.moe->recompute(L.ln2, P, N);
-  else
+  } else {
     be_.swiglu_forward(L.a, L.h, N, L.F);
+    prec.store(be_, L.a, N * L.F);
+  }
+}
+
+Model::UpdateTarget Model::begin_update() {
+  compute_stale_ = true;
+  return {params_.data(), opts_.precision.mixed() ? compute_.data() : nullptr, opts_.precision.compute};
+}
+
+void Model::end_update() {
+  if (!opts_.precision.mixed()) return;  // stays stale: refresh_compute_weights() is a no-op then
+  for (const auto& p : table_.specs())
+    if (p.kind == ParamKind::ParamKind_router)
+      be_.copy(compute_.data() + p.offset, params_.data() + p.offset, static_cast<size_t>(p.numel) * sizeof(float));
+  compute_stale_ = false;
 }
 
 int64_t Model::first_nonfinite_block() const {

@@ -59,6 +59,16 @@ class Model {
   float* params() { compute_stale_ = true; return params_.data(); }
   const float* params() const { return params_.data(); }
   float* grads() const { return grads_.data(); }
+  // The optimizer's view: the master weights, and the compute weights (null under fp32) for an
+  // optimizer that writes them rounded in the same pass (AdamW::step). end_update() then restores
+  // the fp32 router weights in the compute copy and marks it fresh.
+  struct UpdateTarget {
+    float* master;
+    float* compute;
+    core::Dtype dtype;
+  };
+  UpdateTarget begin_update();
+  void end_update();
   const ModelOptions& options() const { return opts_; }
   // Bytes of activation storage (kept per layer + shared), allocated at construction.
   int64_t activation_bytes() const { return acts_.bytes(); }

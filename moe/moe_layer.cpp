@@ -256,7 +256,7 @@ void MoeLayer::Impl::shared_forward(const float* x, const float* params, int64_t
   core::ffn_forward(be, sh_y, sh_h, sh_a, x, N, C, S, params + off_shared_gate_up,
                     params + off_shared_down, prec);
   be.gemm(false, true, N, 1, C, 1.0f, x, C, params + off_shared_gate, C, 0.0f, sh_logit, 1,
-          prec.activation());
+          prec.stored_activation());
 }
 
 void MoeLayer::Impl::backward_expert_parallel(float* dx, const float* dout, const float* params,
@@ -268,6 +268,7 @@ void MoeLayer::Impl::backward_expert_parallel(float* dx, const float* dout, cons
   be.copy_from_host(dgates, dgates_host.data(), sizeof(float) * static_cast<size_t>(NK));
 
   be.dispatch_forward(dye, dyr, local_pos, R, 1, C);  // local-expert order
+  prec.store(be, dye, R * C);  // feeds two GEMMs per expert
   const auto t0 = std::chrono::steady_clock::now();
   experts.backward(be, dxp, grads, dye, xp, h, a, local_offsets_host.data(), params, dh, da);
   st.expert_seconds += seconds_since(t0);
@@ -355,7 +356,11 @@ void MoeLayer::recompute(const float* x, const float* params, int64_t N) {
   } else if (!m.acts.kept(core::Keep::cheap)) {  // selective: the SwiGLU products
     const int64_t rows = m.ep.exchange ? m.plan->num_recv : m.offsets_host[m.E];
     m.be.swiglu_forward(m.a, m.h, rows, m.I);
-    if (m.S > 0) m.be.swiglu_forward(m.sh_a, m.sh_h, N, m.S);
+    m.prec.store(m.be, m.a, rows * m.I);
+    if (m.S > 0) {
+      m.be.swiglu_forward(m.sh_a, m.sh_h, N, m.S);
+      m.prec.store(m.be, m.sh_a, N * m.S);
+    }
   }
 }
 
@@ -373,6 +378,7 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
   } else {
     // combine -> dy of the expert rows, dgates
     be.combine_backward(m.dye, m.dgates, dout, m.ye, m.pos, m.gates, N, K, C);
+    m.prec.store(be, m.dye, m.offsets_host[E] * C);  // feeds two GEMMs per expert
     // experts -> dxp; dispatch -> dx (=)
     const auto t0 = std::chrono::steady_clock::now();
     m.experts.backward(be, m.dxp, grads, m.dye, m.xp, m.h, m.a, m.offsets_host.data(), params,
@@ -395,6 +401,7 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
   // shared expert and its sigmoid gate
   if (m.S > 0) {
     be.sigmoid_gate_backward(m.sh_dy, m.sh_dlogit, dout, m.sh_logit, m.sh_y, N, C);
+    m.prec.store(be, m.sh_dy, N * C);
     // dWsg [1,C] += dlogit^T x; dx += dlogit Wsg
     be.gemm(true, false, 1, C, N, 1.0f, m.sh_dlogit, 1, x, C, 1.0f, grads + m.off_shared_gate, C,
             m.prec.weight_grad());
@@ -403,7 +410,7 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
     core::ffn_backward(be, dx, /*accumulate_dx=*/true, grads + m.off_shared_gate_up,
                        grads + m.off_shared_down, m.sh_dy, x, m.sh_h, m.sh_a, N, C, m.S,
                        params + m.off_shared_gate_up, params + m.off_shared_down, m.sh_dh, m.sh_da,
-                       m.prec);
+                       m.prec, /*dy_stored=*/true);
   }
 }
 

@@ -3,7 +3,8 @@
 //   dispatch: permute the routed token copies into expert-sorted order (routing plan)
 //   experts:  one SwiGLU FFN per expert over its contiguous rows (grouped GEMMs, core/ffn.h)
 //   combine:  out[t] = sum_k gate[t,k] * expert_out[slot]; + sigmoid(x Wsg^T) * shared(x)
-// x is the normalised input [N, C]; out [N, C] is written (=). The layer keeps its routing plan
+// x is the normalised input [N, C], stored in the compute dtype (PrecisionPolicy::store); out
+// [N, C] is written (=) and stored. The layer keeps its routing plan
 // and activations for backward in buffers it owns (sized for max_tokens). Backward writes dx (=)
 // and accumulates parameter grads (+=).
 //

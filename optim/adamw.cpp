@@ -16,7 +16,8 @@ AdamW::AdamW(core::Backend& be, const core::ParamTable& table, const core::Optim
   }
 }
 
-void AdamW::step(float* params, const float* grads, double lr, double grad_scale) {
+void AdamW::step(float* params, const float* grads, double lr, double grad_scale, float* compute,
+                 core::Dtype dtype) {
   ++t_;
   const float bc1 = static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(t_)));
   const float bc2 = static_cast<float>(1.0 - std::pow(cfg_.beta2, static_cast<double>(t_)));
@@ -26,7 +27,7 @@ void AdamW::step(float* params, const float* grads, double lr, double grad_scale
                      static_cast<float>(grad_scale), static_cast<float>(lr),
                      static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
                      static_cast<float>(cfg_.eps), decays ? static_cast<float>(cfg_.weight_decay) : 0.f,
-                     bc1, bc2);
+                     bc1, bc2, compute ? compute + b : nullptr, dtype);
   }
 }
 

@@ -20,7 +20,10 @@ class AdamW {
 
   // One update with learning rate lr on grad_scale * grads (the clipping coefficient, folded in so
   // the gradients are read once); increments the step counter first (t = 1 on the first call).
-  void step(float* params, const float* grads, double lr, double grad_scale = 1.0);
+  // compute (optional): the compute weights of mixed precision, written as round(params) to
+  // `dtype` in the same pass (the caller restores any tensor that must stay fp32).
+  void step(float* params, const float* grads, double lr, double grad_scale = 1.0,
+            float* compute = nullptr, core::Dtype dtype = core::Dtype::f32);
   int64_t steps_taken() const { return t_; }
   const core::Arena& exp_avg() const { return m_; }
   const core::Arena& exp_avg_sq() const { return v_; }

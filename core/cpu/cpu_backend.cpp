@@ -233,7 +233,8 @@ void adamw_span(float* __restrict p, const float* __restrict grads, float* __res
 
 void CpuBackend::adamw_update(float* p, const float* grads, float* m, float* v, int64_t n,
                               float grad_scale, float lr, float beta1, float beta2, float eps,
-                              float weight_decay, float bc1, float bc2) {
+                              float weight_decay, float bc1, float bc2, float* p_compute,
+                              Dtype compute) {
   const float decay = 1.0f - lr * weight_decay;
   const float step = lr / bc1;
   const float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
@@ -244,6 +245,8 @@ void CpuBackend::adamw_update(float* p, const float* grads, float* m, float* v, 
     const int64_t b = c * kChunk, len = std::min(kChunk, n - b);
     adamw_span(p + b, grads + b, m + b, v + b, len, grad_scale, decay, step, beta1, beta2, eps,
                inv_sqrt_bc2);
+    // the chunk is still in cache: the compute weights cost one write, not another pass
+    if (p_compute) round_rows(compute, p_compute + b, len, p + b, len, 1, len);
   }
 }
 

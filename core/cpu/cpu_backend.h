@@ -48,7 +48,7 @@ class CpuBackend final : public Backend {
   void bias_backward(float* dbias, const float* dout, int64_t rows, int64_t cols) override;
   double sum_squares(const float* x, int64_t n) override;
   void scale(float* x, float alpha, int64_t n) override;
-  void adamw_update(float* p, const float* grads, float* m, float* v, int64_t n, float grad_scale, float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2) override;
+  void adamw_update(float* p, const float* grads, float* m, float* v, int64_t n, float grad_scale, float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2, float* p_compute = nullptr, Dtype compute = Dtype::f32) override;
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N, int64_t C) override;
   void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t N, int64_t C) override;
   void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps) override;
