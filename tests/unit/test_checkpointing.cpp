@@ -20,6 +20,7 @@
 #include "core/precision.h"
 #include "launch/plan.h"
 #include "moe/model.h"
+#include "tests/unit/testing.h"
 
 namespace switchyard {
 namespace {
@@ -32,18 +33,8 @@ struct Case {
 };
 
 core::ModelConfig mixtral() {
-  core::ModelConfig m;
-  m.vocab_size = 64;
-  m.d_model = 32;
-  m.n_layers = 3;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.max_seq_len = 16;
-  m.moe.n_experts = 4;
-  m.moe.top_k = 2;
-  m.moe.expert_size = 24;
+  core::ModelConfig m = test::small_moe_model(3);
   m.moe.aux_loss_coef = 0.02;
-  m.moe.z_loss_coef = 0.001;
   m.init_std = 0.3;  // large enough that routing is decisive and every expert gets tokens
   return m;
 }

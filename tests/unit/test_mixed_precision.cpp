@@ -17,24 +17,12 @@
 #include "core/precision.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
+#include "tests/unit/testing.h"
 
 namespace switchyard {
 namespace {
 
-core::ModelConfig small() {
-  core::ModelConfig m;
-  m.vocab_size = 64;
-  m.d_model = 32;
-  m.n_layers = 2;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.max_seq_len = 16;
-  m.moe.n_experts = 4;
-  m.moe.top_k = 2;
-  m.moe.expert_size = 24;
-  m.moe.z_loss_coef = 0.001;
-  return m;
-}
+core::ModelConfig small() { return test::small_moe_model(2); }
 
 void batch(std::vector<int32_t>& tok, std::vector<int32_t>& tgt, int salt) {
   for (size_t i = 0; i < tok.size(); ++i) {

@@ -6,6 +6,21 @@
 
 namespace switchyard::test {
 
+core::ModelConfig small_moe_model(int64_t n_layers) {
+  core::ModelConfig m;
+  m.vocab_size = 64;
+  m.d_model = 32;
+  m.n_layers = n_layers;
+  m.n_heads = 4;
+  m.n_kv_heads = 2;
+  m.max_seq_len = 16;
+  m.moe.n_experts = 4;
+  m.moe.top_k = 2;
+  m.moe.expert_size = 24;
+  m.moe.z_loss_coef = 0.001;
+  return m;
+}
+
 std::vector<float> randn(int64_t n, uint64_t seed, float stddev) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> d(0.f, stddev);

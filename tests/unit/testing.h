@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "core/error.h"
 
 // EXPECT_HAS(message, part): the message contains part.
@@ -20,6 +21,9 @@ namespace switchyard::test {
 std::vector<float> randn(int64_t n, uint64_t seed, float stddev = 1.0f);
 // Largest |a-b| / max(|b|, floor) over the elements (relative error with an absolute floor).
 double max_rel_error(const float* a, const float* b, int64_t n, double floor = 1e-3);
+// A small Mixtral-layout model for whole-model tests: vocab 64, d_model 32, 4 heads / 2 kv heads,
+// max_seq_len 16, 4 experts top-2 of width 24, z-loss 0.001; n_layers as given.
+core::ModelConfig small_moe_model(int64_t n_layers);
 // A fresh empty directory under the build tree, named after the current test.
 std::filesystem::path temp_dir(const std::string& name);
 
