@@ -1,10 +1,12 @@
 // core/precision.h: the mixed-precision policy. One object decides the dtype of every role a
 // tensor or GEMM plays; layers only name the role.
 //   master weights, gradients, optimizer state: fp32 always
-//   compute weights: a copy of the master weights rounded to `compute`, refreshed after each
-//     optimizer step (the router weights stay fp32: routing decisions are made in fp32)
+//   compute weights: a copy of the master weights rounded to `compute`, written by the optimizer
+//     in its update pass (the router weights stay fp32: routing decisions are made in fp32)
 //   GEMMs: operands in `compute`, fp32 accumulation; activation outputs stored in `compute`,
 //     weight-gradient outputs accumulated in fp32
+//   stored in `compute` (store()): norm outputs, SwiGLU products, activation gradients that two
+//     GEMMs read; the fp32 residual stream and its gradient are rounded only as GEMM operands
 //   attention: q/k/v and its output in `compute`, softmax statistics in fp32
 //   router logits, softmax and top-k, norm statistics, residual stream, loss, aux and z losses:
 //     fp32
