@@ -31,10 +31,15 @@ const char* dtype_name(Dtype d);
 // Where a GEMM rounds: operands a and b are read as if rounded to their dtype, the fp32-accumulated
 // product (alpha*op(A)op(B) + beta*C) is rounded to c's dtype when written. Rounding is to nearest,
 // ties to even; fp16 overflow (|x| >= 65520) gives +-inf as on a GPU, NaN stays NaN. f32: as is.
-// The inputs in memory are never modified.
+// `operands`: the dtype both operands hold after that rounding (operands already stored in it need
+// no rounding); a backend may then run the product with a native kernel of that dtype (fp32
+// accumulation either way). The inputs in memory are never modified.
 struct GemmRounding {
   Dtype a = Dtype::f32, b = Dtype::f32, c = Dtype::f32;
-  bool any() const { return a != Dtype::f32 || b != Dtype::f32 || c != Dtype::f32; }
+  Dtype operands = Dtype::f32;
+  bool any() const {
+    return a != Dtype::f32 || b != Dtype::f32 || c != Dtype::f32 || operands != Dtype::f32;
+  }
 };
 
 // Bytes the backend holds (live) and the most it held at once since reset_peak_memory().

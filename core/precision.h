@@ -37,12 +37,12 @@ struct PrecisionPolicy {
   // residual-stream gradient, router dlogits) is rounded on the fly. Rounding is idempotent, so
   // the states only save passes, never change results.
   // Forward and input-gradient GEMMs, fresh activation x compute weight -> stored activation.
-  GemmRounding activation() const { return {compute, Dtype::f32, compute}; }
+  GemmRounding activation() const { return {compute, Dtype::f32, compute, compute}; }
   // The same with a stored activation operand.
-  GemmRounding stored_activation() const { return {Dtype::f32, Dtype::f32, compute}; }
+  GemmRounding stored_activation() const { return {Dtype::f32, Dtype::f32, compute, compute}; }
   // Weight gradients (fp32 accumulation): fresh dY x stored X, and stored dY x stored X.
-  GemmRounding weight_grad() const { return {compute, Dtype::f32, Dtype::f32}; }
-  GemmRounding stored_weight_grad() const { return {Dtype::f32, Dtype::f32, Dtype::f32}; }
+  GemmRounding weight_grad() const { return {compute, Dtype::f32, Dtype::f32, compute}; }
+  GemmRounding stored_weight_grad() const { return {Dtype::f32, Dtype::f32, Dtype::f32, compute}; }
   // Router GEMMs: the stored (compute-dtype) input against fp32 router weights, fp32 logits; the
   // weight gradient from fp32 dlogits; the input gradient rounded like any activation gradient.
   GemmRounding router() const { return {Dtype::f32, Dtype::f32, Dtype::f32}; }

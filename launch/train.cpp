@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/backend.h"
+#include "core/cpu/cpu_backend.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "data/sampler.h"
@@ -234,9 +235,13 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                cfg.model.moe.top_k, mpi.size(), threads, cfg.parallel.expert_parallel,
                exchange ? fmt::format(" ({} token exchange)", cfg.parallel.token_exchange) : "",
                B * accum * mpi.size(), T, dir.string());
-    fmt::print("switchyard train: precision {}{}, activation checkpointing {} ({:.1f} MiB of activations per "
+    std::string gemm_path;  // which bf16 GEMM the CPU backend measured faster (AMX: native)
+    if (auto* cpu = dynamic_cast<core::CpuBackend*>(backend.get()); cpu && cfg.train.precision == "bf16")
+      gemm_path = fmt::format(" ({} bf16 GEMMs)", cpu->bf16_gemm_path());
+    fmt::print("switchyard train: precision {}{}{}, activation checkpointing {} ({:.1f} MiB of activations per "
                "rank planned{})\n",
-               cfg.train.precision, scaler.enabled() ? fmt::format(" (loss scale {:g})", scaler.scale()) : "",
+               cfg.train.precision, gemm_path,
+               scaler.enabled() ? fmt::format(" (loss scale {:g})", scaler.scale()) : "",
                core::recompute_name(estimate.chosen),
                static_cast<double>(estimate.activation_bytes[static_cast<int>(estimate.chosen)]) / (1 << 20),
                estimate.why.empty() ? "" : "; " + estimate.why);

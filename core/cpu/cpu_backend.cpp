@@ -7,9 +7,12 @@
 #include <xmmintrin.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "core/error.h"
 
@@ -114,6 +117,14 @@ void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
     if (rounding.c != Dtype::f32) round_rows(rounding.c, C, ldc, C, ldc, M, N);
     return;
   }
+  if (rounding.operands == Dtype::bf16 && native_bf16()) {
+    const int64_t na = M * K, nb = K * N;  // packed bf16 operands, two per float of scratch
+    auto* a = reinterpret_cast<uint16_t*>(gemm_scratch(0, (na + 1) / 2));
+    auto* b = reinterpret_cast<uint16_t*>(gemm_scratch(1, (nb + 1) / 2));
+    bf16_matmul_->run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, a, b);
+    if (rounding.c != Dtype::f32) round_rows(rounding.c, C, ldc, C, ldc, M, N);
+    return;
+  }
   if (rounding.a != Dtype::f32) {  // op(A) reads A as [M,K], or [K,M] when transposed
     const int64_t rows = trans_a ? K : M, cols = trans_a ? M : K;
     float* a = gemm_scratch(0, rows * cols);
@@ -134,6 +145,36 @@ void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
     throw_internal("dnnl_sgemm failed (status {}) for M={} N={} K={} lda={} ldb={} ldc={}",
                    static_cast<int>(st), M, N, K, lda, ldb, ldc);
   if (rounding.c != Dtype::f32) round_rows(rounding.c, C, ldc, C, ldc, M, N);
+}
+
+bool CpuBackend::native_bf16() {
+  if (native_bf16_ >= 0) return native_bf16_ == 1;
+  const char* env = std::getenv("SWITCHYARD_CPU_BF16_GEMM");
+  const std::string mode = env ? env : "auto";
+  if (mode != "auto" && mode != "native" && mode != "emulated")
+    throw_usage("SWITCHYARD_CPU_BF16_GEMM={}: must be native, emulated or auto", mode);
+  bf16_matmul_ = std::make_unique<Bf16Matmul>();
+  if (mode != "auto") {
+    native_bf16_ = mode == "native";
+    return native_bf16_ == 1;
+  }
+  // A training-sized product (tokens x width): best of 3 each way after a warm-up.
+  constexpr int64_t M = 1024, N = 1024, K = 256;
+  std::vector<float> a(M * K, 0.5f), b(N * K, 0.25f), c(M * N);
+  auto time = [&](bool native) {
+    native_bf16_ = native;
+    const GemmRounding r{Dtype::bf16, Dtype::bf16, Dtype::f32, Dtype::bf16};
+    double best = 1e30;
+    for (int i = 0; i < 4; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      gemm(false, true, M, N, K, 1.f, a.data(), K, b.data(), K, 0.f, c.data(), N, r);
+      if (i > 0) best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+  };
+  const double native = time(true), emulated = time(false);
+  native_bf16_ = native < emulated ? 1 : 0;
+  return native_bf16_ == 1;
 }
 
 void CpuBackend::add(float* out, const float* a, const float* b, int64_t n) {

@@ -2,16 +2,19 @@
 // OpenMP loops. The methods are defined across core/cpu/*.cpp, one file per kind of kernel:
 //   cpu_backend.cpp  memory (with live/peak accounting), GEMM, elementwise, reductions
 //   rounding.cpp     rounding to bf16/fp16 precision (round_to, the GEMM operand/result rounding)
+//   bf16_matmul.cpp  native bf16 GEMMs (oneDNN matmul), where measured faster than emulation
 //   dense_kernels.cpp embedding, RMSNorm, RoPE, cross-entropy
 //   attention.cpp    causal GQA attention forward/backward
 //   moe_kernels.cpp  SwiGLU, sigmoid gate, router top-k and its backward, routing plan,
 //                    dispatch/combine permutations
 #pragma once
 
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 
 #include "core/backend.h"
+#include "core/cpu/bf16_matmul.h"
 
 namespace switchyard::core {
 
@@ -81,6 +84,10 @@ class CpuBackend final : public Backend {
                   int64_t cols);
   // Scratch buffer `slot` (0: GEMM operand A, 1: B) of at least n floats; grows, never shrinks.
   float* gemm_scratch(int slot, int64_t n);
+  // Whether bf16 GEMMs run natively (oneDNN bf16 matmul) or as the fp32 kernel on rounded
+  // operands: SWITCHYARD_CPU_BF16_GEMM=native|emulated, or auto (default): both timed once, at the
+  // first bf16 GEMM, on a training-sized shape; the faster is kept.
+  bool native_bf16();
 
   int threads_;
   // Memory accounting: every live block from alloc() and its rounded size.
@@ -89,6 +96,12 @@ class CpuBackend final : public Backend {
   int64_t live_bytes_ = 0, peak_bytes_ = 0;
   float* scratch_[2] = {nullptr, nullptr};
   int64_t scratch_floats_[2] = {0, 0};
+  std::unique_ptr<Bf16Matmul> bf16_matmul_;  // created on first use
+  int native_bf16_ = -1;                     // -1: not decided yet
+
+ public:
+  // The bf16 GEMM path in use ("native" or "emulated"; decides it if needed), for logs and tests.
+  const char* bf16_gemm_path() { return native_bf16() ? "native" : "emulated"; }
 };
 
 }  // namespace switchyard::core
