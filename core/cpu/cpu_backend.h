@@ -102,6 +102,11 @@ class CpuBackend final : public Backend {
  public:
   // The bf16 GEMM path in use ("native" or "emulated"; decides it if needed), for logs and tests.
   const char* bf16_gemm_path() { return native_bf16() ? "native" : "emulated"; }
+  // Overrides the choice (the trainer makes every rank agree, so ranks compute alike).
+  void set_native_bf16(bool native) {
+    native_bf16();  // creates the native kernel's state
+    native_bf16_ = native ? 1 : 0;
+  }
 };
 
 }  // namespace switchyard::core
