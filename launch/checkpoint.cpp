@@ -172,7 +172,7 @@ void write_rank_file(const fs::path& path, const core::ParamTable& table, bool d
 }
 
 json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConfig& cfg, int world,
-                   const optim::LossScalerState& ls) {
+                   const optim::LossScalerState* ls) {
   const int E = static_cast<int>(cfg.parallel.expert_parallel);
   json tensors = json::object(), files = json::array();
   for (int q = 0; q < E; ++q) {
@@ -182,18 +182,19 @@ json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConf
       if (p.kind == core::ParamKind::ParamKind_expert || q == 0)
         tensors[p.name] = {{"file", file_name_of_rank(q)}, {"shape", p.shape}};
   }
-  return {{"format", kFormat},
+  json man = {{"format", kFormat},
           {"version", kVersion},
           {"step", step},
           {"steps_taken", steps_taken},
-          {"loss_scaler", {{"scale", ls.scale}, {"clean_steps", ls.clean_steps},
-                           {"hysteresis_left", ls.hysteresis_left},
-                           {"overflows_at_min", ls.overflows_at_min},
-                           {"skipped_steps", ls.skipped_steps}}},
           {"layout", {{"world_size", world}, {"expert_parallel", E}}},
           {"files", files},
           {"tensors", tensors},
           {"config", core::to_yaml(cfg)}};
+  if (ls)
+    man["loss_scaler"] = {{"scale", ls->scale}, {"clean_steps", ls->clean_steps},
+                          {"hysteresis_left", ls->hysteresis_left},
+                          {"overflows_at_min", ls->overflows_at_min}, {"skipped_steps", ls->skipped_steps}};
+  return man;
 }
 
 }  // namespace
@@ -210,7 +211,7 @@ std::string checkpoint_folder_name(int64_t step) { return fmt::format("step-{:06
 
 std::string save_checkpoint(const std::string& root_str, int64_t step, const core::ExperimentConfig& cfg,
                             const moe::Model& model, const optim::AdamW& adamw, parallel::ProcessGroups& groups,
-                            const optim::LossScalerState& scaler) {
+                            const optim::LossScalerState* scaler) {
   const fs::path root(root_str);
   const int rank = groups.world().rank();
   const std::string name = checkpoint_folder_name(step);

@@ -7,7 +7,7 @@
 //                   Per tensor three fp32 datasets, `param/<HF name>`, `exp_avg/<HF name>`,
 //                   `exp_avg_sq/<HF name>`, each with a `crc32c` attribute (uint32, over its bytes).
 //   manifest.json   written last by rank 0: format, version, step, optimizer steps_taken, the
-//                   loss scaler's state (scale and counters; fp16 runs, optim/loss_scaler.h), the
+//                   loss scaler's state (scale and counters; fp16 runs only, optim/loss_scaler.h), the
 //                   layout it was written from (world_size, expert_parallel), the resolved config
 //                   (YAML), and for every tensor its file and shape.
 // The root also holds `latest` (one line: the folder name of the newest complete checkpoint).
@@ -48,7 +48,7 @@ std::string checkpoint_folder_name(int64_t step);
 // returns its folder.
 std::string save_checkpoint(const std::string& root, int64_t step, const core::ExperimentConfig& cfg,
                             const moe::Model& model, const optim::AdamW& adamw,
-                            parallel::ProcessGroups& groups, const optim::LossScalerState& scaler = {});
+                            parallel::ProcessGroups& groups, const optim::LossScalerState* scaler = nullptr);
 
 // A checkpoint folder (has manifest.json) as is, or a checkpoint root: the folder `latest` names.
 std::string resolve_checkpoint(const std::string& path);
@@ -58,7 +58,7 @@ struct LoadedCheckpoint {
   int64_t step = 0;         // optimizer steps completed; training continues with step + 1
   int64_t steps_taken = 0;  // AdamW's counter
   int64_t world_size = 0, expert_parallel = 0;  // the layout it was written from
-  bool has_loss_scaler = false;  // checkpoints before mixed precision have none
+  bool has_loss_scaler = false;  // only runs with a loss scaler (fp16) save its state
   optim::LossScalerState loss_scaler;
 };
 

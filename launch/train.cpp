@@ -227,7 +227,8 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   Progress progress(cfg.train.steps, cfg.train.log_interval);
   auto save = [&](int64_t step) {
     if (step == last_saved) return;
-    const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, model, adamw, groups, scaler.state());
+    const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, model, adamw, groups,
+                                              scaler.enabled() ? &scaler.state() : nullptr);
     last_saved = step;
     if (rank0) {
       progress.finish();

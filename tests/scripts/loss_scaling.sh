@@ -20,6 +20,8 @@
 # (e) Resume keeps the scaler: a 6-step run with an overflow at step 2 saved at step 3 and resumed
 #     gives steps 4-6 with bit-identical losses and the same (backed-off) loss scale; the
 #     manifest's loss_scaler holds it.
+# (f) Switching precision on resume: an fp32 checkpoint has no loss_scaler state, so an fp16 run
+#     resumed from it starts at the configured initial scale (not at fp32's scale 1).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 BASE=("${SMALL_MODEL[@]}" --set train.steps=6 --set train.precision=fp16
@@ -56,6 +58,9 @@ run d_fp32 1 8 1 "" "${NATURAL[@]}" --set train.precision=fp32
 RES=("${HYST1[@]}" --set checkpoint.interval=3)
 run e_full 1 8 1 0:2 "${RES[@]}"
 run e_resumed 1 8 1 0:2 "${RES[@]}" --resume "$TMP/e_full/checkpoints/step-000003"
+# (f)
+run f_fp32 1 8 1 "" --set train.steps=3 --set train.precision=fp32
+run f_fp16 1 8 1 "" --resume "$TMP/f_fp32/checkpoints/step-000003"
 
 /usr/bin/python3 - "$TMP" <<'PY'
 import json, math, os, re, sys
@@ -164,6 +169,12 @@ man = json.load(open(f"{tmp}/e_full/checkpoints/step-000003/manifest.json"))
 ls = man.get("loss_scaler", {})
 check("e_full manifest loss_scaler", ls.get("scale") == 512 and ls.get("skipped_steps") == 1
       and ls.get("hysteresis_left") == 0 and ls.get("clean_steps") == 1, ls)
+# (f) precision switch on resume
+f32 = json.load(open(f"{tmp}/f_fp32/checkpoints/step-000003/manifest.json"))
+check("f_fp32 manifest: no loss_scaler state", "loss_scaler" not in f32, list(f32))
+f16 = steps("f_fp16")
+check("f_fp16: resumed steps 4-6 at the initial scale 1024", rc("f_fp16") == 0 and sorted(f16) == [4, 5, 6]
+      and col(f16, "loss_scale") == [1024] * 3, col(f16, "loss_scale"))
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY
