@@ -65,7 +65,7 @@ int64_t activation_bytes(const core::ExperimentConfig& cfg, Recompute policy) {
         add("moe.shared.da", N * S, scratch);
       }
       const int64_t rows = NK;
-      add("moe.xp", rows * C, expensive);
+      add("moe.xp", rows * C, ep ? expensive : cheap);  // exchanged, or a local gather
       add("moe.h", rows * 2 * I, expensive);
       add("moe.a", rows * I, cheap);
       add("moe.ye", rows * C, expensive);

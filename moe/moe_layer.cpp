@@ -36,8 +36,9 @@ struct MoeLayer::Impl {
 
   // Activation buffers (core/activations.h). Kept under every policy, the routing plan: probs,
   // lse, gates, idx, pos, offsets (and local_pos with expert parallelism). Expensive: the
-  // dispatched/exchanged tokens xp (yr), expert GEMM outputs h, ye, shared expert h, y, logit.
-  // Cheap: the SwiGLU products a, sh_a. The rest is scratch.
+  // exchanged tokens xp, yr (expert parallelism), expert GEMM outputs h, ye, shared expert h, y,
+  // logit. Cheap: the SwiGLU products a, sh_a, and xp without expert parallelism (a local
+  // gather of x). The rest is scratch.
   float *logits = nullptr, *probs = nullptr, *lse = nullptr,
         *gates = nullptr;                                          // [N,E],[N,E],[N],[N,K]
   int32_t *idx = nullptr, *pos = nullptr, *offsets = nullptr;      // [N,K],[N*K],[E+1]
@@ -158,7 +159,8 @@ struct MoeLayer::Impl {
   template <class F>
   void for_each_row_buffer(F&& f) {
     using core::Keep;
-    f("moe.xp", &xp, C, Keep::expensive);
+    // dispatched tokens: exchanged (expensive) with expert parallelism, a local gather (cheap) without
+    f("moe.xp", &xp, C, ep.exchange ? Keep::expensive : Keep::cheap);
     f("moe.h", &h, 2 * I, Keep::expensive);
     f("moe.a", &a, I, Keep::cheap);
     f("moe.ye", &ye, C, Keep::expensive);
@@ -353,8 +355,9 @@ void MoeLayer::recompute(const float* x, const float* params, int64_t N) {
   if (!m.acts.kept(core::Keep::expensive)) {  // full: everything after the routing plan
     m.run_experts(x, params, N, stats_);
     if (m.S > 0) m.shared_forward(x, params, N);
-  } else if (!m.acts.kept(core::Keep::cheap)) {  // selective: the SwiGLU products
+  } else if (!m.acts.kept(core::Keep::cheap)) {  // selective: local dispatch, SwiGLU products
     const int64_t rows = m.ep.exchange ? m.plan->num_recv : m.offsets_host[m.E];
+    if (!m.ep.exchange) m.be.dispatch_forward(m.xp, x, m.pos, N, m.K, m.C);
     m.be.swiglu_forward(m.a, m.h, rows, m.I);
     m.prec.store(m.be, m.a, rows * m.I);
     if (m.S > 0) {
