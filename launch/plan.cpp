@@ -18,7 +18,8 @@ int64_t aligned(int64_t bytes) { return (std::max<int64_t>(bytes, 1) + 63) / 64 
 
 // Activation bytes of one micro-batch under a policy, buffer by buffer as the layers register
 // them (core/activations.h classes). Shared storage: one copy per name, the largest request.
-int64_t activation_bytes(const core::ExperimentConfig& cfg, Recompute policy) {
+// rows_factor: expert rows per rank in units of micro_batch x seq_len x top_k (1: balanced).
+int64_t activation_bytes(const core::ExperimentConfig& cfg, Recompute policy, int64_t rows_factor = 1) {
   const auto& m = cfg.model;
   const int64_t N = cfg.train.micro_batch * cfg.train.seq_len, C = m.d_model, V = m.vocab_size;
   const int64_t E = m.moe.n_experts, K = m.moe.top_k, I = m.moe.expert_size, S = m.moe.shared_expert_size;
@@ -64,7 +65,7 @@ int64_t activation_bytes(const core::ExperimentConfig& cfg, Recompute policy) {
         add("moe.shared.dh", N * 2 * S, scratch);
         add("moe.shared.da", N * S, scratch);
       }
-      const int64_t rows = NK;
+      const int64_t rows = NK * rows_factor;
       add("moe.xp", rows * C, ep ? expensive : cheap);  // exchanged, or a local gather
       add("moe.h", rows * 2 * I, expensive);
       add("moe.a", rows * I, cheap);
@@ -129,8 +130,10 @@ PlanEstimate plan(const core::ExperimentConfig& cfg) {
   p.grad_bytes = 4 * p.params_rank;
   p.optimizer_bytes = 8 * p.params_rank;
   p.compute_weight_bytes = cfg.train.precision == "fp32" ? 0 : 4 * p.params_rank;
-  for (Recompute r : {Recompute::none, Recompute::full, Recompute::selective})
+  for (Recompute r : {Recompute::none, Recompute::full, Recompute::selective}) {
     p.activation_bytes[static_cast<int>(r)] = activation_bytes(cfg, r);
+    p.activation_bytes_worst[static_cast<int>(r)] = activation_bytes(cfg, r, cfg.parallel.expert_parallel);
+  }
 
   const std::string& want = cfg.train.activation_checkpointing;
   if (want != "auto") {
@@ -180,6 +183,13 @@ std::string format_plan(const core::ExperimentConfig& cfg, const PlanEstimate& p
     out += fmt::format("    {:<38} {:>12}   total {:>12}{}\n",
                        fmt::format("activations, checkpointing {}", core::recompute_name(r)), mib(a),
                        mib(fixed + a), r == p.chosen ? "   <- chosen" : "");
+  }
+  if (ep > 1) {
+    const int c = static_cast<int>(p.chosen);
+    out += fmt::format("  expert rows assume balanced routing; if every token of the expert group chose this "
+                       "rank's experts, activations under {} would need {} (the buffers grow when routing "
+                       "is skewed)\n",
+                       core::recompute_name(p.chosen), mib(p.activation_bytes_worst[c]));
   }
   out += fmt::format("  train.activation_checkpointing = {}{}\n", cfg.train.activation_checkpointing,
                      p.why.empty() ? "" : "; " + p.why);
