@@ -34,6 +34,18 @@ if [ -z "${SWITCHYARD_NO_VENV:-}" ] &&
   fi
 fi
 
+# Optional (SWITCHYARD_WITH_LLAMA_CPP=1): llama.cpp itself, through the llama-cpp-python bindings
+# (PyPI's source package vendors llama.cpp; compiling it takes ~12 minutes on 2 cores, so the
+# default setup and CI leave it out). With it, tests/scripts/export_gguf.sh also runs the GGUF
+# exports in llama.cpp and compares their logits with the PyTorch reference.
+if [ -n "${SWITCHYARD_WITH_LLAMA_CPP:-}" ] && [ -x .venv/bin/python ] &&
+   ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
+  echo "setup: building llama-cpp-python 0.3.36 into .venv (about 12 minutes on 2 cores)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/pip install -q "llama-cpp-python==0.3.36" >/dev/null 2>&1 ||
+    echo "setup: could not build llama-cpp-python; the llama.cpp checks will be skipped"
+fi
+
 BUILD_DIR=${BUILD_DIR:-build}
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${SWITCHYARD_CMAKE_ARGS:-} >/dev/null

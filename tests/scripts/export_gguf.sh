@@ -216,4 +216,13 @@ check("data == HF export bit for bit (q/k not permuted: NEOX rope)", ok_data)
 check("q/k/v biases nonzero (trained, not zero-filled)", all(np.any(want[f"blk.0.attn_{g}.bias"]) for g in "qkv"))
 sys.exit(1 if failed else 0)
 PYEOF
+# llama.cpp itself (llama-cpp-python in .venv: SWITCHYARD_WITH_LLAMA_CPP=1 scripts/setup.sh): the
+# GGUF files run in llama.cpp and their logits match the PyTorch reference on the HF export
+if "$PY" -c "import llama_cpp" 2>/dev/null; then
+  for pair in "$run/model-fp32.gguf:$run/hf" "$run/model-fp16.gguf:$run/hf" "$qrun/model-fp32.gguf:$qrun/hf"; do
+    "$PY" "$SRC/tests/golden/check_llamacpp.py" --gguf "${pair%%:*}" --model "${pair#*:}" --tol 1e-3
+  done
+else
+  echo "export_gguf: llama_cpp not installed (SWITCHYARD_WITH_LLAMA_CPP=1 scripts/setup.sh): llama.cpp checks skipped"
+fi
 echo "export_gguf: all checks passed"
