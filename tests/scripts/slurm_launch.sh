@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The Slurm launch (scripts/slurm_train.sbatch: srun --mpi=pmix), on the one-node Slurm of
+# scripts/slurm_local.sh (.ci/run starts it; without a Slurm that answers, this test says
+# "skipped"):
+#  - sbatch --wait of the real script with 2 tasks and expert parallelism 2 trains and exits 0;
+#  - its losses equal, bit for bit, the same job under mpirun -np 2 (same layout, same data);
+#  - a rank killed under srun ends the whole step within seconds (non-zero), no hang.
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+if ! sinfo -h >/dev/null 2>&1; then
+  echo "slurm_launch: no Slurm controller answers (scripts/slurm_local.sh starts one): skipped"
+  exit 0
+fi
+ARGS=("${SMALL_MODEL[@]:2}" --set train.steps=4 --set train.eval_windows=1)  # SMALL_MODEL minus --config
+cd "$SRC"
+CONFIG="$SRC/configs/tiny.yaml" RUN_DIR="$TMP/slurm" SWITCHYARD_BIN="$SY" \
+  timeout 300 sbatch --wait --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --output="$TMP/slurm.out" \
+  scripts/slurm_train.sbatch "${ARGS[@]}" >"$TMP/sbatch.log"
+cat "$TMP/slurm.out" | grep -v "^step" || true
+OMP_NUM_THREADS=1 mpirun -np 2 --bind-to none "$SY" train --config "$SRC/configs/tiny.yaml" "${ARGS[@]}" \
+  --set parallel.expert_parallel=2 --set parallel.token_exchange=auto --run-dir "$TMP/mpirun" >/dev/null
+
+# a rank killed under srun: the step ends, non-zero, within seconds
+set +e
+OMP_NUM_THREADS=1 timeout 120 srun --nodes=1 --ntasks=2 --cpus-per-task=1 --mpi=pmix --cpu-bind=none "$SY" train \
+  --config "$SRC/configs/tiny.yaml" "${ARGS[@]}" --set train.steps=100000 --set parallel.expert_parallel=2 \
+  --run-dir "$TMP/killed" >"$TMP/killed.log" 2>&1 &
+srun_pid=$!
+for _ in $(seq 600); do
+  [ -f "$TMP/killed/metrics.jsonl" ] && [ "$(wc -l <"$TMP/killed/metrics.jsonl")" -ge 3 ] && break
+  sleep 0.1
+done
+victim=$(pgrep -f -- "--run-dir $TMP/killed" | tail -1)
+t0=$(date +%s)
+kill -9 "$victim"
+wait "$srun_pid"
+killed_rc=$?
+t1=$(date +%s)
+set -e
+
+/usr/bin/python3 - "$TMP" "$killed_rc" "$((t1 - t0))" <<'PY'
+import json, sys
+tmp, killed_rc, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+passed = failed = 0
+def check(what, ok, detail=""):
+    global passed, failed
+    passed += ok; failed += not ok
+    print(f"{what:55s} {detail} {'ok' if ok else 'FAIL'}")
+def losses(run):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(f"{tmp}/{run}/metrics.jsonl")) if "loss" in r}
+s, m = losses("slurm"), losses("mpirun")
+check("sbatch job trained 4 steps", sorted(s) == [1, 2, 3, 4], sorted(s))
+check("srun losses == mpirun losses (bit for bit)", s == m, f"{s} vs {m}")
+out = open(f"{tmp}/slurm.out").read()
+check("two ranks, expert parallel 2", "2 rank(s)" in out and "expert parallel 2" in out, "")
+check("killed rank ends the srun step (non-zero, not the timeout)", killed_rc not in (0, 124), killed_rc)
+check("within 30 s", seconds <= 30, f"{seconds} s")
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
+PY
