@@ -4,7 +4,10 @@
 # "skipped"):
 #  - sbatch --wait of the real script with 2 tasks and expert parallelism 2 trains and exits 0;
 #  - its losses equal, bit for bit, the same job under mpirun -np 2 (same layout, same data);
-#  - a rank killed under srun ends the whole step within seconds (non-zero), no hang.
+#  - a rank killed under srun ends the whole step within seconds (non-zero), no hang;
+#  - preemption: `scancel --signal=USR1` of a running sbatch job (what the script's
+#    `--signal=USR1@300` does before the time limit) makes every rank stop after the same step,
+#    save and exit 0; RESUME=1 continues to the end with the uninterrupted run's losses.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 if ! sinfo -h >/dev/null 2>&1; then
@@ -38,8 +41,25 @@ killed_rc=$?
 t1=$(date +%s)
 set -e
 
+# preemption: SIGUSR1 to the tasks of a running job, then resume
+PRE=("${ARGS[@]}" --set train.steps=400 --set train.log_interval=1000)
+job=$(CONFIG="$SRC/configs/tiny.yaml" RUN_DIR="$TMP/pre" SWITCHYARD_BIN="$SY" sbatch --parsable --nodes=1 \
+  --ntasks-per-node=2 --cpus-per-task=1 --output="$TMP/pre.out" scripts/slurm_train.sbatch "${PRE[@]}")
+for _ in $(seq 600); do
+  [ -f "$TMP/pre/metrics.jsonl" ] && [ "$(wc -l <"$TMP/pre/metrics.jsonl")" -ge 5 ] && break
+  sleep 0.1
+done
+scancel --signal=USR1 "$job"
+for _ in $(seq 600); do squeue -h -j "$job" 2>/dev/null | grep -q . || break; sleep 0.2; done
+pre_exit=$(scontrol show job "$job" 2>/dev/null | grep -o "ExitCode=[0-9:]*" | head -1 || true)
+echo "$pre_exit" > "$TMP/pre.exit"
+CONFIG="$SRC/configs/tiny.yaml" RUN_DIR="$TMP/pre" SWITCHYARD_BIN="$SY" RESUME=1 timeout 300 sbatch --wait \
+  --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --output="$TMP/pre2.out" scripts/slurm_train.sbatch "${PRE[@]}" >/dev/null
+OMP_NUM_THREADS=1 mpirun -np 2 --bind-to none "$SY" train --config "$SRC/configs/tiny.yaml" "${PRE[@]}" \
+  --set parallel.expert_parallel=2 --set parallel.token_exchange=auto --run-dir "$TMP/pre_ref" >/dev/null
+
 /usr/bin/python3 - "$TMP" "$killed_rc" "$((t1 - t0))" <<'PY'
-import json, sys
+import json, re, sys
 tmp, killed_rc, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 passed = failed = 0
 def check(what, ok, detail=""):
@@ -55,6 +75,17 @@ out = open(f"{tmp}/slurm.out").read()
 check("two ranks, expert parallel 2", "2 rank(s)" in out and "expert parallel 2" in out, "")
 check("killed rank ends the srun step (non-zero, not the timeout)", killed_rc not in (0, 124), killed_rc)
 check("within 30 s", seconds <= 30, f"{seconds} s")
+out = open(f"{tmp}/pre.out").read()
+m = re.search(r"stopped by signal 10 after step (\d+)", out)
+check("USR1: every rank stopped after the same step, saved", m is not None and "checkpoint of step" in out,
+      m.group(0) if m else out[-300:])
+stopped = int(m.group(1)) if m else -1
+check("USR1: stopped well before the end", 0 < stopped < 400, stopped)
+pre_exit = open(f"{tmp}/pre.exit").read().strip()
+check("USR1: the job exited 0", pre_exit == "ExitCode=0:0", pre_exit)
+pre, ref = losses("pre"), losses("pre_ref")
+check("resumed run reaches step 400", max(pre) == 400 and len(pre) == 400, f"{len(pre)} records")
+check("resumed losses == uninterrupted (bit for bit)", all(pre[s] == ref[s] for s in ref), "")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY
