@@ -268,6 +268,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   std::vector<int32_t> tokens(static_cast<size_t>(B * T)), targets(tokens.size());
   const int64_t E = cfg.model.moe.n_experts;
   double avg_step_s = 0;
+  bool warned_budget = false;
   for (int64_t step = start_step; step < cfg.train.steps; ++step) {
     const auto t0 = Clock::now();
     if (step == start_step) backend->reset_peak_memory();
@@ -347,6 +348,20 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     const double reduce_s = std::chrono::duration<double>(t_opt - t_reduce).count();
     const double opt_s = std::chrono::duration<double>(t_end - t_opt).count();
     avg_step_s = step == start_step ? seconds : 0.9 * avg_step_s + 0.1 * seconds;
+    // expert parallelism: skewed routing grows the expert-row buffers past the plan's balanced
+    // estimate; say so once per rank when that crosses the activation budget
+    if (cfg.train.activation_memory_mb > 0 && !warned_budget) {
+      const double used_mb =
+          static_cast<double>(backend->memory_stats().peak_bytes - live_before_model - state_bytes) / (1 << 20);
+      if (used_mb > static_cast<double>(cfg.train.activation_memory_mb)) {
+        warned_budget = true;
+        fmt::print(stderr,
+                   "switchyard train: warning: rank {} holds {:.1f} MiB of activations after step {}, over "
+                   "train.activation_memory_mb = {} (the plan assumes balanced routing; skewed routing grew the "
+                   "expert-row buffers)\n",
+                   mpi.rank(), used_mb, step + 1, cfg.train.activation_memory_mb);
+      }
+    }
 
     const double n_mb = static_cast<double>(accum * mpi.size());
     const double loss = sums[0] / n_mb;

@@ -7,7 +7,9 @@
 #  - auto: no budget -> none; the budget picks the least recomputation that fits, and the trainer
 #    reports and uses the same choice (measured activation_mb within the budget);
 #  - a budget below what full checkpointing needs is one error line naming
-#    train.activation_memory_mb, exit 2.
+#    train.activation_memory_mb, exit 2;
+#  - under expert parallelism skewed routing grows the expert-row buffers past the plan's balanced
+#    estimate: a rank that crosses the budget says so on stderr (once); a balanced run does not.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 "$SY" plan "${SMALL_MODEL[@]}" > "$TMP/mixtral.txt"
@@ -27,7 +29,18 @@ PY
 # a budget (whole MiB) that full fits and selective does not
 B_FULL_MB=$(/usr/bin/python3 -c "import math; print(math.ceil($FULL) if math.ceil($FULL) < $SEL else int($FULL) + 1)")
 "$SY" train "${SMALL_MODEL[@]}" --set train.steps=2 --set train.activation_checkpointing=auto \
-  --set train.activation_memory_mb="$B_FULL_MB" --run-dir "$TMP/auto_full" > "$TMP/auto_full.log"
+  --set train.activation_memory_mb="$B_FULL_MB" --run-dir "$TMP/auto_full" > "$TMP/auto_full.log" 2> "$TMP/auto_full.err"
+# expert parallel 2 with a budget that only the balanced estimate of `none` fits
+B_EP=$(/usr/bin/python3 - <<PY
+import math, re, subprocess
+t = subprocess.run(["$SY", "plan", *"${SMALL_MODEL[*]}".split(), "--set", "parallel.expert_parallel=2", "--ranks", "2"],
+                   capture_output=True, text=True, check=True).stdout
+print(math.ceil(float(re.search(r"checkpointing none\s+([\d.]+) MiB", t).group(1))))
+PY
+)
+mpirun -np 2 --bind-to none "$SY" train "${SMALL_MODEL[@]}" --set train.steps=3 --set parallel.expert_parallel=2 \
+  --set train.activation_checkpointing=auto --set train.activation_memory_mb="$B_EP" --run-dir "$TMP/auto_ep" \
+  > "$TMP/auto_ep.log" 2> "$TMP/auto_ep.err"
 set +e
 "$SY" plan "${SMALL_MODEL[@]}" --set train.activation_checkpointing=auto --set train.activation_memory_mb=1 \
   --set train.micro_batch=64 > "$TMP/small.out" 2> "$TMP/small.err"
@@ -80,6 +93,14 @@ err = open(f"{tmp}/small.err").read().strip().splitlines()
 rc = int(open(f"{tmp}/small.rc").read())
 check("impossible budget: exit 2, one line", rc == 2 and len(err) == 1, f"rc {rc}, {len(err)} lines")
 check("impossible budget names the key", bool(err) and "train.activation_memory_mb = 1: even full activation checkpointing needs" in err[0], err[0][:100] if err else "")
+check("balanced run: no budget warning", "warning" not in open(f"{tmp}/auto_full.err").read())
+ep_err = open(f"{tmp}/auto_ep.err").read()
+ep_first = [json.loads(l) for l in open(f"{tmp}/auto_ep/metrics.jsonl") if '"loss"' in l][0]
+over = ep_first["activation_mb"] > ep_first["activation_plan_mb"]
+check("EP: skewed routing grew the rows past the plan (rank 0, step 1)", over,
+      f"{ep_first['activation_mb']:.1f} vs plan {ep_first['activation_plan_mb']:.1f} MiB")
+check("EP: the rank over the budget warns, once", "rank 0 holds" in ep_err and ep_err.count("rank 0 holds") == 1
+      and "over train.activation_memory_mb" in ep_err, ep_err.strip()[:90])
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY
