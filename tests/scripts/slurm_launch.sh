@@ -14,6 +14,12 @@ if ! sinfo -h >/dev/null 2>&1; then
   echo "slurm_launch: no Slurm controller answers (scripts/slurm_local.sh starts one): skipped"
   exit 0
 fi
+# the machine's Slurm itself must be able to start a PMIx step; if not, that is not ours to test
+if ! timeout 60 srun --nodes=1 --ntasks=2 --cpus-per-task=1 --mpi=pmix true >"$TMP/preflight.log" 2>&1; then
+  cat "$TMP/preflight.log"
+  echo "slurm_launch: this Slurm cannot start a 2-task PMIx step (srun --mpi=pmix true failed): skipped"
+  exit 0
+fi
 ARGS=("${SMALL_MODEL[@]:2}" --set train.steps=4 --set train.eval_windows=1)  # SMALL_MODEL minus --config
 cd "$SRC"
 CONFIG="$SRC/configs/tiny.yaml" RUN_DIR="$TMP/slurm" SWITCHYARD_BIN="$SY" \
