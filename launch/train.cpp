@@ -143,12 +143,12 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   auto backend = core::make_cpu_backend(threads);
   // bf16 GEMMs: native (oneDNN bf16 matmul) only if every rank measured it faster, so that all
   // ranks compute alike
-  int gemm_path_native = -1;
-  std::string gemm_path;
+  std::string gemm_path;  // for the start-up line
   if (auto* cpu = dynamic_cast<core::CpuBackend*>(backend.get()); cpu && cfg.train.precision == "bf16") {
-    gemm_path_native = std::string(cpu->bf16_gemm_path()) == "native" ? 1 : 0;
-    MPI_Allreduce(MPI_IN_PLACE, &gemm_path_native, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    cpu->set_native_bf16(gemm_path_native == 1);
+    int native = std::string(cpu->bf16_gemm_path()) == "native" ? 1 : 0;
+    MPI_Allreduce(MPI_IN_PLACE, &native, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    cpu->set_native_bf16(native == 1);
+    gemm_path = fmt::format(" ({} bf16 GEMMs)", cpu->bf16_gemm_path());
   }
   // precision policy, activation checkpointing (auto: resolved against the memory budget)
   const PlanEstimate estimate = plan(cfg);
@@ -245,7 +245,6 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                cfg.model.moe.top_k, mpi.size(), threads, cfg.parallel.expert_parallel,
                exchange ? fmt::format(" ({} token exchange)", cfg.parallel.token_exchange) : "",
                B * accum * mpi.size(), T, dir.string());
-    if (gemm_path_native >= 0) gemm_path = gemm_path_native ? " (native bf16 GEMMs)" : " (emulated bf16 GEMMs)";
     fmt::print("switchyard train: precision {}{}{}, activation checkpointing {} ({:.1f} MiB of activations per "
                "rank planned{})\n",
                cfg.train.precision, gemm_path,

@@ -140,7 +140,7 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   T_ = T;
   if (compute_stale_) refresh_compute_weights();
   const auto& prec = opts_.precision;
-  const float* P = prec.mixed() ? compute_.data() : params_.data();
+  const float* P = compute_weights();
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   be_.copy_from_host(tokens_, tokens, static_cast<size_t>(N) * sizeof(int32_t));
   be_.copy_from_host(targets_, targets, static_cast<size_t>(N) * sizeof(int32_t));
@@ -214,7 +214,7 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
   SY_CHECK(N > 0, "backward() without a forward()");
   SY_CHECK(!compute_stale_, "backward(): the weights changed since the last forward()");
   const auto& prec = opts_.precision;
-  const float* P = prec.mixed() ? compute_.data() : params_.data();
+  const float* P = compute_weights();
   float* G = grads_.data();
 
   // d(mean CE)/d(loss_i) = 1/counted for counted targets (the CE kernel ignores the others)

@@ -110,6 +110,8 @@ class Model {
   struct Layer;
   void recompute_block(Layer& L, const float* P, int64_t B, int64_t T);
   void refresh_compute_weights();
+  // The weights the GEMMs read: the compute copy under mixed precision, the master weights else.
+  const float* compute_weights() const { return opts_.precision.mixed() ? compute_.data() : params_.data(); }
   core::Backend& be_;
   core::ModelConfig cfg_;
   ModelOptions opts_;

@@ -158,7 +158,15 @@ bool CpuBackend::native_bf16() {
     native_bf16_ = mode == "native";
     return native_bf16_ == 1;
   }
-  // A training-sized product (tokens x width): best of 3 each way after a warm-up.
+  // Decided once per process, so that every backend of the process computes alike (a timing
+  // flipped by load must not make two models of one process round differently).
+  static int decided = -1;
+  if (decided >= 0) {
+    native_bf16_ = decided;
+    return native_bf16_ == 1;
+  }
+  // A training-sized product (tokens x width): best of 3 each way after a warm-up; native must
+  // win clearly (by 20%) so that noise does not pick it.
   constexpr int64_t M = 1024, N = 1024, K = 256;
   std::vector<float> a(M * K, 0.5f), b(N * K, 0.25f), c(M * N);
   auto time = [&](bool native) {
@@ -173,7 +181,7 @@ bool CpuBackend::native_bf16() {
     return best;
   };
   const double native = time(true), emulated = time(false);
-  native_bf16_ = native < emulated ? 1 : 0;
+  native_bf16_ = decided = native < 0.8 * emulated ? 1 : 0;
   return native_bf16_ == 1;
 }
 

@@ -85,8 +85,8 @@ class CpuBackend final : public Backend {
   // Scratch buffer `slot` (0: GEMM operand A, 1: B) of at least n floats; grows, never shrinks.
   float* gemm_scratch(int slot, int64_t n);
   // Whether bf16 GEMMs run natively (oneDNN bf16 matmul) or as the fp32 kernel on rounded
-  // operands: SWITCHYARD_CPU_BF16_GEMM=native|emulated, or auto (default): both timed once, at the
-  // first bf16 GEMM, on a training-sized shape; the faster is kept.
+  // operands: SWITCHYARD_CPU_BF16_GEMM=native|emulated, or auto (default): both timed once per
+  // process, at the first bf16 GEMM, on a training-sized shape; native is kept if 20% faster.
   bool native_bf16();
 
   int threads_;
@@ -104,7 +104,7 @@ class CpuBackend final : public Backend {
   const char* bf16_gemm_path() { return native_bf16() ? "native" : "emulated"; }
   // Overrides the choice (the trainer makes every rank agree, so ranks compute alike).
   void set_native_bf16(bool native) {
-    native_bf16();  // creates the native kernel's state
+    if (native && !bf16_matmul_) bf16_matmul_ = std::make_unique<Bf16Matmul>();
     native_bf16_ = native ? 1 : 0;
   }
 };

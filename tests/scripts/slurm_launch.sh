@@ -10,6 +10,8 @@
 #    save and exit 0; RESUME=1 continues to the end with the uninterrupted run's losses.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
+# on an early failure, show what the jobs printed
+trap 'echo "slurm_launch: failed at line $LINENO"; tail -n 20 "$TMP"/*.out "$TMP"/*.log 2>/dev/null' ERR
 if ! sinfo -h >/dev/null 2>&1; then
   echo "slurm_launch: no Slurm controller answers (scripts/slurm_local.sh starts one): skipped"
   exit 0
@@ -39,11 +41,12 @@ for _ in $(seq 600); do
   [ -f "$TMP/killed/metrics.jsonl" ] && [ "$(wc -l <"$TMP/killed/metrics.jsonl")" -ge 3 ] && break
   sleep 0.1
 done
-victim=$(pgrep -f -- "--run-dir $TMP/killed" | tail -1)
+# a rank itself (its command line starts with the binary), not the timeout or srun around it
+victim=$(pgrep -f -- "^$SY train .*--run-dir $TMP/killed" | tail -1)
 t0=$(date +%s)
 kill -9 "$victim"
-wait "$srun_pid"
-killed_rc=$?
+killed_rc=0
+wait "$srun_pid" || killed_rc=$?
 t1=$(date +%s)
 set -e
 
