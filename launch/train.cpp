@@ -145,10 +145,11 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   // ranks compute alike
   std::string gemm_path;  // for the start-up line
   if (auto* cpu = dynamic_cast<core::CpuBackend*>(backend.get()); cpu && cfg.train.precision == "bf16") {
-    int native = std::string(cpu->bf16_gemm_path()) == "native" ? 1 : 0;
+    const int here = std::string(cpu->bf16_gemm_path()) == "native" ? 1 : 0;
+    int native = here;
     MPI_Allreduce(MPI_IN_PLACE, &native, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    cpu->set_native_bf16(native == 1);
-    gemm_path = fmt::format(" ({} bf16 GEMMs)", cpu->bf16_gemm_path());
+    if (native != here) cpu->set_native_bf16(false, "native is not the faster path on every rank");
+    gemm_path = fmt::format(" ({} bf16 GEMMs: {})", cpu->bf16_gemm_path(), cpu->bf16_gemm_why());
   }
   // precision policy, activation checkpointing (auto: resolved against the memory budget)
   const PlanEstimate estimate = plan(cfg);

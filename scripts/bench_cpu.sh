@@ -49,4 +49,7 @@ print(f"{'switchyard':<12}{sy_tps:>12.0f}{sy_ms:>10.1f}{sy_tps*flops_tok/1e9:>10
 print(f"ratio switchyard / best pytorch: {sy_tps / torch['tokens_per_s']:.2f}x   "
       f"(measured fp32 GEMM peak {peak:.0f} GFLOP/s, {flops_tok/1e6:.1f} MFLOP per trained token, "
       f"torch {torch.get('torch', '?')}, {torch.get('threads', '?')} threads)")
+print(f"pytorch's BLAS: {torch.get('blas', '?')}")
+if "not OpenBLAS" in torch.get("blas", ""):
+    print("WARNING: the PyTorch peer ran on the reference BLAS; this ratio says nothing (scripts/setup.sh installs libopenblas0)")
 PY

@@ -1,13 +1,16 @@
 #!/usr/bin/python3
 """PyTorch eager fp32 baseline for the Switchyard throughput benchmark ("tiny" shape).
 
-  OPENBLAS_CORETYPE=SkylakeX OMP_NUM_THREADS=2 /usr/bin/python3 scripts/bench_pytorch.py [--steps 6] [--threads 2]
+  source scripts/env.sh; OMP_NUM_THREADS=2 /usr/bin/python3 scripts/bench_pytorch.py [--steps 6] [--threads 2]
+
+(scripts/env.sh sets OPENBLAS_CORETYPE only where Debian's OpenBLAS misdetects this CPU.)
 
 Model: the golden reference tests/golden/torch_moe.py (HF-Mixtral-style eager MoE: per-expert
 index_select / index_add_), d_model 256, 4 layers, 8 heads / 4 kv heads, seq 256, 8 experts top-2,
 expert size 512, vocab 256, micro-batch 8; AdamW (two groups, weight decay 0.1), grad clip 1.0,
 aux loss 0.01. Random tokens. The first --warmup steps are not timed.
-Prints one JSON line: {"impl":"pytorch","tokens_per_s":..,"step_ms":..,"torch":..,"threads":..}
+Prints one JSON line: {"impl":"pytorch","tokens_per_s":..,"step_ms":..,"torch":..,"threads":..,"blas":..}
+("blas": the library PyTorch's BLAS calls went to, with OpenBLAS's core type).
 (per-step lines go to stderr).
 
 OMP_WAIT_POLICY defaults to PASSIVE here (set it to ACTIVE to override): with libgomp's default
@@ -26,6 +29,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch im
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "golden"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import openblas_core  # noqa: E402
 import torch_moe as tm  # noqa: E402
 
 TINY = dict(vocab_size=256, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, max_seq_len=256,
@@ -70,7 +75,15 @@ def main():
     total = sum(times)
     print(json.dumps({"impl": "pytorch", "tokens_per_s": round(B * T * len(times) / total, 1),
                       "step_ms": round(1e3 * total / len(times), 2), "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}), flush=True)
+                      "threads": torch.get_num_threads(), "blas": blas_name()}), flush=True)
+
+
+def blas_name():
+    path, core = openblas_core.blas_info()
+    if core:
+        return f"OpenBLAS ({os.path.basename(os.path.realpath(path))}, core {core})"
+    return f"{path} (not OpenBLAS: reference BLAS, 20-30x slower; install libopenblas0)"
+
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 #include "core/half.h"
 
@@ -37,6 +39,40 @@ void pack_bf16(uint16_t* dst, const float* src, int64_t lds, int64_t rows, int64
 #endif
     for (; c < cols; ++c) d[c] = f32_to_bf16(s[c]);
   }
+}
+
+std::string onednn_cpu_isa() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41: return "sse41";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_mic: return "avx512_mic";
+    case dnnl::cpu_isa::avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    default: return "unknown";
+  }
+}
+
+const std::string& native_bf16_unavailable() {
+  static const std::string reason = [] {
+    using dnnl::memory;
+    try {
+      const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+      const memory::desc a({16, 16}, memory::data_type::bf16, memory::format_tag::ab);
+      const memory::desc c({16, 16}, memory::data_type::f32, memory::format_tag::ab);
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, a, c), eng);
+      return std::string();
+    } catch (const dnnl::error&) {
+      return fmt::format("oneDNN has no bf16 matmul on this CPU (its instruction set here is {}; "
+                         "native bf16 needs avx512_core or newer)",
+                         onednn_cpu_isa());
+    }
+  }();
+  return reason;
 }
 
 struct Bf16Matmul::Impl {
@@ -71,7 +107,10 @@ struct Bf16Matmul::Impl {
   }
 };
 
-Bf16Matmul::Bf16Matmul() : impl_(std::make_unique<Impl>()) {}
+Bf16Matmul::Bf16Matmul() {
+  if (!native_bf16_unavailable().empty()) throw_usage("native bf16 GEMMs: {}", native_bf16_unavailable());
+  impl_ = std::make_unique<Impl>();
+}
 Bf16Matmul::~Bf16Matmul() = default;
 
 void Bf16Matmul::run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -8,13 +8,22 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <tuple>
 
 namespace switchyard::core {
 
+// Why oneDNN cannot run a bf16 matmul on this CPU (its ISA, capped by ONEDNN_MAX_CPU_ISA /
+// DNNL_MAX_CPU_ISA, is below avx512_core: an AVX2-only CPU), or "" where it can. Probed once per
+// process by creating a small bf16 matmul primitive.
+const std::string& native_bf16_unavailable();
+
+// The ISA oneDNN dispatches to on this CPU, after any cap: "avx2", "avx512_core_amx", ...
+std::string onednn_cpu_isa();
+
 class Bf16Matmul {
  public:
-  Bf16Matmul();
+  Bf16Matmul();  // throws a usage Error with native_bf16_unavailable() where that is not empty
   ~Bf16Matmul();
   Bf16Matmul(const Bf16Matmul&) = delete;
   Bf16Matmul& operator=(const Bf16Matmul&) = delete;

@@ -35,7 +35,11 @@ CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_m
   flush_denormals_on_this_thread();
 }
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  // references cpu_requirements.cpp, so that its start-up check is linked into every program
+  SY_CHECK(missing_cpu_feature() == nullptr, "CPU feature {} missing", missing_cpu_feature());
+  return std::make_unique<CpuBackend>(threads);
+}
 
 CpuBackend::~CpuBackend() {
   for (float* p : scratch_)
@@ -153,36 +157,50 @@ bool CpuBackend::native_bf16() {
   const std::string mode = env ? env : "auto";
   if (mode != "auto" && mode != "native" && mode != "emulated")
     throw_usage("SWITCHYARD_CPU_BF16_GEMM={}: must be native, emulated or auto", mode);
-  bf16_matmul_ = std::make_unique<Bf16Matmul>();
+  const std::string& unavailable = native_bf16_unavailable();
+  if (mode == "native" && !unavailable.empty())
+    throw_usage("SWITCHYARD_CPU_BF16_GEMM=native: {}; unset it or set it to emulated", unavailable);
   if (mode != "auto") {
-    native_bf16_ = mode == "native";
+    set_native_bf16(mode == "native", "set by SWITCHYARD_CPU_BF16_GEMM");
     return native_bf16_ == 1;
+  }
+  if (!unavailable.empty()) {
+    set_native_bf16(false, unavailable);
+    return false;
   }
   // Decided once per process, so that every backend of the process computes alike (a timing
   // flipped by load must not make two models of one process round differently).
   static int decided = -1;
-  if (decided >= 0) {
-    native_bf16_ = decided;
-    return native_bf16_ == 1;
+  static std::string why;
+  if (decided < 0) {
+    // A training-sized product (tokens x width): best of 3 each way after a warm-up; native must
+    // win clearly (by 20%) so that noise does not pick it.
+    constexpr int64_t M = 1024, N = 1024, K = 256;
+    std::vector<float> a(M * K, 0.5f), b(N * K, 0.25f), c(M * N);
+    auto time = [&](bool native) {
+      set_native_bf16(native, "");
+      const GemmRounding r{Dtype::bf16, Dtype::bf16, Dtype::f32, Dtype::bf16};
+      double best = 1e30;
+      for (int i = 0; i < 4; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        gemm(false, true, M, N, K, 1.f, a.data(), K, b.data(), K, 0.f, c.data(), N, r);
+        if (i > 0) best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return best;
+    };
+    const double native = time(true), emulated = time(false);
+    decided = native < 0.8 * emulated ? 1 : 0;
+    why = fmt::format("oneDNN's bf16 matmul measured {:.2f}x the emulated path's speed on {}; kept if >= 1.25x",
+                      emulated / native, onednn_cpu_isa());
   }
-  // A training-sized product (tokens x width): best of 3 each way after a warm-up; native must
-  // win clearly (by 20%) so that noise does not pick it.
-  constexpr int64_t M = 1024, N = 1024, K = 256;
-  std::vector<float> a(M * K, 0.5f), b(N * K, 0.25f), c(M * N);
-  auto time = [&](bool native) {
-    native_bf16_ = native;
-    const GemmRounding r{Dtype::bf16, Dtype::bf16, Dtype::f32, Dtype::bf16};
-    double best = 1e30;
-    for (int i = 0; i < 4; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      gemm(false, true, M, N, K, 1.f, a.data(), K, b.data(), K, 0.f, c.data(), N, r);
-      if (i > 0) best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    return best;
-  };
-  const double native = time(true), emulated = time(false);
-  native_bf16_ = decided = native < 0.8 * emulated ? 1 : 0;
+  set_native_bf16(decided == 1, why);
   return native_bf16_ == 1;
+}
+
+void CpuBackend::set_native_bf16(bool native, std::string why) {
+  if (native && !bf16_matmul_) bf16_matmul_ = std::make_unique<Bf16Matmul>();  // throws if unavailable
+  native_bf16_ = native ? 1 : 0;
+  bf16_gemm_why_ = std::move(why);
 }
 
 void CpuBackend::add(float* out, const float* a, const float* b, int64_t n) {

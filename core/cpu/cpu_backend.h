@@ -2,7 +2,8 @@
 // OpenMP loops. The methods are defined across core/cpu/*.cpp, one file per kind of kernel:
 //   cpu_backend.cpp  memory (with live/peak accounting), GEMM, elementwise, reductions
 //   rounding.cpp     rounding to bf16/fp16 precision (round_to, the GEMM operand/result rounding)
-//   bf16_matmul.cpp  native bf16 GEMMs (oneDNN matmul), where measured faster than emulation
+//   bf16_matmul.cpp  native bf16 GEMMs (oneDNN matmul), where oneDNN has them and they are faster
+//   cpu_requirements.cpp  the start-up check of the instruction set this build needs
 //   dense_kernels.cpp embedding, RMSNorm, RoPE, cross-entropy
 //   attention.cpp    causal GQA attention forward/backward
 //   moe_kernels.cpp  SwiGLU, sigmoid gate, router top-k and its backward, routing plan,
@@ -11,12 +12,17 @@
 
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "core/backend.h"
 #include "core/cpu/bf16_matmul.h"
 
 namespace switchyard::core {
+
+// The first instruction-set feature that this build needs (SWITCHYARD_ARCH) and this CPU lacks, or
+// nullptr. Checked once before main() by cpu_requirements.cpp.
+const char* missing_cpu_feature();
 
 class CpuBackend final : public Backend {
  public:
@@ -85,10 +91,10 @@ class CpuBackend final : public Backend {
   // Scratch buffer `slot` (0: GEMM operand A, 1: B) of at least n floats; grows, never shrinks.
   float* gemm_scratch(int slot, int64_t n);
   // Whether bf16 GEMMs run natively (oneDNN bf16 matmul) or as the fp32 kernel on rounded
-  // operands: SWITCHYARD_CPU_BF16_GEMM=native|emulated, or auto (default): both timed once per
-  // process, at the first bf16 GEMM, on a training-sized shape; native is kept if 20% faster.
+  // operands: SWITCHYARD_CPU_BF16_GEMM=native|emulated, or auto (default): emulated where oneDNN
+  // has no bf16 matmul on this CPU, else both timed once per process, at the first bf16 GEMM, on a
+  // training-sized shape; native is kept if 20% faster.
   bool native_bf16();
-
   int threads_;
   // Memory accounting: every live block from alloc() and its rounded size.
   mutable std::mutex mem_mutex_;
@@ -98,15 +104,19 @@ class CpuBackend final : public Backend {
   int64_t scratch_floats_[2] = {0, 0};
   std::unique_ptr<Bf16Matmul> bf16_matmul_;  // created on first use
   int native_bf16_ = -1;                     // -1: not decided yet
+  std::string bf16_gemm_why_;                // why that path (for the start-up line)
 
  public:
   // The bf16 GEMM path in use ("native" or "emulated"; decides it if needed), for logs and tests.
   const char* bf16_gemm_path() { return native_bf16() ? "native" : "emulated"; }
-  // Overrides the choice (the trainer makes every rank agree, so ranks compute alike).
-  void set_native_bf16(bool native) {
-    if (native && !bf16_matmul_) bf16_matmul_ = std::make_unique<Bf16Matmul>();
-    native_bf16_ = native ? 1 : 0;
+  // Why that path: "set by SWITCHYARD_CPU_BF16_GEMM", the CPU lacks it, or the measured speed.
+  const std::string& bf16_gemm_why() {
+    native_bf16();
+    return bf16_gemm_why_;
   }
+  // Overrides the choice (the trainer makes every rank agree, so ranks compute alike); native on a
+  // CPU without a oneDNN bf16 matmul is a usage Error.
+  void set_native_bf16(bool native, std::string why = "set by the caller");
 };
 
 }  // namespace switchyard::core

@@ -6,6 +6,9 @@
 //    emulated path's result up to fp32 summation order (the products are exact in both);
 //  - a mixed-precision model step under it matches the emulated one, and activation
 //    checkpointing stays bit-identical under it (the native path is deterministic).
+// Where oneDNN has no bf16 matmul (AVX2-only CPUs, or ONEDNN_MAX_CPU_ISA=AVX2 on any), the forced
+// native tests skip, and the test of that case checks that auto falls back to emulation and that
+// forcing native is a usage error that says why.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,6 +29,9 @@
 namespace switchyard {
 namespace {
 
+#define SKIP_WITHOUT_NATIVE_BF16()                                                        \
+  if (!core::native_bf16_unavailable().empty()) GTEST_SKIP() << core::native_bf16_unavailable()
+
 std::unique_ptr<core::Backend> backend_with(const char* mode) {
   setenv("SWITCHYARD_CPU_BF16_GEMM", mode, 1);
   auto be = core::make_cpu_backend(2);
@@ -41,7 +47,42 @@ TEST(Bf16Matmul, AutoPicksOneOfTheTwoPaths) {
   auto be = core::make_cpu_backend(2);
   const std::string path = static_cast<core::CpuBackend&>(*be).bf16_gemm_path();
   EXPECT_TRUE(path == "native" || path == "emulated") << path;
-  std::printf("auto chose the %s bf16 GEMM path on this CPU\n", path.c_str());
+  std::printf("auto chose the %s bf16 GEMM path on this CPU (oneDNN ISA %s): %s\n", path.c_str(),
+              core::onednn_cpu_isa().c_str(), static_cast<core::CpuBackend&>(*be).bf16_gemm_why().c_str());
+}
+
+// oneDNN 2.6 creates bf16 matmuls from avx512_core up; below it (AVX2-only CPUs, or a cap) the
+// backend must fall back to emulation, and forcing native must say why instead of crashing.
+TEST(Bf16Matmul, AvailabilityFollowsOnednnIsaAndMissingNativeIsAUsageError) {
+  const std::string isa = core::onednn_cpu_isa();
+  const bool avx512 = isa.rfind("avx512_core", 0) == 0;
+  EXPECT_EQ(core::native_bf16_unavailable().empty(), avx512) << "oneDNN ISA " << isa;
+  if (avx512) return;
+  EXPECT_NE(core::native_bf16_unavailable().find(isa), std::string::npos) << core::native_bf16_unavailable();
+  unsetenv("SWITCHYARD_CPU_BF16_GEMM");
+  auto be = core::make_cpu_backend(2);
+  auto& cpu = static_cast<core::CpuBackend&>(*be);
+  EXPECT_STREQ(cpu.bf16_gemm_path(), "emulated");
+  EXPECT_EQ(cpu.bf16_gemm_why(), core::native_bf16_unavailable());
+  try {
+    cpu.set_native_bf16(true);
+    ADD_FAILURE() << "set_native_bf16(true) without a oneDNN bf16 matmul did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+  }
+  setenv("SWITCHYARD_CPU_BF16_GEMM", "native", 1);
+  auto forced = core::make_cpu_backend(2);
+  const std::vector<float> a(64, 1.f);
+  std::vector<float> c(64);
+  const core::GemmRounding r{core::Dtype::bf16, core::Dtype::bf16, core::Dtype::f32, core::Dtype::bf16};
+  try {
+    forced->gemm(false, true, 8, 8, 8, 1.f, a.data(), 8, a.data(), 8, 0.f, c.data(), 8, r);
+    ADD_FAILURE() << "forcing native bf16 without a oneDNN bf16 matmul did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+    EXPECT_NE(std::string(e.what()).find("SWITCHYARD_CPU_BF16_GEMM=native"), std::string::npos) << e.what();
+  }
+  unsetenv("SWITCHYARD_CPU_BF16_GEMM");
 }
 
 TEST(Bf16Matmul, PackMatchesScalarConversion) {
@@ -60,6 +101,7 @@ TEST(Bf16Matmul, PackMatchesScalarConversion) {
 }
 
 TEST(Bf16Matmul, NativeEqualsEmulatedUpToSummationOrder) {
+  SKIP_WITHOUT_NATIVE_BF16();
   auto native = backend_with("native"), emulated = backend_with("emulated");
   const core::GemmRounding r{core::Dtype::bf16, core::Dtype::bf16, core::Dtype::f32, core::Dtype::bf16};
   const int64_t M = 45, N = 37, K = 70, pad = 3;
@@ -86,6 +128,7 @@ TEST(Bf16Matmul, NativeEqualsEmulatedUpToSummationOrder) {
 }
 
 TEST(Bf16Matmul, ModelStepMatchesEmulatedAndCheckpointingStaysBitIdentical) {
+  SKIP_WITHOUT_NATIVE_BF16();
   const core::ModelConfig cfg = test::small_moe_model(2);
   std::vector<int32_t> tok(32), tgt(32);
   for (size_t i = 0; i < tok.size(); ++i) {

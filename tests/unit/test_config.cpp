@@ -3,11 +3,18 @@
 // origin and the full key path, overrides, and the to_yaml -> parse round trip.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
+#include <iterator>
+#include <set>
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <yaml-cpp/yaml.h>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -155,6 +162,27 @@ TEST(Config, RepositoryTinyYaml) {
   EXPECT_DOUBLE_EQ(c.optim.weight_decay, 0.1);
   EXPECT_DOUBLE_EQ(c.optim.grad_clip, 1.0);
   EXPECT_EQ(c.parallel.expert_parallel, 1);
+}
+
+// configs/tiny.yaml is the reference a user copies from: it lists every key of the schema. The
+// schema's keys are read from the resolved YAML of a default config (to_yaml writes every key).
+TEST(Config, TinyYamlListsEveryKeyOfTheSchema) {
+  std::function<void(const YAML::Node&, const std::string&, std::set<std::string>&)> leaves =
+      [&](const YAML::Node& n, const std::string& prefix, std::set<std::string>& out) {
+        for (const auto& kv : n) {
+          const std::string path = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
+          if (kv.second.IsMap()) leaves(kv.second, path, out);
+          else out.insert(path);
+        }
+      };
+  std::set<std::string> schema, tiny;
+  leaves(YAML::Load(core::to_yaml(ExperimentConfig{})), "", schema);
+  leaves(YAML::LoadFile(std::string(SWITCHYARD_SOURCE_DIR) + "/configs/tiny.yaml"), "", tiny);
+  ASSERT_GT(schema.size(), 60u);
+  std::vector<std::string> missing;
+  std::set_difference(schema.begin(), schema.end(), tiny.begin(), tiny.end(), std::back_inserter(missing));
+  EXPECT_TRUE(missing.empty()) << "configs/tiny.yaml does not list: " << fmt::format("{}", fmt::join(missing, ", "));
+  EXPECT_EQ(schema, tiny);  // and nothing else (unknown keys would be a load error anyway)
 }
 
 TEST(Config, EmptyTextGivesDefaults) {

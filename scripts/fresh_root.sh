@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# scripts/fresh_root.sh [CMD ...]: runs CMD (default: bash scripts/test.sh) in a clean clone of this
+# repository's committed HEAD inside a brand-new Debian 12 (bookworm) root, as a new user's machine
+# would see it: only Debian's minimal `apt` variant plus ca-certificates, nothing installed by hand.
+# CI (.ci/run) proves the README's commands this way; run it yourself before touching setup, CMake
+# or a dependency:
+#
+#   sudo scripts/fresh_root.sh                          # the test suite (scripts/test.sh)
+#   sudo scripts/fresh_root.sh bash scripts/demo.sh     # the demo
+#
+# Needs root, mmdebstrap (installed from Debian when missing) and the Debian package registry. The
+# base root is made once (~90 s) and kept in $SWITCHYARD_FRESH_BASE (default
+# /var/tmp/switchyard-fresh-base); every run starts from a new copy of it, so no package install,
+# build or clone carries over. The machine's package-registry settings (apt configuration, pip
+# settings and certificate, DNS) are copied in, as any new machine on the same network gets them.
+# A CUDA toolkit in /usr/local/cuda is bind-mounted read-only, as on a GPU node. Daemons CMD starts
+# inside the root (e.g. scripts/slurm_local.sh's) are stopped when it ends.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+base=${SWITCHYARD_FRESH_BASE:-/var/tmp/switchyard-fresh-base}
+root=${SWITCHYARD_FRESH_ROOT:-/var/tmp/switchyard-fresh-root}
+say() { echo "fresh_root: $*"; }
+die() { echo "fresh_root: error: $*" >&2; exit 2; }
+
+[ "$(id -u)" -eq 0 ] || die "needs root (chroot, mounts); run it with sudo"
+git -C "$repo" rev-parse --verify -q HEAD >/dev/null || die "$repo is not a git repository with a commit"
+[ -z "$(git -C "$repo" status --porcelain --untracked-files=no)" ] ||
+  say "note: uncommitted changes in $repo are not part of the run (it clones HEAD)"
+
+if [ ! -f "$base/.switchyard-fresh-base" ]; then
+  if ! command -v mmdebstrap >/dev/null; then
+    say "installing mmdebstrap"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null ||
+      die "could not install mmdebstrap from Debian"
+  fi
+  [ ! -e "$base" ] || [ -f "$base/.switchyard-fresh-base" ] || [ -z "$(ls -A "$base" 2>/dev/null)" ] ||
+    die "$base exists and was not made by this script; set SWITCHYARD_FRESH_BASE to another folder"
+  say "making a Debian 12 base root in $base (once)"
+  rm -rf "$base.partial"
+  if ! mmdebstrap --variant=apt --include=ca-certificates bookworm "$base.partial" >"$base.log" 2>&1; then
+    tail -n 20 "$base.log" >&2
+    die "mmdebstrap failed (log: $base.log)"
+  fi
+  touch "$base.partial/.switchyard-fresh-base"
+  rm -rf "$base" && mv "$base.partial" "$base"
+fi
+
+mounts=()
+stop_root() {  # processes left running inside the root, then its mounts (innermost first)
+  local pid
+  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$root" ] && kill -9 "$pid" 2>/dev/null
+  done
+  sleep 0.5
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -R -l "${mounts[i]}" 2>/dev/null || true; done
+  mounts=()
+}
+trap stop_root EXIT
+if grep -q " $root/" /proc/mounts; then die "something is still mounted under $root; unmount it first"; fi
+[ ! -e "$root" ] || [ -f "$root/.switchyard-fresh-base" ] || die "$root exists and was not made by this script"
+rm -rf --one-file-system "$root"
+cp -a "$base" "$root"
+
+# the network's package-registry settings, as every machine on it has them
+cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+for f in /etc/apt/apt.conf.d/*; do [ -f "$f" ] && cp "$f" "$root/etc/apt/apt.conf.d/"; done
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
+if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+  mkdir -p "$root$(dirname "$PIP_CERT")" && cp "$PIP_CERT" "$root$PIP_CERT"
+fi
+env_pass=(); while IFS= read -r v; do env_pass+=("$v"); done < <(env | grep -E '^(PIP_|https?_proxy=|no_proxy=)' || true)
+
+mount -t proc proc "$root/proc" && mounts+=("$root/proc")
+mount --rbind /sys "$root/sys" && mounts+=("$root/sys")
+mount --rbind /dev "$root/dev" && mounts+=("$root/dev")
+if [ -d /usr/local/cuda ]; then  # the toolkit at its real path, and /usr/local/cuda pointing at it
+  cuda=$(readlink -f /usr/local/cuda)
+  mkdir -p "$root$cuda" && mount --bind -o ro "$cuda" "$root$cuda" && mounts+=("$root$cuda")
+  [ "$cuda" = /usr/local/cuda ] || ln -sfn "$cuda" "$root/usr/local/cuda"
+fi
+git clone -q "$repo" "$root/root/switchyard"
+
+cmd=("$@"); [ ${#cmd[@]} -gt 0 ] || cmd=(bash scripts/test.sh)
+say "running '${cmd[*]}' in a clean clone ($(git -C "$repo" rev-parse --short HEAD)) on a new Debian 12 root"
+start=$(date +%s)
+rc=0
+chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI="${CI:-}" \
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${env_pass[@]}" \
+  bash -c 'cd /root/switchyard && exec "$@"' _ "${cmd[@]}" || rc=$?
+say "'${cmd[*]}' exited $rc after $(( $(date +%s) - start )) s"
+exit "$rc"
