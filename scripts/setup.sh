@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 # ocl-icd-opencl-dev: oneDNN's CMake package calls find_package(OpenCL REQUIRED), and Debian lists it
 # only as a recommendation of libdnnl-dev. libopenblas0: without it Debian's PyTorch (the golden
 # reference and the benchmark peer) runs on the reference BLAS, 20-30x slower. qemu-user: the
-# cpu_isa test runs the binary on an emulated CPU below x86-64-v3.
+# cpu_isa test runs the binary on an emulated CPU below x86-64-v3. procps: pgrep, for the
+# fault-injection tests.
 PACKAGES=(build-essential cmake pkg-config libdnnl-dev ocl-icd-opencl-dev libyaml-cpp-dev libfmt-dev
           libhdf5-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev libcli11-dev libgtest-dev
-          python3-torch python3-numpy python3-venv libopenblas0 qemu-user)
+          python3-torch python3-numpy python3-venv libopenblas0 qemu-user procps)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,7 +14,7 @@ if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
   exit 1
 fi
 missing=()
-for p in slurm-wlm munge; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in slurm-wlm munge procps; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
