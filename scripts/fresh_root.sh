@@ -11,8 +11,9 @@
 # Needs root, mmdebstrap (installed from Debian when missing) and the Debian package registry. The
 # base root is made once (~90 s) and kept in $SWITCHYARD_FRESH_BASE (default
 # /var/tmp/switchyard-fresh-base); every run starts from a new copy of it, so no package install,
-# build or clone carries over. The machine's package-registry settings (apt configuration, pip
-# settings and certificate, DNS) are copied in, as any new machine on the same network gets them.
+# build or clone carries over. The machine's name (/etc/hosts, /etc/hostname) and the network's
+# package-registry settings (apt configuration, pip settings and certificate, DNS) are copied in, as
+# any new machine on the same network has them.
 # A CUDA toolkit in /usr/local/cuda is bind-mounted read-only, as on a GPU node. Daemons CMD starts
 # inside the root (e.g. scripts/slurm_local.sh's) are stopped when it ends.
 set -euo pipefail
@@ -61,8 +62,8 @@ if grep -q " $root/" /proc/mounts; then die "something is still mounted under $r
 rm -rf --one-file-system "$root"
 cp -a "$base" "$root"
 
-# the network's package-registry settings, as every machine on it has them
-cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# the machine's name and the network's package-registry settings, as every machine on it has them
+for f in /etc/resolv.conf /etc/hosts /etc/hostname; do [ -f "$f" ] && cp "$f" "$root$f"; done
 for f in /etc/apt/apt.conf.d/*; do [ -f "$f" ] && cp "$f" "$root/etc/apt/apt.conf.d/"; done
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
 if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
