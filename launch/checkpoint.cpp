@@ -17,11 +17,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "core/error.h"
 #include "core/params.h"
+#include "launch/outputs.h"
 
 namespace switchyard::launch {
 namespace fs = std::filesystem;
@@ -118,24 +120,33 @@ int64_t step_of_folder(const std::string& name) {
   return std::stoll(digits);
 }
 
+// When a complete checkpoint folder was saved (its manifest's saved_at_ns; 0 for manifests older
+// than that field, or unreadable ones).
+int64_t saved_at(const fs::path& folder) {
+  std::ifstream f(folder / "manifest.json");
+  const json man = json::parse(f, nullptr, false);
+  return !man.is_discarded() && man.is_object() ? man.value("saved_at_ns", int64_t{0}) : 0;
+}
+
 // Removes temporary folders of saves that never finished (another pid: a killed job), and complete
-// checkpoints beyond the newest keep_last.
-void prune(const fs::path& root, int64_t keep_last, const std::string& own_tmp) {
-  std::vector<std::pair<int64_t, fs::path>> complete;
+// checkpoints beyond the keep_last most recently saved (save order, not step order: a run resumed
+// from an earlier step saves lower steps than an abandoned later one). `own` (just saved) stays.
+void prune(const fs::path& root, int64_t keep_last, const std::string& own_tmp, const std::string& own) {
+  std::vector<std::tuple<int64_t, int64_t, fs::path>> complete;  // (saved at, step, folder)
   for (const auto& e : fs::directory_iterator(root)) {
     if (!e.is_directory()) continue;
     const std::string name = e.path().filename().string();
     if (name.rfind("step-", 0) == 0 && name.find(".tmp-") != std::string::npos && name != own_tmp) {
       std::error_code ec;
       fs::remove_all(e.path(), ec);
-    } else if (const int64_t s = step_of_folder(name); s >= 0) {
-      complete.emplace_back(s, e.path());
+    } else if (const int64_t s = step_of_folder(name); s >= 0 && name != own) {
+      complete.emplace_back(saved_at(e.path()), s, e.path());
     }
   }
-  std::sort(complete.begin(), complete.end());
-  for (size_t i = 0; i + static_cast<size_t>(keep_last) < complete.size(); ++i) {
+  std::sort(complete.rbegin(), complete.rend());  // most recent first
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep_last - 1, 0)); i < complete.size(); ++i) {
     std::error_code ec;
-    fs::remove_all(complete[i].second, ec);
+    fs::remove_all(std::get<2>(complete[i]), ec);
   }
 }
 
@@ -186,6 +197,8 @@ json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConf
           {"version", kVersion},
           {"step", step},
           {"steps_taken", steps_taken},
+          {"saved_at_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::system_clock::now().time_since_epoch()).count()},
           {"layout", {{"world_size", world}, {"expert_parallel", E}}},
           {"files", files},
           {"tensors", tensors},
@@ -224,6 +237,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     std::error_code ec;
     fs::create_directories(root, ec);
     if (ec) throw_usage("cannot create the checkpoint folder {}: {} (set checkpoint.dir)", root.string(), ec.message());
+    if (folder_writer(root).empty()) mark_folder(root, kWriterCheckpoints, kCheckpointEntries);
     fs::remove_all(tmp, ec);
     fs::create_directory(tmp, ec);
     if (ec) throw_usage("cannot create {}: {} (check that checkpoint.dir is writable)", tmp.string(), ec.message());
@@ -254,7 +268,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     test_pause();  // kill point 2: the new folder complete, `latest` not moved yet
     write_durable(root / fmt::format("latest.tmp-{}", pid), name + "\n");
     rename_durable(root / fmt::format("latest.tmp-{}", pid), root / "latest");
-    prune(root, cfg.checkpoint.keep_last, tmp_name);
+    prune(root, cfg.checkpoint.keep_last, tmp_name, name);
   }
   MPI_Barrier(MPI_COMM_WORLD);
   return final_dir.string();

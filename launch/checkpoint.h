@@ -10,11 +10,13 @@
 //                   loss scaler's state (scale and counters; fp16 runs only, optim/loss_scaler.h), the
 //                   layout it was written from (world_size, expert_parallel), the resolved config
 //                   (YAML), and for every tensor its file and shape.
-// The root also holds `latest` (one line: the folder name of the newest complete checkpoint).
+// The root also holds `latest` (one line: the folder name of the newest complete checkpoint), and
+// the ownership marker of launch/outputs.h listing kCheckpointEntries.
 //
 // Atomicity: files are written into `step-000123.tmp-<pid>/`, fsynced with the folder, renamed to
 // `step-000123/`, then `latest` is replaced (temp file + rename) and older checkpoints beyond
-// checkpoint.keep_last are pruned. A SIGKILL at any moment leaves the previous checkpoint loadable.
+// checkpoint.keep_last are pruned (the most recently saved are kept: save order, from the manifest's
+// saved_at_ns, not step order). A SIGKILL at any moment leaves the previous checkpoint loadable.
 // Test hook: SWITCHYARD_TEST_SLOW_SAVE_MS=N makes every writing rank sleep N ms after writing its
 // file (inside the temporary folder), and rank 0 again after the rename, before `latest` moves, so
 // tests can kill a job at those points of a save.
@@ -43,6 +45,9 @@ uint32_t crc32c(const void* data, size_t bytes, uint32_t crc = 0);
 
 // "step-000123"
 std::string checkpoint_folder_name(int64_t step);
+
+// What a checkpoint root holds that saves wrote: `latest` and step folders, with their temporaries.
+inline const std::vector<std::string> kCheckpointEntries = {"latest*", "step-*"};
 
 // Collective over the world. Writes the checkpoint of `step` under `root` as described above and
 // returns its folder.

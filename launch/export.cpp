@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "launch/export_gguf.h"
 #include "launch/export_int8.h"
 #include "launch/model_io.h"
+#include "launch/outputs.h"
 
 namespace switchyard::launch {
 namespace fs = std::filesystem;
@@ -130,23 +132,38 @@ void encode(const float* src, size_t n, const std::string& dtype, std::vector<ui
   std::memcpy(out.data(), h.data(), n * 2);
 }
 
-// Moves `tmp` to `out`, replacing a previous export (or an empty folder) there.
+// What an export folder holds that `export` wrote (outputs.h), temporaries included.
+const std::vector<std::string> kExportEntries = {"config.json*", "generation_config.json*", "model-*",
+                                                 "model.safetensors*", "tokenizer*", "special_tokens_map.json*"};
+
+// Moves the files of `tmp` into `out`, which check_output_folder has cleared for it: missing,
+// empty, or holding an earlier export (removed now) and files of others (kept).
 void install(const fs::path& tmp, const fs::path& out) {
+  if (folder_writer(out) == kWriterExport) remove_owned(out);
   std::error_code ec;
-  if (fs::exists(out)) {
-    if (!fs::is_directory(out) || (!fs::is_empty(out) && !fs::exists(out / "config.json")))
-      throw_usage("export --out {}: exists and is not a model folder (no config.json); remove it or choose "
-                  "another --out", out.string());
-    const fs::path old = out.string() + fmt::format(".old-{}", ::getpid());
-    fs::rename(out, old, ec);
-    if (ec) throw_usage("cannot move the previous export {} aside: {}", out.string(), ec.message());
+  if (fs::is_directory(out) && fs::is_empty(out)) fs::remove(out, ec);
+  if (!fs::exists(out)) {
     fs::rename(tmp, out, ec);
     if (ec) throw_usage("cannot rename {} to {}: {}", tmp.string(), out.string(), ec.message());
-    fs::remove_all(old, ec);
-    return;
+  } else {
+    for (const auto& e : fs::directory_iterator(tmp)) {
+      fs::rename(e.path(), out / e.path().filename(), ec);
+      if (ec) throw_usage("cannot move {} into {}: {}", e.path().string(), out.string(), ec.message());
+    }
+    fs::remove(tmp, ec);
   }
-  fs::rename(tmp, out, ec);
-  if (ec) throw_usage("cannot rename {} to {}: {}", tmp.string(), out.string(), ec.message());
+  mark_folder(out, kWriterExport, kExportEntries);
+}
+
+// A GGUF file is replaced only with --overwrite, and only where it is a GGUF file.
+void check_gguf_target(const fs::path& out, bool overwrite) {
+  if (!fs::exists(fs::symlink_status(out))) return;
+  if (!overwrite)
+    throw_usage("export --out {}: exists; pass --overwrite to replace it, or choose another --out", out.string());
+  char magic[4] = {};
+  std::ifstream f(out, std::ios::binary);
+  if (!fs::is_regular_file(out) || !f.read(magic, 4) || std::string(magic, 4) != "GGUF")
+    throw_usage("export --out {}: exists and is not a GGUF file; not replacing it: choose another --out", out.string());
 }
 
 }  // namespace
@@ -167,6 +184,8 @@ int run_export(const ExportOptions& opts) {
       throw_usage("export --format gguf --out {}: is a folder; give the .gguf file to write", opts.out);
     if (out.has_parent_path() && !fs::is_directory(out.parent_path()))
       throw_usage("export --format gguf --out {}: no folder {}", opts.out, out.parent_path().string());
+    check_gguf_target(out, opts.overwrite);
+    require_writable_folder(out.has_parent_path() ? out.parent_path() : fs::path("."), "export --out's folder");
     const Source src = load_source(opts.checkpoint);
     const auto [count, size] = write_gguf(src.model, src.params, out.string(), dtype);
     fmt::print("{}\n", ojson{{"out", out.string()}, {"format", "gguf"}, {"tensors", count}, {"size", size},
@@ -177,6 +196,8 @@ int run_export(const ExportOptions& opts) {
   if (!opts.quantize.empty() && opts.quantize != "int8")
     throw_usage("export --quantize {}: expected int8", opts.quantize);
   const bool int8 = opts.quantize == "int8";
+  check_output_folder(out, kWriterExport, kExportEntries, opts.overwrite, "export --out", "choose another --out");
+  require_writable_folder(out.has_parent_path() ? out.parent_path() : fs::path("."), "export --out's folder");
   if (int8 && opts.eval_data.empty())
     throw_usage("export --quantize int8 needs --eval-data FILE (a token file) for the eval-loss report");
   if (!int8 && !opts.eval_data.empty())

@@ -4,7 +4,9 @@
 // Input (--checkpoint): a checkpoint folder (step-NNNNNN/ with manifest.json), a checkpoint
 // directory (its `latest`), or a run folder (its checkpoints/latest, else its model/ folder). The
 // checkpoint may have been written by any number of ranks: the parameters are read by name.
-// Output (--out), written into `<out>.tmp-<pid>/` and renamed (a previous export there is replaced):
+// Output (--out), written into `<out>.tmp-<pid>/`, then moved into place. An --out that holds
+// anything is refused unless --overwrite; then only what an earlier export wrote there goes
+// (launch/outputs.h: other files stay, a name export writes that it does not own is an error):
 //   config.json                      mixtral / MixtralForCausalLM, or qwen2_moe / Qwen2MoeForCausalLM
 //                                    (ModelConfig::qwen_layout()); torch_dtype = --dtype
 //   model-0000i-of-0000n.safetensors tensors by HF name in parameter-table order, each shard at most
@@ -37,6 +39,7 @@ struct ExportOptions {
   std::string eval_data;        // token file for the --quantize report
   int64_t eval_windows = 16;
   int64_t eval_seq_len = 0;     // 0: the model's max_seq_len
+  bool overwrite = false;       // --overwrite: replace an earlier export (or GGUF file) at --out
 };
 
 // "5GB" (10^9), "500MB", "2000KB", "1GiB" (2^30), "123" or "123B" -> bytes; a usage Error otherwise.

@@ -46,6 +46,9 @@ int main(int argc, char** argv) {
                                "Continue from a checkpoint: a step-NNNNNN folder or a checkpoint directory "
                                "(its `latest`); without a value, the latest under checkpoint.dir")
                      ->expected(0, 1);
+  t->add_flag("--overwrite", train.overwrite,
+              "Start afresh in a run folder that holds an earlier run: its config, metrics, checkpoints and "
+              "weights are removed first (files Switchyard did not write are kept)");
 
   sy::launch::EvalOptions eval;
   auto* e = app.add_subcommand("eval", "Mean token loss over consecutive non-overlapping windows");
@@ -64,7 +67,9 @@ int main(int argc, char** argv) {
   auto* x = app.add_subcommand("export", "Write a checkpoint in the Hugging Face layout (transformers, vLLM)");
   x->add_option("--checkpoint", exp.checkpoint,
                 "Checkpoint folder (step-NNNNNN), checkpoint directory (its `latest`) or run folder")->required();
-  x->add_option("--out", exp.out, "Output folder (replaced if it holds a previous export)")->required();
+  x->add_option("--out", exp.out, "Output folder (must be new or empty unless --overwrite)")->required();
+  x->add_flag("--overwrite", exp.overwrite,
+              "Replace an earlier export at --out (only the files export wrote; others are kept)");
   x->add_option("--dtype", exp.dtype, "Weight dtype: bf16 (default), fp16 or fp32")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   x->add_option("--max-shard-size", exp.max_shard_size, "Largest safetensors shard, e.g. 5GB (default), 500MB");

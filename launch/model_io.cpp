@@ -1,5 +1,7 @@
 #include "launch/model_io.h"
 
+#include "launch/outputs.h"
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -7,6 +9,7 @@
 #include "core/error.h"
 #include "core/hf_checkpoint.h"
 #include "core/safetensors.h"
+#include "launch/outputs.h"
 
 namespace switchyard::launch {
 namespace fs = std::filesystem;
@@ -104,14 +107,16 @@ void write_text_file(const std::string& path, const std::string& text) {
 
 void save_hf_model(const std::string& dir, const core::ModelConfig& cfg, const core::ParamTable& table,
                    const float* host_params) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw_usage("cannot create {}: {}", dir, ec.message());
+  // the trainer's own folder: replaced when it wrote it, never over files of others (outputs.h)
+  const std::vector<std::string> entries = {"model.safetensors*", "config.json*"};
+  check_output_folder(dir, kWriterWeights, entries, /*overwrite=*/true, "the run's weights folder", "");
+  require_writable_folder(dir, "the run's weights folder");
   const std::vector<HfTensor> hf = hf_tensors(cfg, table, host_params);
   std::vector<core::TensorWrite> tensors;
   for (const auto& t : hf) tensors.push_back({t.name, "F32", t.shape, t.data});
   core::write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   write_text_file((fs::path(dir) / "config.json").string(), hf_config_json(cfg).dump(2) + "\n");
+  mark_folder(dir, kWriterWeights, entries);
 }
 
 }  // namespace switchyard::launch

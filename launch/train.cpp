@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -25,6 +26,7 @@
 #include "launch/metrics.h"
 #include "launch/model_io.h"
 #include "launch/nonfinite.h"
+#include "launch/outputs.h"
 #include "launch/plan.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
@@ -53,6 +55,33 @@ std::string run_folder(const core::ExperimentConfig& cfg, const TrainOptions& op
   if (!opts.run_dir.empty()) return opts.run_dir;
   if (!cfg.run.dir.empty()) return cfg.run.dir;
   return (fs::path("runs") / cfg.run.name).string();
+}
+
+// What a run folder holds that the trainer wrote (launch/outputs.h).
+const std::vector<std::string> kRunEntries = {"config.yaml", "metrics.jsonl", "checkpoints", "model"};
+
+bool inside(const fs::path& p, const fs::path& dir) {
+  const fs::path a = fs::weakly_canonical(p), b = fs::weakly_canonical(dir);
+  return std::mismatch(b.begin(), b.end(), a.begin(), a.end()).first == b.end();
+}
+
+// Rank 0, before any work: a new run needs an empty run folder (and checkpoint.dir), or --overwrite
+// (then the earlier run's files go, nobody else's); every output folder must be writable, so that
+// a bad path fails now and not at the first save.
+void prepare_outputs(const fs::path& dir, const fs::path& ckpt_root, const TrainOptions& opts) {
+  const bool separate = !inside(ckpt_root, dir);
+  if (!opts.resume) {
+    check_output_folder(dir, kWriterRun, kRunEntries, opts.overwrite, "run folder",
+                        "continue that run with --resume, or choose another --run-dir (or run.name)");
+    if (separate)
+      check_output_folder(ckpt_root, kWriterCheckpoints, kCheckpointEntries, opts.overwrite, "checkpoint.dir",
+                          "continue that run with --resume, or choose another checkpoint.dir");
+    if (folder_writer(dir) == kWriterRun) remove_owned(dir);
+    if (separate && folder_writer(ckpt_root) == kWriterCheckpoints) remove_owned(ckpt_root);
+  }
+  require_writable_folder(dir, "run folder");
+  mark_folder(dir, kWriterRun, kRunEntries);
+  require_writable_folder(ckpt_root, "checkpoint.dir", /*keep=*/false);  // the first save makes it
 }
 
 // Set by SIGTERM / SIGUSR1 (preemption): the loop finishes its step, saves and exits 0.
@@ -139,6 +168,10 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     core::validate(cfg, opts.config_path + " with --init-from " + opts.init_from);
   }
 
+  const fs::path dir = run_folder(cfg, opts);
+  const fs::path ckpt_root = cfg.checkpoint.dir.empty() ? dir / "checkpoints" : fs::path(cfg.checkpoint.dir);
+  if (rank0) prepare_outputs(dir, ckpt_root, opts);
+
   const int threads = choose_threads(cfg.train, mpi.size());
   auto backend = core::make_cpu_backend(threads);
   // bf16 GEMMs: native (oneDNN bf16 matmul) only if every rank measured it faster, so that all
@@ -200,9 +233,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   const int64_t state_bytes =
       backend->memory_stats().live_bytes - live_before_model - model.activation_bytes();
 
-  // ---- run folder, checkpoint to resume from ----
-  const fs::path dir = run_folder(cfg, opts);
-  const fs::path ckpt_root = cfg.checkpoint.dir.empty() ? dir / "checkpoints" : fs::path(cfg.checkpoint.dir);
+  // ---- checkpoint to resume from ----
   int64_t start_step = 0, last_saved = -1;
   if (opts.resume) {
     const std::string folder = resolve_checkpoint(opts.resume_from.empty() ? ckpt_root.string() : opts.resume_from);
@@ -217,12 +248,8 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                  folder, ck.step, ck.world_size, ck.expert_parallel);
   }
   if (rank0) {
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    if (ec) throw_usage("cannot create run folder {}: {}", dir.string(), ec.message());
     write_text(dir / "config.yaml", core::to_yaml(cfg));
     if (opts.resume) truncate_metrics(dir / "metrics.jsonl", start_step);
-    else fs::remove(dir / "metrics.jsonl");
   }
   MPI_Barrier(MPI_COMM_WORLD);
   Progress progress(cfg.train.steps, cfg.train.log_interval);

@@ -18,6 +18,7 @@ struct TrainOptions {
   std::string run_dir;                 // overrides run.dir / runs/<run.name>
   bool resume = false;                 // --resume given
   std::string resume_from;             // its value: a checkpoint folder or root; empty: checkpoint.dir
+  bool overwrite = false;              // --overwrite: start afresh in a folder holding an earlier run
 };
 
 // Returns the process exit code (0 on success); throws switchyard::Error on bad input.
