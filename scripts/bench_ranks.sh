@@ -21,10 +21,10 @@ for cfg in "1 1 none" "2 1 none" "2 2 auto" "4 1 none" "4 4 flat" "4 4 hierarchi
   extra=()
   [ "$ex" != none ] && extra=(--set parallel.token_exchange="$ex" --set parallel.ranks_per_node=2)
   OMP_NUM_THREADS=$threads mpirun -np "$np" --bind-to none build/switchyard train --config configs/tiny.yaml \
-    --run-dir "$OUT/r" --set train.steps="$STEPS" --set train.micro_batch=$(( 8 / np )) \
+    --run-dir "$OUT/r-$np-$ep-$ex" --set train.steps="$STEPS" --set train.micro_batch=$(( 8 / np )) \
     --set train.threads="$threads" --set train.eval_windows=1 --set parallel.expert_parallel="$ep" \
     "${extra[@]}" > /dev/null
-  /usr/bin/python3 - "$OUT/r/metrics.jsonl" "$np" "$ep" "$ex" <<'PY'
+  /usr/bin/python3 - "$OUT/r-$np-$ep-$ex/metrics.jsonl" "$np" "$ep" "$ex" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l][2:]
 m = lambda k: statistics.median(r[k] for r in rows)

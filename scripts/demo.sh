@@ -13,16 +13,17 @@ ensure_corpus
 
 # Two MPI ranks with the 8 experts of every layer spread over them (expert parallelism 2, flat or
 # hierarchical token exchange chosen by the cost model); micro-batch 4 per rank keeps the global
-# batch of configs/tiny.yaml (8 sequences), so RANKS=1 trains the same model.
+# batch of configs/tiny.yaml (8 sequences), so RANKS=1 trains the same model. --overwrite: a demo
+# run again replaces the earlier demo's run and export (only what Switchyard wrote there).
 RANKS=${RANKS:-2}
 export OMP_NUM_THREADS=$(( SWITCHYARD_CORES / RANKS > 0 ? SWITCHYARD_CORES / RANKS : 1 ))
-mpirun -np "$RANKS" --bind-to none build/switchyard train --config configs/tiny.yaml --run-dir runs/tiny \
+mpirun -np "$RANKS" --bind-to none build/switchyard train --config configs/tiny.yaml --run-dir runs/tiny --overwrite \
   --set parallel.expert_parallel="$RANKS" --set train.micro_batch=$(( 8 / RANKS )) "$@"
 
 echo "== evaluation of the trained model on the validation split =="
 build/switchyard eval --checkpoint runs/tiny --data "$CORPUS" --split valid
 echo "== export of the latest checkpoint for transformers / vLLM =="
-build/switchyard export --checkpoint runs/tiny --out runs/tiny/export --dtype bf16
+build/switchyard export --checkpoint runs/tiny --out runs/tiny/export --dtype bf16 --overwrite
 echo "Results: runs/tiny/metrics.jsonl (per-step metrics), runs/tiny/config.yaml (resolved config),"
 echo "         runs/tiny/model/ (fp32 weights, Hugging Face layout, for --init-from),"
 echo "         runs/tiny/export/ (bf16 export: config.json, safetensors shards + index, tokenizer;"

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Never lose a user's work (launch/outputs.h: Switchyard removes or replaces only what a marker of
+# its own lists). Every refused case exits 2 with one stderr line naming the folder, file or key,
+# and the bytes of every file that was there before (the earlier run, a downloaded model folder with
+# its .git and notes, the run's fp32 weights) are unchanged, checked by checksums of whole trees.
+#  (a) A second run in a run folder that holds a run, without --resume or --overwrite: refused.
+#  (b) --overwrite with fewer steps: the earlier run's files go, a user's notes.txt stays, the new
+#      run's own checkpoint survives pruning and `latest` names it, metrics.jsonl holds only the new
+#      run's steps.
+#  (c) Resumed from an older checkpoint, pruning follows save order: the fresh save stays (step
+#      order would delete it in favour of the abandoned timeline's later steps).
+#  (d) export --out a downloaded model folder (config.json, README, .git/): refused, also with
+#      --overwrite (its config.json is not Switchyard's).
+#  (e) export --out <run>/model (the run's fp32 weights): refused, also with --overwrite.
+#  (f) export over an earlier export: refused without --overwrite; with it the earlier export's
+#      files go (shards of a finer split included), a README.md the user put there stays.
+#  (g) A checkpoint.dir or run folder that cannot be written (under a regular file, under /proc):
+#      refused before the first step, nothing recorded; a run that failed on bad data leaves its
+#      folder reusable without --overwrite.
+#  (h) GGUF: an existing file that is not GGUF is never replaced; an earlier GGUF export only with
+#      --overwrite.
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+BASE=("${SMALL_MODEL[@]}" --set train.steps=4 --set checkpoint.interval=2 --set checkpoint.keep_last=2)
+fails=0
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+tree_sum() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
+# refused NAME NEEDLE -- command...: exit 2, one stderr line containing NEEDLE
+refused() {
+  local name=$1 needle=$2 rc=0; shift 3
+  "$@" >"$TMP/out" 2>"$TMP/err" || rc=$?
+  if [ "$rc" = 2 ] && [ "$(grep -c . "$TMP/err")" = 1 ] && grep -qF -- "$needle" "$TMP/err"; then
+    ok "$name: exit 2, one line: $(cut -c1-150 "$TMP/err")"
+  else
+    bad "$name: rc=$rc, want 2 and one line with '$needle':"; cat "$TMP/err"
+  fi
+}
+same() {  # NAME BEFORE AFTER
+  if [ "$2" = "$3" ]; then ok "$1: unchanged"; else bad "$1: changed ($2 -> $3)"; fi
+}
+steps_of() { /usr/bin/python3 -c "import json,sys; print(' '.join(str(r['step']) for r in map(json.loads, open(sys.argv[1])) if 'loss' in r))" "$1"; }
+
+# ---- (a) ----
+"$SY" train "${BASE[@]}" --run-dir "$TMP/run" >/dev/null
+before=$(tree_sum "$TMP/run")
+refused "a: second run without --resume" "pass --overwrite" -- "$SY" train "${BASE[@]}" --run-dir "$TMP/run"
+same "a: the first run" "$before" "$(tree_sum "$TMP/run")"
+
+# ---- (b) ----
+echo "my notes" >"$TMP/run/notes.txt"
+"$SY" train "${BASE[@]}" --set train.steps=2 --run-dir "$TMP/run" --overwrite >/dev/null
+[ "$(cat "$TMP/run/notes.txt")" = "my notes" ] && ok "b: notes.txt kept" || bad "b: notes.txt"
+latest=$(cat "$TMP/run/checkpoints/latest")
+[ "$latest" = step-000002 ] && [ -f "$TMP/run/checkpoints/$latest/manifest.json" ] &&
+  ok "b: latest = $latest, complete" || bad "b: latest '$latest' is not a complete checkpoint"
+[ ! -e "$TMP/run/checkpoints/step-000004" ] && ok "b: the earlier run's step-000004 removed" || bad "b: step-000004 left"
+[ "$(steps_of "$TMP/run/metrics.jsonl")" = "1 2" ] && ok "b: metrics hold steps 1 2" ||
+  bad "b: metrics steps $(steps_of "$TMP/run/metrics.jsonl")"
+
+# ---- (c) ----
+"$SY" train "${BASE[@]}" --set train.steps=6 --set checkpoint.keep_last=3 --run-dir "$TMP/c" >/dev/null
+"$SY" train "${BASE[@]}" --set train.steps=3 --set checkpoint.interval=1 --run-dir "$TMP/c" \
+  --resume "$TMP/c/checkpoints/step-000002" >/dev/null
+kept=$(cd "$TMP/c/checkpoints" && ls -d step-* | tr '\n' ' ')
+[ "$(cat "$TMP/c/checkpoints/latest")" = step-000003 ] && [ -f "$TMP/c/checkpoints/step-000003/manifest.json" ] &&
+  ok "c: resumed from step 2, the fresh step-000003 kept (kept: $kept)" || bad "c: kept $kept, latest $(cat "$TMP/c/checkpoints/latest")"
+
+# ---- (d) ----
+mkdir -p "$TMP/hf/.git"
+echo '{"model_type": "mixtral"}' >"$TMP/hf/config.json"
+echo "downloaded" >"$TMP/hf/README.md"
+echo "ref: refs/heads/main" >"$TMP/hf/.git/HEAD"
+before=$(tree_sum "$TMP/hf")
+refused "d: export into a downloaded model folder" "is not empty" -- "$SY" export --checkpoint "$TMP/run" --out "$TMP/hf"
+refused "d: ... with --overwrite" "config.json is there and was not written by" -- \
+  "$SY" export --checkpoint "$TMP/run" --out "$TMP/hf" --overwrite
+same "d: the downloaded folder" "$before" "$(tree_sum "$TMP/hf")"
+
+# ---- (e) ----
+"$SY" train "${BASE[@]}" --set train.steps=2 --run-dir "$TMP/e" >/dev/null
+before=$(tree_sum "$TMP/e/model")
+refused "e: export over the run's weights" "is not empty" -- "$SY" export --checkpoint "$TMP/e" --out "$TMP/e/model"
+refused "e: ... with --overwrite" "was written by \`switchyard train weights\`" -- \
+  "$SY" export --checkpoint "$TMP/e" --out "$TMP/e/model" --overwrite
+same "e: the run's fp32 weights" "$before" "$(tree_sum "$TMP/e/model")"
+
+# ---- (f) ----
+"$SY" export --checkpoint "$TMP/e" --out "$TMP/x" --max-shard-size 20KB >/dev/null
+n_fine=$(ls "$TMP/x" | grep -c '^model-')
+before=$(tree_sum "$TMP/x")
+refused "f: export over an export" "pass --overwrite" -- "$SY" export --checkpoint "$TMP/e" --out "$TMP/x"
+same "f: the earlier export" "$before" "$(tree_sum "$TMP/x")"
+echo "mine" >"$TMP/x/README.md"
+"$SY" export --checkpoint "$TMP/e" --out "$TMP/x" --overwrite >/dev/null
+n_now=$(ls "$TMP/x" | grep -c '^model-')
+[ "$(cat "$TMP/x/README.md")" = mine ] && ok "f: README.md kept" || bad "f: README.md"
+[ "$n_now" = 1 ] && [ "$n_fine" -gt 1 ] && ls "$TMP/x/model-00001-of-00001.safetensors" >/dev/null &&
+  ok "f: $n_fine shards replaced by 1, none left over" || bad "f: shards $n_fine -> $n_now: $(ls "$TMP/x")"
+
+# ---- (g) ----
+echo "a file" >"$TMP/afile"
+refused "g: checkpoint.dir under a file" "checkpoint.dir $TMP/afile/ckpt" -- \
+  "$SY" train "${BASE[@]}" --run-dir "$TMP/g1" --set checkpoint.dir="$TMP/afile/ckpt"
+[ ! -e "$TMP/g1/metrics.jsonl" ] && ok "g: no step ran" || bad "g: steps ran before the error"
+refused "g: checkpoint.dir under /proc" "checkpoint.dir /proc/switchyard-ckpt" -- \
+  "$SY" train "${BASE[@]}" --run-dir "$TMP/g2" --set checkpoint.dir=/proc/switchyard-ckpt
+refused "g: run folder under a file" "run folder $TMP/afile/run" -- "$SY" train "${BASE[@]}" --run-dir "$TMP/afile/run"
+refused "g: bad data" "missing.h5" -- "$SY" train "${BASE[@]}" --run-dir "$TMP/g3" --set data.train="$TMP/missing.h5"
+"$SY" train "${BASE[@]}" --set train.steps=2 --run-dir "$TMP/g3" >/dev/null &&
+  ok "g: the failed run's folder is reused without --overwrite" || bad "g: reuse after a failed start"
+
+# ---- (h) ----
+echo "not a model" >"$TMP/notes.gguf"
+refused "h: GGUF over a non-GGUF file" "is not a GGUF file" -- \
+  "$SY" export --checkpoint "$TMP/e" --format gguf --out "$TMP/notes.gguf" --overwrite
+[ "$(cat "$TMP/notes.gguf")" = "not a model" ] && ok "h: the file is unchanged" || bad "h: the file changed"
+"$SY" export --checkpoint "$TMP/e" --format gguf --out "$TMP/m.gguf" >/dev/null
+refused "h: GGUF over a GGUF without --overwrite" "pass --overwrite" -- \
+  "$SY" export --checkpoint "$TMP/e" --format gguf --out "$TMP/m.gguf"
+"$SY" export --checkpoint "$TMP/e" --format gguf --out "$TMP/m.gguf" --overwrite >/dev/null &&
+  ok "h: an earlier GGUF export replaced with --overwrite" || bad "h: GGUF --overwrite"
+
+echo "$fails failure(s)"
+[ "$fails" = 0 ]
