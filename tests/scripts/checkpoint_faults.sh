@@ -38,10 +38,7 @@ D=(--set train.steps=6 --set checkpoint.interval=2)
 kill_during_save() {  # run-dir glob-that-marks-the-kill-point
   SWITCHYARD_TEST_SLOW_SAVE_MS=2000 "$SY" train "${BASE[@]}" "${D[@]}" --run-dir "$1" >/dev/null &
   local pid=$!
-  for _ in $(seq 600); do
-    compgen -G "$2" >/dev/null && break
-    sleep 0.05
-  done
+  wait_for "$pid" compgen -G "$2"
   kill -9 "$pid"
   wait "$pid" || true
   ls "$1/checkpoints"
@@ -61,10 +58,8 @@ kill_during_save "$TMP/d2" "$TMP/d2/checkpoints/step-000004/manifest.json"
 E=(--set train.steps=1000 --set train.micro_batch=4 --set parallel.expert_parallel=2 --set train.log_interval=1000)
 mpirun -np 2 --bind-to none "$SY" train "${BASE[@]}" "${E[@]}" --run-dir "$TMP/e" >"$TMP/e.log" &
 mp=$!
-for _ in $(seq 600); do  # until a few steps are done
-  [ -f "$TMP/e/metrics.jsonl" ] && [ "$(wc -l <"$TMP/e/metrics.jsonl")" -ge 20 ] && break
-  sleep 0.05
-done
+steps_done() { [ -f "$TMP/e/metrics.jsonl" ] && [ "$(wc -l <"$TMP/e/metrics.jsonl")" -ge 20 ]; }
+wait_for "$mp" steps_done  # until a few steps are done (the stop handlers are installed by then)
 ranks=($(pgrep -P "$mp"))
 kill -TERM "${ranks[-1]}"
 wait "$mp"  # exit 0 expected (set -e)

@@ -24,7 +24,7 @@ timeout 90 mpirun --bind-to none -np 2 "$SY" train "${COMMON[@]}" --set data.tra
   --set train.steps=100000 --run-dir "$TMP/r2" > "$TMP/out2" 2>&1 &
 job=$!
 victim=""
-for _ in $(seq 100); do
+while kill -0 "$job" 2>/dev/null; do  # until the first step is done (no budget of its own)
   sleep 0.3
   grep -q "step 1/" "$TMP/out2" 2>/dev/null || continue
   victim=$(pgrep -f "switchyard train.*$TMP/r2" | sort -n | tail -1); break

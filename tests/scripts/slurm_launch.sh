@@ -37,10 +37,8 @@ OMP_NUM_THREADS=1 timeout 120 srun --nodes=1 --ntasks=2 --cpus-per-task=1 --mpi=
   --config "$SRC/configs/tiny.yaml" "${ARGS[@]}" --set train.steps=100000 --set parallel.expert_parallel=2 \
   --run-dir "$TMP/killed" >"$TMP/killed.log" 2>&1 &
 srun_pid=$!
-for _ in $(seq 600); do
-  [ -f "$TMP/killed/metrics.jsonl" ] && [ "$(wc -l <"$TMP/killed/metrics.jsonl")" -ge 3 ] && break
-  sleep 0.1
-done
+three_steps() { [ -f "$TMP/killed/metrics.jsonl" ] && [ "$(wc -l <"$TMP/killed/metrics.jsonl")" -ge 3 ]; }
+wait_for "$srun_pid" three_steps
 # a rank itself (its command line starts with the binary), not the timeout or srun around it
 victim=$(pgrep -f -- "^$SY train .*--run-dir $TMP/killed" | tail -1)
 t0=$(date +%s)
@@ -54,12 +52,13 @@ set -e
 PRE=("${ARGS[@]}" --set train.steps=400 --set train.log_interval=1000)
 job=$(CONFIG="$SRC/configs/tiny.yaml" RUN_DIR="$TMP/pre" SWITCHYARD_BIN="$SY" sbatch --parsable --nodes=1 \
   --ntasks-per-node=2 --cpus-per-task=1 --output="$TMP/pre.out" scripts/slurm_train.sbatch "${PRE[@]}")
-for _ in $(seq 600); do
-  [ -f "$TMP/pre/metrics.jsonl" ] && [ "$(wc -l <"$TMP/pre/metrics.jsonl")" -ge 5 ] && break
+# until 5 steps are done while the job is queued or running (no budget of its own)
+until [ -f "$TMP/pre/metrics.jsonl" ] && [ "$(wc -l <"$TMP/pre/metrics.jsonl")" -ge 5 ]; do
+  squeue -h -j "$job" 2>/dev/null | grep -q . || { echo "FAIL: job $job ended before 5 steps"; exit 1; }
   sleep 0.1
 done
 scancel --signal=USR1 "$job"
-for _ in $(seq 600); do squeue -h -j "$job" 2>/dev/null | grep -q . || break; sleep 0.2; done
+while squeue -h -j "$job" 2>/dev/null | grep -q .; do sleep 0.2; done
 pre_exit=$(scontrol show job "$job" 2>/dev/null | grep -o "ExitCode=[0-9:]*" | head -1 || true)
 echo "$pre_exit" > "$TMP/pre.exit"
 CONFIG="$SRC/configs/tiny.yaml" RUN_DIR="$TMP/pre" SWITCHYARD_BIN="$SY" RESUME=1 timeout 300 sbatch --wait \

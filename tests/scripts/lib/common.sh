@@ -15,3 +15,14 @@ TOK="$TMP/tok.h5"
 SMALL_MODEL=(--config "$SRC/configs/tiny.yaml" --set data.train="$TOK" --set model.d_model=64
              --set model.n_layers=2 --set model.n_heads=4 --set model.n_kv_heads=2
              --set train.seq_len=32 --set optim.warmup_steps=1 --set train.threads=1)
+
+# wait_for PID CMD...: waits until CMD succeeds while process PID lives; fails the test (naming
+# CMD) if PID ends first. No time budget of its own (ctest's timeout bounds the test): a fixed
+# polling budget on a loaded machine once let a fault test act before the moment it meant to.
+wait_for() {
+  local pid=$1; shift
+  until "$@"; do
+    kill -0 "$pid" 2>/dev/null || { echo "FAIL: process $pid ended before: $*"; exit 1; }
+    sleep 0.05
+  done
+}
