@@ -1,6 +1,8 @@
 // core/params.cpp: parameter spec table, the model's Hugging Face names, and arenas.
 #include "core/params.h"
 
+#include <cmath>
+
 #include <fmt/format.h>
 
 #include <utility>
@@ -26,6 +28,17 @@ int ParamTable::add(std::string name, std::vector<int64_t> shape, ParamKind kind
   index_[p.name] = i;
   specs_.push_back(std::move(p));
   return i;
+}
+
+int64_t first_nonfinite_param(const ParamTable& table, const float* host) {
+  for (size_t i = 0; i < table.size(); ++i) {
+    const float* p = host + table[i].offset;
+    bool finite = true;
+#pragma omp simd reduction(&& : finite)
+    for (int64_t k = 0; k < table[i].numel; ++k) finite = finite && std::isfinite(p[k]);
+    if (!finite) return static_cast<int64_t>(i);
+  }
+  return -1;
 }
 
 int ParamTable::find(const std::string& name) const {

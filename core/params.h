@@ -63,6 +63,10 @@ bool param_decays(const ParamSpec& p, const OptimConfig& cfg);
 // named by their global ids; every other tensor is replicated.
 ParamTable make_param_table(const ModelConfig& cfg, int ep_rank = 0, int ep_size = 1);
 
+// The index (table order) of the first tensor of `host` (laid out as `table`) that holds inf or
+// NaN, or -1 when every value is finite.
+int64_t first_nonfinite_param(const ParamTable& table, const float* host);
+
 // An owning block of floats in a backend's memory.
 class Arena {
  public:

@@ -14,6 +14,7 @@
 #include "data/token_source.h"
 #include "launch/evaluate.h"
 #include "launch/model_io.h"
+#include "launch/nonfinite.h"
 #include "moe/model.h"
 
 namespace switchyard::launch {
@@ -24,6 +25,7 @@ int run_eval(const EvalOptions& opts) {
   if (opts.batch < 1) throw_usage("eval: --batch must be at least 1 (got {})", opts.batch);
   const std::string dir = opts.init_from.empty() ? resolve_model_dir(opts.checkpoint) : opts.init_from;
   LoadedModel loaded = load_hf_model(dir);
+  require_finite_weights(loaded.config, loaded.params, dir, opts.allow_nonfinite);
   const int64_t T = opts.seq_len > 0 ? opts.seq_len : loaded.config.max_seq_len;
   if (T > loaded.config.max_seq_len)
     throw_usage("eval: --seq-len {} exceeds the model's max_seq_len {} ({}/config.json)", T,

@@ -17,6 +17,7 @@ struct EvalOptions {
   int64_t max_windows = 0;  // 0: all
   int threads = 0;
   std::string dump_logits;  // optional: fp32 logits [windows*seq_len, vocab] to this file
+  bool allow_nonfinite = false;  // evaluate weights holding inf/NaN instead of refusing them
 };
 // Prints {"loss": ..., "tokens": ...} as one JSON line; returns the exit code.
 int run_eval(const EvalOptions& opts);

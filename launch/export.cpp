@@ -21,6 +21,7 @@
 #include "launch/export_gguf.h"
 #include "launch/export_int8.h"
 #include "launch/model_io.h"
+#include "launch/nonfinite.h"
 #include "launch/outputs.h"
 
 namespace switchyard::launch {
@@ -187,6 +188,7 @@ int run_export(const ExportOptions& opts) {
     check_gguf_target(out, opts.overwrite);
     require_writable_folder(out.has_parent_path() ? out.parent_path() : fs::path("."), "export --out's folder");
     const Source src = load_source(opts.checkpoint);
+    require_finite_weights(src.model, src.params, src.from, opts.allow_nonfinite);
     const auto [count, size] = write_gguf(src.model, src.params, out.string(), dtype);
     fmt::print("{}\n", ojson{{"out", out.string()}, {"format", "gguf"}, {"tensors", count}, {"size", size},
                              {"dtype", opts.dtype}, {"source", src.from}}.dump());
@@ -211,6 +213,7 @@ int run_export(const ExportOptions& opts) {
   if (int8) data::open_token_source(opts.eval_data, eval_split);
 
   const Source src = load_source(opts.checkpoint);
+  require_finite_weights(src.model, src.params, src.from, opts.allow_nonfinite);
   if (int8 && opts.eval_seq_len > src.model.max_seq_len)
     throw_usage("export --eval-seq-len {} exceeds the model's max_seq_len {} ({})", opts.eval_seq_len,
                 src.model.max_seq_len, src.from);

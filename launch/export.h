@@ -40,6 +40,7 @@ struct ExportOptions {
   int64_t eval_windows = 16;
   int64_t eval_seq_len = 0;     // 0: the model's max_seq_len
   bool overwrite = false;       // --overwrite: replace an earlier export (or GGUF file) at --out
+  bool allow_nonfinite = false; // export weights holding inf/NaN instead of refusing them
 };
 
 // "5GB" (10^9), "500MB", "2000KB", "1GiB" (2^30), "123" or "123B" -> bytes; a usage Error otherwise.

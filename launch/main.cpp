@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
   e->add_option("--batch", eval.batch, "Windows per forward pass");
   e->add_option("--max-windows", eval.max_windows, "Evaluate at most this many windows (0: all)");
   e->add_option("--threads", eval.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+  e->add_flag("--allow-nonfinite", eval.allow_nonfinite, "Evaluate weights that hold inf/NaN (refused by default)");
   e->add_option("--dump-logits", eval.dump_logits,
                 "Also write the logits (fp32 little-endian [windows*seq_len, vocab]) to this file");
 
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
   x->add_option("--checkpoint", exp.checkpoint,
                 "Checkpoint folder (step-NNNNNN), checkpoint directory (its `latest`) or run folder")->required();
   x->add_option("--out", exp.out, "Output folder (must be new or empty unless --overwrite)")->required();
+  x->add_flag("--allow-nonfinite", exp.allow_nonfinite, "Export weights that hold inf/NaN (refused by default)");
   x->add_flag("--overwrite", exp.overwrite,
               "Replace an earlier export at --out (only the files export wrote; others are kept)");
   x->add_option("--dtype", exp.dtype, "Weight dtype: bf16 (default), fp16 or fp32")

@@ -8,6 +8,10 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/params.h"
 
 namespace switchyard::launch {
 
@@ -71,6 +75,38 @@ std::string locate_nonfinite(const moe::Model& model, bool local_loss_nonfinite)
       rank == out.rank ? fmt::format("the first gradient backward produced with inf/NaN is {} (on rank {})", name, rank)
                        : std::string();
   return broadcast_text(text, out.rank);
+}
+
+}  // namespace switchyard::launch
+
+namespace switchyard::launch {
+
+void require_finite_params(const moe::Model& model, int64_t step) {
+  int size = 1, rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  std::vector<float> host(static_cast<size_t>(model.num_params()));
+  model.params_to_host(host.data());
+  const int64_t bad = core::first_nonfinite_param(model.table(), host.data());
+  int owner = bad >= 0 ? rank : INT_MAX;
+  MPI_Allreduce(MPI_IN_PLACE, &owner, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (owner == INT_MAX) return;
+  const std::string name = broadcast_text(bad >= 0 ? model.table()[static_cast<size_t>(bad)].name : "", owner);
+  throw_usage("training diverged at step {}: the optimizer step left inf/NaN in the weights, first in {}{}; the "
+              "checkpoint of step {} was not saved (the latest one is the previous). Lower optim.lr or raise "
+              "optim.warmup_steps",
+              step, name, size > 1 ? fmt::format(" (on rank {})", owner) : "", step);
+}
+
+void require_finite_weights(const core::ModelConfig& cfg, const std::vector<float>& params,
+                            const std::string& source, bool allow) {
+  if (allow) return;
+  const core::ParamTable table = core::make_param_table(cfg);
+  const int64_t bad = core::first_nonfinite_param(table, params.data());
+  if (bad >= 0)
+    throw_usage("{}: tensor {} holds inf/NaN (weights of a diverged run?); use an earlier checkpoint "
+                "(<run>/checkpoints/step-NNNNNN), or pass --allow-nonfinite to go on anyway",
+                source, table[static_cast<size_t>(bad)].name);
 }
 
 }  // namespace switchyard::launch

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "moe/model.h"
 
@@ -13,5 +14,15 @@ namespace switchyard::launch {
 // output held inf/NaN on it; else the gradient tensor that backward produced non-finite first
 // (backward order: LM head, final norm, layers from the last, embedding), over every rank.
 std::string locate_nonfinite(const moe::Model& model, bool local_loss_nonfinite);
+
+// Collective over MPI_COMM_WORLD, before a checkpoint of `step` is saved: throws a usage Error on
+// every rank, naming the first parameter tensor (table order, lowest rank) that holds inf/NaN, so
+// that a diverged state is never saved (the previous checkpoint stays `latest`).
+void require_finite_params(const moe::Model& model, int64_t step);
+
+// For eval and export: a usage Error naming `source` and the first tensor of `params` (laid out as
+// make_param_table(cfg)) that holds inf/NaN, unless `allow` (--allow-nonfinite).
+void require_finite_weights(const core::ModelConfig& cfg, const std::vector<float>& params,
+                            const std::string& source, bool allow);
 
 }  // namespace switchyard::launch

@@ -255,6 +255,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   Progress progress(cfg.train.steps, cfg.train.log_interval);
   auto save = [&](int64_t step) {
     if (step == last_saved) return;
+    require_finite_params(model, step);  // a diverged state is never saved
     const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, model, adamw, groups,
                                               scaler.enabled() ? &scaler.state() : nullptr);
     last_saved = step;

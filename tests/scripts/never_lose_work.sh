@@ -19,6 +19,9 @@
 #      folder reusable without --overwrite.
 #  (h) GGUF: an existing file that is not GGUF is never replaced; an earlier GGUF export only with
 #      --overwrite.
+#  (i) Non-finite weights: a last step whose update leaves inf in the weights (lr 3e38) is exit 2
+#      naming the tensor, and neither a checkpoint nor model/ is written; eval and export of a model
+#      folder with one inf value refuse it naming the tensor, and go on with --allow-nonfinite.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 BASE=("${SMALL_MODEL[@]}" --set train.steps=4 --set checkpoint.interval=2 --set checkpoint.keep_last=2)
@@ -120,6 +123,32 @@ refused "h: GGUF over a GGUF without --overwrite" "pass --overwrite" -- \
   "$SY" export --checkpoint "$TMP/e" --format gguf --out "$TMP/m.gguf"
 "$SY" export --checkpoint "$TMP/e" --format gguf --out "$TMP/m.gguf" --overwrite >/dev/null &&
   ok "h: an earlier GGUF export replaced with --overwrite" || bad "h: GGUF --overwrite"
+
+# ---- (i) ----
+refused "i: a diverging last step" "training diverged at step 1: the optimizer step left inf/NaN in the weights, first in model." -- \
+  "$SY" train "${BASE[@]}" --set train.steps=1 --set optim.lr=3e38 --set optim.warmup_steps=0 \
+  --set optim.grad_clip=0 --run-dir "$TMP/i"
+[ ! -e "$TMP/i/checkpoints" ] && [ ! -e "$TMP/i/model" ] && ok "i: nothing saved" || bad "i: a diverged state was saved"
+cp -r "$TMP/e/model" "$TMP/poisoned"
+/usr/bin/python3 - "$TMP/poisoned/model.safetensors" <<'PY'
+import json, struct, sys
+path = sys.argv[1]
+data = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+name = "model.layers.1.post_attention_layernorm.weight"
+begin = 8 + n + header[name]["data_offsets"][0]
+data[begin + 4:begin + 8] = struct.pack("<f", float("inf"))
+open(path, "wb").write(data)
+PY
+refused "i: eval of an inf weight" "tensor model.layers.1.post_attention_layernorm.weight holds inf/NaN" -- \
+  "$SY" eval --init-from "$TMP/poisoned" --data "$TOK" --split train --max-windows 1
+refused "i: export of an inf weight" "tensor model.layers.1.post_attention_layernorm.weight holds inf/NaN" -- \
+  "$SY" export --checkpoint "$TMP/poisoned" --out "$TMP/i_export"
+[ ! -e "$TMP/i_export" ] && ok "i: no export written" || bad "i: an export was written"
+"$SY" eval --init-from "$TMP/poisoned" --data "$TOK" --split train --max-windows 1 --allow-nonfinite >/dev/null &&
+  "$SY" export --checkpoint "$TMP/poisoned" --out "$TMP/i_export" --allow-nonfinite >/dev/null &&
+  ok "i: --allow-nonfinite goes on" || bad "i: --allow-nonfinite"
 
 echo "$fails failure(s)"
 [ "$fails" = 0 ]
