@@ -15,7 +15,9 @@
 #include <limits>
 #include <map>
 #include <sstream>
+#include <vector>
 #include <system_error>
+#include <thread>
 #include <type_traits>
 
 #include "core/error.h"
@@ -336,6 +338,9 @@ struct Checker {
   void positive(int64_t v, const std::string& path) const {
     require(v > 0, path, "must be positive, got {}", v);
   }
+  void at_most(int64_t v, int64_t most, const std::string& path) const {
+    require(v <= most, path, "{} is more than the largest supported value {}", v, most);
+  }
   void non_negative(int64_t v, const std::string& path) const {
     require(v >= 0, path, "must be >= 0, got {}", v);
   }
@@ -355,7 +360,11 @@ ExperimentConfig parse_experiment_config(const std::string& yaml_text, const std
                                          const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
-    root = YAML::Load(yaml_text);
+    const std::vector<YAML::Node> docs = YAML::LoadAll(yaml_text);
+    if (docs.size() > 1)
+      throw_usage("{}: holds {} YAML documents (separated by `---`); a config is one document: merge them or "
+                  "remove the separator", origin, docs.size());
+    if (!docs.empty()) root = docs[0];
   } catch (const YAML::Exception& e) {
     if (e.mark.line >= 0)
       throw_usage("{}: YAML syntax error at line {}, column {}: {}", origin, e.mark.line + 1,
@@ -382,6 +391,12 @@ ExperimentConfig load_experiment_config(const std::string& path,
                 path, cwd.string());
   }
   if (fs::is_directory(st)) throw_usage("{}: is a directory, expected a YAML config file", path);
+  if (!fs::is_regular_file(st))
+    throw_usage("{}: is not a regular file (a device, pipe or socket); expected a YAML config file", path);
+  constexpr std::uintmax_t kMaxConfigBytes = 1 << 20;
+  if (const std::uintmax_t size = fs::file_size(path, ec); !ec && size > kMaxConfigBytes)
+    throw_usage("{}: {} bytes; a YAML config is at most {} bytes (is this the right file?)", path, size,
+                kMaxConfigBytes);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_usage("{}: cannot open the config file for reading (check its permissions)", path);
   std::stringstream ss;
@@ -390,8 +405,29 @@ ExperimentConfig load_experiment_config(const std::string& path,
   return parse_experiment_config(ss.str(), path, overrides);
 }
 
+namespace {
+// Upper bounds far above any model this trains (Mixtral 8x22B: d_model 6144, 56 layers, vocab 32768,
+// expert size 16384), so that sizes and their products stay exact in int64 and a typo (1e9 layers)
+// is an error naming the key instead of minutes of allocation and std::bad_alloc.
+constexpr int64_t kMaxDim = int64_t{1} << 20, kMaxVocab = int64_t{1} << 24, kMaxLayers = 4096,
+                  kMaxHeads = 4096, kMaxExperts = 65536, kMaxSeq = int64_t{1} << 24, kMaxParams = int64_t{1} << 42;
+}  // namespace
+
+int64_t max_threads() { return std::max<int64_t>(256, 4 * static_cast<int64_t>(std::thread::hardware_concurrency())); }
+
 void validate(const ModelConfig& m, const std::string& origin) {
   const Checker c{origin};
+  c.at_most(m.vocab_size, kMaxVocab, "model.vocab_size");
+  c.at_most(m.d_model, kMaxDim, "model.d_model");
+  c.at_most(m.n_layers, kMaxLayers, "model.n_layers");
+  c.at_most(m.n_heads, kMaxHeads, "model.n_heads");
+  c.at_most(m.n_kv_heads, kMaxHeads, "model.n_kv_heads");
+  c.at_most(m.head_dim, kMaxDim, "model.head_dim");
+  c.at_most(m.max_seq_len, kMaxSeq, "model.max_seq_len");
+  c.at_most(m.dense_ffn_size, kMaxDim, "model.dense_ffn_size");
+  c.at_most(m.moe.n_experts, kMaxExperts, "model.moe.n_experts");
+  c.at_most(m.moe.expert_size, kMaxDim, "model.moe.expert_size");
+  c.at_most(m.moe.shared_expert_size, kMaxDim, "model.moe.shared_expert_size");
   c.positive(m.vocab_size, "model.vocab_size");
   c.positive(m.d_model, "model.d_model");
   c.positive(m.n_layers, "model.n_layers");
@@ -427,6 +463,15 @@ void validate(const ModelConfig& m, const std::string& origin) {
   c.non_negative(e.shared_expert_size, "model.moe.shared_expert_size");
   c.non_negative(e.aux_loss_coef, "model.moe.aux_loss_coef");
   c.non_negative(e.z_loss_coef, "model.moe.z_loss_coef");
+  // parameters, in double (each factor is bounded above, so this is exact enough to compare)
+  const double H = static_cast<double>(m.d_model), HD = static_cast<double>(m.hd()),
+               attn = H * HD * static_cast<double>(2 * m.n_heads + 2 * m.n_kv_heads),
+               moe = static_cast<double>(e.n_experts) * 3 * H * static_cast<double>(e.expert_size) +
+                     3 * H * static_cast<double>(e.shared_expert_size),
+               params = static_cast<double>(m.n_layers) * (attn + moe) + 2 * H * static_cast<double>(m.vocab_size);
+  c.require(params <= static_cast<double>(kMaxParams), "model", "{:.3g} parameters is more than {:.3g}; check "
+            "model.n_layers, d_model, vocab_size and moe.n_experts / expert_size", params,
+            static_cast<double>(kMaxParams));
 }
 
 void validate(const ExperimentConfig& cfg, const std::string& origin) {
@@ -441,6 +486,17 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.require(t.seq_len <= cfg.model.max_seq_len, "train.seq_len",
             "{} is longer than model.max_seq_len = {}", t.seq_len, cfg.model.max_seq_len);
   c.positive(t.grad_accum, "train.grad_accum");
+  c.at_most(t.steps, int64_t{1} << 40, "train.steps");
+  c.at_most(t.micro_batch, int64_t{1} << 20, "train.micro_batch");
+  c.at_most(t.grad_accum, int64_t{1} << 20, "train.grad_accum");
+  c.require(static_cast<double>(t.micro_batch) * static_cast<double>(t.seq_len) *
+                    static_cast<double>(std::max(cfg.model.d_model, cfg.model.moe.expert_size)) <=
+                static_cast<double>(int64_t{1} << 42),
+            "train.micro_batch", "{} sequences of train.seq_len = {} tokens make activations of {:.3g} values per "
+            "layer, more than any machine holds; lower train.micro_batch (and raise train.grad_accum)",
+            t.micro_batch, t.seq_len,
+            static_cast<double>(t.micro_batch) * static_cast<double>(t.seq_len) *
+                static_cast<double>(std::max(cfg.model.d_model, cfg.model.moe.expert_size)));
   c.require(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp16",
             "train.precision", "'{}' is not one of fp32, bf16, fp16", t.precision);
   const LossScalerConfig& ls = t.loss_scaler;
@@ -460,6 +516,7 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.non_negative(t.activation_memory_mb, "train.activation_memory_mb");
   c.non_negative(t.seed, "train.seed");
   c.non_negative(t.threads, "train.threads");
+  c.at_most(t.threads, max_threads(), "train.threads");
   c.positive(t.log_interval, "train.log_interval");
   c.non_negative(t.eval_interval, "train.eval_interval");
   c.non_negative(t.eval_windows, "train.eval_windows");

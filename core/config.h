@@ -244,6 +244,9 @@ ExperimentConfig parse_experiment_config(const std::string& yaml_text, const std
 // Checks consistency (divisibility, ranges); throws a usage Error naming the key path.
 void validate(const ExperimentConfig& cfg, const std::string& origin);
 void validate(const ModelConfig& cfg, const std::string& origin);
+// The most CPU threads a process may ask for (train.threads, --threads, OMP_NUM_THREADS): 4 per
+// core of this machine, at least 256.
+int64_t max_threads();
 // The resolved config as YAML, every key written.
 std::string to_yaml(const ExperimentConfig& cfg);
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <array>
 #include <chrono>
 #include <cstdlib>
@@ -69,13 +70,20 @@ class H5Handle {
   Closer closer_;
 };
 
+// After a failed write: what the system said, when it was a full disk (the previous checkpoint stays).
+std::string disk_full_note() {
+  return errno == ENOSPC ? "; no space left on the device: free space, then resume (the previous checkpoint is "
+                           "intact)"
+                         : "";
+}
+
 H5Handle checked(hid_t id, H5Handle::Closer closer, const std::string& file, const std::string& what) {
-  if (id < 0) throw_usage("{}: HDF5 error: cannot {}", file, what);
+  if (id < 0) throw_usage("{}: HDF5 error: cannot {}{}", file, what, disk_full_note());
   return H5Handle(id, closer);
 }
 
 void check(herr_t r, const std::string& file, const std::string& what) {
-  if (r < 0) throw_usage("{}: HDF5 error: cannot {}", file, what);
+  if (r < 0) throw_usage("{}: HDF5 error: cannot {}{}", file, what, disk_full_note());
 }
 
 // ---- durable files ----
@@ -92,7 +100,7 @@ void write_durable(const fs::path& p, const std::string& text) {
     std::ofstream f(p, std::ios::binary | std::ios::trunc);
     f << text;
     f.flush();
-    if (!f) throw_usage("{}: cannot write (check that the checkpoint folder is writable)", p.string());
+    if (!f) throw_usage("{}: cannot write (check that the checkpoint folder is writable){}", p.string(), disk_full_note());
   }
   fsync_path(p, false);
 }
@@ -279,9 +287,13 @@ std::string resolve_checkpoint(const std::string& path) {
   if (fs::exists(p / "manifest.json")) return p.string();
   if (fs::exists(p / "latest")) {
     std::ifstream f(p / "latest");
-    std::string name;
-    std::getline(f, name);
-    while (!name.empty() && (name.back() == '\r' || name.back() == ' ')) name.pop_back();
+    std::string name(64, '\0');
+    f.read(name.data(), static_cast<std::streamsize>(name.size()));
+    name.resize(static_cast<size_t>(f.gcount()));
+    while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' ')) name.pop_back();
+    if (step_of_folder(name) < 0)  // never echo what a damaged file holds
+      throw_usage("{}: damaged (it should hold one line `step-NNNNNN`); pass a step-NNNNNN folder to --resume",
+                  (p / "latest").string());
     const fs::path folder = p / name;
     if (name.empty() || !fs::exists(folder / "manifest.json"))
       throw_usage("{}: `latest` names '{}', which is not a complete checkpoint (no manifest.json); pass a "

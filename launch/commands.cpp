@@ -23,6 +23,18 @@ int run_eval(const EvalOptions& opts) {
   if (opts.init_from.empty() == opts.checkpoint.empty())
     throw_usage("eval: give exactly one of --init-from DIR (Hugging Face folder) or --checkpoint DIR (run folder)");
   if (opts.batch < 1) throw_usage("eval: --batch must be at least 1 (got {})", opts.batch);
+  if (opts.seq_len < 0) throw_usage("eval: --seq-len must be positive (or 0: the model's max_seq_len), got {}", opts.seq_len);
+  if (opts.max_windows < 0) throw_usage("eval: --max-windows must be >= 0 (0: all), got {}", opts.max_windows);
+  if (opts.threads < 0) throw_usage("eval: --threads must be >= 0 (0: OMP_NUM_THREADS or all cores), got {}", opts.threads);
+  std::string split = opts.split;
+  if (data::detect_token_file_format(opts.data) == data::TokenFileFormat::TokenFileFormat_llmc) {
+    if (!split.empty())
+      throw_usage("eval --split {}: {} is an llm.c shard, which has no splits (it is evaluated whole); drop --split",
+                  split, opts.data);
+    split = "train";  // the whole shard
+  } else if (split.empty()) {
+    split = "valid";
+  }
   const std::string dir = opts.init_from.empty() ? resolve_model_dir(opts.checkpoint) : opts.init_from;
   LoadedModel loaded = load_hf_model(dir);
   require_finite_weights(loaded.config, loaded.params, dir, opts.allow_nonfinite);
@@ -30,7 +42,7 @@ int run_eval(const EvalOptions& opts) {
   if (T > loaded.config.max_seq_len)
     throw_usage("eval: --seq-len {} exceeds the model's max_seq_len {} ({}/config.json)", T,
                 loaded.config.max_seq_len, dir);
-  auto source = data::open_token_source(opts.data, opts.split);
+  auto source = data::open_token_source(opts.data, split);
   auto backend = core::make_cpu_backend(opts.threads);
   moe::Model model(*backend, loaded.config, opts.batch, T);
   model.set_params_from_host(loaded.params.data());

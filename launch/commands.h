@@ -11,7 +11,7 @@ struct EvalOptions {
   std::string init_from;    // Hugging Face folder
   std::string checkpoint;   // run folder written by `switchyard train`
   std::string data;         // token file
-  std::string split = "valid";
+  std::string split;         // HDF5: train or valid (default valid); an llm.c shard has none
   int64_t seq_len = 0;      // 0: the model's max_seq_len
   int64_t batch = 8;
   int64_t max_windows = 0;  // 0: all

@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   e->add_option("--init-from", eval.init_from, "Hugging Face model folder");
   e->add_option("--checkpoint", eval.checkpoint, "Run folder written by `switchyard train`");
   e->add_option("--data", eval.data, "Token file (HDF5 from `switchyard prepare`, or llm.c .bin)")->required();
-  e->add_option("--split", eval.split, "Split of an HDF5 token file: train or valid")->check(CLI::IsMember({"train", "valid"}));
+  e->add_option("--split", eval.split, "Split of an HDF5 token file: train or valid (default valid)")->check(CLI::IsMember({"train", "valid"}));
   e->add_option("--seq-len", eval.seq_len, "Window length N (windows of N+1 tokens; default: model max_seq_len)");
   e->add_option("--batch", eval.batch, "Windows per forward pass");
   e->add_option("--max-windows", eval.max_windows, "Evaluate at most this many windows (0: all)");

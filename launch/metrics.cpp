@@ -1,5 +1,8 @@
 #include "launch/metrics.h"
 
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -10,7 +13,7 @@
 
 namespace switchyard::launch {
 
-MetricsWriter::MetricsWriter(const std::string& path) {
+MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
   f_ = std::fopen(path.c_str(), "a");
   if (!f_) throw_usage("cannot open {} for writing: check that the run folder is writable", path);
 }
@@ -19,8 +22,9 @@ MetricsWriter::~MetricsWriter() {
 }
 void MetricsWriter::write(const nlohmann::json& record) {
   const std::string line = record.dump() + "\n";
-  std::fwrite(line.data(), 1, line.size(), f_);
-  std::fflush(f_);
+  if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() || std::fflush(f_) != 0)
+    throw_usage("{}: cannot write the metrics record of step {} ({}); free disk space, then continue with "
+                "`switchyard train --resume`", path_, record.value("step", int64_t{-1}), std::strerror(errno));
 }
 
 std::string format_duration(double s) {

@@ -17,10 +17,12 @@ class MetricsWriter {
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
+  // Appends one line and flushes it; a failed write (disk full) is a usage Error naming the file.
   void write(const nlohmann::json& record);
 
  private:
   std::FILE* f_ = nullptr;
+  std::string path_;
 };
 
 // "step 12/300 | loss 3.1234 | lr 1.20e-03 | 4.1k tok/s | ETA 1m02s" on one line: rewritten in

@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <unistd.h>
+
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
@@ -84,6 +86,31 @@ void prepare_outputs(const fs::path& dir, const fs::path& ckpt_root, const Train
   require_writable_folder(ckpt_root, "checkpoint.dir", /*keep=*/false);  // the first save makes it
 }
 
+// Physical memory of this machine over the ranks that share it (MPI's shared-memory node).
+double memory_per_rank_bytes() {
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local = 1;
+  MPI_Comm_size(node, &local);
+  MPI_Comm_free(&node);
+  return static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE)) / local;
+}
+
+// Collective. A usage error when the plan's per-rank memory is more than this machine has per rank.
+void require_memory_fits(const PlanEstimate& e) {
+  const double need = static_cast<double>(e.param_bytes + e.grad_bytes + e.optimizer_bytes + e.compute_weight_bytes +
+                                          e.activation_bytes[static_cast<int>(e.chosen)]),
+               have = memory_per_rank_bytes();
+  constexpr double GiB = 1 << 30;
+  if (need > have)
+    throw_usage("the run needs {:.1f} GiB per rank ({:.1f} GiB of weights, gradients and optimizer state, {:.1f} GiB "
+                "of activations; `switchyard plan` details it), more than this machine's {:.1f} GiB per rank: lower "
+                "train.micro_batch (raising train.grad_accum), set train.activation_checkpointing, or spread the "
+                "experts with parallel.expert_parallel",
+                need / GiB, (need - static_cast<double>(e.activation_bytes[static_cast<int>(e.chosen)])) / GiB,
+                static_cast<double>(e.activation_bytes[static_cast<int>(e.chosen)]) / GiB, have / GiB);
+}
+
 // Set by SIGTERM / SIGUSR1 (preemption): the loop finishes its step, saves and exits 0.
 std::atomic<int> g_stop_signal{0};
 static_assert(std::atomic<int>::is_always_lock_free);
@@ -159,8 +186,17 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   install_stop_handlers();  // a preemption signal during start-up stops after the first step
   core::ExperimentConfig cfg = core::load_experiment_config(opts.config_path, opts.overrides);
   const bool rank0 = mpi.rank() == 0;
+  if (!opts.init_from.empty() && opts.resume)
+    throw_usage("train: give --init-from or --resume, not both (a resumed run takes its weights from the checkpoint)");
   if (!opts.init_from.empty()) {
-    // The architecture comes from the checkpoint; balancing-loss coefficients from the config.
+    // The architecture comes from the checkpoint; balancing-loss coefficients from the config, so
+    // an override of any other model key would be silently lost: refused.
+    for (const std::string& ov : opts.overrides) {
+      const std::string key = ov.substr(0, ov.find('='));
+      if (key.rfind("model.", 0) == 0 && key != "model.moe.aux_loss_coef" && key != "model.moe.z_loss_coef")
+        throw_usage("--set {}: with --init-from {} the model comes from its config.json; only "
+                    "model.moe.aux_loss_coef and model.moe.z_loss_coef may be set", ov, opts.init_from);
+    }
     const core::MoeConfig losses = cfg.model.moe;
     cfg.model = core::read_hf_config(opts.init_from);
     cfg.model.moe.aux_loss_coef = losses.aux_loss_coef;
@@ -171,6 +207,11 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   const fs::path dir = run_folder(cfg, opts);
   const fs::path ckpt_root = cfg.checkpoint.dir.empty() ? dir / "checkpoints" : fs::path(cfg.checkpoint.dir);
   if (rank0) prepare_outputs(dir, ckpt_root, opts);
+
+  // activation checkpointing (auto: resolved against the memory budget), and what a rank will hold,
+  // refused before any allocation when this machine's memory cannot hold it
+  const PlanEstimate estimate = plan(cfg);
+  require_memory_fits(estimate);
 
   const int threads = choose_threads(cfg.train, mpi.size());
   auto backend = core::make_cpu_backend(threads);
@@ -184,8 +225,6 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     if (native != here) cpu->set_native_bf16(false, "native is not the faster path on every rank");
     gemm_path = fmt::format(" ({} bf16 GEMMs: {})", cpu->bf16_gemm_path(), cpu->bf16_gemm_why());
   }
-  // precision policy, activation checkpointing (auto: resolved against the memory budget)
-  const PlanEstimate estimate = plan(cfg);
   moe::ModelOptions model_opts;
   model_opts.precision = core::PrecisionPolicy::parse(cfg.train.precision);
   model_opts.recompute = estimate.chosen;

@@ -55,10 +55,10 @@ for p, r in rows.items():
     print(f"{p:<10}{r['final']:>12.4f}{100*rel:>9.2f}%{r['eval']:>11.4f}{r['tps']:>10.0f}{sp:>8.2f}x{r['skipped']:>9}{scale:>12}")
 g = [json.loads(l) for l in open(f"{out}/gemm.jsonl")]
 peak = g[-1]
-print(f"GEMM ceiling on this CPU: fp32 {peak['peak_gflops']:.0f} GFLOP/s, oneDNN native bf16 "
-      f"{peak['peak_bf16_native_gflops']:.0f} GFLOP/s "
-      f"({peak['peak_bf16_native_gflops']/peak['peak_gflops']:.2f}x fp32), backend bf16 path "
-      f"{max(s['bf16_rounded_gflops'] for s in g[:-1]):.0f} GFLOP/s")
+native = (f"{peak['peak_bf16_native_gflops']:.0f} GFLOP/s ({peak['peak_bf16_native_gflops']/peak['peak_gflops']:.2f}x fp32)"
+          if "peak_bf16_native_gflops" in peak else f"none ({peak['bf16_native']})")
+print(f"GEMM ceiling on this CPU (oneDNN ISA {peak['onednn_isa']}): fp32 {peak['peak_gflops']:.0f} GFLOP/s, oneDNN "
+      f"native bf16 {native}, emulated bf16 path {max(s['bf16_rounded_gflops'] for s in g[:-1]):.0f} GFLOP/s")
 isa = json.load(open(f"{out}/isa.json"))
 if isa:
     print(f"instruction peak per core: fp32 FMA {isa['fp32_fma_gflops_per_core']:.0f} GFLOP/s, bf16 dot product "

@@ -79,9 +79,9 @@ def main():
 
 
 def blas_name():
-    path, core = openblas_core.blas_info()
+    path, core, config = openblas_core.blas_info()
     if core:
-        return f"OpenBLAS ({os.path.basename(os.path.realpath(path))}, core {core})"
+        return f"{config}, core {core} ({path})"
     return f"{path} (not OpenBLAS: reference BLAS, 20-30x slower; install libopenblas0)"
 
 

@@ -45,24 +45,26 @@ def cpu_level():
 
 
 def blas_info():
-    """(library file, OpenBLAS core name or None) of the libblas.so.3 a process here loads."""
+    """(library file, OpenBLAS core name or None, OpenBLAS build config or None) of the
+    libblas.so.3 a process here loads."""
     path = os.path.realpath(LIBBLAS)
     try:
         lib = ctypes.CDLL(LIBBLAS)
     except OSError:
-        return path, None
+        return path, None, None
     try:
         lib.openblas_get_corename.restype = ctypes.c_char_p
-        return path, lib.openblas_get_corename().decode()
+        lib.openblas_get_config.restype = ctypes.c_char_p
+        return path, lib.openblas_get_corename().decode(), lib.openblas_get_config().decode().strip()
     except AttributeError:  # not OpenBLAS (Debian's reference libblas3, BLIS, ...)
-        return path, None
+        return path, None, None
 
 
 def core_to_force():
     """The OPENBLAS_CORETYPE this CPU should get, or None (leave OpenBLAS's own choice)."""
     if os.environ.get("OPENBLAS_CORETYPE"):
         return None  # the user's choice
-    _, core = blas_info()
+    _, core, _ = blas_info()
     if core is None:
         return None
     have = min(cpu_level(), max(BEST))
@@ -74,7 +76,7 @@ def core_to_force():
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--show"]:
-        path, core = blas_info()
-        print(f"{path}: {'OpenBLAS core ' + core if core else 'not OpenBLAS'}; CPU level {cpu_level()}")
+        path, core, config = blas_info()
+        print(f"{path}: {config + ', core ' + core if core else 'not OpenBLAS'}; CPU level {cpu_level()}")
     else:
         print(core_to_force() or "")

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "core/error.h"
 
 namespace switchyard::core {
@@ -38,6 +39,11 @@ CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_m
 std::unique_ptr<Backend> make_cpu_backend(int threads) {
   // references cpu_requirements.cpp, so that its start-up check is linked into every program
   SY_CHECK(missing_cpu_feature() == nullptr, "CPU feature {} missing", missing_cpu_feature());
+  const int64_t asked = threads > 0 ? threads : omp_get_max_threads();
+  if (asked > max_threads())
+    throw_usage("{} CPU threads asked for ({}); at most {} on this machine of {} cores",
+                asked, "train.threads, --threads or OMP_NUM_THREADS", max_threads(),
+                omp_get_num_procs());
   return std::make_unique<CpuBackend>(threads);
 }
 

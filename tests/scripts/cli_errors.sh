@@ -54,6 +54,32 @@ expect_error missing_split "'valid'" -- "$SY" train --config "$TMP/good.yaml" --
 expect_error eval_no_model "nomodel" -- "$SY" eval --init-from "$TMP/nomodel" --data "$TMP/long.h5"
 expect_error eval_two_sources "exactly one" -- "$SY" eval --init-from a --checkpoint b --data "$TMP/long.h5"
 expect_error bad_init_from "nomodel" -- "$SY" train --config "$TMP/good.yaml" --init-from "$TMP/nomodel"
+# not a regular file, several documents, sizes beyond any machine, thread counts, option misuse
+mkfifo "$TMP/fifo.yaml"
+expect_error config_fifo "not a regular file" -- timeout 20 "$SY" train --config "$TMP/fifo.yaml"
+expect_error config_device "not a regular file" -- timeout 20 "$SY" train --config /dev/zero
+head -c 2000000 /dev/zero | tr '\0' '#' > "$TMP/huge.yaml"
+expect_error config_huge "a YAML config is at most" -- "$SY" train --config "$TMP/huge.yaml"
+{ cat "$TMP/good.yaml"; echo "---"; echo "train: {steps: 5}"; } > "$TMP/two_docs.yaml"
+expect_error config_two_documents "2 YAML documents" -- "$SY" train --config "$TMP/two_docs.yaml"
+for key in model.n_layers model.moe.n_experts model.vocab_size model.d_model model.moe.expert_size; do
+  expect_error "huge_$key" "$key: 1000000000 is more than" -- timeout 20 "$SY" train --config "$TMP/good.yaml" --set "$key=1000000000"
+done
+expect_error huge_params "parameters is more than" -- timeout 20 "$SY" train --config "$TMP/good.yaml" \
+  --set model.n_layers=4096 --set model.moe.n_experts=65536 --set model.moe.expert_size=65536
+expect_error huge_micro_batch "train.micro_batch" -- timeout 20 "$SY" train --config "$TMP/good.yaml" --set train.micro_batch=1000000
+expect_error huge_steps "train.steps" -- timeout 20 "$SY" train --config "$TMP/good.yaml" --set train.steps=4611686018427387904
+expect_error huge_threads "train.threads" -- timeout 20 "$SY" train --config "$TMP/good.yaml" --set train.threads=100000
+expect_error huge_omp_threads "OMP_NUM_THREADS" -- env OMP_NUM_THREADS=100000 timeout 20 "$SY" train --config "$TMP/good.yaml" \
+  --set data.train="$TMP/long.h5" --set train.seq_len=16 --run-dir "$TMP/threads"
+expect_error eval_negative_seq_len "--seq-len" -- "$SY" eval --init-from a --data "$TMP/long.h5" --seq-len -4
+expect_error eval_negative_windows "--max-windows" -- "$SY" eval --init-from a --data "$TMP/long.h5" --max-windows -1
+expect_error eval_split_of_shard "has no splits" -- "$SY" eval --init-from a --data "$TMP/short.bin" --split valid
+expect_error init_from_and_resume "not both" -- "$SY" train --config "$TMP/good.yaml" --init-from a --resume
+expect_error init_from_model_override "model.d_model" -- "$SY" train --config "$TMP/good.yaml" --init-from "$TMP/nomodel" --set model.d_model=32
+mkdir -p "$TMP/ck"; head -c 300 /dev/urandom > "$TMP/ck/latest"
+expect_error garbage_latest "ck/latest: damaged" -- "$SY" train --config "$TMP/good.yaml" --resume "$TMP/ck" \
+  --set data.train="$TMP/long.h5" --set train.seq_len=16 --run-dir "$TMP/latest_run"
 expect_error missing_option "--config" -- "$SY" train
 expect_error bad_option "--bogus" -- "$SY" train --config "$TMP/good.yaml" --bogus
 
