@@ -549,6 +549,7 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.positive(par.intra_bandwidth_gbs, "parallel.intra_bandwidth_gbs");
   c.positive(par.inter_latency_us, "parallel.inter_latency_us");
   c.positive(par.inter_bandwidth_gbs, "parallel.inter_bandwidth_gbs");
+  c.non_negative(par.timeout_s, "parallel.timeout_s");
 }
 
 std::string to_yaml(const ExperimentConfig& cfg) {

@@ -180,6 +180,7 @@ struct ParallelConfig {
   double intra_bandwidth_gbs = 200.0;
   double inter_latency_us = 6.0;        // InfiniBand NDR defaults
   double inter_bandwidth_gbs = 40.0;
+  double timeout_s = 600.0;             // a wait for other ranks longer than this ends the job; 0: never
 
   template <class V> void visit(V& v) {
     v("expert_parallel", expert_parallel);
@@ -189,6 +190,7 @@ struct ParallelConfig {
     v("intra_bandwidth_gbs", intra_bandwidth_gbs);
     v("inter_latency_us", inter_latency_us);
     v("inter_bandwidth_gbs", inter_bandwidth_gbs);
+    v("timeout_s", timeout_s);
   }
 };
 

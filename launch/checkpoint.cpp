@@ -25,6 +25,7 @@
 #include "core/error.h"
 #include "core/params.h"
 #include "launch/outputs.h"
+#include "parallel/watchdog.h"
 
 namespace switchyard::launch {
 namespace fs = std::filesystem;
@@ -110,6 +111,12 @@ void rename_durable(const fs::path& from, const fs::path& to) {
   fs::rename(from, to, ec);
   if (ec) throw_usage("cannot rename {} to {}: {}", from.string(), to.string(), ec.message());
   fsync_path(to.parent_path().empty() ? fs::path(".") : to.parent_path(), true);
+}
+
+// The ranks of a save wait for each other between its phases (watched: parallel/watchdog.h).
+void save_barrier() {
+  const parallel::WaitScope wait("a checkpoint save (a barrier between its phases)");
+  MPI_Barrier(MPI_COMM_WORLD);
 }
 
 // Test hook (SWITCHYARD_TEST_SLOW_SAVE_MS): a pause at the points where a kill is most telling.
@@ -238,7 +245,10 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
   const std::string name = checkpoint_folder_name(step);
   // rank 0 names the temporary folder (its pid) and creates it; the others learn the pid
   int64_t pid = static_cast<int64_t>(::getpid());
-  MPI_Bcast(&pid, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  {
+    const parallel::WaitScope wait("a checkpoint save (the folder name from rank 0)");
+    MPI_Bcast(&pid, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  }
   const std::string tmp_name = fmt::format("{}.tmp-{}", name, pid);
   const fs::path tmp = root / tmp_name, final_dir = root / name;
   if (rank == 0) {
@@ -250,7 +260,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     fs::create_directory(tmp, ec);
     if (ec) throw_usage("cannot create {}: {} (check that checkpoint.dir is writable)", tmp.string(), ec.message());
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  save_barrier();
 
   if (groups.expert_group_index() == 0) {  // world ranks 0..E-1 hold every expert once
     const int64_t n = model.num_params();
@@ -260,7 +270,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     write_rank_file(tmp / file_name_of_rank(rank), model.table(), rank == 0, {params.data(), m.data(), v.data()});
     test_pause();  // kill point 1: files in the temporary folder, no manifest yet
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  save_barrier();
 
   if (rank == 0) {
     write_durable(tmp / "manifest.json",
@@ -278,7 +288,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     rename_durable(root / fmt::format("latest.tmp-{}", pid), root / "latest");
     prune(root, cfg.checkpoint.keep_last, tmp_name, name);
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  save_barrier();
   return final_dir.string();
 }
 

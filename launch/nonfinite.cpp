@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/params.h"
+#include "parallel/watchdog.h"
 
 namespace switchyard::launch {
 
@@ -28,6 +29,7 @@ int backward_order(const core::ParamSpec& p, int n_layers) {
 std::string broadcast_text(const std::string& mine, int owner) {
   std::array<char, 1024> buf{};
   std::strncpy(buf.data(), mine.c_str(), buf.size() - 1);
+  const parallel::WaitScope wait("the search for inf/NaN");
   MPI_Bcast(buf.data(), static_cast<int>(buf.size()), MPI_CHAR, owner, MPI_COMM_WORLD);
   return std::string(buf.data());
 }
@@ -43,7 +45,10 @@ std::string locate_nonfinite(const moe::Model& model, bool local_loss_nonfinite)
     int key;
     int rank;
   } in{local_loss_nonfinite ? 0 : 1, rank}, out{};
-  MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD);
+  {
+    const parallel::WaitScope wait("the search for inf/NaN");
+    MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD);
+  }
   if (out.key == 0) {
     std::string text;
     if (rank == out.rank) {
@@ -69,7 +74,10 @@ std::string locate_nonfinite(const moe::Model& model, bool local_loss_nonfinite)
     }
   }
   in = {best, rank};
-  MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD);
+  {
+    const parallel::WaitScope wait("the search for inf/NaN");
+    MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD);
+  }
   if (out.key == INT_MAX) return "no gradient is non-finite now (the overflow was transient)";
   const std::string text =
       rank == out.rank ? fmt::format("the first gradient backward produced with inf/NaN is {} (on rank {})", name, rank)
@@ -89,7 +97,10 @@ void require_finite_params(const moe::Model& model, int64_t step) {
   model.params_to_host(host.data());
   const int64_t bad = core::first_nonfinite_param(model.table(), host.data());
   int owner = bad >= 0 ? rank : INT_MAX;
-  MPI_Allreduce(MPI_IN_PLACE, &owner, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  {
+    const parallel::WaitScope wait("the check for inf/NaN in the weights before a save");
+    MPI_Allreduce(MPI_IN_PLACE, &owner, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  }
   if (owner == INT_MAX) return;
   const std::string name = broadcast_text(bad >= 0 ? model.table()[static_cast<size_t>(bad)].name : "", owner);
   throw_usage("training diverged at step {}: the optimizer step left inf/NaN in the weights, first in {}{}; the "

@@ -35,6 +35,7 @@
 #include "optim/loss_scaler.h"
 #include "optim/lr_schedule.h"
 #include "core/hf_checkpoint.h"
+#include "parallel/watchdog.h"
 #include "parallel/collectives.h"
 #include "launch/param_sharding.h"
 #include "parallel/mpi_communicator.h"
@@ -204,6 +205,8 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     core::validate(cfg, opts.config_path + " with --init-from " + opts.init_from);
   }
 
+  // a rank that stops answering must not hang the others forever (parallel/watchdog.h)
+  if (mpi.size() > 1) parallel::start_watchdog(cfg.parallel.timeout_s, mpi.rank());
   const fs::path dir = run_folder(cfg, opts);
   const fs::path ckpt_root = cfg.checkpoint.dir.empty() ? dir / "checkpoints" : fs::path(cfg.checkpoint.dir);
   if (rank0) prepare_outputs(dir, ckpt_root, opts);
@@ -221,6 +224,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   if (auto* cpu = dynamic_cast<core::CpuBackend*>(backend.get()); cpu && cfg.train.precision == "bf16") {
     const int here = std::string(cpu->bf16_gemm_path()) == "native" ? 1 : 0;
     int native = here;
+    const parallel::WaitScope wait("the agreement on the bf16 GEMM path");
     MPI_Allreduce(MPI_IN_PLACE, &native, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     if (native != here) cpu->set_native_bf16(false, "native is not the faster path on every rank");
     gemm_path = fmt::format(" ({} bf16 GEMMs: {})", cpu->bf16_gemm_path(), cpu->bf16_gemm_why());
@@ -290,7 +294,10 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     write_text(dir / "config.yaml", core::to_yaml(cfg));
     if (opts.resume) truncate_metrics(dir / "metrics.jsonl", start_step);
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  {
+    const parallel::WaitScope wait("the barrier after rank 0 prepared the run folder");
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
   Progress progress(cfg.train.steps, cfg.train.log_interval);
   auto save = [&](int64_t step) {
     if (step == last_saved) return;
@@ -337,6 +344,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   double avg_step_s = 0;
   bool warned_budget = false;
   for (int64_t step = start_step; step < cfg.train.steps; ++step) {
+    parallel::set_watchdog_step(step + 1);
     const auto t0 = Clock::now();
     if (step == start_step) backend->reset_peak_memory();
     model.zero_grads();
@@ -484,7 +492,10 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     }
     // a stop signal on any rank stops every rank after the same step
     int stop = g_stop_signal.load();
-    MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    {
+      const parallel::WaitScope wait("the end-of-step agreement on stop signals");
+      MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    }
     const int64_t every = cfg.checkpoint.interval;
     if (stop || (every > 0 && (step + 1) % every == 0) || step + 1 == cfg.train.steps) save(step + 1);
     if (stop) {

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "parallel/mpi_check.h"
+#include "parallel/watchdog.h"
 
 namespace switchyard::parallel {
 namespace {
@@ -14,6 +15,7 @@ void allreduce_chunks(T* data, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Comm
   int size = 1;
   MPI_Comm_size(comm, &size);
   if (size == 1) return;
+  const WaitScope wait("an all-reduce");
   for (int64_t begin = 0; begin < n; begin += INT_MAX / 2) {
     const int count = static_cast<int>(std::min<int64_t>(INT_MAX / 2, n - begin));
     SY_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + begin, count, type, op, comm));

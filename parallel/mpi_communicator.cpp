@@ -7,6 +7,7 @@
 #include <string>
 
 #include "parallel/mpi_check.h"
+#include "parallel/watchdog.h"
 
 namespace switchyard::parallel {
 
@@ -63,12 +64,16 @@ void MpiCommunicator::set_max_count(int64_t max_count) {
   max_count_ = max_count;
 }
 
-void MpiCommunicator::barrier() { SY_MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  const WaitScope wait("a barrier");
+  SY_MPI_CHECK(MPI_Barrier(comm_));
+}
 
 template <class T>
 void MpiCommunicator::allreduce_chunks(T* data, int64_t n, MPI_Datatype type) {
   SY_CHECK(n >= 0, "allreduce of {} elements", n);
   if (size_ == 1) return;
+  const WaitScope wait("an all-reduce");
   for (int64_t begin = 0; begin < n; begin += max_count_) {
     const int count = static_cast<int>(std::min(max_count_, n - begin));
     SY_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + begin, count, type, MPI_SUM, comm_));
@@ -103,17 +108,20 @@ void MpiCommunicator::wait(Request& request) {
   std::vector<MPI_Request> reqs = std::move(it->second);
   pending_.erase(it);
   request.id = -1;
+  const WaitScope wait("the wait for an asynchronous all-reduce (gradient reduction)");
   if (!reqs.empty()) SY_MPI_CHECK(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
 }
 
 void MpiCommunicator::allgather(const int64_t* send, int64_t* recv, int64_t count) {
   to_int(count * size_, "allgather count");
+  const WaitScope wait("an all-gather");
   SY_MPI_CHECK(MPI_Allgather(send, static_cast<int>(count), MPI_INT64_T, recv, static_cast<int>(count),
                              MPI_INT64_T, comm_));
 }
 
 void MpiCommunicator::alltoall(const int64_t* send, int64_t* recv, int64_t count) {
   to_int(count * size_, "alltoall count");
+  const WaitScope wait("an all-to-all (token counts)");
   SY_MPI_CHECK(MPI_Alltoall(send, static_cast<int>(count), MPI_INT64_T, recv, static_cast<int>(count),
                             MPI_INT64_T, comm_));
 }
@@ -152,18 +160,21 @@ void MpiCommunicator::alltoallv(const void* send, std::span<const int64_t> send_
            send_counts[rank_], recv_counts[rank_]);
   if (send_counts[rank_] > 0)
     std::memmove(dst + recv_displs[rank_], src + send_displs[rank_], static_cast<size_t>(send_counts[rank_]));
+  const WaitScope wait("the token exchange (all-to-all of token rows)");
   if (!p2p_.empty())
     SY_MPI_CHECK(MPI_Waitall(static_cast<int>(p2p_.size()), p2p_.data(), MPI_STATUSES_IGNORE));
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   MPI_Comm out = MPI_COMM_NULL;
+  const WaitScope wait("a communicator split");
   SY_MPI_CHECK(MPI_Comm_split(comm_, color, key, &out));
   return std::make_unique<MpiCommunicator>(out, true);
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split_shared_memory() {
   MPI_Comm out = MPI_COMM_NULL;
+  const WaitScope wait("a communicator split");
   SY_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &out));
   return std::make_unique<MpiCommunicator>(out, true);
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A failing rank ends the whole job: non-zero exit, a message naming the rank and the cause,
 # within 60 seconds, never a hang. (1) bad data on one rank only (MPMD launch: rank 1 gets a
-# missing file); (2) one rank killed with SIGKILL in the middle of training.
+# missing file); (2) one rank killed with SIGKILL in the middle of training; (3) one rank stopped
+# with SIGSTOP (a hung node: it neither answers nor dies) under expert parallelism with
+# parallel.timeout_s = 5: the collective watchdog of the waiting rank ends the job (exit 3 from
+# that rank) with one line naming the rank and the wait, and the stopped rank is gone afterwards.
 set -uo pipefail
 source "$(dirname "$0")/lib/common.sh"
 passes=0; fails=0
@@ -35,6 +38,30 @@ if [ -n "$victim" ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $took -le 60 ]; the
   passes=$((passes+1)); echo "ok   rank killed: exit $rc after ${took}s: $(grep -m1 -iE "signal|killed|exited" "$TMP/out2")"
 else
   fails=$((fails+1)); echo "FAIL rank killed (victim '$victim'): exit $rc after ${took}s"; tail -5 "$TMP/out2"
+fi
+# (3) rank 1 stopped while training
+start=$(date +%s)
+timeout 120 mpirun --bind-to none -np 2 "$SY" train "${COMMON[@]}" --set data.train="$TMP/tok.h5" \
+  --set train.steps=100000 --set parallel.expert_parallel=2 --set parallel.timeout_s=5 --run-dir "$TMP/r3" \
+  > "$TMP/out3" 2>&1 &
+job=$!
+victim=""
+while kill -0 "$job" 2>/dev/null; do  # until the first step is done (no budget of its own)
+  sleep 0.3
+  grep -q "step 1/" "$TMP/out3" 2>/dev/null || continue
+  victim=$(pgrep -f "switchyard train.*$TMP/r3" | sort -n | tail -1); break
+done
+[ -n "$victim" ] && kill -STOP "$victim"
+wait $job; rc=$?; took=$(( $(date +%s) - start ))
+alive() { case "$(ps -o stat= -p "$1" 2>/dev/null)" in ""|Z*) return 1 ;; *) return 0 ;; esac; }  # a zombie is dead
+for _ in $(seq 20); do alive "$victim" || break; sleep 0.5; done
+line=$(grep -m1 "switchyard: error on rank .: waited [0-9]* s in .* (step [0-9]*) for the other ranks" "$TMP/out3")
+if [ -n "$victim" ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $took -le 60 ] && [ -n "$line" ] &&
+   ! alive "$victim"; then
+  passes=$((passes+1)); echo "ok   rank stopped: exit $rc after ${took}s: $line"
+else
+  fails=$((fails+1)); echo "FAIL rank stopped (victim '$victim'): exit $rc after ${took}s"; tail -5 "$TMP/out3"
+  [ -n "$victim" ] && kill -9 "$victim" 2>/dev/null
 fi
 echo "$passes passed, $fails failed"
 [ $fails -eq 0 ]
