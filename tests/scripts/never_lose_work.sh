@@ -19,6 +19,9 @@
 #      folder reusable without --overwrite.
 #  (h) GGUF: an existing file that is not GGUF is never replaced; an earlier GGUF export only with
 #      --overwrite.
+#  (j) Disk full (checkpoint.dir on a 30 MB tmpfs that holds one checkpoint of this model, not
+#      two; skipped where tmpfs cannot be mounted): the second save fails with exit 2 and one line
+#      saying the device is full, `latest` still names the first checkpoint, which resumes.
 #  (i) Non-finite weights: a last step whose update leaves inf in the weights (lr 3e38) is exit 2
 #      naming the tensor, and neither a checkpoint nor model/ is written; eval and export of a model
 #      folder with one inf value refuse it naming the tensor, and go on with --allow-nonfinite.
@@ -149,6 +152,23 @@ refused "i: export of an inf weight" "tensor model.layers.1.post_attention_layer
 "$SY" eval --init-from "$TMP/poisoned" --data "$TOK" --split train --max-windows 1 --allow-nonfinite >/dev/null &&
   "$SY" export --checkpoint "$TMP/poisoned" --out "$TMP/i_export" --allow-nonfinite >/dev/null &&
   ok "i: --allow-nonfinite goes on" || bad "i: --allow-nonfinite"
+
+# ---- (j) ----
+mkdir -p "$TMP/full"
+if mount -t tmpfs -o size=30m tmpfs "$TMP/full" 2>/dev/null; then
+  trap 'umount "$TMP/full" 2>/dev/null; rm -rf "$TMP"' EXIT
+  refused "j: disk full at the second save" "no space left on the device" -- \
+    "$SY" train "${BASE[@]}" --set checkpoint.dir="$TMP/full/ck" --run-dir "$TMP/j"
+  [ "$(cat "$TMP/full/ck/latest")" = step-000002 ] && [ -f "$TMP/full/ck/step-000002/manifest.json" ] &&
+    ok "j: latest still names the complete step-000002" || bad "j: latest after a full disk"
+  "$SY" train "${BASE[@]}" --set checkpoint.dir="$TMP/j_ck" --run-dir "$TMP/j" \
+    --resume "$TMP/full/ck/step-000002" >"$TMP/j.log" &&
+    grep -q "resuming from .*step-000002 at step 2" "$TMP/j.log" && ok "j: step-000002 resumes (to a roomier checkpoint.dir)" ||
+    bad "j: resume after a full disk"
+  umount "$TMP/full"
+else
+  echo "skip j: cannot mount a tmpfs here (needs root and mount permission)"
+fi
 
 echo "$fails failure(s)"
 [ "$fails" = 0 ]
