@@ -25,6 +25,7 @@
 #include "core/error.h"
 #include "core/params.h"
 #include "launch/outputs.h"
+#include "launch/plan.h"
 #include "parallel/watchdog.h"
 
 namespace switchyard::launch {
@@ -446,6 +447,8 @@ CheckpointParams load_checkpoint_params(const std::string& folder_str) {
   }
   out.config = core::parse_experiment_config(yaml, manifest_path + " (config)");
   const core::ParamTable table = core::make_param_table(out.config.model);
+  require_host_memory(4.0 * static_cast<double>(table.total()), fmt::format("the model of {}", manifest_path),
+                      "is this the right checkpoint?");
   out.params.resize(static_cast<size_t>(table.total()));
   read_tensors(folder, man, table, 1, {out.params.data(), nullptr, nullptr});
   return out;

@@ -1,6 +1,7 @@
 #include "launch/model_io.h"
 
 #include "launch/outputs.h"
+#include "launch/plan.h"
 
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,8 @@ LoadedModel load_hf_model(const std::string& dir) {
   m.dir = dir;
   m.config = core::read_hf_config(dir);
   const core::ParamTable table = core::make_param_table(m.config);
+  require_host_memory(4.0 * static_cast<double>(table.total()), fmt::format("the model of {}/config.json", dir),
+                      "is config.json the right one?");
   m.params.resize(static_cast<size_t>(table.total()));
   core::load_hf_weights(dir, table, m.params.data());
   return m;

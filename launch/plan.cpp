@@ -1,6 +1,8 @@
 // launch/plan.cpp: the per-rank cost model of a config (see launch/plan.h).
 #include "launch/plan.h"
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -10,6 +12,18 @@
 #include "core/params.h"
 
 namespace switchyard::launch {
+
+double host_memory_bytes() {
+  return static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+void require_host_memory(double bytes, const std::string& what, const std::string& fix, double available) {
+  if (available <= 0) available = host_memory_bytes();
+  constexpr double GiB = 1 << 30;
+  if (bytes > available)
+    throw_usage("{} needs {:.1f} GiB of memory, more than the {:.1f} GiB this machine has{}; {}", what, bytes / GiB,
+                available / GiB, available < host_memory_bytes() ? " per rank" : "", fix);
+}
 
 namespace {
 using core::Recompute;

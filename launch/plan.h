@@ -34,6 +34,12 @@ struct PlanEstimate {
   std::string why;                                  // how auto decided (empty otherwise)
 };
 
+// This machine's physical memory, bytes.
+double host_memory_bytes();
+// A usage error when `bytes` (what `what` needs, e.g. "the model of runs/x/model/config.json") is
+// more than `available` bytes (default: this machine's memory); `fix` says what to change.
+void require_host_memory(double bytes, const std::string& what, const std::string& fix, double available = 0);
+
 // Throws a usage error naming train.activation_memory_mb when auto finds no policy that fits.
 PlanEstimate plan(const core::ExperimentConfig& cfg);
 std::string format_plan(const core::ExperimentConfig& cfg, const PlanEstimate& p, int world);

@@ -87,29 +87,23 @@ void prepare_outputs(const fs::path& dir, const fs::path& ckpt_root, const Train
   require_writable_folder(ckpt_root, "checkpoint.dir", /*keep=*/false);  // the first save makes it
 }
 
-// Physical memory of this machine over the ranks that share it (MPI's shared-memory node).
-double memory_per_rank_bytes() {
+// Collective. A usage error when the plan's per-rank memory is more than this machine has per rank
+// (its physical memory over the ranks of its MPI shared-memory node).
+void require_memory_fits(const PlanEstimate& e) {
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
   int local = 1;
   MPI_Comm_size(node, &local);
   MPI_Comm_free(&node);
-  return static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE)) / local;
-}
-
-// Collective. A usage error when the plan's per-rank memory is more than this machine has per rank.
-void require_memory_fits(const PlanEstimate& e) {
-  const double need = static_cast<double>(e.param_bytes + e.grad_bytes + e.optimizer_bytes + e.compute_weight_bytes +
-                                          e.activation_bytes[static_cast<int>(e.chosen)]),
-               have = memory_per_rank_bytes();
+  const double activations = static_cast<double>(e.activation_bytes[static_cast<int>(e.chosen)]),
+               state = static_cast<double>(e.param_bytes + e.grad_bytes + e.optimizer_bytes + e.compute_weight_bytes);
   constexpr double GiB = 1 << 30;
-  if (need > have)
-    throw_usage("the run needs {:.1f} GiB per rank ({:.1f} GiB of weights, gradients and optimizer state, {:.1f} GiB "
-                "of activations; `switchyard plan` details it), more than this machine's {:.1f} GiB per rank: lower "
-                "train.micro_batch (raising train.grad_accum), set train.activation_checkpointing, or spread the "
-                "experts with parallel.expert_parallel",
-                need / GiB, (need - static_cast<double>(e.activation_bytes[static_cast<int>(e.chosen)])) / GiB,
-                static_cast<double>(e.activation_bytes[static_cast<int>(e.chosen)]) / GiB, have / GiB);
+  require_host_memory(state + activations,
+                      fmt::format("the run ({:.1f} GiB of weights, gradients and optimizer state and {:.1f} GiB of "
+                                  "activations per rank; `switchyard plan` details it)", state / GiB, activations / GiB),
+                      "lower train.micro_batch (raising train.grad_accum), set train.activation_checkpointing, or "
+                      "spread the experts with parallel.expert_parallel",
+                      host_memory_bytes() / local);
 }
 
 // Set by SIGTERM / SIGUSR1 (preemption): the loop finishes its step, saves and exits 0.

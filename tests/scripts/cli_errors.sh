@@ -80,6 +80,17 @@ expect_error init_from_model_override "model.d_model" -- "$SY" train --config "$
 mkdir -p "$TMP/ck"; head -c 300 /dev/urandom > "$TMP/ck/latest"
 expect_error garbage_latest "ck/latest: damaged" -- "$SY" train --config "$TMP/good.yaml" --resume "$TMP/ck" \
   --set data.train="$TMP/long.h5" --set train.seq_len=16 --run-dir "$TMP/latest_run"
+# an HF config.json within the per-key bounds whose model no machine holds: refused before allocation
+"$SY" train --config "$TMP/good.yaml" --set data.train="$TMP/long.h5" --set train.seq_len=16 --set train.steps=1 \
+  --set model.d_model=32 --set model.n_layers=1 --set model.n_heads=2 --set model.n_kv_heads=1 \
+  --set model.moe.expert_size=16 --set train.eval_windows=1 --run-dir "$TMP/small" >/dev/null 2>&1
+mkdir -p "$TMP/hugehf"; cp "$TMP/small/model/model.safetensors" "$TMP/hugehf/"
+/usr/bin/python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c.update(vocab_size=16000000, hidden_size=65536); json.dump(c, open(sys.argv[2], 'w'))" \
+  "$TMP/small/model/config.json" "$TMP/hugehf/config.json"
+expect_error huge_hf_eval "GiB of memory" -- timeout 20 "$SY" eval --init-from "$TMP/hugehf" --data "$TMP/long.h5" --split train
+expect_error huge_hf_export "GiB of memory" -- timeout 20 "$SY" export --checkpoint "$TMP/hugehf" --out "$TMP/hugeexp"
+expect_error huge_hf_train "GiB of memory" -- timeout 20 "$SY" train --config "$TMP/good.yaml" --init-from "$TMP/hugehf" \
+  --set data.train="$TMP/long.h5" --run-dir "$TMP/hugerun"
 expect_error missing_option "--config" -- "$SY" train
 expect_error bad_option "--bogus" -- "$SY" train --config "$TMP/good.yaml" --bogus
 

@@ -156,7 +156,7 @@ refused "i: export of an inf weight" "tensor model.layers.1.post_attention_layer
 # ---- (j) ----
 mkdir -p "$TMP/full"
 if mount -t tmpfs -o size=30m tmpfs "$TMP/full" 2>/dev/null; then
-  trap 'umount "$TMP/full" 2>/dev/null; rm -rf "$TMP"' EXIT
+  trap 'umount "$TMP/full" 2>/dev/null || true; rm -rf "$TMP"' EXIT
   refused "j: disk full at the second save" "no space left on the device" -- \
     "$SY" train "${BASE[@]}" --set checkpoint.dir="$TMP/full/ck" --run-dir "$TMP/j"
   [ "$(cat "$TMP/full/ck/latest")" = step-000002 ] && [ -f "$TMP/full/ck/step-000002/manifest.json" ] &&
