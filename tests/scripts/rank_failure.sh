@@ -21,17 +21,23 @@ else
   fails=$((fails+1)); echo "FAIL bad data on rank 1: exit $rc after ${took}s"; cat "$TMP/out1"
 fi
 
+# rank_after_first_step JOB LOG RUN_DIR: the pid of the last rank of JOB once its first step is
+# logged (no time budget of its own: JOB's timeout bounds it), or nothing if JOB ended first
+rank_after_first_step() {
+  while kill -0 "$1" 2>/dev/null; do
+    sleep 0.3
+    grep -q "step 1/" "$2" 2>/dev/null || continue
+    pgrep -f "switchyard train.*$3" | sort -n | tail -1
+    return
+  done
+}
+
 # (2) rank 1 killed while training
 start=$(date +%s)
 timeout 90 mpirun --bind-to none -np 2 "$SY" train "${COMMON[@]}" --set data.train="$TMP/tok.h5" \
   --set train.steps=100000 --run-dir "$TMP/r2" > "$TMP/out2" 2>&1 &
 job=$!
-victim=""
-while kill -0 "$job" 2>/dev/null; do  # until the first step is done (no budget of its own)
-  sleep 0.3
-  grep -q "step 1/" "$TMP/out2" 2>/dev/null || continue
-  victim=$(pgrep -f "switchyard train.*$TMP/r2" | sort -n | tail -1); break
-done
+victim=$(rank_after_first_step "$job" "$TMP/out2" "$TMP/r2")
 [ -n "$victim" ] && kill -9 "$victim"
 wait $job; rc=$?; took=$(( $(date +%s) - start ))
 if [ -n "$victim" ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $took -le 60 ]; then
@@ -45,12 +51,7 @@ timeout 120 mpirun --bind-to none -np 2 "$SY" train "${COMMON[@]}" --set data.tr
   --set train.steps=100000 --set parallel.expert_parallel=2 --set parallel.timeout_s=5 --run-dir "$TMP/r3" \
   > "$TMP/out3" 2>&1 &
 job=$!
-victim=""
-while kill -0 "$job" 2>/dev/null; do  # until the first step is done (no budget of its own)
-  sleep 0.3
-  grep -q "step 1/" "$TMP/out3" 2>/dev/null || continue
-  victim=$(pgrep -f "switchyard train.*$TMP/r3" | sort -n | tail -1); break
-done
+victim=$(rank_after_first_step "$job" "$TMP/out3" "$TMP/r3")
 [ -n "$victim" ] && kill -STOP "$victim"
 wait $job; rc=$?; took=$(( $(date +%s) - start ))
 alive() { case "$(ps -o stat= -p "$1" 2>/dev/null)" in ""|Z*) return 1 ;; *) return 0 ;; esac; }  # a zombie is dead
