@@ -5,11 +5,9 @@
 #include <mpi.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <unistd.h>
-
-#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>

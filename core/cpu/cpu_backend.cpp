@@ -41,9 +41,8 @@ std::unique_ptr<Backend> make_cpu_backend(int threads) {
   SY_CHECK(missing_cpu_feature() == nullptr, "CPU feature {} missing", missing_cpu_feature());
   const int64_t asked = threads > 0 ? threads : omp_get_max_threads();
   if (asked > max_threads())
-    throw_usage("{} CPU threads asked for ({}); at most {} on this machine of {} cores",
-                asked, "train.threads, --threads or OMP_NUM_THREADS", max_threads(),
-                omp_get_num_procs());
+    throw_usage("{} CPU threads asked for (train.threads, --threads or OMP_NUM_THREADS); at most {} on this "
+                "machine of {} cores", asked, max_threads(), omp_get_num_procs());
   return std::make_unique<CpuBackend>(threads);
 }
 
