@@ -11,63 +11,16 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/formats/hdf5.h"
 #include "data/file_util.h"
 
 namespace switchyard::data {
 
 namespace {
 
-// HDF5 prints its error stack to stderr by default; we report our own messages instead. The
-// setting is per thread in thread-safe builds, so every entry point calls this.
-void quiet_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-
-// Owns one hid_t and closes it with the matching H5*close function.
-class H5Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  H5Handle() = default;
-  H5Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  H5Handle(H5Handle&& o) noexcept : id_(std::exchange(o.id_, H5I_INVALID_HID)), closer_(o.closer_) {}
-  H5Handle& operator=(H5Handle&& o) noexcept {
-    if (this != &o) {
-      reset();
-      id_ = std::exchange(o.id_, H5I_INVALID_HID);
-      closer_ = o.closer_;
-    }
-    return *this;
-  }
-  H5Handle(const H5Handle&) = delete;
-  H5Handle& operator=(const H5Handle&) = delete;
-  ~H5Handle() { reset(); }
-
-  void reset() {
-    if (id_ >= 0 && closer_) closer_(id_);
-    id_ = H5I_INVALID_HID;
-  }
-  // Closes and reports failure (for the file, where closing flushes data).
-  bool close() {
-    if (id_ < 0) return true;
-    herr_t r = closer_(id_);
-    id_ = H5I_INVALID_HID;
-    return r >= 0;
-  }
-  hid_t get() const { return id_; }
-  bool valid() const { return id_ >= 0; }
-
- private:
-  hid_t id_ = H5I_INVALID_HID;
-  Closer closer_ = nullptr;
-};
-
-// Wraps a returned hid_t; a negative id is a usage error naming the file and object.
-H5Handle checked(hid_t id, H5Handle::Closer closer, const std::string& file, const std::string& what) {
-  if (id < 0) throw_usage("{}: HDF5 error: cannot {}", file, what);
-  return H5Handle(id, closer);
-}
-
-void check(herr_t r, const std::string& file, const std::string& what) {
-  if (r < 0) throw_usage("{}: HDF5 error: cannot {}", file, what);
-}
+using core::formats::H5Handle;
+using core::formats::h5_check;
+using core::formats::h5_checked;
 
 bool link_exists(hid_t loc, const std::string& name) {
   htri_t r = H5Lexists(loc, name.c_str(), H5P_DEFAULT);
@@ -79,23 +32,23 @@ bool attr_exists(hid_t loc, const char* name) { return H5Aexists(loc, name) > 0;
 // Reads a string attribute, fixed- or variable-length (h5py writes variable-length strings).
 std::string read_string_attr(hid_t loc, const char* name, const std::string& file) {
   const std::string what = fmt::format("read root attribute '{}'", name);
-  H5Handle attr = checked(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose, file, what);
-  H5Handle type = checked(H5Aget_type(attr.get()), H5Tclose, file, what);
+  H5Handle attr = h5_checked(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose, file, what);
+  H5Handle type = h5_checked(H5Aget_type(attr.get()), H5Tclose, file, what);
   if (H5Tget_class(type.get()) != H5T_STRING) {
     throw_usage("{}: root attribute '{}' is not a string", file, name);
   }
-  H5Handle space = checked(H5Aget_space(attr.get()), H5Sclose, file, what);
+  H5Handle space = h5_checked(H5Aget_space(attr.get()), H5Sclose, file, what);
   if (H5Sget_simple_extent_npoints(space.get()) != 1) {
     throw_usage("{}: root attribute '{}' is not a single string", file, name);
   }
   htri_t is_var = H5Tis_variable_str(type.get());
-  check(is_var < 0 ? -1 : 0, file, what);
+  h5_check(is_var < 0 ? -1 : 0, file, what);
   if (is_var > 0) {
-    H5Handle mem = checked(H5Tcopy(H5T_C_S1), H5Tclose, file, what);
-    check(H5Tset_size(mem.get(), H5T_VARIABLE), file, what);
-    check(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), file, what);
+    H5Handle mem = h5_checked(H5Tcopy(H5T_C_S1), H5Tclose, file, what);
+    h5_check(H5Tset_size(mem.get(), H5T_VARIABLE), file, what);
+    h5_check(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), file, what);
     char* s = nullptr;
-    check(H5Aread(attr.get(), mem.get(), &s), file, what);
+    h5_check(H5Aread(attr.get(), mem.get(), &s), file, what);
     std::string out = s ? s : "";
     H5free_memory(s);
     return out;
@@ -103,47 +56,47 @@ std::string read_string_attr(hid_t loc, const char* name, const std::string& fil
   size_t n = H5Tget_size(type.get());
   if (n == 0 || n > (1u << 20)) throw_usage("{}: root attribute '{}' has a bad string size {}", file, name, n);
   std::string buf(n, '\0');
-  H5Handle mem = checked(H5Tcopy(type.get()), H5Tclose, file, what);
-  check(H5Aread(attr.get(), mem.get(), buf.data()), file, what);
+  H5Handle mem = h5_checked(H5Tcopy(type.get()), H5Tclose, file, what);
+  h5_check(H5Aread(attr.get(), mem.get(), buf.data()), file, what);
   buf.resize(std::strlen(buf.c_str()));
   return buf;
 }
 
 int64_t read_int_attr(hid_t loc, const char* name, const std::string& file) {
   const std::string what = fmt::format("read root attribute '{}'", name);
-  H5Handle attr = checked(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose, file, what);
-  H5Handle type = checked(H5Aget_type(attr.get()), H5Tclose, file, what);
+  H5Handle attr = h5_checked(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose, file, what);
+  H5Handle type = h5_checked(H5Aget_type(attr.get()), H5Tclose, file, what);
   if (H5Tget_class(type.get()) != H5T_INTEGER) {
     throw_usage("{}: root attribute '{}' is not an integer", file, name);
   }
-  H5Handle space = checked(H5Aget_space(attr.get()), H5Sclose, file, what);
+  H5Handle space = h5_checked(H5Aget_space(attr.get()), H5Sclose, file, what);
   if (H5Sget_simple_extent_npoints(space.get()) != 1) {
     throw_usage("{}: root attribute '{}' is not a single integer", file, name);
   }
   int64_t v = 0;
-  check(H5Aread(attr.get(), H5T_NATIVE_INT64, &v), file, what);
+  h5_check(H5Aread(attr.get(), H5T_NATIVE_INT64, &v), file, what);
   return v;
 }
 
 void write_string_attr(hid_t loc, const char* name, const std::string& value, const std::string& file) {
   const std::string what = fmt::format("write root attribute '{}'", name);
-  H5Handle type = checked(H5Tcopy(H5T_C_S1), H5Tclose, file, what);
-  check(H5Tset_size(type.get(), std::max<size_t>(value.size(), 1)), file, what);
-  check(H5Tset_strpad(type.get(), H5T_STR_NULLPAD), file, what);
-  check(H5Tset_cset(type.get(), H5T_CSET_UTF8), file, what);
-  H5Handle space = checked(H5Screate(H5S_SCALAR), H5Sclose, file, what);
-  H5Handle attr = checked(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+  H5Handle type = h5_checked(H5Tcopy(H5T_C_S1), H5Tclose, file, what);
+  h5_check(H5Tset_size(type.get(), std::max<size_t>(value.size(), 1)), file, what);
+  h5_check(H5Tset_strpad(type.get(), H5T_STR_NULLPAD), file, what);
+  h5_check(H5Tset_cset(type.get(), H5T_CSET_UTF8), file, what);
+  H5Handle space = h5_checked(H5Screate(H5S_SCALAR), H5Sclose, file, what);
+  H5Handle attr = h5_checked(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
                           H5Aclose, file, what);
   std::string buf = value.empty() ? std::string(1, '\0') : value;
-  check(H5Awrite(attr.get(), type.get(), buf.data()), file, what);
+  h5_check(H5Awrite(attr.get(), type.get(), buf.data()), file, what);
 }
 
 void write_int_attr(hid_t loc, const char* name, int64_t value, const std::string& file) {
   const std::string what = fmt::format("write root attribute '{}'", name);
-  H5Handle space = checked(H5Screate(H5S_SCALAR), H5Sclose, file, what);
-  H5Handle attr = checked(H5Acreate2(loc, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+  H5Handle space = h5_checked(H5Screate(H5S_SCALAR), H5Sclose, file, what);
+  H5Handle attr = h5_checked(H5Acreate2(loc, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
                           H5Aclose, file, what);
-  check(H5Awrite(attr.get(), H5T_NATIVE_INT64, &value), file, what);
+  h5_check(H5Awrite(attr.get(), H5T_NATIVE_INT64, &value), file, what);
 }
 
 // Opens the file read-only and checks the root attributes. Returns the file handle.
@@ -154,7 +107,7 @@ struct CheckedFile {
 };
 
 CheckedFile open_checked(const std::string& path) {
-  quiet_hdf5();
+  core::formats::hdf5_prepare();
   require_regular_file(path);
   if (!has_hdf5_signature(path)) {
     throw_usage("{} is not an HDF5 file (no HDF5 signature at its start); make a token file with "
@@ -194,18 +147,18 @@ CheckedFile open_checked(const std::string& path) {
 // Reads doc_offsets[i0, i0+n) of a 1-D int64 dataset.
 void read_i64_range(hid_t ds, int64_t i0, int64_t n, int64_t* out, const std::string& file,
                     const std::string& what) {
-  H5Handle fspace = checked(H5Dget_space(ds), H5Sclose, file, what);
+  H5Handle fspace = h5_checked(H5Dget_space(ds), H5Sclose, file, what);
   hsize_t start[1] = {static_cast<hsize_t>(i0)}, cnt[1] = {static_cast<hsize_t>(n)};
-  check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, cnt, nullptr), file, what);
-  H5Handle mspace = checked(H5Screate_simple(1, cnt, nullptr), H5Sclose, file, what);
-  check(H5Dread(ds, H5T_NATIVE_INT64, mspace.get(), fspace.get(), H5P_DEFAULT, out), file, what);
+  h5_check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, cnt, nullptr), file, what);
+  H5Handle mspace = h5_checked(H5Screate_simple(1, cnt, nullptr), H5Sclose, file, what);
+  h5_check(H5Dread(ds, H5T_NATIVE_INT64, mspace.get(), fspace.get(), H5P_DEFAULT, out), file, what);
 }
 
 int64_t dataset_length(hid_t ds, const std::string& file, const std::string& object) {
-  H5Handle space = checked(H5Dget_space(ds), H5Sclose, file, "get the shape of " + object);
+  H5Handle space = h5_checked(H5Dget_space(ds), H5Sclose, file, "get the shape of " + object);
   if (H5Sget_simple_extent_ndims(space.get()) != 1) throw_usage("{}: {} is not one-dimensional", file, object);
   hsize_t dims[1] = {0};
-  check(H5Sget_simple_extent_dims(space.get(), dims, nullptr) < 0 ? -1 : 0, file, "get the shape of " + object);
+  h5_check(H5Sget_simple_extent_dims(space.get(), dims, nullptr) < 0 ? -1 : 0, file, "get the shape of " + object);
   return static_cast<int64_t>(dims[0]);
 }
 
@@ -259,18 +212,18 @@ Hdf5TokenSource::Hdf5TokenSource(const std::string& path, const std::string& spl
   const std::string tok_obj = "/" + tok_name, off_obj = "/" + off_name;
   if (!link_exists(f, tok_name)) throw_usage("{}: split '{}' has no dataset {}", path, split, tok_obj);
   if (!link_exists(f, off_name)) throw_usage("{}: split '{}' has no dataset {}", path, split, off_obj);
-  m.tokens = checked(H5Dopen2(f, tok_name.c_str(), H5P_DEFAULT), H5Dclose, path, "open dataset " + tok_obj);
-  m.offsets = checked(H5Dopen2(f, off_name.c_str(), H5P_DEFAULT), H5Dclose, path, "open dataset " + off_obj);
+  m.tokens = h5_checked(H5Dopen2(f, tok_name.c_str(), H5P_DEFAULT), H5Dclose, path, "open dataset " + tok_obj);
+  m.offsets = h5_checked(H5Dopen2(f, off_name.c_str(), H5P_DEFAULT), H5Dclose, path, "open dataset " + off_obj);
 
   {
-    H5Handle type = checked(H5Dget_type(m.tokens.get()), H5Tclose, path, "get the type of " + tok_obj);
+    H5Handle type = h5_checked(H5Dget_type(m.tokens.get()), H5Tclose, path, "get the type of " + tok_obj);
     size_t sz = H5Tget_size(type.get());
     if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_sign(type.get()) != H5T_SGN_NONE ||
         (sz != 2 && sz != 4)) {
       throw_usage("{}: dataset {} must hold uint16 or uint32 tokens", path, tok_obj);
     }
     m.token_bytes = static_cast<int>(sz);
-    H5Handle otype = checked(H5Dget_type(m.offsets.get()), H5Tclose, path, "get the type of " + off_obj);
+    H5Handle otype = h5_checked(H5Dget_type(m.offsets.get()), H5Tclose, path, "get the type of " + off_obj);
     if (H5Tget_class(otype.get()) != H5T_INTEGER) throw_usage("{}: dataset {} must hold integers", path, off_obj);
   }
   m.n_tokens = dataset_length(m.tokens.get(), path, tok_obj);
@@ -310,15 +263,15 @@ void Hdf5TokenSource::read(int64_t begin, int64_t count, int32_t* out) const {
   SY_CHECK(begin >= 0 && count >= 0 && begin + count <= m.n_tokens, "read [{}, {}) outside {} with {} tokens",
            begin, begin + count, describe(), m.n_tokens);
   if (count == 0) return;
-  quiet_hdf5();
+  core::formats::hdf5_prepare();
   const std::string what = fmt::format("read tokens [{}, {}) of /{}/tokens", begin, begin + count, m.split);
-  H5Handle fspace = checked(H5Dget_space(m.tokens.get()), H5Sclose, m.path, what);
+  H5Handle fspace = h5_checked(H5Dget_space(m.tokens.get()), H5Sclose, m.path, what);
   hsize_t start[1] = {static_cast<hsize_t>(begin)}, cnt[1] = {static_cast<hsize_t>(count)};
-  check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, cnt, nullptr), m.path, what);
-  H5Handle mspace = checked(H5Screate_simple(1, cnt, nullptr), H5Sclose, m.path, what);
+  h5_check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, cnt, nullptr), m.path, what);
+  H5Handle mspace = h5_checked(H5Screate_simple(1, cnt, nullptr), H5Sclose, m.path, what);
   // int32 and uint32 may alias; uint16 -> uint32 conversion is exact.
   uint32_t* u = reinterpret_cast<uint32_t*>(out);
-  check(H5Dread(m.tokens.get(), H5T_NATIVE_UINT32, mspace.get(), fspace.get(), H5P_DEFAULT, u), m.path, what);
+  h5_check(H5Dread(m.tokens.get(), H5T_NATIVE_UINT32, mspace.get(), fspace.get(), H5P_DEFAULT, u), m.path, what);
   if (m.token_bytes == 4) {
     for (int64_t i = 0; i < count; ++i) {
       if (u[i] > static_cast<uint32_t>(std::numeric_limits<int32_t>::max())) {
@@ -331,7 +284,7 @@ void Hdf5TokenSource::read(int64_t begin, int64_t count, int32_t* out) const {
 
 std::vector<int64_t> Hdf5TokenSource::doc_offsets() const {
   const Impl& m = *impl_;
-  quiet_hdf5();
+  core::formats::hdf5_prepare();
   std::vector<int64_t> v(static_cast<size_t>(m.n_docs + 1));
   read_i64_range(m.offsets.get(), 0, m.n_docs + 1, v.data(), m.path, "read /" + m.split + "/doc_offsets");
   return v;
@@ -370,26 +323,26 @@ void append_1d(hid_t ds, hid_t mem_type, const void* data, int64_t old_n, int64_
                const std::string& what) {
   if (n == 0) return;
   hsize_t new_size[1] = {static_cast<hsize_t>(old_n + n)};
-  check(H5Dset_extent(ds, new_size), file, what);
-  H5Handle fspace = checked(H5Dget_space(ds), H5Sclose, file, what);
+  h5_check(H5Dset_extent(ds, new_size), file, what);
+  H5Handle fspace = h5_checked(H5Dget_space(ds), H5Sclose, file, what);
   hsize_t start[1] = {static_cast<hsize_t>(old_n)}, cnt[1] = {static_cast<hsize_t>(n)};
-  check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, cnt, nullptr), file, what);
-  H5Handle mspace = checked(H5Screate_simple(1, cnt, nullptr), H5Sclose, file, what);
-  check(H5Dwrite(ds, mem_type, mspace.get(), fspace.get(), H5P_DEFAULT, data), file, what);
+  h5_check(H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, cnt, nullptr), file, what);
+  H5Handle mspace = h5_checked(H5Screate_simple(1, cnt, nullptr), H5Sclose, file, what);
+  h5_check(H5Dwrite(ds, mem_type, mspace.get(), fspace.get(), H5P_DEFAULT, data), file, what);
 }
 
 H5Handle create_extendible(hid_t loc, const char* name, hid_t file_type, int64_t chunk, bool compress,
                            const std::string& file, const std::string& object) {
   const std::string what = "create dataset " + object;
   hsize_t dims[1] = {0}, maxdims[1] = {H5S_UNLIMITED}, chunks[1] = {static_cast<hsize_t>(chunk)};
-  H5Handle space = checked(H5Screate_simple(1, dims, maxdims), H5Sclose, file, what);
-  H5Handle dcpl = checked(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, file, what);
-  check(H5Pset_chunk(dcpl.get(), 1, chunks), file, what);
+  H5Handle space = h5_checked(H5Screate_simple(1, dims, maxdims), H5Sclose, file, what);
+  H5Handle dcpl = h5_checked(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, file, what);
+  h5_check(H5Pset_chunk(dcpl.get(), 1, chunks), file, what);
   if (compress && H5Zfilter_avail(H5Z_FILTER_DEFLATE) > 0) {
-    check(H5Pset_shuffle(dcpl.get()), file, what);
-    check(H5Pset_deflate(dcpl.get(), 1), file, what);
+    h5_check(H5Pset_shuffle(dcpl.get()), file, what);
+    h5_check(H5Pset_deflate(dcpl.get(), 1), file, what);
   }
-  return checked(H5Dcreate2(loc, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose,
+  return h5_checked(H5Dcreate2(loc, name, file_type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose,
                  file, what);
 }
 
@@ -428,7 +381,7 @@ Hdf5TokenWriter::Hdf5TokenWriter(const std::string& path, int64_t vocab_size)
 
 Hdf5TokenWriter::Hdf5TokenWriter(const std::string& path, int64_t vocab_size, const Options& options)
     : impl_(std::make_unique<Impl>()) {
-  quiet_hdf5();
+  core::formats::hdf5_prepare();
   Impl& m = *impl_;
   m.path = path;
   m.vocab_size = vocab_size;
@@ -453,7 +406,7 @@ Hdf5TokenWriter::Hdf5TokenWriter(const std::string& path, int64_t vocab_size, co
     }
     SplitState s;
     s.name = name;
-    s.group = checked(H5Gcreate2(f, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose, m.tmp,
+    s.group = h5_checked(H5Gcreate2(f, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose, m.tmp,
                       "create group /" + name);
     s.tokens = create_extendible(s.group.get(), "tokens", token_type, options.chunk_tokens, options.compress,
                                  m.tmp, "/" + name + "/tokens");
@@ -489,7 +442,7 @@ void Hdf5TokenWriter::append(const std::string& split, const int32_t* tokens, in
     s.pending_tokens.insert(s.pending_tokens.end(), tokens + i, tokens + i + take);
     i += take;
     if (static_cast<int64_t>(s.pending_tokens.size()) >= kFlushTokens) {
-      quiet_hdf5();
+      core::formats::hdf5_prepare();
       m.flush(s);
     }
   }
@@ -504,7 +457,7 @@ void Hdf5TokenWriter::end_document(const std::string& split) {
   s.docs += 1;
   s.doc_start = s.total_tokens;
   if (static_cast<int64_t>(s.pending_offsets.size()) >= (1 << 16)) {
-    quiet_hdf5();
+    core::formats::hdf5_prepare();
     m.flush(s);
   }
 }
@@ -515,7 +468,7 @@ int64_t Hdf5TokenWriter::documents(const std::string& split) const { return impl
 void Hdf5TokenWriter::finish() {
   Impl& m = *impl_;
   SY_CHECK(!m.finished, "finish called twice on {}", m.path);
-  quiet_hdf5();
+  core::formats::hdf5_prepare();
   for (auto& [name, s] : m.splits) {
     if (s.total_tokens > s.doc_start) end_document(name);
     m.flush(s);

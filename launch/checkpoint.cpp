@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/formats/hdf5.h"
 #include "core/params.h"
 #include "launch/outputs.h"
 #include "launch/plan.h"
@@ -48,45 +49,11 @@ std::array<uint32_t, 256> make_crc_table() {
   return t;
 }
 
-// ---- HDF5 (the C API, wrapped as data/hdf5_tokens.cpp does) ----
-void quiet_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-
-class H5Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  H5Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  H5Handle(H5Handle&& o) noexcept : id_(std::exchange(o.id_, H5I_INVALID_HID)), closer_(o.closer_) {}
-  H5Handle(const H5Handle&) = delete;
-  H5Handle& operator=(const H5Handle&) = delete;
-  ~H5Handle() { close(); }
-  bool close() {
-    if (id_ < 0) return true;
-    const herr_t r = closer_(id_);
-    id_ = H5I_INVALID_HID;
-    return r >= 0;
-  }
-  hid_t get() const { return id_; }
-
- private:
-  hid_t id_;
-  Closer closer_;
-};
-
-// After a failed write: what the system said, when it was a full disk (the previous checkpoint stays).
-std::string disk_full_note() {
-  return errno == ENOSPC ? "; no space left on the device: free space, then resume (the previous checkpoint is "
-                           "intact)"
-                         : "";
-}
-
-H5Handle checked(hid_t id, H5Handle::Closer closer, const std::string& file, const std::string& what) {
-  if (id < 0) throw_usage("{}: HDF5 error: cannot {}{}", file, what, disk_full_note());
-  return H5Handle(id, closer);
-}
-
-void check(herr_t r, const std::string& file, const std::string& what) {
-  if (r < 0) throw_usage("{}: HDF5 error: cannot {}{}", file, what, disk_full_note());
-}
+// ---- HDF5: core/formats/hdf5.h ----
+using core::formats::disk_full_note;
+using core::formats::H5Handle;
+using core::formats::h5_check;
+using core::formats::h5_checked;
 
 // ---- durable files ----
 void fsync_path(const fs::path& p, bool directory) {
@@ -169,29 +136,29 @@ void prune(const fs::path& root, int64_t keep_last, const std::string& own_tmp, 
 // This rank's tensors into `path`: its experts, and every dense tensor when `dense`.
 void write_rank_file(const fs::path& path, const core::ParamTable& table, bool dense,
                      const std::array<const float*, 3>& arenas) {
-  quiet_hdf5();
+  core::formats::hdf5_prepare();
   const std::string file = path.string();
-  H5Handle f = checked(H5Fcreate(file.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, file,
+  H5Handle f = h5_checked(H5Fcreate(file.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, file,
                        "create the checkpoint file (check that the folder is writable)");
   for (size_t g = 0; g < kGroups.size(); ++g) {
-    H5Handle grp = checked(H5Gcreate2(f.get(), kGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose,
+    H5Handle grp = h5_checked(H5Gcreate2(f.get(), kGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose,
                            file, fmt::format("create group {}", kGroups[g]));
     for (const auto& p : table.specs()) {
       if (p.kind != core::ParamKind::ParamKind_expert && !dense) continue;
       const std::string what = fmt::format("{}/{}", kGroups[g], p.name);
       std::vector<hsize_t> dims(p.shape.begin(), p.shape.end());
-      H5Handle space = checked(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose,
+      H5Handle space = h5_checked(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose,
                                file, "create a dataspace for " + what);
-      H5Handle ds = checked(H5Dcreate2(grp.get(), p.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+      H5Handle ds = h5_checked(H5Dcreate2(grp.get(), p.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
                                        H5P_DEFAULT, H5P_DEFAULT),
                             H5Dclose, file, "create dataset " + what);
       const float* data = arenas[g] + p.offset;
-      check(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), file, "write " + what);
+      h5_check(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), file, "write " + what);
       const uint32_t crc = crc32c(data, sizeof(float) * static_cast<size_t>(p.numel));
-      H5Handle scalar = checked(H5Screate(H5S_SCALAR), H5Sclose, file, "create a dataspace");
-      H5Handle attr = checked(H5Acreate2(ds.get(), "crc32c", H5T_STD_U32LE, scalar.get(), H5P_DEFAULT, H5P_DEFAULT),
+      H5Handle scalar = h5_checked(H5Screate(H5S_SCALAR), H5Sclose, file, "create a dataspace");
+      H5Handle attr = h5_checked(H5Acreate2(ds.get(), "crc32c", H5T_STD_U32LE, scalar.get(), H5P_DEFAULT, H5P_DEFAULT),
                               H5Aclose, file, "create the crc32c attribute of " + what);
-      check(H5Awrite(attr.get(), H5T_NATIVE_UINT32, &crc), file, "write the crc32c attribute of " + what);
+      h5_check(H5Awrite(attr.get(), H5T_NATIVE_UINT32, &crc), file, "write the crc32c attribute of " + what);
     }
   }
   if (!f.close()) throw_usage("{}: HDF5 error: cannot close (flush) the checkpoint file", file);
@@ -321,7 +288,7 @@ namespace {
 
 // manifest.json of a checkpoint folder, its format and version checked.
 json read_manifest(const fs::path& folder) {
-  quiet_hdf5();
+  core::formats::hdf5_prepare();
   const fs::path manifest_path = folder / "manifest.json";
   json man;
   try {
@@ -370,13 +337,13 @@ void read_tensors(const fs::path& folder, const json& man, const core::ParamTabl
                   manifest_path.string(), p.name, json(shape).dump(), json(p.shape).dump());
     auto it = files.find(fname);
     if (it == files.end())
-      it = files.emplace(fname, checked(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, file,
+      it = files.emplace(fname, h5_checked(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, file,
                                         "open the checkpoint file (missing or damaged)")).first;
     for (size_t g = 0; g < n_groups; ++g) {
       const std::string what = fmt::format("{}/{}", kGroups[g], p.name);
-      H5Handle ds = checked(H5Dopen2(it->second.get(), what.c_str(), H5P_DEFAULT), H5Dclose, file,
+      H5Handle ds = h5_checked(H5Dopen2(it->second.get(), what.c_str(), H5P_DEFAULT), H5Dclose, file,
                             "open dataset " + what + " (damaged checkpoint file?)");
-      H5Handle space = checked(H5Dget_space(ds.get()), H5Sclose, file, "read the shape of " + what);
+      H5Handle space = h5_checked(H5Dget_space(ds.get()), H5Sclose, file, "read the shape of " + what);
       const int rank = H5Sget_simple_extent_ndims(space.get());
       std::vector<hsize_t> dims(static_cast<size_t>(std::max(rank, 0)));
       if (rank >= 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
@@ -385,12 +352,12 @@ void read_tensors(const fs::path& folder, const json& man, const core::ParamTabl
         throw_usage("{}: dataset {} does not have the shape {} the manifest states (damaged checkpoint file)", file,
                     what, json(p.shape).dump());
       float* out_ptr = dst[g] + p.offset;
-      check(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out_ptr), file,
+      h5_check(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out_ptr), file,
             "read dataset " + what + " (damaged checkpoint file?)");
-      H5Handle attr = checked(H5Aopen(ds.get(), "crc32c", H5P_DEFAULT), H5Aclose, file,
+      H5Handle attr = h5_checked(H5Aopen(ds.get(), "crc32c", H5P_DEFAULT), H5Aclose, file,
                               "open the crc32c attribute of " + what + " (damaged checkpoint file?)");
       uint32_t stored = 0;
-      check(H5Aread(attr.get(), H5T_NATIVE_UINT32, &stored), file, "read the crc32c attribute of " + what);
+      h5_check(H5Aread(attr.get(), H5T_NATIVE_UINT32, &stored), file, "read the crc32c attribute of " + what);
       const uint32_t actual = crc32c(out_ptr, sizeof(float) * static_cast<size_t>(p.numel));
       if (actual != stored)
         throw_usage("{}: checksum mismatch in dataset {} (crc32c {:08x}, stored {:08x}): the checkpoint file is "

@@ -1,0 +1,33 @@
+// core/formats/hdf5.cpp: see hdf5.h.
+#include "core/formats/hdf5.h"
+
+#include <cerrno>
+
+#include "core/error.h"
+
+namespace switchyard::core::formats {
+
+void hdf5_prepare() {
+  static const bool no_atexit = [] {
+    H5dont_atexit();  // fails harmlessly once the library is initialised
+    return true;
+  }();
+  (void)no_atexit;
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
+
+std::string disk_full_note() {
+  return errno == ENOSPC ? "; no space left on the device: free space and run again (what was written before is intact)"
+                         : "";
+}
+
+H5Handle h5_checked(hid_t id, H5Handle::Closer closer, const std::string& file, const std::string& what) {
+  if (id < 0) throw_usage("{}: HDF5 error: cannot {}{}", file, what, disk_full_note());
+  return H5Handle(id, closer);
+}
+
+void h5_check(herr_t r, const std::string& file, const std::string& what) {
+  if (r < 0) throw_usage("{}: HDF5 error: cannot {}{}", file, what, disk_full_note());
+}
+
+}  // namespace switchyard::core::formats
