@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/formats/durable.h"
 #include "core/half.h"
 
 namespace switchyard::core {
@@ -301,34 +302,13 @@ void write_safetensors(const std::string& path, const std::vector<TensorWrite>& 
   std::string header = h.dump();
   while (header.size() % 8) header.push_back(' ');
 
-  namespace fs = std::filesystem;
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) {
-    const int err = errno;
-    throw_usage("{}: cannot create {}: {}", path, tmp, std::strerror(err));
-  }
-  bool ok = true;
-  const uint64_t n = header.size();
-  ok = ok && std::fwrite(&n, 8, 1, f) == 1;
-  ok = ok && std::fwrite(header.data(), 1, header.size(), f) == header.size();
-  for (size_t i = 0; ok && i < tensors.size(); ++i)
-    if (sizes[i] > 0) ok = std::fwrite(tensors[i].data, 1, sizes[i], f) == sizes[i];
-  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  int err = ok ? 0 : errno;
-  if (std::fclose(f) != 0 && ok) {
-    ok = false;
-    err = errno;
-  }
-  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    err = errno;
-  }
-  if (!ok) {
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    throw_usage("{}: writing the safetensors file failed: {}", path, std::strerror(err));
-  }
+  formats::write_file_durable(path, [&](std::FILE* f) {
+    const uint64_t n = header.size();
+    bool ok = std::fwrite(&n, 8, 1, f) == 1 && std::fwrite(header.data(), 1, header.size(), f) == header.size();
+    for (size_t i = 0; ok && i < tensors.size(); ++i)
+      if (sizes[i] > 0) ok = std::fwrite(tensors[i].data, 1, sizes[i], f) == sizes[i];
+    return ok;
+  });
 }
 
 }  // namespace switchyard::core

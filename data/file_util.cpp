@@ -15,20 +15,6 @@ namespace switchyard::data {
 
 namespace fs = std::filesystem;
 
-std::string temp_path_next_to(const std::string& path) {
-  static std::atomic<int64_t> counter{0};
-  return fmt::format("{}.tmp-{}-{}", path, static_cast<long>(::getpid()), counter++);
-}
-
-void rename_into_place(const std::string& tmp, const std::string& path) {
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    throw_usage("cannot rename {} to {}: {}", tmp, path, std::strerror(e));
-  }
-}
-
 void create_parent_dirs(const std::string& path) {
   fs::path parent = fs::path(path).parent_path();
   if (parent.empty()) return;

@@ -6,10 +6,6 @@
 
 namespace switchyard::data {
 
-// A temporary name next to `path` (same folder, so rename is atomic): "<path>.tmp-<pid>-<n>".
-std::string temp_path_next_to(const std::string& path);
-// Renames tmp onto path (replacing it); a failure is a usage error naming both.
-void rename_into_place(const std::string& tmp, const std::string& path);
 // Creates the parent folders of `path` if needed; a failure is a usage error.
 void create_parent_dirs(const std::string& path);
 // Usage error naming `path` with a hint when it does not exist or is not a regular file.

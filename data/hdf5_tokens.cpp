@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/formats/durable.h"
 #include "core/formats/hdf5.h"
 #include "data/file_util.h"
 
@@ -391,7 +392,7 @@ Hdf5TokenWriter::Hdf5TokenWriter(const std::string& path, int64_t vocab_size, co
   }
   SY_CHECK(options.chunk_tokens >= 1, "chunk_tokens {}", options.chunk_tokens);
   create_parent_dirs(path);
-  m.tmp = temp_path_next_to(path);
+  m.tmp = core::formats::temp_path_next_to(path);
   hid_t f = H5Fcreate(m.tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (f < 0) throw_usage("{}: HDF5 cannot create the file (is the folder writable?)", m.tmp);
   m.file = H5Handle(f, H5Fclose);
@@ -477,7 +478,7 @@ void Hdf5TokenWriter::finish() {
     s.group.reset();
   }
   if (!m.file.close()) throw_usage("{}: HDF5 error while closing (disk full?)", m.tmp);
-  rename_into_place(m.tmp, m.path);
+  core::formats::rename_durable(m.tmp, m.path);
   m.finished = true;
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/formats/durable.h"
 #include "data/file_util.h"
 
 static_assert(std::endian::native == std::endian::little, "llm.c shards are little-endian");
@@ -131,34 +132,23 @@ void write_llmc_shard(const std::string& path, const int32_t* tokens, int64_t n,
   header[2] = static_cast<int32_t>(n);
 
   create_parent_dirs(path);
-  const std::string tmp = temp_path_next_to(path);
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw_usage("cannot create {}: {}", tmp, std::strerror(errno));
-  bool ok = std::fwrite(header, sizeof(header), 1, f) == 1;
-  constexpr int64_t kChunk = 1 << 16;
-  std::vector<uint16_t> b16;
-  std::vector<uint32_t> b32;
-  for (int64_t i = 0; ok && i < n; i += kChunk) {
-    const int64_t m = std::min(kChunk, n - i);
-    if (version == 1) {
-      b16.assign(tokens + i, tokens + i + m);
-      ok = std::fwrite(b16.data(), 2, static_cast<size_t>(m), f) == static_cast<size_t>(m);
-    } else {
-      b32.assign(tokens + i, tokens + i + m);
-      ok = std::fwrite(b32.data(), 4, static_cast<size_t>(m), f) == static_cast<size_t>(m);
+  core::formats::write_file_durable(path, [&](std::FILE* f) {
+    bool ok = std::fwrite(header, sizeof(header), 1, f) == 1;
+    constexpr int64_t kChunk = 1 << 16;
+    std::vector<uint16_t> b16;
+    std::vector<uint32_t> b32;
+    for (int64_t i = 0; ok && i < n; i += kChunk) {
+      const int64_t m = std::min(kChunk, n - i);
+      if (version == 1) {
+        b16.assign(tokens + i, tokens + i + m);
+        ok = std::fwrite(b16.data(), 2, static_cast<size_t>(m), f) == static_cast<size_t>(m);
+      } else {
+        b32.assign(tokens + i, tokens + i + m);
+        ok = std::fwrite(b32.data(), 4, static_cast<size_t>(m), f) == static_cast<size_t>(m);
+      }
     }
-  }
-  int err = ok ? 0 : errno;
-  if (std::fclose(f) != 0 && ok) {
-    ok = false;
-    err = errno;
-  }
-  if (!ok) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    throw_usage("cannot write {}: {}", path, std::strerror(err));
-  }
-  rename_into_place(tmp, path);
+    return ok;
+  });
 }
 
 }  // namespace switchyard::data

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/formats/durable.h"
 #include "core/formats/hdf5.h"
 #include "core/params.h"
 #include "launch/outputs.h"
@@ -55,31 +56,10 @@ using core::formats::H5Handle;
 using core::formats::h5_check;
 using core::formats::h5_checked;
 
-// ---- durable files ----
-void fsync_path(const fs::path& p, bool directory) {
-  const int fd = ::open(p.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
-  if (fd < 0) throw_usage("{}: cannot open to flush it to disk", p.string());
-  const int r = ::fsync(fd);
-  ::close(fd);
-  if (r != 0) throw_usage("{}: fsync failed (is the file system full or read-only?)", p.string());
-}
-
-void write_durable(const fs::path& p, const std::string& text) {
-  {
-    std::ofstream f(p, std::ios::binary | std::ios::trunc);
-    f << text;
-    f.flush();
-    if (!f) throw_usage("{}: cannot write (check that the checkpoint folder is writable){}", p.string(), disk_full_note());
-  }
-  fsync_path(p, false);
-}
-
-void rename_durable(const fs::path& from, const fs::path& to) {
-  std::error_code ec;
-  fs::rename(from, to, ec);
-  if (ec) throw_usage("cannot rename {} to {}: {}", from.string(), to.string(), ec.message());
-  fsync_path(to.parent_path().empty() ? fs::path(".") : to.parent_path(), true);
-}
+// ---- durable files: core/formats/durable.h ----
+using core::formats::fsync_path;
+using core::formats::rename_durable;
+using core::formats::write_text_durable;
 
 // The ranks of a save wait for each other between its phases (watched: parallel/watchdog.h).
 void save_barrier() {
@@ -241,7 +221,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
   save_barrier();
 
   if (rank == 0) {
-    write_durable(tmp / "manifest.json",
+    write_text_durable((tmp / "manifest.json").string(),
                   make_manifest(step, adamw.steps_taken(), cfg, groups.world().size(), scaler).dump(1) + "\n");
     fsync_path(tmp, true);
     std::error_code ec;
@@ -252,8 +232,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     }
     rename_durable(tmp, final_dir);
     test_pause();  // kill point 2: the new folder complete, `latest` not moved yet
-    write_durable(root / fmt::format("latest.tmp-{}", pid), name + "\n");
-    rename_durable(root / fmt::format("latest.tmp-{}", pid), root / "latest");
+    write_text_durable((root / "latest").string(), name + "\n");
     prune(root, cfg.checkpoint.keep_last, tmp_name, name);
   }
   save_barrier();

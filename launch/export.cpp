@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/formats/durable.h"
 #include "core/half.h"
 #include "core/params.h"
 #include "core/safetensors.h"
@@ -288,17 +289,17 @@ int run_export(const ExportOptions& opts) {
       core::write_safetensors((tmp / file).string(), writes, {{"format", "pt"}});
     }
     const ojson index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_text_file((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+    core::formats::write_text_durable((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
     nlohmann::json config = hf_config_json(src.model, torch_dtype);
     if (int8) config["quantization_config"] = int8_quantization_config();
-    write_text_file((tmp / "config.json").string(), config.dump(2) + "\n");
+    core::formats::write_text_durable((tmp / "config.json").string(), config.dump(2) + "\n");
     const ojson gen = {{"eos_token_id", 0}, {"pad_token_id", 0}, {"bos_token_id", nullptr}};
-    write_text_file((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
-    write_text_file((tmp / "tokenizer.json").string(), tokenizer_json(src.model.vocab_size).dump(2) + "\n");
-    write_text_file((tmp / "tokenizer_config.json").string(),
+    core::formats::write_text_durable((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
+    core::formats::write_text_durable((tmp / "tokenizer.json").string(), tokenizer_json(src.model.vocab_size).dump(2) + "\n");
+    core::formats::write_text_durable((tmp / "tokenizer_config.json").string(),
                     tokenizer_config_json(src.model.max_seq_len).dump(2) + "\n");
     const ojson special = {{"eos_token", byte_token(0)}, {"pad_token", byte_token(0)}};
-    write_text_file((tmp / "special_tokens_map.json").string(), special.dump(2) + "\n");
+    core::formats::write_text_durable((tmp / "special_tokens_map.json").string(), special.dump(2) + "\n");
     install(tmp, out);
   } catch (...) {
     fs::remove_all(tmp, ec);

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/formats/durable.h"
 #include "core/half.h"
 #include "core/params.h"
 
@@ -244,26 +245,15 @@ std::pair<size_t, uint64_t> write_gguf(const core::ModelConfig& c, const std::ve
   }
   h.b.resize((h.b.size() + kAlign - 1) / kAlign * kAlign, 0);
 
-  const std::string tmp = path + fmt::format(".tmp-{}", ::getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw_usage("export --out {}: cannot write {} (is the folder writable?)", path, tmp);
-    f.write(reinterpret_cast<const char*>(h.b.data()), static_cast<std::streamsize>(h.b.size()));
+  core::formats::write_file_durable(path, [&](std::FILE* f) {
     static const char zeros[kAlign] = {};
+    bool ok = std::fwrite(h.b.data(), 1, h.b.size(), f) == h.b.size();
     for (const auto& d : data) {
-      f.write(reinterpret_cast<const char*>(d.data()), static_cast<std::streamsize>(d.size()));
-      f.write(zeros, static_cast<std::streamsize>((kAlign - d.size() % kAlign) % kAlign));
+      const size_t pad = (kAlign - d.size() % kAlign) % kAlign;
+      ok = ok && std::fwrite(d.data(), 1, d.size(), f) == d.size() && std::fwrite(zeros, 1, pad, f) == pad;
     }
-    f.flush();
-    if (!f) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw_usage("export --out {}: write failed (disk full?)", path);
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw_usage("cannot rename {} to {}: {}", tmp, path, ec.message());
+    return ok;
+  });
   return {ts.size(), h.b.size() + offset};
 }
 

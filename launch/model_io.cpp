@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/formats/durable.h"
 #include "core/hf_checkpoint.h"
 #include "core/safetensors.h"
 #include "launch/outputs.h"
@@ -95,19 +96,6 @@ std::vector<HfTensor> hf_tensors(const core::ModelConfig& cfg, const core::Param
   return out;
 }
 
-void write_text_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f << text;
-    f.flush();
-    if (!f) throw_usage("cannot write {}: check that the folder is writable", tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw_usage("cannot rename {} to {}: {}", tmp, path, ec.message());
-}
-
 void save_hf_model(const std::string& dir, const core::ModelConfig& cfg, const core::ParamTable& table,
                    const float* host_params) {
   // the trainer's own folder: replaced when it wrote it, never over files of others (outputs.h)
@@ -118,7 +106,7 @@ void save_hf_model(const std::string& dir, const core::ModelConfig& cfg, const c
   std::vector<core::TensorWrite> tensors;
   for (const auto& t : hf) tensors.push_back({t.name, "F32", t.shape, t.data});
   core::write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
-  write_text_file((fs::path(dir) / "config.json").string(), hf_config_json(cfg).dump(2) + "\n");
+  core::formats::write_text_durable((fs::path(dir) / "config.json").string(), hf_config_json(cfg).dump(2) + "\n");
   mark_folder(dir, kWriterWeights, entries);
 }
 

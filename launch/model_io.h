@@ -40,9 +40,6 @@ struct HfTensor {
 std::vector<HfTensor> hf_tensors(const core::ModelConfig& cfg, const core::ParamTable& table,
                                  const float* host_params);
 
-// Writes text to path.tmp, then renames it to path; a usage Error naming the file on failure.
-void write_text_file(const std::string& path, const std::string& text);
-
 // Writes dir/config.json and dir/model.safetensors (f32) atomically enough for a final save:
 // files are written to temporaries and renamed.
 void save_hf_model(const std::string& dir, const core::ModelConfig& cfg,

@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/formats/durable.h"
 
 namespace switchyard::launch {
 namespace {
@@ -86,16 +87,7 @@ std::string folder_writer(const fs::path& dir) {
 
 void mark_folder(const fs::path& dir, const std::string& writer, const std::vector<std::string>& entries) {
   const nlohmann::json j = {{"format", kMarkerFormat}, {"version", 1}, {"written_by", writer}, {"owns", entries}};
-  const fs::path path = dir / kMarker, tmp = dir / fmt::format("{}.tmp-{}", kMarker, ::getpid());
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << j.dump(1) << "\n";
-    f.flush();
-    if (!f) throw_usage("cannot write {}: check that the folder is writable", tmp.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw_usage("cannot rename {} to {}: {}", tmp.string(), path.string(), ec.message());
+  core::formats::write_text_durable((dir / kMarker).string(), j.dump(1) + "\n");
 }
 
 void remove_owned(const fs::path& dir) {
