@@ -64,11 +64,17 @@ bool param_decays(const ParamSpec& p, const OptimConfig& cfg) {
   return true;
 }
 
+ExpertRange local_experts(const ModelConfig& cfg, int ep_rank, int ep_size) {
+  SY_CHECK(ep_size >= 1 && ep_rank >= 0 && ep_rank < ep_size && cfg.moe.n_experts % ep_size == 0,
+           "expert parallel rank {} of {} with {} experts", ep_rank, ep_size, cfg.moe.n_experts);
+  const int64_t count = cfg.moe.n_experts / ep_size;
+  return {ep_rank * count, count};
+}
+
 ParamTable make_param_table(const ModelConfig& c, int ep_rank, int ep_size) {
-  SY_CHECK(ep_size >= 1 && ep_rank >= 0 && ep_rank < ep_size && c.moe.n_experts % ep_size == 0,
-           "expert parallel rank {} of {} with {} experts", ep_rank, ep_size, c.moe.n_experts);
-  const int local_experts = static_cast<int>(c.moe.n_experts / ep_size);
-  const int first_expert = ep_rank * local_experts;
+  const ExpertRange mine = local_experts(c, ep_rank, ep_size);
+  const int local_experts = static_cast<int>(mine.count);
+  const int first_expert = static_cast<int>(mine.first);
   using K = ParamKind;
   ParamTable t;
   const int64_t C = c.d_model, HD = c.hd(), NH = c.n_heads, NKV = c.n_kv_heads;

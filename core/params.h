@@ -55,6 +55,14 @@ class ParamTable {
 // Whether AdamW decays this tensor, decided by its kind and the optimizer flags.
 bool param_decays(const ParamSpec& p, const OptimConfig& cfg);
 
+// The routed experts of every MoE layer that expert-parallel rank `ep_rank` of `ep_size` holds:
+// global ids [first, first + count), contiguous blocks in rank order (the one ownership rule; the
+// parameter table, the MoE layer and checkpoints follow it).
+struct ExpertRange {
+  int64_t first = 0, count = 0;
+};
+ExpertRange local_experts(const ModelConfig& cfg, int ep_rank, int ep_size);
+
 // The table of the model described by `cfg`, in arena order. Layout (see docs/ARCHITECTURE.md):
 // q,k,v weights (and biases) are adjacent so one GEMM computes the packed qkv; each expert's
 // gate (w1/gate_proj) and up (w3/up_proj) weights are adjacent so one GEMM computes gate|up.

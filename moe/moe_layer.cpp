@@ -83,13 +83,11 @@ struct MoeLayer::Impl {
         S(cfg.moe.shared_expert_size),
         max_tokens(max_tok),
         ep(ep_),
-        E_local(cfg.moe.n_experts / std::max(1, ep_.size)),
-        first_expert(ep_.rank * (cfg.moe.n_experts / std::max(1, ep_.size))),
+        E_local(core::local_experts(cfg, ep_.rank, std::max(1, ep_.size)).count),
+        first_expert(core::local_experts(cfg, ep_.rank, std::max(1, ep_.size)).first),
         router(cfg.d_model, cfg.moe.n_experts, cfg.moe.top_k, cfg.moe.normalize_topk,
                table.at(prefix + "gate.weight").offset, prec_),
-        experts(table, prefix, cfg.qwen_layout(), cfg.moe.n_experts / std::max(1, ep_.size),
-                cfg.d_model, cfg.moe.expert_size, ep_.rank * (cfg.moe.n_experts / std::max(1, ep_.size)),
-                prec_) {
+        experts(table, prefix, cfg.qwen_layout(), E_local, cfg.d_model, cfg.moe.expert_size, first_expert, prec_) {
     SY_CHECK(table.at(prefix + "gate.weight").numel == E * C,
              "router weight of layer {} is not [{}, {}]", layer, E, C);
     SY_CHECK(max_tokens >= 0 && max_tokens * K <= INT32_MAX,
