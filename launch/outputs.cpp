@@ -50,13 +50,14 @@ bool owned_by(const std::vector<std::string>& patterns, const std::string& name)
   return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) { return matches(p, name); });
 }
 
-std::vector<std::string> entries_of(const fs::path& dir);
-
 // A folder that holds nothing but markers and such folders (what a run that failed before its
-// first write leaves): it counts as empty.
+// first write leaves): it counts as empty. Stops at the first thing it finds.
 bool vacant(const fs::path& p) {
   std::error_code ec;
-  return fs::is_directory(fs::symlink_status(p, ec)) && entries_of(p).empty();
+  if (!fs::is_directory(fs::symlink_status(p, ec))) return false;
+  for (const auto& e : fs::directory_iterator(p, ec))
+    if (e.path().filename() != kMarker && !vacant(e.path())) return false;
+  return true;
 }
 
 // The entries of `dir` other than its marker and vacant folders, by name, sorted.
