@@ -179,6 +179,8 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   install_stop_handlers();  // a preemption signal during start-up stops after the first step
   core::ExperimentConfig cfg = core::load_experiment_config(opts.config_path, opts.overrides);
   const bool rank0 = mpi.rank() == 0;
+  if (opts.overwrite && opts.resume)
+    throw_usage("train: give --resume (continue the run) or --overwrite (start it afresh), not both");
   if (!opts.init_from.empty() && opts.resume)
     throw_usage("train: give --init-from or --resume, not both (a resumed run takes its weights from the checkpoint)");
   if (!opts.init_from.empty()) {

@@ -75,6 +75,7 @@ expect_error huge_omp_threads "OMP_NUM_THREADS" -- env OMP_NUM_THREADS=100000 ti
 expect_error eval_negative_seq_len "--seq-len" -- "$SY" eval --init-from a --data "$TMP/long.h5" --seq-len -4
 expect_error eval_negative_windows "--max-windows" -- "$SY" eval --init-from a --data "$TMP/long.h5" --max-windows -1
 expect_error eval_split_of_shard "has no splits" -- "$SY" eval --init-from a --data "$TMP/short.bin" --split valid
+expect_error resume_and_overwrite "not both" -- "$SY" train --config "$TMP/good.yaml" --resume --overwrite
 expect_error init_from_and_resume "not both" -- "$SY" train --config "$TMP/good.yaml" --init-from a --resume
 expect_error init_from_model_override "model.d_model" -- "$SY" train --config "$TMP/good.yaml" --init-from "$TMP/nomodel" --set model.d_model=32
 mkdir -p "$TMP/ck"; head -c 300 /dev/urandom > "$TMP/ck/latest"
