@@ -4,12 +4,14 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "core/backend.h"
 #include "core/error.h"
+#include "data/hdf5_tokens.h"
 #include "data/prepare.h"
 #include "data/token_source.h"
 #include "launch/evaluate.h"
@@ -66,6 +68,24 @@ int run_eval(const EvalOptions& opts) {
 }
 
 int run_prepare(const PrepareCommandOptions& opts) {
+  // never replace what `prepare` did not write: an existing --output only with --overwrite, and
+  // only when it is a Switchyard token file
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::symlink_status(opts.output, ec))) {
+    if (!opts.overwrite)
+      throw_usage("prepare --output {}: exists; pass --overwrite to replace it, or choose another --output",
+                  opts.output);
+    bool ours = false;
+    try {
+      ours = std::filesystem::is_regular_file(opts.output) &&
+             data::detect_token_file_format(opts.output) == data::TokenFileFormat::TokenFileFormat_hdf5 &&
+             !data::hdf5_token_splits(opts.output).empty();
+    } catch (const Error&) {
+    }
+    if (!ours)
+      throw_usage("prepare --output {}: exists and is not a token file written by `switchyard prepare`; not "
+                  "replacing it: choose another --output", opts.output);
+  }
   data::PrepareOptions po;
   int64_t reported = 0;
   po.on_skip = [&](const std::string& path, const std::string& reason) {

@@ -26,6 +26,7 @@ struct PrepareCommandOptions {
   std::vector<std::string> inputs;
   std::string output;
   double valid_fraction = 0.05;
+  bool overwrite = false;  // replace an existing token file written by `prepare`
 };
 int run_prepare(const PrepareCommandOptions& opts);
 

@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
   sy::launch::PrepareCommandOptions prep;
   auto* p = app.add_subcommand("prepare", "Turn text files into a byte-level HDF5 token file");
   p->add_option("--input", prep.inputs, "Files or folders (walked recursively)")->required()->expected(1, -1);
-  p->add_option("--output", prep.output, "Output HDF5 file")->required();
+  p->add_option("--output", prep.output, "Output HDF5 file (must not exist unless --overwrite)")->required();
+  p->add_flag("--overwrite", prep.overwrite, "Replace an existing token file written by prepare (nothing else)");
   p->add_option("--valid-fraction", prep.valid_fraction, "Fraction of documents for the validation split");
 
   sy::launch::PlanOptions plan;

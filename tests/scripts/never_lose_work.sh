@@ -22,6 +22,8 @@
 #  (j) Disk full (checkpoint.dir on a 30 MB tmpfs that holds one checkpoint of this model, not
 #      two; skipped where tmpfs cannot be mounted): the second save fails with exit 2 and one line
 #      saying the device is full, `latest` still names the first checkpoint, which resumes.
+#  (k) prepare --output: an existing file is replaced only with --overwrite, and only when it is a
+#      token file prepare wrote (a user's file with the same name stays as it was).
 #  (i) Non-finite weights: a last step whose update leaves inf in the weights (lr 3e38) is exit 2
 #      naming the tensor, and neither a checkpoint nor model/ is written; eval and export of a model
 #      folder with one inf value refuse it naming the tensor, and go on with --allow-nonfinite.
@@ -152,6 +154,16 @@ refused "i: export of an inf weight" "tensor model.layers.1.post_attention_layer
 "$SY" eval --init-from "$TMP/poisoned" --data "$TOK" --split train --max-windows 1 --allow-nonfinite >/dev/null &&
   "$SY" export --checkpoint "$TMP/poisoned" --out "$TMP/i_export" --allow-nonfinite >/dev/null &&
   ok "i: --allow-nonfinite goes on" || bad "i: --allow-nonfinite"
+
+# ---- (k) ----
+echo "precious" >"$TMP/precious.h5"
+refused "k: prepare over a user's file" "pass --overwrite" -- "$SY" prepare --input "$TMP/a.txt" --output "$TMP/precious.h5"
+refused "k: ... with --overwrite" "is not a token file written by" -- \
+  "$SY" prepare --input "$TMP/a.txt" --output "$TMP/precious.h5" --overwrite
+[ "$(cat "$TMP/precious.h5")" = precious ] && ok "k: the user's file is unchanged" || bad "k: the user's file changed"
+refused "k: prepare over a token file" "pass --overwrite" -- "$SY" prepare --input "$TMP/a.txt" --output "$TOK"
+"$SY" prepare --input "$TMP/a.txt" --output "$TOK" --overwrite --valid-fraction 0 >/dev/null &&
+  ok "k: a token file replaced with --overwrite" || bad "k: prepare --overwrite of a token file"
 
 # ---- (j) ----
 mkdir -p "$TMP/full"
