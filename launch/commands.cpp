@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -49,8 +51,9 @@ int run_eval(const EvalOptions& opts) {
   moe::Model model(*backend, loaded.config, opts.batch, T);
   model.set_params_from_host(loaded.params.data());
   std::FILE* dump = nullptr;
-  if (!opts.dump_logits.empty() && !(dump = std::fopen(opts.dump_logits.c_str(), "wb")))
-    throw_usage("eval --dump-logits {}: cannot open for writing", opts.dump_logits);
+  if (!opts.dump_logits.empty() && !(dump = std::fopen(opts.dump_logits.c_str(), "wbx")))  // x: never over a file
+    throw_usage("eval --dump-logits {}: cannot create it: {}{}", opts.dump_logits, std::strerror(errno),
+                errno == EEXIST ? " (choose a new file name)" : "");
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> closer(dump, [](std::FILE* f) { return f ? std::fclose(f) : 0; });
   std::vector<float> host;
   const auto on_logits = [&](const float* logits, int64_t rows) {

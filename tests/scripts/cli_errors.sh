@@ -88,6 +88,10 @@ expect_error garbage_latest "ck/latest: damaged" -- "$SY" train --config "$TMP/g
 mkdir -p "$TMP/hugehf"; cp "$TMP/small/model/model.safetensors" "$TMP/hugehf/"
 /usr/bin/python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c.update(vocab_size=16000000, hidden_size=65536); json.dump(c, open(sys.argv[2], 'w'))" \
   "$TMP/small/model/config.json" "$TMP/hugehf/config.json"
+echo "mine" > "$TMP/mine.bin"
+expect_error dump_logits_over_a_file "File exists" -- "$SY" eval --init-from "$TMP/small/model" --data "$TMP/long.h5" \
+  --split train --max-windows 1 --dump-logits "$TMP/mine.bin"
+[ "$(cat "$TMP/mine.bin")" = mine ] && passes=$((passes+1)) || { fails=$((fails+1)); echo "FAIL dump-logits replaced a file"; }
 expect_error huge_hf_eval "GiB of memory" -- timeout 20 "$SY" eval --init-from "$TMP/hugehf" --data "$TMP/long.h5" --split train
 expect_error huge_hf_export "GiB of memory" -- timeout 20 "$SY" export --checkpoint "$TMP/hugehf" --out "$TMP/hugeexp"
 expect_error huge_hf_train "GiB of memory" -- timeout 20 "$SY" train --config "$TMP/good.yaml" --init-from "$TMP/hugehf" \
