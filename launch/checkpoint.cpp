@@ -221,9 +221,9 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
   save_barrier();
 
   if (rank == 0) {
+    // the manifest's rename fsyncs the folder, which also makes the rank files' entries durable
     write_text_durable((tmp / "manifest.json").string(),
-                  make_manifest(step, adamw.steps_taken(), cfg, groups.world().size(), scaler).dump(1) + "\n");
-    fsync_path(tmp, true);
+                       make_manifest(step, adamw.steps_taken(), cfg, groups.world().size(), scaler).dump(1) + "\n");
     std::error_code ec;
     if (fs::exists(final_dir)) {  // the same step saved before (e.g. by a run resumed earlier)
       const fs::path old = root / fmt::format("{}.tmp-{}-old", name, pid);
