@@ -7,20 +7,8 @@
 
 namespace switchyard::core {
 
-Recompute parse_recompute(const std::string& s) {
-  if (s == "none") return Recompute::none;
-  if (s == "full") return Recompute::full;
-  if (s == "selective") return Recompute::selective;
-  throw_usage("activation checkpointing '{}' is not one of none, full, selective", s);
-}
-
-const char* recompute_name(Recompute r) {
-  switch (r) {
-    case Recompute::none: return "none";
-    case Recompute::full: return "full";
-    case Recompute::selective: return "selective";
-  }
-  return "?";
+ActivationStore::ActivationStore(Backend& be, Recompute policy) : be_(be), policy_(policy) {
+  SY_CHECK(policy != Recompute::automatic, "activation checkpointing 'auto' reached the activation store unresolved");
 }
 
 bool ActivationStore::kept(Keep k) const {

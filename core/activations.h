@@ -18,18 +18,17 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/choices.h"
 
 namespace switchyard::core {
 
-enum class Recompute { none, full, selective };
-Recompute parse_recompute(const std::string& s);  // none | full | selective (auto is resolved by the planner)
-const char* recompute_name(Recompute r);
 
 enum class Keep { always, expensive, cheap, scratch };
 
 class ActivationStore {
  public:
-  ActivationStore(Backend& be, Recompute policy) : be_(be), policy_(policy) {}
+  // `policy` is resolved (not Recompute::automatic).
+  ActivationStore(Backend& be, Recompute policy);
   ~ActivationStore();
   ActivationStore(const ActivationStore&) = delete;
   ActivationStore& operator=(const ActivationStore&) = delete;

@@ -15,6 +15,8 @@
 #include <memory>
 #include <string>
 
+#include "core/choices.h"
+
 namespace switchyard::core {
 
 // Packed attention input: one row per token of width (NH + 2*NKV) * HD, holding q | k | v.
@@ -24,9 +26,8 @@ struct AttentionShape {
   int64_t q_width() const { return NH * HD; }
 };
 
-// Compute dtypes of mixed precision (core/precision.h: the policy that picks them per role).
-enum class Dtype : uint8_t { f32, bf16, f16 };
-const char* dtype_name(Dtype d);
+// Compute dtypes (core/choices.h) by their config names: "fp32", "bf16", "fp16".
+inline const char* dtype_name(Dtype d) { return name_of(d).data(); }
 
 // Where a GEMM rounds: operands a and b are read as if rounded to their dtype, the fp32-accumulated
 // product (alpha*op(A)op(B) + beta*C) is rounded to c's dtype when written. Rounding is to nearest,

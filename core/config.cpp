@@ -14,6 +14,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <vector>
 #include <system_error>
@@ -152,6 +153,17 @@ void read_value(const YAML::Node& n, std::string& out, const Origin& o, const st
   }
   if (!n.IsScalar()) type_error(o, path, n, type_name<std::string>());
   out = n.Scalar();
+}
+
+// An enumerated choice: one of the names of its table (core/choices.h).
+template <NamedEnum E>
+void read_value(const YAML::Node& n, E& out, const Origin& o, const std::string& path) {
+  if (!n.IsScalar()) type_error(o, path, n, ("one of " + names_of<E>()).c_str());
+  const std::optional<E> v = value_named<E>(n.Scalar());
+  if (!v)
+    throw_usage("{}: {}: '{}' is not one of {}{}", o.prefix(), path, n.Scalar(), names_of<E>(),
+                o.override_.empty() ? line_note(o.line > 0 ? o.line : line_of(n)) : std::string());
+  out = *v;
 }
 
 template <Section T>
@@ -321,6 +333,8 @@ struct YamlWriter {
       out += fmt::format("{}{}: {}\n", pad, key, field ? "true" : "false");
     } else if constexpr (std::is_same_v<T, std::string>) {
       out += fmt::format("{}{}: {}\n", pad, key, quote(field));
+    } else if constexpr (NamedEnum<T>) {
+      out += fmt::format("{}{}: {}\n", pad, key, quote(std::string(name_of(field))));
     } else {
       static_assert(sizeof(T) == 0, "config field of an unsupported type");
     }
@@ -497,8 +511,6 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
             t.micro_batch, t.seq_len,
             static_cast<double>(t.micro_batch) * static_cast<double>(t.seq_len) *
                 static_cast<double>(std::max(cfg.model.d_model, cfg.model.moe.expert_size)));
-  c.require(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp16",
-            "train.precision", "'{}' is not one of fp32, bf16, fp16", t.precision);
   const LossScalerConfig& ls = t.loss_scaler;
   c.positive(ls.initial_scale, "train.loss_scaler.initial_scale");
   c.require(ls.growth_factor >= 1, "train.loss_scaler.growth_factor", "must be >= 1, got {}", ls.growth_factor);
@@ -510,9 +522,6 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.require(ls.min_scale <= ls.initial_scale, "train.loss_scaler.min_scale",
             "{} is larger than train.loss_scaler.initial_scale = {}", ls.min_scale, ls.initial_scale);
   c.positive(ls.max_overflows_at_min, "train.loss_scaler.max_overflows_at_min");
-  const std::string& ac = t.activation_checkpointing;
-  c.require(ac == "none" || ac == "full" || ac == "selective" || ac == "auto",
-            "train.activation_checkpointing", "'{}' is not one of none, full, selective, auto", ac);
   c.non_negative(t.activation_memory_mb, "train.activation_memory_mb");
   c.non_negative(t.seed, "train.seed");
   c.non_negative(t.threads, "train.threads");
@@ -542,9 +551,6 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
             ep, cfg.model.moe.n_experts);
   const auto& par = cfg.parallel;
   c.non_negative(par.ranks_per_node, "parallel.ranks_per_node");
-  c.require(par.token_exchange == "flat" || par.token_exchange == "hierarchical" ||
-                par.token_exchange == "auto",
-            "parallel.token_exchange", "must be flat, hierarchical or auto, got '{}'", par.token_exchange);
   c.positive(par.intra_latency_us, "parallel.intra_latency_us");
   c.positive(par.intra_bandwidth_gbs, "parallel.intra_bandwidth_gbs");
   c.positive(par.inter_latency_us, "parallel.inter_latency_us");

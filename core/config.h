@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/choices.h"
+
 namespace switchyard::core {
 
 struct MoeConfig {
@@ -134,10 +136,10 @@ struct TrainConfig {
   int64_t micro_batch = 8;        // sequences per micro-batch per rank
   int64_t seq_len = 256;
   int64_t grad_accum = 1;         // micro-batches per optimizer step
-  std::string precision = "fp32"; // fp32 | bf16 | fp16 (GEMM/attention dtype; master weights fp32)
+  Dtype precision = Dtype::f32;   // fp32 | bf16 | fp16 (GEMM/attention dtype; master weights fp32)
   LossScalerConfig loss_scaler;   // fp16 only
   // none | full | selective | auto (auto: the least recomputation within activation_memory_mb)
-  std::string activation_checkpointing = "none";
+  Recompute activation_checkpointing = Recompute::none;
   int64_t activation_memory_mb = 0;  // per rank budget for auto; 0: no limit (auto = none)
   int64_t seed = 1234;
   int64_t threads = 0;            // CPU threads per rank; 0: OMP_NUM_THREADS or all cores
@@ -175,7 +177,7 @@ struct DataConfig {
 struct ParallelConfig {
   int64_t expert_parallel = 1;          // ranks the experts of a layer are spread over (E)
   int64_t ranks_per_node = 0;           // 0: SWITCHYARD_RANKS_PER_NODE or MPI shared-memory nodes
-  std::string token_exchange = "auto";  // flat | hierarchical | auto (cost model below)
+  ExchangeAlgorithm token_exchange = ExchangeAlgorithm::automatic;  // flat | hierarchical | auto (cost model below)
   double intra_latency_us = 3.0;        // cost model of the auto choice: NVLink defaults
   double intra_bandwidth_gbs = 200.0;
   double inter_latency_us = 6.0;        // InfiniBand NDR defaults

@@ -13,22 +13,13 @@
 // fp16 needs loss scaling (optim/loss_scaler.h): gradients below 6e-8 flush to zero otherwise.
 #pragma once
 
-#include <string>
-
 #include "core/backend.h"
-#include "core/error.h"
 
 namespace switchyard::core {
 
 struct PrecisionPolicy {
   Dtype compute = Dtype::f32;
 
-  static PrecisionPolicy parse(const std::string& name) {
-    if (name == "fp32") return {Dtype::f32};
-    if (name == "bf16") return {Dtype::bf16};
-    if (name == "fp16") return {Dtype::f16};
-    throw_usage("precision '{}' is not one of fp32, bf16, fp16", name);
-  }
   bool mixed() const { return compute != Dtype::f32; }
   bool needs_loss_scaling() const { return compute == Dtype::f16; }
 

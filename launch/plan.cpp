@@ -143,15 +143,14 @@ PlanEstimate plan(const core::ExperimentConfig& cfg) {
   p.param_bytes = 4 * p.params_rank;
   p.grad_bytes = 4 * p.params_rank;
   p.optimizer_bytes = 8 * p.params_rank;
-  p.compute_weight_bytes = cfg.train.precision == "fp32" ? 0 : 4 * p.params_rank;
+  p.compute_weight_bytes = cfg.train.precision == core::Dtype::f32 ? 0 : 4 * p.params_rank;
   for (Recompute r : {Recompute::none, Recompute::full, Recompute::selective}) {
     p.activation_bytes[static_cast<int>(r)] = activation_bytes(cfg, r);
     p.activation_bytes_worst[static_cast<int>(r)] = activation_bytes(cfg, r, cfg.parallel.expert_parallel);
   }
 
-  const std::string& want = cfg.train.activation_checkpointing;
-  if (want != "auto") {
-    p.chosen = core::parse_recompute(want);
+  if (cfg.train.activation_checkpointing != Recompute::automatic) {
+    p.chosen = cfg.train.activation_checkpointing;
     return p;
   }
   const int64_t budget = cfg.train.activation_memory_mb * (int64_t{1} << 20);
@@ -164,7 +163,7 @@ PlanEstimate plan(const core::ExperimentConfig& cfg) {
     if (p.activation_bytes[static_cast<int>(r)] <= budget) {
       p.chosen = r;
       p.why = fmt::format("auto: {} is the least recomputation within train.activation_memory_mb = {} ({} needed)",
-                          core::recompute_name(r), cfg.train.activation_memory_mb,
+                          r, cfg.train.activation_memory_mb,
                           mib(p.activation_bytes[static_cast<int>(r)]));
       return p;
     }
@@ -195,7 +194,7 @@ std::string format_plan(const core::ExperimentConfig& cfg, const PlanEstimate& p
   for (Recompute r : {Recompute::none, Recompute::selective, Recompute::full}) {
     const int64_t a = p.activation_bytes[static_cast<int>(r)];
     out += fmt::format("    {:<38} {:>12}   total {:>12}{}\n",
-                       fmt::format("activations, checkpointing {}", core::recompute_name(r)), mib(a),
+                       fmt::format("activations, checkpointing {}", r), mib(a),
                        mib(fixed + a), r == p.chosen ? "   <- chosen" : "");
   }
   if (ep > 1) {
@@ -203,7 +202,7 @@ std::string format_plan(const core::ExperimentConfig& cfg, const PlanEstimate& p
     out += fmt::format("  expert rows assume balanced routing; if every token of the expert group chose this "
                        "rank's experts, activations under {} would need {} (the buffers grow when routing "
                        "is skewed)\n",
-                       core::recompute_name(p.chosen), mib(p.activation_bytes_worst[c]));
+                       p.chosen, mib(p.activation_bytes_worst[c]));
   }
   out += fmt::format("  train.activation_checkpointing = {}{}\n", cfg.train.activation_checkpointing,
                      p.why.empty() ? "" : "; " + p.why);

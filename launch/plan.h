@@ -26,10 +26,10 @@ struct PlanEstimate {
   int64_t params_total = 0, params_rank = 0, params_active = 0;
   double flops_per_token_forward = 0;
   int64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, compute_weight_bytes = 0;
-  std::array<int64_t, 3> activation_bytes{};  // indexed by core::Recompute
+  std::array<int64_t, core::kResolvedRecomputes> activation_bytes{};  // indexed by core::Recompute
   // the same if every token of the expert group were routed to this rank (expert parallelism)
-  std::array<int64_t, 3> activation_bytes_worst{};
-  std::array<double, 3> flops_per_token_train{};
+  std::array<int64_t, core::kResolvedRecomputes> activation_bytes_worst{};
+  std::array<double, core::kResolvedRecomputes> flops_per_token_train{};
   core::Recompute chosen = core::Recompute::none;  // train.activation_checkpointing resolved
   std::string why;                                  // how auto decided (empty otherwise)
 };

@@ -215,7 +215,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
   // bf16 GEMMs: native (oneDNN bf16 matmul) only if every rank measured it faster, so that all
   // ranks compute alike
   std::string gemm_path;  // for the start-up line
-  if (auto* cpu = dynamic_cast<core::CpuBackend*>(backend.get()); cpu && cfg.train.precision == "bf16") {
+  if (auto* cpu = dynamic_cast<core::CpuBackend*>(backend.get()); cpu && cfg.train.precision == core::Dtype::bf16) {
     const int here = std::string(cpu->bf16_gemm_path()) == "native" ? 1 : 0;
     int native = here;
     const parallel::WaitScope wait("the agreement on the bf16 GEMM path");
@@ -224,7 +224,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     gemm_path = fmt::format(" ({} bf16 GEMMs: {})", cpu->bf16_gemm_path(), cpu->bf16_gemm_why());
   }
   moe::ModelOptions model_opts;
-  model_opts.precision = core::PrecisionPolicy::parse(cfg.train.precision);
+  model_opts.precision = {cfg.train.precision};
   model_opts.recompute = estimate.chosen;
   optim::LossScaler scaler(cfg.train.loss_scaler, model_opts.precision.needs_loss_scaling());
   const int64_t B = cfg.train.micro_batch, T = cfg.train.seq_len, accum = cfg.train.grad_accum;
@@ -246,7 +246,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     parallel::CostModel cost;
     cost.intra = {cfg.parallel.intra_latency_us * 1e-6, cfg.parallel.intra_bandwidth_gbs * 1e9};
     cost.inter = {cfg.parallel.inter_latency_us * 1e-6, cfg.parallel.inter_bandwidth_gbs * 1e9};
-    exchange = parallel::make_token_exchange(parallel::parse_exchange_algorithm(cfg.parallel.token_exchange),
+    exchange = parallel::make_token_exchange(cfg.parallel.token_exchange,
                                              groups.exchange_groups(), cost);
     ep = {exchange.get(), groups.expert().rank(), static_cast<int>(cfg.parallel.expert_parallel)};
   }
@@ -318,7 +318,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                "rank planned{})\n",
                cfg.train.precision, gemm_path,
                scaler.enabled() ? fmt::format(" (loss scale {:g})", scaler.scale()) : "",
-               core::recompute_name(estimate.chosen),
+               estimate.chosen,
                static_cast<double>(estimate.activation_bytes[static_cast<int>(estimate.chosen)]) / (1 << 20),
                estimate.why.empty() ? "" : "; " + estimate.why);
     std::fflush(stdout);

@@ -101,7 +101,7 @@ std::byte* scratch(std::vector<std::byte>& buf, int64_t n);
 class FlatExchange final : public TokenExchange {
  public:
   explicit FlatExchange(const ExchangeGroups& groups);
-  ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::ExchangeAlgorithm_flat; }
+  ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::flat; }
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override;
   // Makes the plan from an index already built (auto builds it once for its vote).
   std::unique_ptr<ExchangePlan> make_plan(SourceIndex src);
@@ -118,7 +118,7 @@ class FlatExchange final : public TokenExchange {
 class HierarchicalExchange final : public TokenExchange {
  public:
   explicit HierarchicalExchange(const ExchangeGroups& groups);
-  ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::ExchangeAlgorithm_hierarchical; }
+  ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::hierarchical; }
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override;
   std::unique_ptr<ExchangePlan> make_plan(SourceIndex src);
   ExchangeStats dispatch(const ExchangePlan& plan, const void* x, int64_t row_bytes, void* recv) override;

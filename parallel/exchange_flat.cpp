@@ -16,7 +16,7 @@ struct FlatPlan final : ExchangePlan {
 
 const FlatPlan& as_flat(const ExchangePlan& plan) {
   const auto* p = dynamic_cast<const FlatPlan*>(&plan);
-  SY_CHECK(p != nullptr, "a {} plan given to the flat exchange", exchange_algorithm_name(plan.algorithm));
+  SY_CHECK(p != nullptr, "a {} plan given to the flat exchange", core::name_of(plan.algorithm));
   return *p;
 }
 
@@ -43,7 +43,7 @@ std::unique_ptr<ExchangePlan> FlatExchange::make_plan(SourceIndex src) {
   const int my_node = topo_.node_of[static_cast<size_t>(me)];
   auto on_my_node = [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; };
   auto plan = std::make_unique<FlatPlan>();
-  plan->algorithm = ExchangeAlgorithm::ExchangeAlgorithm_flat;
+  plan->algorithm = ExchangeAlgorithm::flat;
   plan->stats.algorithm = plan->algorithm;
   plan->num_tokens = src.num_tokens;
   plan->num_slots = static_cast<int64_t>(src.slot_token.size());

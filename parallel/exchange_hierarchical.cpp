@@ -54,7 +54,7 @@ struct HierPlan final : ExchangePlan {
 
 const HierPlan& as_hier(const ExchangePlan& plan) {
   const auto* p = dynamic_cast<const HierPlan*>(&plan);
-  SY_CHECK(p != nullptr, "a {} plan given to the hierarchical exchange", exchange_algorithm_name(plan.algorithm));
+  SY_CHECK(p != nullptr, "a {} plan given to the hierarchical exchange", core::name_of(plan.algorithm));
   return *p;
 }
 
@@ -106,7 +106,7 @@ std::unique_ptr<ExchangePlan> HierarchicalExchange::make_plan(SourceIndex src) {
   const int G = topo_.num_nodes, L = topo_.ranks_per_node;
   auto plan = std::make_unique<HierPlan>();
   HierPlan& p = *plan;
-  p.algorithm = ExchangeAlgorithm::ExchangeAlgorithm_hierarchical;
+  p.algorithm = ExchangeAlgorithm::hierarchical;
   p.stats.algorithm = p.algorithm;
   p.num_tokens = src.num_tokens;
   p.num_slots = static_cast<int64_t>(src.slot_token.size());

@@ -12,19 +12,8 @@
 namespace switchyard::parallel {
 
 ExchangeAlgorithm parse_exchange_algorithm(std::string_view s, std::string_view key) {
-  if (s == "flat") return ExchangeAlgorithm::ExchangeAlgorithm_flat;
-  if (s == "hierarchical") return ExchangeAlgorithm::ExchangeAlgorithm_hierarchical;
-  if (s == "auto") return ExchangeAlgorithm::ExchangeAlgorithm_auto;
-  throw_usage("{} = '{}': expected flat, hierarchical or auto", key, s);
-}
-
-std::string_view exchange_algorithm_name(ExchangeAlgorithm a) {
-  switch (a) {
-    case ExchangeAlgorithm::ExchangeAlgorithm_flat: return "flat";
-    case ExchangeAlgorithm::ExchangeAlgorithm_hierarchical: return "hierarchical";
-    case ExchangeAlgorithm::ExchangeAlgorithm_auto: return "auto";
-  }
-  return "?";
+  if (const auto a = core::value_named<ExchangeAlgorithm>(s)) return *a;
+  throw_usage("{} = '{}': expected one of {}", key, s, core::names_of<ExchangeAlgorithm>());
 }
 
 ExchangeStats& ExchangeStats::operator+=(const ExchangeStats& o) {
@@ -52,7 +41,7 @@ class AutoExchange final : public TokenExchange {
     // Hierarchical needs a regular layout and has nothing to save inside one node.
     if (topo_.regular && topo_.num_nodes > 1) hier_ = std::make_unique<HierarchicalExchange>(groups);
   }
-  ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::ExchangeAlgorithm_auto; }
+  ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::automatic; }
 
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override {
     SourceIndex src = detail::build_source_index(slots, topo_, group_.size());
@@ -106,7 +95,7 @@ class AutoExchange final : public TokenExchange {
 
  private:
   TokenExchange& impl(const ExchangePlan& plan) {
-    if (plan.algorithm == ExchangeAlgorithm::ExchangeAlgorithm_hierarchical) {
+    if (plan.algorithm == ExchangeAlgorithm::hierarchical) {
       SY_CHECK(hier_ != nullptr, "hierarchical plan on a layout without hierarchical exchange");
       return *hier_;
     }
@@ -125,9 +114,9 @@ class AutoExchange final : public TokenExchange {
 std::unique_ptr<TokenExchange> make_token_exchange(ExchangeAlgorithm algorithm, const ExchangeGroups& groups,
                                                    const CostModel& cost) {
   switch (algorithm) {
-    case ExchangeAlgorithm::ExchangeAlgorithm_flat: return std::make_unique<FlatExchange>(groups);
-    case ExchangeAlgorithm::ExchangeAlgorithm_hierarchical: return std::make_unique<HierarchicalExchange>(groups);
-    case ExchangeAlgorithm::ExchangeAlgorithm_auto: return std::make_unique<AutoExchange>(groups, cost);
+    case ExchangeAlgorithm::flat: return std::make_unique<FlatExchange>(groups);
+    case ExchangeAlgorithm::hierarchical: return std::make_unique<HierarchicalExchange>(groups);
+    case ExchangeAlgorithm::automatic: return std::make_unique<AutoExchange>(groups, cost);
   }
   throw_internal("unknown exchange algorithm {}", static_cast<int>(algorithm));
 }
@@ -167,7 +156,7 @@ ExchangeStats combine_backward(TokenExchange& ex, const ExchangePlan& plan, cons
 }
 
 std::string describe_plan(const ExchangePlan& plan) {
-  std::string s(exchange_algorithm_name(plan.algorithm));
+  std::string s(core::name_of(plan.algorithm));
   if (plan.estimate_flat_s > 0 || plan.estimate_hierarchical_s > 0)
     s += fmt::format(" (auto: flat {:.3f} ms, hierarchical {:.3f} ms)", plan.estimate_flat_s * 1e3,
                      plan.estimate_hierarchical_s * 1e3);

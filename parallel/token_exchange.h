@@ -53,20 +53,17 @@
 #include <string_view>
 #include <vector>
 
+#include "core/choices.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
 
 namespace switchyard::parallel {
 
-enum class ExchangeAlgorithm {
-  ExchangeAlgorithm_flat,
-  ExchangeAlgorithm_hierarchical,
-  ExchangeAlgorithm_auto,
-};
-// "flat", "hierarchical", "auto"; anything else: usage error naming `key`.
+// flat | hierarchical | automatic; names and the config key parallel.token_exchange: core/choices.h.
+using core::ExchangeAlgorithm;
+// By name ("flat", "hierarchical", "auto"); anything else: usage error naming `key`.
 ExchangeAlgorithm parse_exchange_algorithm(std::string_view s,
                                            std::string_view key = "parallel.token_exchange");
-std::string_view exchange_algorithm_name(ExchangeAlgorithm a);
 
 // One link of the alpha-beta model: a message of b bytes costs latency_s + b / bandwidth.
 struct LinkCost {
@@ -95,7 +92,7 @@ struct Traffic {
 };
 
 struct ExchangeStats {
-  ExchangeAlgorithm algorithm = ExchangeAlgorithm::ExchangeAlgorithm_flat;  // what ran
+  ExchangeAlgorithm algorithm = ExchangeAlgorithm::flat;  // what ran
   Traffic intra_node;  // sent to other ranks of my node
   Traffic inter_node;  // sent to ranks on other nodes
   double seconds = 0;  // wall time of the call on this rank
@@ -116,7 +113,7 @@ struct RoutedSlots {
 // every index map dispatch and combine need.
 struct ExchangePlan {
   virtual ~ExchangePlan() = default;
-  ExchangeAlgorithm algorithm = ExchangeAlgorithm::ExchangeAlgorithm_flat;  // what this plan runs
+  ExchangeAlgorithm algorithm = ExchangeAlgorithm::flat;  // what this plan runs
   int64_t num_tokens = 0, num_slots = 0;
   int64_t num_recv = 0;               // rows dispatch delivers here
   std::vector<int64_t> recv_counts;   // [group size] rows from each source rank

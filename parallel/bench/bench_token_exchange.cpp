@@ -168,18 +168,18 @@ void bench(const Options& o, par::Communicator& world) {
     for (float& v : x) v = u(rng);
     std::vector<float> out(x.size());
     std::vector<Row> rows;
-    for (auto alg : {par::ExchangeAlgorithm::ExchangeAlgorithm_flat, par::ExchangeAlgorithm::ExchangeAlgorithm_hierarchical,
-                     par::ExchangeAlgorithm::ExchangeAlgorithm_auto}) {
+    for (auto alg : {par::ExchangeAlgorithm::flat, par::ExchangeAlgorithm::hierarchical,
+                     par::ExchangeAlgorithm::automatic}) {
       auto ex = par::make_token_exchange(alg, groups.exchange_groups());
       Row row;
-      row.name = std::string(par::exchange_algorithm_name(alg));
+      row.name = std::string(switchyard::core::name_of(alg));
       row.plan_s = time_median(o, [&] { ex->make_plan(slots); });
       auto plan = ex->make_plan(slots);
       std::vector<float> recv(static_cast<size_t>(plan->num_recv * C));
       row.traffic = par::dispatch_forward(*ex, *plan, x.data(), C, recv.data());
       row.dispatch_s = time_median(o, [&] { par::dispatch_forward(*ex, *plan, x.data(), C, recv.data()); });
       row.combine_s = time_median(o, [&] { par::combine_forward(*ex, *plan, recv.data(), C, out.data()); });
-      if (alg == par::ExchangeAlgorithm::ExchangeAlgorithm_auto) row.note = "chose " + par::describe_plan(*plan);
+      if (alg == par::ExchangeAlgorithm::automatic) row.note = "chose " + par::describe_plan(*plan);
       rows.push_back(std::move(row));
     }
     // Raw MPI_Alltoallv of the same per-slot rows (counts exchanged once, outside the timing).
@@ -199,7 +199,7 @@ void bench(const Options& o, par::Communicator& world) {
     raw.name = "raw Alltoallv";
     raw.note = "per-slot rows, no counts/pack/sum";
     const int my_node = topo.node_of[static_cast<size_t>(me)];
-    raw.traffic.algorithm = par::ExchangeAlgorithm::ExchangeAlgorithm_flat;
+    raw.traffic.algorithm = par::ExchangeAlgorithm::flat;
     for (int q = 0; q < E; ++q) {
       if (q == me || sc[q] == 0) continue;
       par::Traffic& t = topo.node_of[static_cast<size_t>(q)] == my_node ? raw.traffic.intra_node : raw.traffic.inter_node;

@@ -17,9 +17,9 @@ namespace switchyard::test {
 namespace {
 
 using parallel::ExchangeAlgorithm;
-constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::ExchangeAlgorithm_flat;
-constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::ExchangeAlgorithm_hierarchical;
-constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::ExchangeAlgorithm_auto;
+constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::flat;
+constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::hierarchical;
+constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::automatic;
 
 struct Expected {
   parallel::Traffic flat_intra, flat_inter, hier_intra, hier_inter;

@@ -143,14 +143,14 @@ EpRun run_expert_parallel(int E, sy::parallel::ExchangeAlgorithm algo, int ranks
 TEST(ExpertParallelModel, CheckpointingIsBitIdentical) {
   auto world = sy::parallel::MpiCommunicator::world();
   const int E = world->size();
-  const auto algo = E >= 4 ? sy::parallel::ExchangeAlgorithm::ExchangeAlgorithm_hierarchical
-                           : sy::parallel::ExchangeAlgorithm::ExchangeAlgorithm_flat;
+  const auto algo = E >= 4 ? sy::parallel::ExchangeAlgorithm::hierarchical
+                           : sy::parallel::ExchangeAlgorithm::flat;
   const int rpn = E >= 4 ? 2 : 0;
   const EpRun none = run_expert_parallel(E, algo, rpn, sy::core::Recompute::none);
   for (auto r : {sy::core::Recompute::full, sy::core::Recompute::selective}) {
     const EpRun got = run_expert_parallel(E, algo, rpn, r);
     EXPECT_EQ(0, std::memcmp(got.grads.data(), none.grads.data(), got.grads.size() * sizeof(float)))
-        << sy::core::recompute_name(r) << " on rank " << world->rank();
+        << sy::core::name_of(r) << " on rank " << world->rank();
     EXPECT_EQ(got.counts, none.counts);
     EXPECT_EQ(got.loss, none.loss);
   }
@@ -158,19 +158,19 @@ TEST(ExpertParallelModel, CheckpointingIsBitIdentical) {
 
 TEST(ExpertParallelModel, FlatAllExpertsSpread) {
   auto world = sy::parallel::MpiCommunicator::world();
-  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::ExchangeAlgorithm_flat, 0);
+  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::flat, 0);
 }
 
 TEST(ExpertParallelModel, HierarchicalOnSimulatedNodes) {
   auto world = sy::parallel::MpiCommunicator::world();
   if (world->size() < 4) GTEST_SKIP() << "needs 4 ranks for 2 nodes x 2";
-  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::ExchangeAlgorithm_hierarchical, 2);
+  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::hierarchical, 2);
 }
 
 TEST(ExpertParallelModel, DataAndExpertParallel) {
   auto world = sy::parallel::MpiCommunicator::world();
   if (world->size() < 4) GTEST_SKIP() << "needs 4 ranks for 2 data x 2 expert";
-  check_against_single_process(2, sy::parallel::ExchangeAlgorithm::ExchangeAlgorithm_auto, 2);
+  check_against_single_process(2, sy::parallel::ExchangeAlgorithm::automatic, 2);
 }
 
 }  // namespace

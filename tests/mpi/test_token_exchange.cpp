@@ -22,9 +22,9 @@ namespace {
 
 using parallel::ExchangeAlgorithm;
 
-constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::ExchangeAlgorithm_flat;
-constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::ExchangeAlgorithm_hierarchical;
-constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::ExchangeAlgorithm_auto;
+constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::flat;
+constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::hierarchical;
+constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::automatic;
 
 struct RoutingCase {
   Pattern pattern;
@@ -81,7 +81,7 @@ TEST(TokenExchange, MatchesIndependentReference) {
     for (ExchangeAlgorithm alg : {kFlat, kHier}) {
       auto ex = parallel::make_token_exchange(alg, groups.exchange_groups());
       for (const RoutingCase& rc : kRoutings) {
-        SCOPED_TRACE(layout.name() + " " + std::string(exchange_algorithm_name(alg)) + " " + pattern_name(rc.pattern));
+        SCOPED_TRACE(layout.name() + " " + std::string(core::name_of(alg)) + " " + pattern_name(rc.pattern));
         const Routing r = make_routing(rc.pattern, rc.seed, world->rank(), E, kExpertsPerRank, rc.K);
         const Pass p = run_pass(*ex, r, world->rank(), me, kColumns);
         // Receiver side: sources by (local index, node) -- group rank q is on node q / L with local
@@ -140,7 +140,7 @@ TEST(TokenExchange, DispatchThenCombineIsIdentity) {
     for (ExchangeAlgorithm alg : {kFlat, kHier, kAuto}) {
       auto ex = parallel::make_token_exchange(alg, groups.exchange_groups());
       for (const RoutingCase& rc : kRoutings) {
-        SCOPED_TRACE(layout.name() + " " + std::string(exchange_algorithm_name(alg)) + " " + pattern_name(rc.pattern));
+        SCOPED_TRACE(layout.name() + " " + std::string(core::name_of(alg)) + " " + pattern_name(rc.pattern));
         Routing r = make_routing(rc.pattern, rc.seed, world->rank(), layout.expert_parallel, kExpertsPerRank, rc.K);
         set_unit_partition_gates(r);
         const int64_t T = r.num_tokens, C = kColumns;

@@ -137,7 +137,7 @@ TEST(Bf16Matmul, ModelStepMatchesEmulatedAndCheckpointingStaysBitIdentical) {
   }
   auto grads = [&](core::Backend& be, core::Recompute rc) {
     moe::ModelOptions o;
-    o.precision = core::PrecisionPolicy::parse("bf16");
+    o.precision = core::PrecisionPolicy{core::Dtype::bf16};
     o.recompute = rc;
     moe::Model m(be, cfg, 2, 16, {}, o);
     m.init_random(4);

@@ -62,7 +62,7 @@ Result run_window(const core::ModelConfig& cfg, Recompute r, const std::string& 
   auto be = core::make_cpu_backend(2);
   moe::ModelOptions opts;
   opts.recompute = r;
-  opts.precision = core::PrecisionPolicy::parse(precision);
+  opts.precision = core::PrecisionPolicy{core::value_named<core::Dtype>(precision).value()};
   moe::Model model(*be, cfg, B, T, {}, opts);
   model.init_random(7);
   model.zero_grads();
@@ -97,7 +97,7 @@ TEST_P(Checkpointing, FullAndSelectiveAreBitIdenticalToNone) {
   const core::ModelConfig cfg = config_of(name);
   const Result none = run_window(cfg, Recompute::none, precision, 2, 2, 16);
   for (Recompute r : {Recompute::full, Recompute::selective}) {
-    SCOPED_TRACE(core::recompute_name(r));
+    SCOPED_TRACE(core::name_of(r));
     const Result got = run_window(cfg, r, precision, 2, 2, 16);
     ASSERT_EQ(got.grads.size(), none.grads.size());
     EXPECT_EQ(0, std::memcmp(got.grads.data(), none.grads.data(), got.grads.size() * sizeof(float)))
@@ -146,7 +146,7 @@ TEST(Checkpointing, AccumulatedMicroBatchesEqualOneLargeBatch) {
     for (Recompute r : {Recompute::none, Recompute::full, Recompute::selective}) {
       const Result four = run_window(cfg, r, "fp32", 4, 1, 16);
       const double rel = norm_rel(four.grads, one.grads);
-      EXPECT_LT(rel, 1e-6) << name << " " << core::recompute_name(r);
+      EXPECT_LT(rel, 1e-6) << name << " " << core::name_of(r);
       // the loss of the window: mean of the micro-batch losses = the large batch's loss
       double mean = 0;
       for (double l : four.losses) mean += l / 4;
@@ -165,7 +165,7 @@ TEST(Checkpointing, ActivationBytesMatchThePlanAndStayFixed) {
     cfg.train.micro_batch = 3;
     cfg.train.seq_len = 16;
     for (Recompute r : {Recompute::none, Recompute::full, Recompute::selective}) {
-      cfg.train.activation_checkpointing = core::recompute_name(r);
+      cfg.train.activation_checkpointing = r;
       const launch::PlanEstimate p = launch::plan(cfg);
       auto be = core::make_cpu_backend(2);
       const int64_t before = be->memory_stats().live_bytes;
@@ -174,7 +174,7 @@ TEST(Checkpointing, ActivationBytesMatchThePlanAndStayFixed) {
       moe::Model model(*be, cfg.model, 3, 16, {}, opts);
       const int64_t arenas = 2 * ((model.num_params() * 4 + 63) / 64 * 64);  // params + grads
       EXPECT_EQ(be->memory_stats().live_bytes - before - arenas, model.activation_bytes());
-      EXPECT_EQ(model.activation_bytes(), p.activation_bytes[static_cast<int>(r)]) << name << " " << core::recompute_name(r);
+      EXPECT_EQ(model.activation_bytes(), p.activation_bytes[static_cast<int>(r)]) << name << " " << core::name_of(r);
       model.init_random(1);
       std::vector<int32_t> tok(48, 3), tgt(48, 4);
       const int64_t live = be->memory_stats().live_bytes;

@@ -216,7 +216,7 @@ TEST_P(Golden, MixedPrecisionForward) {
     // against the emulated one in test_bf16_matmul)
     static_cast<sy::core::CpuBackend&>(*be).set_native_bf16(false);
     sy::moe::ModelOptions opts;
-    opts.precision = sy::core::PrecisionPolicy::parse(p);
+    opts.precision = sy::core::PrecisionPolicy{sy::core::value_named<sy::core::Dtype>(p).value()};
     sy::moe::Model model(*be, loaded.config, B, T, {}, opts);
     model.set_params_from_host(loaded.params.data());
     const auto r = model.forward(tokens.data(), targets.data(), B, T);

@@ -51,7 +51,7 @@ TEST(MixedPrecision, FusedComputeWeightWriteEqualsFullRefresh) {
   for (const char* p : {"bf16", "fp16"}) {
     auto be = core::make_cpu_backend(2);
     moe::ModelOptions o;
-    o.precision = core::PrecisionPolicy::parse(p);
+    o.precision = core::PrecisionPolicy{core::value_named<core::Dtype>(p).value()};
     const auto cfg = small();
     moe::Model fused(*be, cfg, 2, 16, {}, o), full(*be, cfg, 2, 16, {}, o);
     core::OptimConfig oc;
@@ -89,7 +89,7 @@ TEST(MixedPrecision, GradientsCloseToFp32AndLossScaleExact) {
   batch(tok, tgt, 1);
   auto run = [&](const char* p, float scale) {
     moe::ModelOptions o;
-    o.precision = core::PrecisionPolicy::parse(p);
+    o.precision = core::PrecisionPolicy{core::value_named<core::Dtype>(p).value()};
     moe::Model m(*be, cfg, 2, 16, {}, o);
     m.init_random(3);
     m.zero_grads();
@@ -116,7 +116,7 @@ TEST(MixedPrecision, Fp16OverflowsWhereAGpuWould) {
   batch(tok, tgt, 2);
   for (const char* p : {"fp32", "bf16", "fp16"}) {
     moe::ModelOptions o;
-    o.precision = core::PrecisionPolicy::parse(p);
+    o.precision = core::PrecisionPolicy{core::value_named<core::Dtype>(p).value()};
     moe::Model m(*be, cfg, 2, 16, {}, o);
     m.init_random(3);
     // one q_proj weight of 3e4: q = ln1 * w reaches ~1e5 > 65504 for fp16, fine in fp32 and bf16

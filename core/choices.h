@@ -1,0 +1,79 @@
+// core/choices.h: the enumerated choices of an experiment config, each with its one table of
+// names. Configs are parsed into these enums (core/config.h) and written back from the same
+// tables; nothing downstream compares strings.
+//   Dtype              train.precision            fp32 | bf16 | fp16 (the compute dtype)
+//   Recompute          train.activation_checkpointing   none | full | selective | auto
+//   ExchangeAlgorithm  parallel.token_exchange    flat | hierarchical | auto
+#pragma once
+
+#include <fmt/format.h>
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace switchyard::core {
+
+// Compute dtypes of mixed precision (core/precision.h: the policy that picks them per role).
+enum class Dtype : uint8_t { f32, bf16, f16 };
+
+// Activation checkpointing (core/activations.h). `automatic` is resolved by launch/plan.h to the
+// least recomputation that fits the memory budget before any layer sees it.
+enum class Recompute : uint8_t { none, full, selective, automatic };
+inline constexpr int kResolvedRecomputes = 3;  // none, full, selective: the ones a model can run
+
+// How MoE tokens travel between the ranks of an expert group (parallel/token_exchange.h).
+// `automatic` picks flat or hierarchical per layer from the cost model.
+enum class ExchangeAlgorithm : uint8_t { flat, hierarchical, automatic };
+
+// The names table of an enum: EnumNames<E>::table lists every value with its name.
+template <class E> struct EnumNames;
+template <> struct EnumNames<Dtype> {
+  static constexpr std::array<std::pair<Dtype, std::string_view>, 3> table{
+      {{Dtype::f32, "fp32"}, {Dtype::bf16, "bf16"}, {Dtype::f16, "fp16"}}};
+};
+template <> struct EnumNames<Recompute> {
+  static constexpr std::array<std::pair<Recompute, std::string_view>, 4> table{
+      {{Recompute::none, "none"}, {Recompute::full, "full"}, {Recompute::selective, "selective"},
+       {Recompute::automatic, "auto"}}};
+};
+template <> struct EnumNames<ExchangeAlgorithm> {
+  static constexpr std::array<std::pair<ExchangeAlgorithm, std::string_view>, 3> table{
+      {{ExchangeAlgorithm::flat, "flat"}, {ExchangeAlgorithm::hierarchical, "hierarchical"},
+       {ExchangeAlgorithm::automatic, "auto"}}};
+};
+
+template <class E>
+concept NamedEnum = requires { EnumNames<E>::table; };
+
+// The name of a value (a string literal: data() is null-terminated).
+template <NamedEnum E> constexpr std::string_view name_of(E value) {
+  for (const auto& [v, name] : EnumNames<E>::table)
+    if (v == value) return name;
+  return "?";
+}
+// The value named `name`, or nothing.
+template <NamedEnum E> constexpr std::optional<E> value_named(std::string_view name) {
+  for (const auto& [v, n] : EnumNames<E>::table)
+    if (n == name) return v;
+  return std::nullopt;
+}
+// "fp32, bf16, fp16": every name, for messages.
+template <NamedEnum E> std::string names_of() {
+  std::string out;
+  for (const auto& [v, name] : EnumNames<E>::table) out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
+}
+
+}  // namespace switchyard::core
+
+// fmt prints a choice by its name: fmt::format("{}", Dtype::bf16) == "bf16".
+template <switchyard::core::NamedEnum E>
+struct fmt::formatter<E> : fmt::formatter<std::string_view> {
+  auto format(E value, fmt::format_context& ctx) const {
+    return fmt::formatter<std::string_view>::format(switchyard::core::name_of(value), ctx);
+  }
+};
