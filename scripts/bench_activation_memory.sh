@@ -9,13 +9,8 @@
 #   step time: median of steps 2..STEPS, the cost of recomputation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-source scripts/env.sh
-THREADS=${THREADS:-2}
+source scripts/bench_env.sh
 STEPS=${STEPS:-6}
-export OMP_NUM_THREADS=$THREADS
-source scripts/corpus.sh
-ensure_corpus >/dev/null
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 for L in 4 8; do

@@ -5,14 +5,9 @@
 # the fraction of the measured fp32 GEMM peak (`switchyard bench gemm`) the training step reaches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-source scripts/env.sh
-THREADS=${THREADS:-2}
+source scripts/bench_env.sh
 STEPS=${STEPS:-12}
-export OMP_NUM_THREADS=$THREADS
 
-source scripts/corpus.sh
-ensure_corpus >/dev/null
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -10,14 +10,9 @@
 # THREADS (default 2), STEPS, PRECISIONS (default "fp32 bf16 fp16").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-source scripts/env.sh
-THREADS=${THREADS:-2}
+source scripts/bench_env.sh
 STEPS=${STEPS:-600}
 PRECISIONS=${PRECISIONS:-fp32 bf16 fp16}
-export OMP_NUM_THREADS=$THREADS
-source scripts/corpus.sh
-ensure_corpus >/dev/null
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 
