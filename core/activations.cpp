@@ -7,7 +7,8 @@
 
 namespace switchyard::core {
 
-ActivationStore::ActivationStore(Backend& be, Recompute policy) : be_(be), policy_(policy) {
+ActivationStore::ActivationStore(Backend& be, Recompute policy) : ActivationStore(policy) { be_ = &be; }
+ActivationStore::ActivationStore(Recompute policy) : policy_(policy) {
   SY_CHECK(policy != Recompute::automatic, "activation checkpointing 'auto' reached the activation store unresolved");
 }
 
@@ -23,12 +24,14 @@ bool ActivationStore::kept(Keep k) const {
 
 ActivationStore::~ActivationStore() {
   for (auto& s : slots_)
-    if (s.own) be_.release(s.own);
+    if (s.own) be_->release(s.own);
   for (auto& [name, sh] : shared_)
-    if (sh.ptr) be_.release(sh.ptr);
+    if (sh.ptr) be_->release(sh.ptr);
 }
 
-void* ActivationStore::take(int64_t bytes) { return be_.alloc(static_cast<size_t>(std::max<int64_t>(bytes, 1))); }
+int64_t ActivationStore::footprint(int64_t bytes) { return (std::max<int64_t>(bytes, 1) + 63) / 64 * 64; }
+
+void* ActivationStore::take(int64_t bytes) { return be_->alloc(static_cast<size_t>(std::max<int64_t>(bytes, 1))); }
 
 void ActivationStore::add_bytes(int layer, const std::string& name, int64_t bytes, Keep keep,
                                 std::function<void(void*)> bind) {
@@ -42,6 +45,7 @@ void ActivationStore::add_bytes(int layer, const std::string& name, int64_t byte
 
 void ActivationStore::allocate() {
   SY_CHECK(!allocated_, "ActivationStore::allocate() called twice");
+  SY_CHECK(!is_layout(), "ActivationStore::allocate() on a layout");
   for (const auto& s : slots_)
     if (!kept(s.keep)) {
       Shared& sh = shared_[s.name];
@@ -62,7 +66,7 @@ void ActivationStore::ensure_bytes(int layer, const std::string& name, int64_t b
     if (bytes <= s.bytes) return;
     s.bytes = bytes;
     if (s.own) {
-      be_.release(s.own);
+      be_->release(s.own);
       s.own = take(bytes);
       s.bind(s.own);
       return;
@@ -71,7 +75,7 @@ void ActivationStore::ensure_bytes(int layer, const std::string& name, int64_t b
     if (bytes <= sh.bytes) {
       return;
     }
-    be_.release(sh.ptr);
+    be_->release(sh.ptr);
     sh.bytes = bytes;
     sh.ptr = take(bytes);
     for (auto& o : slots_)
@@ -81,16 +85,22 @@ void ActivationStore::ensure_bytes(int layer, const std::string& name, int64_t b
   throw_internal("activation buffer {} of layer {} was never registered", name, layer);
 }
 
+// Counted from the registrations, so a layout and an allocated store agree: per-layer storage
+// for each kept buffer, and one shared buffer per name of the rest (the largest registered;
+// ensure() keeps it the largest).
 int64_t ActivationStore::kept_bytes() const {
   int64_t n = 0;
   for (const auto& s : slots_)
-    if (s.own) n += (s.bytes + 63) / 64 * 64;
+    if (kept(s.keep)) n += footprint(s.bytes);
   return n;
 }
 
 int64_t ActivationStore::shared_bytes() const {
+  std::map<std::string, int64_t> largest;
+  for (const auto& s : slots_)
+    if (!kept(s.keep)) largest[s.name] = std::max(largest[s.name], s.bytes);
   int64_t n = 0;
-  for (const auto& [name, sh] : shared_) n += (std::max<int64_t>(sh.bytes, 1) + 63) / 64 * 64;
+  for (const auto& [name, bytes] : largest) n += footprint(bytes);
   return n;
 }
 

@@ -9,6 +9,10 @@
 // registered that name (sized for the largest); the layer recomputes its contents in backward.
 // Storage is allocated once (allocate()), so the activation memory of a micro-batch is fixed and
 // every micro-batch of an accumulation window reuses it.
+// The list of buffers lives in the layers' registration code only (core/attention_layer.h,
+// moe/moe_layer.h, moe/model.h: each has a static register_activations). A layout store (no
+// backend) records the same registrations and counts bytes() without allocating anything: that
+// is how launch/plan sizes a config, however large, before it runs.
 #pragma once
 
 #include <cstdint>
@@ -29,11 +33,15 @@ class ActivationStore {
  public:
   // `policy` is resolved (not Recompute::automatic).
   ActivationStore(Backend& be, Recompute policy);
+  // A layout: records registrations and counts bytes() as allocate() would take them, allocating
+  // nothing; allocate() and ensure() are refused.
+  explicit ActivationStore(Recompute policy);
   ~ActivationStore();
   ActivationStore(const ActivationStore&) = delete;
   ActivationStore& operator=(const ActivationStore&) = delete;
 
   Recompute policy() const { return policy_; }
+  bool is_layout() const { return be_ == nullptr; }
   // Whether a buffer of class k survives from forward to backward under this policy.
   bool kept(Keep k) const;
 
@@ -53,7 +61,9 @@ class ActivationStore {
     ensure_bytes(layer, name, count * static_cast<int64_t>(sizeof(T)));
   }
 
-  int64_t bytes() const;  // allocated now
+  // Bytes of the storage: allocated now, or for a layout what allocate() would take. Counted from
+  // the registrations (as grown by ensure()) by the backend's allocation rule (footprint()).
+  int64_t bytes() const;
   // Bytes kept per layer and shared, for reports.
   int64_t kept_bytes() const;
   int64_t shared_bytes() const;
@@ -75,8 +85,11 @@ class ActivationStore {
                  std::function<void(void*)> bind);
   void ensure_bytes(int layer, const std::string& name, int64_t bytes);
   void* take(int64_t bytes);
+  // What a buffer of `bytes` occupies: backend allocations are never empty and 64-byte aligned
+  // (core/backend.h).
+  static int64_t footprint(int64_t bytes);
 
-  Backend& be_;
+  Backend* be_ = nullptr;  // null: a layout
   Recompute policy_;
   std::vector<Slot> slots_;
   std::map<std::string, Shared> shared_;

@@ -63,23 +63,39 @@ void AttentionLayer::setup(const ModelConfig& cfg, const ParamTable& table, int 
   SY_CHECK(wo.numel == C_ * qw, "attention layer {}: o_proj shape does not match", layer);
   off_wo_ = wo.offset;
 
-  const int64_t W = shape_.qkv_width();
-  acts.add(layer, "attn.qkv", &qkv_, max_tokens * W, Keep::expensive);
-  acts.add(layer, "attn.out", &att_, max_tokens * qw, Keep::expensive);
-  acts.add(layer, "attn.lse", &lse_, max_tokens * shape_.NH, Keep::expensive);
-  acts.add(layer, "attn.dqkv", &dqkv_, max_tokens * W, Keep::scratch);
-  acts.add(layer, "attn.dout", &datt_, max_tokens * qw, Keep::scratch);
+  add_buffers(acts, cfg, layer, max_tokens, buf_);
+}
+
+void AttentionLayer::add_buffers(ActivationStore& acts, const ModelConfig& cfg, int layer,
+                                 int64_t max_tokens, Buffers& b) {
+  AttentionShape shape;
+  shape.NH = cfg.n_heads;
+  shape.NKV = cfg.n_kv_heads;
+  shape.HD = cfg.hd();
+  const int64_t W = shape.qkv_width(), qw = shape.q_width();
+  acts.add(layer, "attn.qkv", &b.qkv, max_tokens * W, Keep::expensive);
+  acts.add(layer, "attn.out", &b.att, max_tokens * qw, Keep::expensive);
+  acts.add(layer, "attn.lse", &b.lse, max_tokens * shape.NH, Keep::expensive);
+  acts.add(layer, "attn.dqkv", &b.dqkv, max_tokens * W, Keep::scratch);
+  acts.add(layer, "attn.dout", &b.datt, max_tokens * qw, Keep::scratch);
+}
+
+void AttentionLayer::register_activations(ActivationStore& layout, const ModelConfig& cfg, int layer,
+                                          int64_t max_tokens) {
+  SY_CHECK(layout.is_layout(), "AttentionLayer::register_activations: a layout store only");
+  Buffers unbound;  // a layout never binds
+  add_buffers(layout, cfg, layer, max_tokens, unbound);
 }
 
 void AttentionLayer::attend(const float* x, const float* params) {
   const int64_t N = shape_.B * shape_.T, W = shape_.qkv_width();
-  be_.gemm(false, true, N, W, C_, 1.0f, x, C_, params + off_wqkv_, C_, 0.0f, qkv_, W,
+  be_.gemm(false, true, N, W, C_, 1.0f, x, C_, params + off_wqkv_, C_, 0.0f, buf_.qkv, W,
            prec_.stored_activation());  // qkv = x Wqkv^T (x stored by the model)
-  if (off_bqkv_ >= 0) be_.add_bias(qkv_, params + off_bqkv_, N, W);
-  be_.rope_forward(qkv_, shape_, theta_);
-  prec_.store(be_, qkv_, N * W);
-  be_.attention_forward(att_, lse_, qkv_, shape_);
-  prec_.store(be_, att_, N * shape_.q_width());
+  if (off_bqkv_ >= 0) be_.add_bias(buf_.qkv, params + off_bqkv_, N, W);
+  be_.rope_forward(buf_.qkv, shape_, theta_);
+  prec_.store(be_, buf_.qkv, N * W);
+  be_.attention_forward(buf_.att, buf_.lse, buf_.qkv, shape_);
+  prec_.store(be_, buf_.att, N * shape_.q_width());
 }
 
 void AttentionLayer::forward(float* out, const float* x, const float* params, int64_t B,
@@ -91,7 +107,7 @@ void AttentionLayer::forward(float* out, const float* x, const float* params, in
   shape_.T = T;
   const int64_t QW = shape_.q_width();
   attend(x, params);
-  be_.gemm(false, true, N, C_, QW, 1.0f, att_, QW, params + off_wo_, QW, 0.0f, out, C_,
+  be_.gemm(false, true, N, C_, QW, 1.0f, buf_.att, QW, params + off_wo_, QW, 0.0f, out, C_,
            prec_.stored_activation());  // out = att Wo^T
 }
 
@@ -104,18 +120,18 @@ void AttentionLayer::backward(float* dx, const float* dout, const float* x, cons
   const int64_t W = shape_.qkv_width(), QW = shape_.q_width();
   const float* wqkv = params + off_wqkv_;
   const float* wo = params + off_wo_;
-  be_.gemm(false, false, N, QW, C_, 1.0f, dout, C_, wo, QW, 0.0f, datt_, QW,
+  be_.gemm(false, false, N, QW, C_, 1.0f, dout, C_, wo, QW, 0.0f, buf_.datt, QW,
            prec_.activation());  // datt = dout Wo
-  be_.gemm(true, false, C_, QW, N, 1.0f, dout, C_, att_, QW, 1.0f, grads + off_wo_, QW,
+  be_.gemm(true, false, C_, QW, N, 1.0f, dout, C_, buf_.att, QW, 1.0f, grads + off_wo_, QW,
            prec_.weight_grad());  // dWo += dout^T att (dout fresh, att stored)
-  be_.attention_backward(dqkv_, datt_, att_, lse_, qkv_, shape_);
-  be_.rope_backward(dqkv_, shape_, theta_);
-  prec_.store(be_, dqkv_, N * W);  // feeds two GEMMs (and the bias gradient) in the compute dtype
-  if (off_bqkv_ >= 0) be_.bias_backward(grads + off_bqkv_, dqkv_, N, W);
+  be_.attention_backward(buf_.dqkv, buf_.datt, buf_.att, buf_.lse, buf_.qkv, shape_);
+  be_.rope_backward(buf_.dqkv, shape_, theta_);
+  prec_.store(be_, buf_.dqkv, N * W);  // feeds two GEMMs (and the bias gradient) in the compute dtype
+  if (off_bqkv_ >= 0) be_.bias_backward(grads + off_bqkv_, buf_.dqkv, N, W);
   // dx before dWqkv: the transposed GEMM runs faster after dx has streamed dqkv through the cache
-  be_.gemm(false, false, N, C_, W, 1.0f, dqkv_, W, wqkv, C_, 0.0f, dx, C_,
+  be_.gemm(false, false, N, C_, W, 1.0f, buf_.dqkv, W, wqkv, C_, 0.0f, dx, C_,
            prec_.stored_activation());  // dx = dqkv Wqkv
-  be_.gemm(true, false, W, C_, N, 1.0f, dqkv_, W, x, C_, 1.0f, grads + off_wqkv_, C_,
+  be_.gemm(true, false, W, C_, N, 1.0f, buf_.dqkv, W, x, C_, 1.0f, grads + off_wqkv_, C_,
            prec_.stored_weight_grad());  // dWqkv += dqkv^T x
 }
 

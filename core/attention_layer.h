@@ -30,12 +30,24 @@ class AttentionLayer {
   AttentionLayer(const AttentionLayer&) = delete;
   AttentionLayer& operator=(const AttentionLayer&) = delete;
 
+  // Registers the activation buffers of layer `layer` (max_tokens rows) with a layout store
+  // (core/activations.h), building no layer: launch/plan counts them so. The constructors register
+  // the same list.
+  static void register_activations(ActivationStore& layout, const ModelConfig& cfg, int layer,
+                                   int64_t max_tokens);
+
   // params / grads: the arena bases (tensors are found by the table's offsets).
   void forward(float* out, const float* x, const float* params, int64_t B, int64_t T);
   void backward(float* dx, const float* dout, const float* x, const float* params, float* grads,
                 int64_t B, int64_t T);
 
  private:
+  struct Buffers {
+    float *qkv = nullptr, *att = nullptr, *lse = nullptr;  // saved (expensive)
+    float *dqkv = nullptr, *datt = nullptr;                // scratch
+  };
+  static void add_buffers(ActivationStore& acts, const ModelConfig& cfg, int layer, int64_t max_tokens,
+                          Buffers& b);
   void setup(const ModelConfig& cfg, const ParamTable& table, int layer, ActivationStore& acts);
   void attend(const float* x, const float* params);  // qkv, RoPE, attention into the saved buffers
   Backend& be_;
@@ -44,8 +56,7 @@ class AttentionLayer {
   float theta_;
   int64_t C_, max_tokens_;
   int64_t off_wqkv_, off_bqkv_ /* -1: no bias */, off_wo_;
-  float *qkv_ = nullptr, *att_ = nullptr, *lse_ = nullptr;     // saved (expensive)
-  float *dqkv_ = nullptr, *datt_ = nullptr;                     // scratch
+  Buffers buf_;                                                 // bound by the store
   std::unique_ptr<ActivationStore> own_acts_;                   // standalone layers only
 };
 

@@ -5,11 +5,9 @@
 
 #include <fmt/format.h>
 
-#include <algorithm>
-#include <map>
-
 #include "core/error.h"
 #include "core/params.h"
+#include "moe/model.h"
 
 namespace switchyard::launch {
 
@@ -28,89 +26,15 @@ void require_host_memory(double bytes, const std::string& what, const std::strin
 namespace {
 using core::Recompute;
 
-int64_t aligned(int64_t bytes) { return (std::max<int64_t>(bytes, 1) + 63) / 64 * 64; }
-
-// Activation bytes of one micro-batch under a policy, buffer by buffer as the layers register
-// them (core/activations.h classes). Shared storage: one copy per name, the largest request.
-// rows_factor: expert rows per rank in units of micro_batch x seq_len x top_k (1: balanced).
+// Activation bytes of one micro-batch under a policy: the model's own registrations
+// (moe::Model::register_activations) counted by a layout store, so the plan is what the model
+// allocates. rows_factor: expert rows per rank in units of micro_batch x seq_len x top_k (1: balanced).
 int64_t activation_bytes(const core::ExperimentConfig& cfg, Recompute policy, int64_t rows_factor = 1) {
-  const auto& m = cfg.model;
-  const int64_t N = cfg.train.micro_batch * cfg.train.seq_len, C = m.d_model, V = m.vocab_size;
-  const int64_t E = m.moe.n_experts, K = m.moe.top_k, I = m.moe.expert_size, S = m.moe.shared_expert_size;
-  const int64_t NH = m.n_heads, W = (m.n_heads + 2 * m.n_kv_heads) * m.hd(), QW = m.n_heads * m.hd();
-  const int64_t F = m.dense_ffn_size, NK = N * K;
-  const bool ep = cfg.parallel.expert_parallel > 1;
-  const bool keep_expensive = policy != Recompute::full, keep_cheap = policy == Recompute::none;
-  enum Cls { always, expensive, cheap, scratch };
-  std::map<std::string, int64_t> shared;
-  int64_t kept = 0;
-  auto add = [&](const std::string& name, int64_t floats, Cls c) {
-    const int64_t bytes = floats * 4;
-    const bool keep = c == always || (c == expensive && keep_expensive) || (c == cheap && keep_cheap);
-    if (keep) kept += aligned(bytes);
-    else shared[name] = std::max(shared[name], bytes);
-  };
-  for (int64_t l = 0; l < m.n_layers; ++l) {
-    add("block.x_in", N * C, always);
-    add("block.ln1", N * C, cheap);
-    add("block.rstd1", N, cheap);
-    add("block.x_mid", N * C, expensive);
-    add("block.ln2", N * C, cheap);
-    add("block.rstd2", N, cheap);
-    add("attn.qkv", N * W, expensive);
-    add("attn.out", N * QW, expensive);
-    add("attn.lse", N * NH, expensive);
-    add("attn.dqkv", N * W, scratch);
-    add("attn.dout", N * QW, scratch);
-    if (m.is_moe_layer(l)) {
-      for (auto [name, n] : {std::pair{"moe.probs", N * E}, {"moe.lse", N}, {"moe.gates", NK},
-                             {"moe.idx", NK}, {"moe.pos", NK}, {"moe.offsets", E + 1}})
-        add(name, n, always);
-      for (auto [name, n] : {std::pair{"moe.logits", N * E}, {"moe.prob_sums", E}, {"moe.dgates", NK},
-                             {"moe.dlogits", N * E}, {"moe.dprobs_all", E}})
-        add(name, n, scratch);
-      if (S > 0) {
-        add("moe.shared.h", N * 2 * S, expensive);
-        add("moe.shared.a", N * S, cheap);
-        add("moe.shared.y", N * C, expensive);
-        add("moe.shared.logit", N, expensive);
-        add("moe.shared.dy", N * C, scratch);
-        add("moe.shared.dlogit", N, scratch);
-        add("moe.shared.dh", N * 2 * S, scratch);
-        add("moe.shared.da", N * S, scratch);
-      }
-      const int64_t rows = NK * rows_factor;
-      add("moe.xp", rows * C, ep ? expensive : cheap);  // exchanged, or a local gather
-      add("moe.h", rows * 2 * I, expensive);
-      add("moe.a", rows * I, cheap);
-      add("moe.ye", rows * C, expensive);
-      add("moe.dye", rows * C, scratch);
-      add("moe.dxp", rows * C, scratch);
-      add("moe.dh", rows * 2 * I, scratch);
-      add("moe.da", rows * I, scratch);
-      if (ep) {
-        add("moe.xr", rows * C, scratch);
-        add("moe.yr", rows * C, expensive);
-        add("moe.dyr", rows * C, scratch);
-        add("moe.dxr", rows * C, scratch);
-        add("moe.local_pos", rows, always);
-      }
-    } else {
-      add("ffn.h", N * 2 * F, expensive);
-      add("ffn.a", N * F, cheap);
-      add("ffn.dh", N * 2 * F, scratch);
-      add("ffn.da", N * F, scratch);
-    }
-  }
-  for (auto [name, n] : {std::pair{"head.x_final", N * C}, {"head.lnf", N * C}, {"head.rstd", N},
-                         {"head.logits", N * V}, {"head.losses", N}, {"head.tokens", N}, {"head.targets", N}})
-    add(name, n, always);
-  for (auto [name, n] : {std::pair{"head.dlogits", N * V}, {"head.dloss", N}, {"block.dresid", N * C},
-                         {"block.out", N * C}, {"block.dln", N * C}})
-    add(name, n, scratch);
-  int64_t total = kept;
-  for (const auto& [name, bytes] : shared) total += aligned(bytes);
-  return total;
+  const int64_t N = cfg.train.micro_batch * cfg.train.seq_len;
+  core::ActivationStore layout(policy);
+  moe::Model::register_activations(layout, cfg.model, N, N * cfg.model.moe.top_k * rows_factor,
+                                   cfg.parallel.expert_parallel > 1);
+  return layout.bytes();
 }
 
 std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }

@@ -7,10 +7,12 @@
 //     blocks under full checkpointing;
 //   memory per rank: fp32 parameters, gradients, two AdamW moments, compute weights (mixed
 //     precision), and activations of one micro-batch under none / full / selective. Activations
-//     follow the buffer classes of core/activations.h: what a policy keeps per layer, plus one
-//     copy of what it shares. This backend stores activations in fp32 whatever the compute dtype.
-//     Expert rows assume balanced routing (micro_batch x seq_len x top_k per rank); under expert
-//     parallelism they grow with imbalance.
+//     are not listed here: the layers' own registrations (moe::Model::register_activations) are
+//     counted by a layout store (core/activations.h), so the plan is what the model allocates:
+//     what a policy keeps per layer, plus one copy of what it shares. This backend stores
+//     activations in fp32 whatever the compute dtype. Expert rows assume balanced routing
+//     (micro_batch x seq_len x top_k per rank); under expert parallelism they grow with
+//     imbalance (activation_bytes_worst: x expert_parallel).
 #pragma once
 
 #include <array>

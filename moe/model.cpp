@@ -36,7 +36,6 @@ Model::Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch,
   params_ = core::Arena(be_, table_.total());
   grads_ = core::Arena(be_, table_.total());
   if (opts_.precision.mixed()) compute_ = core::Arena(be_, table_.total());
-  const int64_t N = max_tokens_, C = cfg.d_model, V = cfg.vocab_size;
   for (int l = 0; l < static_cast<int>(cfg.n_layers); ++l) {
     auto L = std::make_unique<Layer>();
     const std::string p = fmt::format("model.layers.{}.", l);
@@ -44,42 +43,75 @@ Model::Model(core::Backend& be, const core::ModelConfig& cfg, int64_t max_batch,
     L->is_moe = cfg.is_moe_layer(l);
     L->off_ln1 = table_.at(p + "input_layernorm.weight").offset;
     L->off_ln2 = table_.at(p + "post_attention_layernorm.weight").offset;
-    // the block input is all full checkpointing keeps; the residual after attention is needed
-    // unless the attention output projection is recomputed; norm outputs are cheap to redo
-    acts_.add(l, "block.x_in", &L->x_in, N * C, Keep::always);
-    acts_.add(l, "block.ln1", &L->ln1, N * C, Keep::cheap);
-    acts_.add(l, "block.rstd1", &L->rstd1, N, Keep::cheap);
-    acts_.add(l, "block.x_mid", &L->x_mid, N * C, Keep::expensive);
-    acts_.add(l, "block.ln2", &L->ln2, N * C, Keep::cheap);
-    acts_.add(l, "block.rstd2", &L->rstd2, N, Keep::cheap);
-    L->attn = std::make_unique<core::AttentionLayer>(be_, cfg, table_, l, N, acts_, opts_.precision);
-    if (L->is_moe) {
-      L->moe = std::make_unique<MoeLayer>(be_, cfg, table_, l, N, ep, acts_, opts_.precision);
-      ++n_moe_;
-    } else {
+    if (!L->is_moe) {
       L->F = cfg.dense_ffn_size;
       L->off_gate_up = table_.at(p + "mlp.gate_proj.weight").offset;
       L->off_down = table_.at(p + "mlp.down_proj.weight").offset;
-      acts_.add(l, "ffn.h", &L->h, N * 2 * L->F, Keep::expensive);
-      acts_.add(l, "ffn.a", &L->a, N * L->F, Keep::cheap);
-      acts_.add(l, "ffn.dh", &L->dh, N * 2 * L->F, Keep::scratch);
-      acts_.add(l, "ffn.da", &L->da, N * L->F, Keep::scratch);
     }
     layers_.push_back(std::move(L));
   }
-  acts_.add(-1, "head.x_final", &x_final_, N * C, Keep::always);
-  acts_.add(-1, "head.lnf", &lnf_, N * C, Keep::always);
-  acts_.add(-1, "head.rstd", &lnf_rstd_, N, Keep::always);
-  acts_.add(-1, "head.logits", &logits_, N * V, Keep::always);
-  acts_.add(-1, "head.losses", &losses_, N, Keep::always);
-  acts_.add(-1, "head.tokens", &tokens_, N, Keep::always);
-  acts_.add(-1, "head.targets", &targets_, N, Keep::always);
-  acts_.add(-1, "head.dlogits", &dlogits_, N * V, Keep::scratch);
-  acts_.add(-1, "head.dloss", &dloss_, N, Keep::scratch);
-  acts_.add(-1, "block.dresid", &dresid_, N * C, Keep::scratch);
-  acts_.add(-1, "block.out", &dtmp_, N * C, Keep::scratch);
-  acts_.add(-1, "block.dln", &dln_, N * C, Keep::scratch);
+  const int64_t N = max_tokens_;
+  add_buffers(
+      acts_, cfg, N, layers_, bufs_,
+      [&](int l) {
+        layers_[l]->attn = std::make_unique<core::AttentionLayer>(be_, cfg, table_, l, N, acts_, opts_.precision);
+      },
+      [&](int l) {
+        layers_[l]->moe = std::make_unique<MoeLayer>(be_, cfg, table_, l, N, ep, acts_, opts_.precision);
+        ++n_moe_;
+      });
   acts_.allocate();
+}
+
+void Model::add_buffers(core::ActivationStore& acts, const core::ModelConfig& cfg, int64_t max_tokens,
+                        std::vector<std::unique_ptr<Layer>>& layers, Buffers& b,
+                        const std::function<void(int)>& attention, const std::function<void(int)>& moe) {
+  using core::Keep;
+  const int64_t N = max_tokens, C = cfg.d_model, V = cfg.vocab_size, F = cfg.dense_ffn_size;
+  for (int l = 0; l < static_cast<int>(cfg.n_layers); ++l) {
+    Layer& L = *layers[static_cast<size_t>(l)];
+    // the block input is all full checkpointing keeps; the residual after attention is needed
+    // unless the attention output projection is recomputed; norm outputs are cheap to redo
+    acts.add(l, "block.x_in", &L.x_in, N * C, Keep::always);
+    acts.add(l, "block.ln1", &L.ln1, N * C, Keep::cheap);
+    acts.add(l, "block.rstd1", &L.rstd1, N, Keep::cheap);
+    acts.add(l, "block.x_mid", &L.x_mid, N * C, Keep::expensive);
+    acts.add(l, "block.ln2", &L.ln2, N * C, Keep::cheap);
+    acts.add(l, "block.rstd2", &L.rstd2, N, Keep::cheap);
+    attention(l);
+    if (cfg.is_moe_layer(l)) {
+      moe(l);
+    } else {
+      acts.add(l, "ffn.h", &L.h, N * 2 * F, Keep::expensive);
+      acts.add(l, "ffn.a", &L.a, N * F, Keep::cheap);
+      acts.add(l, "ffn.dh", &L.dh, N * 2 * F, Keep::scratch);
+      acts.add(l, "ffn.da", &L.da, N * F, Keep::scratch);
+    }
+  }
+  acts.add(-1, "head.x_final", &b.x_final, N * C, Keep::always);
+  acts.add(-1, "head.lnf", &b.lnf, N * C, Keep::always);
+  acts.add(-1, "head.rstd", &b.lnf_rstd, N, Keep::always);
+  acts.add(-1, "head.logits", &b.logits, N * V, Keep::always);
+  acts.add(-1, "head.losses", &b.losses, N, Keep::always);
+  acts.add(-1, "head.tokens", &b.tokens, N, Keep::always);
+  acts.add(-1, "head.targets", &b.targets, N, Keep::always);
+  acts.add(-1, "head.dlogits", &b.dlogits, N * V, Keep::scratch);
+  acts.add(-1, "head.dloss", &b.dloss, N, Keep::scratch);
+  acts.add(-1, "block.dresid", &b.dresid, N * C, Keep::scratch);
+  acts.add(-1, "block.out", &b.dtmp, N * C, Keep::scratch);
+  acts.add(-1, "block.dln", &b.dln, N * C, Keep::scratch);
+}
+
+void Model::register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int64_t max_tokens,
+                                 int64_t expert_rows, bool expert_parallel) {
+  SY_CHECK(layout.is_layout(), "Model::register_activations: a layout store only");
+  std::vector<std::unique_ptr<Layer>> layers;  // a layout never binds their pointers
+  for (int64_t l = 0; l < cfg.n_layers; ++l) layers.push_back(std::make_unique<Layer>());
+  Buffers unbound;
+  add_buffers(
+      layout, cfg, max_tokens, layers, unbound,
+      [&](int l) { core::AttentionLayer::register_activations(layout, cfg, l, max_tokens); },
+      [&](int l) { MoeLayer::register_activations(layout, cfg, l, max_tokens, expert_rows, expert_parallel); });
 }
 
 Model::~Model() { layers_.clear(); }
@@ -142,22 +174,22 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   const auto& prec = opts_.precision;
   const float* P = compute_weights();
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  be_.copy_from_host(tokens_, tokens, static_cast<size_t>(N) * sizeof(int32_t));
-  be_.copy_from_host(targets_, targets, static_cast<size_t>(N) * sizeof(int32_t));
+  be_.copy_from_host(bufs_.tokens, tokens, static_cast<size_t>(N) * sizeof(int32_t));
+  be_.copy_from_host(bufs_.targets, targets, static_cast<size_t>(N) * sizeof(int32_t));
   for (int64_t i = 0; i < N; ++i)
     if (tokens[i] < 0 || tokens[i] >= V)
       throw_usage("token {} at position {} is outside the model's vocabulary [0, {})", tokens[i], i, V);
 
   const float* w_final_norm = P + table_.at("model.norm.weight").offset;
-  be_.embedding_forward(layers_.empty() ? x_final_ : layers_[0]->x_in, tokens_,
+  be_.embedding_forward(layers_.empty() ? bufs_.x_final : layers_[0]->x_in, bufs_.tokens,
                         P + table_.at("model.embed_tokens.weight").offset, N, C);
   ForwardResult r;
   // Every residual add is fused with the RMSNorm that reads its result (add_rmsnorm_forward):
   // x_mid = x_in + attn -> ln2; x_out = x_mid + ffn -> the next layer's ln1 (or the final norm).
   // Norm outputs are stored in the compute dtype: every consumer is a GEMM (core/precision.h).
   if (layers_.empty()) {
-    be_.rmsnorm_forward(lnf_, lnf_rstd_, x_final_, w_final_norm, N, C, eps);
-    prec.store(be_, lnf_, N * C);
+    be_.rmsnorm_forward(bufs_.lnf, bufs_.lnf_rstd, bufs_.x_final, w_final_norm, N, C, eps);
+    prec.store(be_, bufs_.lnf, N * C);
   } else {
     be_.rmsnorm_forward(layers_[0]->ln1, layers_[0]->rstd1, layers_[0]->x_in,
                         P + layers_[0]->off_ln1, N, C, eps);
@@ -165,33 +197,33 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   }
   for (size_t li = 0; li < layers_.size(); ++li) {
     Layer& L = *layers_[li];
-    L.attn->forward(dtmp_, L.ln1, P, B, T);
-    be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, dtmp_, P + L.off_ln2, N, C, eps);
+    L.attn->forward(bufs_.dtmp, L.ln1, P, B, T);
+    be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, bufs_.dtmp, P + L.off_ln2, N, C, eps);
     prec.store(be_, L.ln2, N * C);
     if (L.is_moe) {
-      L.moe->forward(dtmp_, L.ln2, P, N);
+      L.moe->forward(bufs_.dtmp, L.ln2, P, N);
       r.aux += L.moe->stats().aux_loss;
       r.z += L.moe->stats().z_loss;
     } else {
-      core::ffn_forward(be_, dtmp_, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down,
+      core::ffn_forward(be_, bufs_.dtmp, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down,
                         prec);
     }
     if (li + 1 < layers_.size()) {
       Layer& next = *layers_[li + 1];
-      be_.add_rmsnorm_forward(next.x_in, next.ln1, next.rstd1, L.x_mid, dtmp_, P + next.off_ln1,
+      be_.add_rmsnorm_forward(next.x_in, next.ln1, next.rstd1, L.x_mid, bufs_.dtmp, P + next.off_ln1,
                               N, C, eps);
       prec.store(be_, next.ln1, N * C);
     } else {
-      be_.add_rmsnorm_forward(x_final_, lnf_, lnf_rstd_, L.x_mid, dtmp_, w_final_norm, N, C, eps);
-      prec.store(be_, lnf_, N * C);
+      be_.add_rmsnorm_forward(bufs_.x_final, bufs_.lnf, bufs_.lnf_rstd, L.x_mid, bufs_.dtmp, w_final_norm, N, C, eps);
+      prec.store(be_, bufs_.lnf, N * C);
     }
   }
   const float* w_head = P + table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
-  be_.gemm(false, true, N, V, C, 1.0f, lnf_, C, w_head, C, 0.0f, logits_, V, prec.stored_activation());
-  be_.cross_entropy_forward(losses_, logits_, targets_, N, V);
+  be_.gemm(false, true, N, V, C, 1.0f, bufs_.lnf, C, w_head, C, 0.0f, bufs_.logits, V, prec.stored_activation());
+  be_.cross_entropy_forward(bufs_.losses, bufs_.logits, bufs_.targets, N, V);
 
   std::vector<float> losses(static_cast<size_t>(N));
-  be_.copy_to_host(losses.data(), losses_, losses.size() * sizeof(float));
+  be_.copy_to_host(losses.data(), bufs_.losses, losses.size() * sizeof(float));
   double sum = 0;
   counted_ = 0;
   for (int64_t i = 0; i < N; ++i) {
@@ -219,16 +251,16 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
 
   // d(mean CE)/d(loss_i) = 1/counted for counted targets (the CE kernel ignores the others)
   std::vector<float> dloss(static_cast<size_t>(N), counted_ ? grad_scale / static_cast<float>(counted_) : 0.f);
-  be_.copy_from_host(dloss_, dloss.data(), dloss.size() * sizeof(float));
-  be_.cross_entropy_backward(dlogits_, logits_, targets_, dloss_, N, V);
+  be_.copy_from_host(bufs_.dloss, dloss.data(), dloss.size() * sizeof(float));
+  be_.cross_entropy_backward(bufs_.dlogits, bufs_.logits, bufs_.targets, bufs_.dloss, N, V);
 
   const auto& head = table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-  be_.gemm(false, false, N, C, V, 1.0f, dlogits_, V, P + head.offset, C, 0.0f, dln_, C,
+  be_.gemm(false, false, N, C, V, 1.0f, bufs_.dlogits, V, P + head.offset, C, 0.0f, bufs_.dln, C,
            prec.activation());
-  be_.gemm(true, false, V, C, N, 1.0f, dlogits_, V, lnf_, C, 1.0f, G + head.offset, C,
+  be_.gemm(true, false, V, C, N, 1.0f, bufs_.dlogits, V, bufs_.lnf, C, 1.0f, G + head.offset, C,
            prec.weight_grad());
   const int64_t off_norm = table_.at("model.norm.weight").offset;
-  be_.rmsnorm_backward(dresid_, G + off_norm, dln_, x_final_, P + off_norm, lnf_rstd_, N, C);
+  be_.rmsnorm_backward(bufs_.dresid, G + off_norm, bufs_.dln, bufs_.x_final, P + off_norm, bufs_.lnf_rstd, N, C);
 
   const float d_aux = n_moe_ ? static_cast<float>(cfg_.moe.aux_loss_coef / n_moe_) * grad_scale : 0.f;
   const float d_z = n_moe_ ? static_cast<float>(cfg_.moe.z_loss_coef / n_moe_) * grad_scale : 0.f;
@@ -237,22 +269,22 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
     if (opts_.recompute != core::Recompute::none) recompute_block(L, P, B_, T_);
     // x_out = x_mid + ffn(ln2(x_mid)); dresid holds d x_out
     if (L.is_moe) {
-      L.moe->backward(dln_, dresid_, L.ln2, P, G, N, d_aux, d_z);
+      L.moe->backward(bufs_.dln, bufs_.dresid, L.ln2, P, G, N, d_aux, d_z);
     } else {
-      core::ffn_backward(be_, dln_, false, G + L.off_gate_up, G + L.off_down, dresid_, L.ln2, L.h,
+      core::ffn_backward(be_, bufs_.dln, false, G + L.off_gate_up, G + L.off_down, bufs_.dresid, L.ln2, L.h,
                          L.a, N, C, L.F, P + L.off_gate_up, P + L.off_down, L.dh, L.da, prec);
     }
     // d x_mid = d x_out + ln2's input gradient
-    be_.rmsnorm_backward_accumulate(dresid_, G + L.off_ln2, dln_, L.x_mid, P + L.off_ln2, L.rstd2,
+    be_.rmsnorm_backward_accumulate(bufs_.dresid, G + L.off_ln2, bufs_.dln, L.x_mid, P + L.off_ln2, L.rstd2,
                                     N, C);
     // x_mid = x_in + attn(ln1(x_in))
-    L.attn->backward(dln_, dresid_, L.ln1, P, G, B_, T_);
+    L.attn->backward(bufs_.dln, bufs_.dresid, L.ln1, P, G, B_, T_);
     // d x_in = d x_mid + ln1's input gradient
-    be_.rmsnorm_backward_accumulate(dresid_, G + L.off_ln1, dln_, L.x_in, P + L.off_ln1, L.rstd1,
+    be_.rmsnorm_backward_accumulate(bufs_.dresid, G + L.off_ln1, bufs_.dln, L.x_in, P + L.off_ln1, L.rstd1,
                                     N, C);
     if (on_grads_ready) on_grads_ready(L.index);
   }
-  be_.embedding_backward(G + table_.at("model.embed_tokens.weight").offset, dresid_, tokens_, N, C);
+  be_.embedding_backward(G + table_.at("model.embed_tokens.weight").offset, bufs_.dresid, bufs_.tokens, N, C);
   if (on_grads_ready) on_grads_ready(-1);
 }
 
@@ -266,13 +298,13 @@ void Model::recompute_block(Layer& L, const float* P, int64_t B, int64_t T) {
   be_.rmsnorm_forward(L.ln1, L.rstd1, L.x_in, P + L.off_ln1, N, C, eps);
   prec.store(be_, L.ln1, N * C);
   if (opts_.recompute == core::Recompute::full) {
-    L.attn->forward(dtmp_, L.ln1, P, B, T);
-    be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, dtmp_, P + L.off_ln2, N, C, eps);
+    L.attn->forward(bufs_.dtmp, L.ln1, P, B, T);
+    be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, bufs_.dtmp, P + L.off_ln2, N, C, eps);
     prec.store(be_, L.ln2, N * C);
     if (L.is_moe)
       L.moe->recompute(L.ln2, P, N);
     else
-      core::ffn_forward(be_, dtmp_, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up,
+      core::ffn_forward(be_, bufs_.dtmp, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up,
                         P + L.off_down, prec);
     return;
   }
@@ -306,7 +338,7 @@ int64_t Model::first_nonfinite_block() const {
   const int64_t L = static_cast<int64_t>(layers_.size());
   if (L > 0 && bad(layers_[0]->x_in)) return -1;
   for (int64_t l = 0; l < L; ++l)
-    if (bad(l + 1 < L ? layers_[static_cast<size_t>(l + 1)]->x_in : x_final_)) return l;
+    if (bad(l + 1 < L ? layers_[static_cast<size_t>(l + 1)]->x_in : bufs_.x_final)) return l;
   return L;
 }
 

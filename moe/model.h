@@ -72,6 +72,12 @@ class Model {
   const ModelOptions& options() const { return opts_; }
   // Bytes of activation storage (kept per layer + shared), allocated at construction.
   int64_t activation_bytes() const { return acts_.bytes(); }
+  // Registers every activation buffer of a model with a layout store (core/activations.h),
+  // building nothing: the blocks' own, their attention and MoE layers', those outside the blocks.
+  // The constructor registers the same list; launch/plan counts it so. expert_rows: the rows of
+  // each MoE layer's expert buffers (max_tokens x top_k under balanced routing).
+  static void register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int64_t max_tokens,
+                                   int64_t expert_rows, bool expert_parallel);
   int64_t num_params() const { return table_.total(); }
 
   // Normal(0, init_std) linear weights and embeddings (output projections scaled by
@@ -92,7 +98,7 @@ class Model {
   void zero_grads() { grads_.zero(); }
 
   // Logits [B*T, V] of the last forward (device pointer).
-  const float* logits() const { return logits_; }
+  const float* logits() const { return bufs_.logits; }
   // Routing slots per expert of each MoE layer in the last forward: [n_moe_layers][E].
   std::vector<std::vector<int64_t>> expert_counts() const;
   // Token-exchange traffic and expert GEMM time of the last forward and backward, all MoE layers.
@@ -108,6 +114,18 @@ class Model {
 
  private:
   struct Layer;
+  // activations outside the blocks: kept, the final norm, logits, losses, tokens; scratch, the rest
+  struct Buffers {
+    float *x_final = nullptr, *lnf = nullptr, *lnf_rstd = nullptr, *logits = nullptr, *losses = nullptr;
+    float *dlogits = nullptr, *dresid = nullptr, *dtmp = nullptr, *dln = nullptr;
+    float* dloss = nullptr;
+    int32_t *tokens = nullptr, *targets = nullptr;
+  };
+  // The model's activation buffers in registration order: per block (`layers`, one per layer) its
+  // own and its layers' (attention(l), then moe(l) in an MoE block), then those outside the blocks.
+  static void add_buffers(core::ActivationStore& acts, const core::ModelConfig& cfg, int64_t max_tokens,
+                          std::vector<std::unique_ptr<Layer>>& layers, Buffers& bufs,
+                          const std::function<void(int)>& attention, const std::function<void(int)>& moe);
   void recompute_block(Layer& L, const float* P, int64_t B, int64_t T);
   void refresh_compute_weights();
   // The weights the GEMMs read: the compute copy under mixed precision, the master weights else.
@@ -123,11 +141,7 @@ class Model {
   int64_t max_tokens_;
   int64_t n_moe_ = 0;
   std::vector<std::unique_ptr<Layer>> layers_;
-  // activations outside the layers (kept): final norm, logits, losses, tokens; scratch: the rest
-  float *x_final_ = nullptr, *lnf_ = nullptr, *lnf_rstd_ = nullptr, *logits_ = nullptr, *losses_ = nullptr;
-  float *dlogits_ = nullptr, *dresid_ = nullptr, *dtmp_ = nullptr, *dln_ = nullptr;
-  float* dloss_ = nullptr;
-  int32_t *tokens_ = nullptr, *targets_ = nullptr;
+  Buffers bufs_;  // bound by acts_
   int64_t B_ = 0, T_ = 0;
   int64_t counted_ = 0;
 };

@@ -22,7 +22,84 @@
 
 namespace switchyard::moe {
 
-struct MoeLayer::Impl {
+namespace {
+// Activation buffers of the layer (core/activations.h), bound by the store. Kept under every
+// policy, the routing plan: probs, lse, gates, idx, pos, offsets (and local_pos with expert
+// parallelism). Expensive: the exchanged tokens xp, yr (expert parallelism), expert GEMM outputs
+// h, ye, shared expert h, y, logit. Cheap: the SwiGLU products a, sh_a, and xp without expert
+// parallelism (a local gather of x). The rest is scratch.
+struct Buffers {
+  float *logits = nullptr, *probs = nullptr, *lse = nullptr,
+        *gates = nullptr;                                          // [N,E],[N,E],[N],[N,K]
+  int32_t *idx = nullptr, *pos = nullptr, *offsets = nullptr;      // [N,K],[N*K],[E+1]
+  float *xp = nullptr, *h = nullptr, *a = nullptr, *ye = nullptr;  // expert rows: [R,C],[R,2I],[R,I],[R,C]
+  float *sh_h = nullptr, *sh_a = nullptr, *sh_y = nullptr, *sh_logit = nullptr;  // shared expert
+  // scratch
+  float* prob_sums = nullptr;                                          // [E]
+  float *dye = nullptr, *dxp = nullptr, *dh = nullptr, *da = nullptr;  // expert rows
+  float *dgates = nullptr, *dlogits = nullptr, *dprobs_all = nullptr;  // [N,K],[N,E],[E]
+  float *sh_dy = nullptr, *sh_dlogit = nullptr, *sh_dh = nullptr, *sh_da = nullptr;
+  // expert parallelism: received rows' order by local expert, exchanged rows
+  int32_t* local_pos = nullptr;                                        // [R]
+  float *xr = nullptr, *yr = nullptr, *dyr = nullptr, *dxr = nullptr;  // [R, C]
+};
+
+// The buffers of R expert rows (one per routed slot this rank computes): f(name, slot, width, keep).
+template <class F>
+void for_each_row_buffer(Buffers& b, int64_t C, int64_t I, bool expert_parallel, F&& f) {
+  using core::Keep;
+  // dispatched tokens: exchanged (expensive) with expert parallelism, a local gather (cheap) without
+  f("moe.xp", &b.xp, C, expert_parallel ? Keep::expensive : Keep::cheap);
+  f("moe.h", &b.h, 2 * I, Keep::expensive);
+  f("moe.a", &b.a, I, Keep::cheap);
+  f("moe.ye", &b.ye, C, Keep::expensive);
+  f("moe.dye", &b.dye, C, Keep::scratch);
+  f("moe.dxp", &b.dxp, C, Keep::scratch);
+  f("moe.dh", &b.dh, 2 * I, Keep::scratch);
+  f("moe.da", &b.da, I, Keep::scratch);
+  if (expert_parallel) {
+    f("moe.xr", &b.xr, C, Keep::scratch);
+    f("moe.yr", &b.yr, C, Keep::expensive);
+    f("moe.dyr", &b.dyr, C, Keep::scratch);
+    f("moe.dxr", &b.dxr, C, Keep::scratch);
+    f("moe.local_pos", &b.local_pos, 1, Keep::always);
+  }
+}
+
+// Registers every buffer of the layer, N = max_tokens tokens and `rows` expert rows.
+void add_buffers(core::ActivationStore& acts, const core::ModelConfig& cfg, int layer, int64_t N,
+                 int64_t rows, bool expert_parallel, Buffers& b) {
+  using core::Keep;
+  const int64_t C = cfg.d_model, E = cfg.moe.n_experts, K = cfg.moe.top_k, S = cfg.moe.shared_expert_size;
+  acts.add(layer, "moe.logits", &b.logits, N * E, Keep::scratch);
+  acts.add(layer, "moe.probs", &b.probs, N * E, Keep::always);
+  acts.add(layer, "moe.lse", &b.lse, N, Keep::always);
+  acts.add(layer, "moe.gates", &b.gates, N * K, Keep::always);
+  acts.add(layer, "moe.idx", &b.idx, N * K, Keep::always);
+  acts.add(layer, "moe.pos", &b.pos, N * K, Keep::always);
+  acts.add(layer, "moe.offsets", &b.offsets, E + 1, Keep::always);
+  acts.add(layer, "moe.prob_sums", &b.prob_sums, E, Keep::scratch);
+  acts.add(layer, "moe.dgates", &b.dgates, N * K, Keep::scratch);
+  acts.add(layer, "moe.dlogits", &b.dlogits, N * E, Keep::scratch);
+  acts.add(layer, "moe.dprobs_all", &b.dprobs_all, E, Keep::scratch);
+  if (S > 0) {
+    acts.add(layer, "moe.shared.h", &b.sh_h, N * 2 * S, Keep::expensive);
+    acts.add(layer, "moe.shared.a", &b.sh_a, N * S, Keep::cheap);
+    acts.add(layer, "moe.shared.y", &b.sh_y, N * C, Keep::expensive);
+    acts.add(layer, "moe.shared.logit", &b.sh_logit, N, Keep::expensive);
+    acts.add(layer, "moe.shared.dy", &b.sh_dy, N * C, Keep::scratch);
+    acts.add(layer, "moe.shared.dlogit", &b.sh_dlogit, N, Keep::scratch);
+    acts.add(layer, "moe.shared.dh", &b.sh_dh, N * 2 * S, Keep::scratch);
+    acts.add(layer, "moe.shared.da", &b.sh_da, N * S, Keep::scratch);
+  }
+  for_each_row_buffer(b, C, cfg.moe.expert_size, expert_parallel,
+                      [&](const char* name, auto** slot, int64_t width, Keep keep) {
+                        acts.add(layer, name, slot, rows * width, keep);
+                      });
+}
+}  // namespace
+
+struct MoeLayer::Impl : Buffers {
   core::Backend& be;
   core::ActivationStore& acts;
   int layer;
@@ -33,22 +110,6 @@ struct MoeLayer::Impl {
   Router router;
   Experts experts;
   int64_t off_shared_gate_up = -1, off_shared_down = -1, off_shared_gate = -1;
-
-  // Activation buffers (core/activations.h). Kept under every policy, the routing plan: probs,
-  // lse, gates, idx, pos, offsets (and local_pos with expert parallelism). Expensive: the
-  // exchanged tokens xp, yr (expert parallelism), expert GEMM outputs h, ye, shared expert h, y,
-  // logit. Cheap: the SwiGLU products a, sh_a, and xp without expert parallelism (a local
-  // gather of x). The rest is scratch.
-  float *logits = nullptr, *probs = nullptr, *lse = nullptr,
-        *gates = nullptr;                                          // [N,E],[N,E],[N],[N,K]
-  int32_t *idx = nullptr, *pos = nullptr, *offsets = nullptr;      // [N,K],[N*K],[E+1]
-  float *xp = nullptr, *h = nullptr, *a = nullptr, *ye = nullptr;  // [NK,C],[NK,2I],[NK,I],[NK,C]
-  float *sh_h = nullptr, *sh_a = nullptr, *sh_y = nullptr, *sh_logit = nullptr;  // shared expert
-  // scratch
-  float* prob_sums = nullptr;                                          // [E]
-  float *dye = nullptr, *dxp = nullptr, *dh = nullptr, *da = nullptr;  // expert rows
-  float *dgates = nullptr, *dlogits = nullptr, *dprobs_all = nullptr;  // [N,K],[N,E],[E]
-  float *sh_dy = nullptr, *sh_dlogit = nullptr, *sh_dh = nullptr, *sh_da = nullptr;
 
   // host copies (sized E, allocated once)
   std::vector<int32_t> offsets_host;  // [E+1]
@@ -65,8 +126,6 @@ struct MoeLayer::Impl {
   std::vector<int32_t> pos_host, idx_host, order, slot_token, slot_dest, slot_tag;
   std::vector<float> gates_host, slot_gate, dgate_slots, dgates_host;
   std::vector<int32_t> local_pos_host, local_offsets_host;
-  int32_t* local_pos = nullptr;                                        // [rows_cap]
-  float *xr = nullptr, *yr = nullptr, *dyr = nullptr, *dxr = nullptr;  // [rows_cap, C]
   int64_t rows_cap = 0;  // capacity of every expert-row buffer (xp, h, a, ye, dye, dxp, dh, da)
 
   Impl(core::Backend& b, const core::ModelConfig& cfg, const core::ParamTable& table, int layer_,
@@ -107,35 +166,11 @@ struct MoeLayer::Impl {
     SY_CHECK(ep.size >= 1 && E % ep.size == 0 && (ep.size == 1 || ep.exchange),
              "expert parallel size {} with {} experts and {} exchange", ep.size, E,
              ep.exchange ? "an" : "no");
-    using core::Keep;
-    const int64_t N = max_tokens, NK = max_tokens * K;
-    acts.add(layer, "moe.logits", &logits, N * E, Keep::scratch);
-    acts.add(layer, "moe.probs", &probs, N * E, Keep::always);
-    acts.add(layer, "moe.lse", &lse, N, Keep::always);
-    acts.add(layer, "moe.gates", &gates, N * K, Keep::always);
-    acts.add(layer, "moe.idx", &idx, N * K, Keep::always);
-    acts.add(layer, "moe.pos", &pos, NK, Keep::always);
-    acts.add(layer, "moe.offsets", &offsets, E + 1, Keep::always);
-    acts.add(layer, "moe.prob_sums", &prob_sums, E, Keep::scratch);
-    acts.add(layer, "moe.dgates", &dgates, N * K, Keep::scratch);
-    acts.add(layer, "moe.dlogits", &dlogits, N * E, Keep::scratch);
-    acts.add(layer, "moe.dprobs_all", &dprobs_all, E, Keep::scratch);
-    if (S > 0) {
-      acts.add(layer, "moe.shared.h", &sh_h, N * 2 * S, Keep::expensive);
-      acts.add(layer, "moe.shared.a", &sh_a, N * S, Keep::cheap);
-      acts.add(layer, "moe.shared.y", &sh_y, N * C, Keep::expensive);
-      acts.add(layer, "moe.shared.logit", &sh_logit, N, Keep::expensive);
-      acts.add(layer, "moe.shared.dy", &sh_dy, N * C, Keep::scratch);
-      acts.add(layer, "moe.shared.dlogit", &sh_dlogit, N, Keep::scratch);
-      acts.add(layer, "moe.shared.dh", &sh_dh, N * 2 * S, Keep::scratch);
-      acts.add(layer, "moe.shared.da", &sh_da, N * S, Keep::scratch);
-    }
     // expert rows: N*K without expert parallelism (exactly); with it the balanced share, grown
     // by ensure_rows() when a plan delivers more
+    const int64_t NK = max_tokens * K;
     rows_cap = NK;
-    for_each_row_buffer([&](const char* name, auto** slot, int64_t width, Keep keep) {
-      acts.add(layer, name, slot, rows_cap * width, keep);
-    });
+    add_buffers(acts, cfg, layer, max_tokens, rows_cap, ep.exchange != nullptr, *this);
     if (ep.exchange) {
       for (auto* v : {&pos_host, &idx_host, &order, &slot_token, &slot_dest, &slot_tag})
         v->assign(static_cast<size_t>(NK), 0);
@@ -154,33 +189,14 @@ struct MoeLayer::Impl {
   // parallelism; with it, whatever the exchange delivers (up to ep.size * N * K when every token
   // of the group picks this rank), so they grow (x1.5) when a plan needs more. Growth happens
   // only in forward, before the buffers are written, never between forward and backward.
-  template <class F>
-  void for_each_row_buffer(F&& f) {
-    using core::Keep;
-    // dispatched tokens: exchanged (expensive) with expert parallelism, a local gather (cheap) without
-    f("moe.xp", &xp, C, ep.exchange ? Keep::expensive : Keep::cheap);
-    f("moe.h", &h, 2 * I, Keep::expensive);
-    f("moe.a", &a, I, Keep::cheap);
-    f("moe.ye", &ye, C, Keep::expensive);
-    f("moe.dye", &dye, C, Keep::scratch);
-    f("moe.dxp", &dxp, C, Keep::scratch);
-    f("moe.dh", &dh, 2 * I, Keep::scratch);
-    f("moe.da", &da, I, Keep::scratch);
-    if (ep.exchange) {
-      f("moe.xr", &xr, C, Keep::scratch);
-      f("moe.yr", &yr, C, Keep::expensive);
-      f("moe.dyr", &dyr, C, Keep::scratch);
-      f("moe.dxr", &dxr, C, Keep::scratch);
-      f("moe.local_pos", &local_pos, 1, Keep::always);
-    }
-  }
   void ensure_rows(int64_t rows) {
     if (rows <= rows_cap) return;
     rows_cap = std::max(rows, rows_cap + rows_cap / 2);
-    for_each_row_buffer([&](const char* name, auto** slot, int64_t width, core::Keep) {
-      using T = std::remove_reference_t<decltype(**slot)>;
-      acts.ensure<T>(layer, name, rows_cap * width);
-    });
+    for_each_row_buffer(*this, C, I, ep.exchange != nullptr,
+                        [&](const char* name, auto** slot, int64_t width, core::Keep) {
+                          using T = std::remove_reference_t<decltype(**slot)>;
+                          acts.ensure<T>(layer, name, rows_cap * width);
+                        });
     if (ep.exchange) local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
   }
   void plan_expert_parallel(int64_t N, MoeStats& st);
@@ -296,6 +312,13 @@ MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::
 }
 
 MoeLayer::~MoeLayer() { delete impl_; }
+
+void MoeLayer::register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int layer,
+                                    int64_t max_tokens, int64_t expert_rows, bool expert_parallel) {
+  SY_CHECK(layout.is_layout(), "MoeLayer::register_activations: a layout store only");
+  Buffers unbound;  // a layout never binds
+  add_buffers(layout, cfg, layer, max_tokens, expert_rows, expert_parallel, unbound);
+}
 
 void MoeLayer::forward(float* out, const float* x, const float* params, int64_t N) {
   Impl& m = *impl_;

@@ -63,6 +63,13 @@ class MoeLayer {
   MoeLayer(const MoeLayer&) = delete;
   MoeLayer& operator=(const MoeLayer&) = delete;
 
+  // Registers the activation buffers of layer `layer` (max_tokens tokens) with a layout store
+  // (core/activations.h), building no layer: launch/plan counts them so. The constructors register
+  // the same list with expert_rows = max_tokens x top_k (balanced routing; under expert
+  // parallelism the buffers grow when a plan delivers more, up to ep.size times that).
+  static void register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int layer,
+                                   int64_t max_tokens, int64_t expert_rows, bool expert_parallel);
+
   void forward(float* out, const float* x, const float* params, int64_t N);
   // Before backward under activation checkpointing: rebuilds what the store did not keep from x
   // (the same normalised input) by replaying the saved routing plan: never re-routes, never
