@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "launch/evaluate.h"
 
 namespace switchyard::launch {
 
@@ -25,6 +26,45 @@ void MetricsWriter::write(const nlohmann::json& record) {
   if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() || std::fflush(f_) != 0)
     throw_usage("{}: cannot write the metrics record of step {} ({}); free disk space, then continue with "
                 "`switchyard train --resume`", path_, record.value("step", int64_t{-1}), std::strerror(errno));
+}
+
+nlohmann::json step_json(const StepRecord& r) {
+  const int64_t E = r.n_experts, layers = E > 0 ? static_cast<int64_t>(r.expert_counts.size()) / E : 0;
+  nlohmann::json load = nlohmann::json::array();
+  for (int64_t l = 0; l < layers; ++l) {
+    int64_t total = 0;
+    for (int64_t e = 0; e < E; ++e) total += r.expert_counts[l * E + e];
+    nlohmann::json row = nlohmann::json::array();
+    for (int64_t e = 0; e < E; ++e)
+      row.push_back(total ? static_cast<double>(r.expert_counts[l * E + e]) / static_cast<double>(total) : 0.0);
+    load.push_back(row);
+  }
+  nlohmann::json rec = {{"step", r.step}, {"loss", r.loss}, {"ce", r.ce}, {"aux_loss", r.aux},
+                        {"z_loss", r.z}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+                        {"tokens_per_s", r.tokens_per_s()}, {"step_ms", r.seconds * 1e3},
+                        {"forward_ms", r.forward_s * 1e3}, {"backward_ms", r.backward_s * 1e3},
+                        {"reduce_ms", r.reduce_s * 1e3}, {"optimizer_ms", r.optimizer_s * 1e3},
+                        {"expert_ms", r.expert_s * 1e3}, {"exchange_ms", r.exchange.seconds * 1e3},
+                        {"exchange_bytes_intra", r.exchange.intra_node.bytes},
+                        {"exchange_bytes_inter", r.exchange.inter_node.bytes},
+                        {"exchange_messages_inter", r.exchange.inter_node.messages},
+                        {"expert_load", load}};
+  if (r.loss_scaling) {
+    rec["loss_scale"] = r.loss_scale;
+    rec["skipped"] = r.skipped;
+    rec["skipped_steps"] = r.skipped_steps;
+  }
+  if (r.memory) {
+    rec["memory_peak_mb"] = r.memory->peak;
+    rec["activation_mb"] = r.memory->activations;
+    rec["activation_plan_mb"] = r.memory->activations_plan;
+    rec["rss_peak_mb"] = r.memory->rss_peak;
+  }
+  return rec;
+}
+
+nlohmann::json eval_json(int64_t step, const EvalResult& e) {
+  return {{"step", step}, {"eval_loss", e.loss}, {"eval_tokens", e.tokens}};
 }
 
 std::string format_duration(double s) {

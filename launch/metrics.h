@@ -1,14 +1,56 @@
-// launch/metrics.h: per-step metrics (metrics.jsonl in the run folder) and the live progress line.
+// launch/metrics.h: what one training step measured (StepRecord), its metrics.jsonl record and the
+// eval record (the run folder's metrics), and the live progress line.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "parallel/token_exchange.h"
+
 namespace switchyard::launch {
+
+struct EvalResult;  // launch/evaluate.h
+
+// Memory measured after the first step of a run (activations: one micro-batch), MiB.
+struct StepMemory {
+  double peak = 0;             // backend memory peak
+  double activations = 0;      // the peak minus what the model and optimizer hold
+  double activations_plan = 0; // what `switchyard plan` estimated
+  double rss_peak = 0;         // peak resident memory of the process
+};
+
+// One optimizer step (launch/train_step.h). Losses are means over the micro-batches of every
+// rank; timings, traffic and memory are this rank's.
+struct StepRecord {
+  int64_t step = 0;  // 1-based
+  double loss = 0, ce = 0, aux = 0, z = 0;
+  double tokens = 0;        // summed over the window and the ranks
+  int nonfinite_ranks = 0;  // ranks whose loss was inf/NaN
+  double lr = 0;
+  double grad_norm = 0;     // unscaled, before clipping
+  bool loss_scaling = false;  // fp16: the next three fields are reported
+  double loss_scale = 1;      // the scale this step ran with
+  bool skipped = false;       // overflow: the optimizer did not step
+  int64_t skipped_steps = 0;  // of the run so far
+  double seconds = 0, forward_s = 0, backward_s = 0, reduce_s = 0, optimizer_s = 0, expert_s = 0;
+  parallel::ExchangeStats exchange;    // the token exchange of the window (its seconds included)
+  int64_t n_experts = 0;
+  std::vector<int64_t> expert_counts;  // [MoE layer * n_experts + expert]: routed slots, all ranks
+  std::optional<StepMemory> memory;    // the first step of a run only
+
+  double tokens_per_s() const { return tokens / seconds; }
+};
+
+// The metrics.jsonl record of a step (expert_load: each layer's counts as fractions of its total).
+nlohmann::json step_json(const StepRecord& r);
+// The metrics.jsonl record of an evaluation after `step` steps.
+nlohmann::json eval_json(int64_t step, const EvalResult& e);
 
 // Appends one JSON object per line; flushed after every record so a killed run keeps its metrics.
 class MetricsWriter {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fp16 dynamic loss scaling (optim/loss_scaler.h) in the trainer (launch/train.cpp). Overflows are
+# fp16 dynamic loss scaling (optim/loss_scaler.h) in the trainer (launch/train_step.cpp). Overflows are
 # injected with the test hook SWITCHYARD_TEST_OVERFLOW="RANK:STEP,..." (+inf in one gradient of
 # the last layer during backward of that 1-based step).
 # (a) One overflow on rank 1 of np=2 E=2 (hysteresis 1) skips exactly step 3 and backs off once
@@ -83,6 +83,11 @@ def ran(run, n):  # exit 0 and n training records
     check(f"{run}: exit 0, steps 1-{n} recorded", ok, f"rc {rc(run)}, steps {sorted(r)}")
     if not ok: print(open(f"{tmp}/{run}.err").read())
     return r
+def stopped(run):  # exit 2 with one error line: that line
+    check(f"{run}: exit code 2", rc(run) == 2, rc(run))
+    lines = err_lines(run)
+    check(f"{run}: one error line", len(lines) == 1, lines)
+    return lines[0] if lines else ""
 
 # (a) one overflow on one rank: every rank skips, one backoff
 a2, a1, ac = ran("a_np2", 6), ran("a_np1", 6), ran("a_clean", 6)
@@ -119,10 +124,7 @@ check("b_two: two in a row back off once", col(b2, "loss_scale") == [1024] * 4 +
 # (c) stop at the minimum scale: steps 1, 2 back off 4 -> 2 -> 1, step 3 is the first overflow at
 # the minimum, step 4 the second (max_overflows_at_min 2) stops
 c = steps("c_np1")
-check("c_np1: exit code 2", rc("c_np1") == 2, rc("c_np1"))
-lines = err_lines("c_np1")
-check("c_np1: one error line", len(lines) == 1, lines)
-msg = lines[0] if lines else ""
+msg = stopped("c_np1")
 check("c_np1: names step 4, 2 overflows at scale 1",
       "fp16 training stopped at step 4: 2 step(s) in a row overflowed (inf/NaN) at the minimum loss scale 1;" in msg, msg)
 check("c_np1: names the gradient tensor",
@@ -141,10 +143,7 @@ check("c_np2: steps 1-3 skipped at scales 4, 2, 1", col(c2, "loss_scale") == [4,
       f"{col(c2, 'loss_scale')} {col(c2, 'skipped')}")
 
 # (d) a real forward overflow in fp16; fp32 stays finite
-check("d_fp16: exit code 2", rc("d_fp16") == 2, rc("d_fp16"))
-lines = err_lines("d_fp16")
-check("d_fp16: one error line", len(lines) == 1, lines)
-msg = lines[0] if lines else ""
+msg = stopped("d_fp16")
 check("d_fp16: stopped at step 1 at scale 1",
       "fp16 training stopped at step 1: 1 step(s) in a row overflowed (inf/NaN) at the minimum loss scale 1;" in msg, msg)
 m = re.search(r"the forward pass on rank 0 produced (inf/NaN first in the output of layer [01]\b|"

@@ -1,0 +1,197 @@
+// launch/train_step.cpp: one optimizer step (train_step.h).
+#include "launch/train_step.h"
+
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <string>
+
+#include "core/error.h"
+#include "launch/nonfinite.h"
+#include "optim/lr_schedule.h"
+#include "parallel/collectives.h"
+#include "parallel/watchdog.h"
+
+namespace switchyard::launch {
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Test hook SWITCHYARD_TEST_OVERFLOW="RANK:STEP[,RANK:STEP...]": that rank writes +inf into a
+// gradient of its last layer during backward of that step (1-based), as an fp16 overflow would.
+bool inject_overflow(int rank, int64_t step) {
+  const char* env = std::getenv("SWITCHYARD_TEST_OVERFLOW");
+  if (!env) return false;
+  std::string spec(env);
+  size_t at = 0;
+  while (at < spec.size()) {
+    size_t end = spec.find(',', at);
+    if (end == std::string::npos) end = spec.size();
+    const std::string item = spec.substr(at, end - at);
+    const size_t colon = item.find(':');
+    if (colon != std::string::npos && std::atoi(item.substr(0, colon).c_str()) == rank &&
+        std::atoll(item.substr(colon + 1).c_str()) == step)
+      return true;
+    at = end + 1;
+  }
+  return false;
+}
+
+// Peak resident memory of the process (VmHWM), bytes; 0 where /proc is missing.
+int64_t resident_peak_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string key;
+  while (f >> key) {
+    if (key == "VmHWM:") {
+      int64_t kb = 0;
+      f >> kb;
+      return kb * 1024;
+    }
+    f.ignore(1 << 20, '\n');
+  }
+  return 0;
+}
+
+// What the micro-batches of one rank add up to; summed over the ranks in one allreduce.
+struct WindowSums {
+  double loss = 0, ce = 0, aux = 0, z = 0, tokens = 0;
+  double nonfinite_ranks = 0;  // this rank: 1 when a loss of its window was inf/NaN
+};
+
+void allreduce_sums(WindowSums& s) {
+  std::array<double, 6> packed = {s.loss, s.ce, s.aux, s.z, s.tokens, s.nonfinite_ranks};
+  parallel::allreduce_sum(packed.data(), static_cast<int64_t>(packed.size()), MPI_COMM_WORLD);
+  s = {packed[0], packed[1], packed[2], packed[3], packed[4], packed[5]};
+}
+
+// Expert parallelism: skewed routing grows the expert-row buffers past the plan's balanced
+// estimate; says so once per rank when that crosses the activation budget.
+void warn_activation_budget(TrainContext& ctx, int64_t step) {
+  const auto budget = ctx.cfg.train.activation_memory_mb;
+  if (budget <= 0 || ctx.warned_activation_budget) return;
+  const double used_mb = ctx.activation_mb();
+  if (used_mb <= static_cast<double>(budget)) return;
+  ctx.warned_activation_budget = true;
+  fmt::print(stderr,
+             "switchyard train: warning: rank {} holds {:.1f} MiB of activations after step {}, over "
+             "train.activation_memory_mb = {} (the plan assumes balanced routing; skewed routing grew the "
+             "expert-row buffers)\n",
+             ctx.mpi.rank(), used_mb, step, budget);
+}
+
+}  // namespace
+
+StepRecord train_step(TrainContext& ctx, int64_t step) {
+  moe::Model& model = *ctx.model;
+  core::Backend& backend = *ctx.backend;
+  const core::ExperimentConfig& cfg = ctx.cfg;
+  const int64_t B = ctx.B, T = ctx.T, accum = ctx.accum, E = cfg.model.moe.n_experts;
+  const int rank = ctx.mpi.rank(), ranks = ctx.mpi.size();
+
+  StepRecord r;
+  r.step = step + 1;
+  r.n_experts = E;
+  r.expert_counts.assign(static_cast<size_t>(model.num_moe_layers() * E), 0);
+  parallel::set_watchdog_step(r.step);
+  const auto t0 = Clock::now();
+  if (step == ctx.start_step) backend.reset_peak_memory();
+  model.zero_grads();
+  WindowSums sums;  // over the window, then over the ranks
+  bool local_loss_nonfinite = false;
+  // the loss scale is constant over the accumulation window
+  r.loss_scaling = ctx.scaler->enabled();
+  r.loss_scale = ctx.scaler->scale();
+  const bool inject = inject_overflow(rank, r.step);
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    ctx.sampler->next_batch(step, micro, B, ctx.tokens.data(), ctx.targets.data());
+    const auto tf = Clock::now();
+    const auto f = model.forward(ctx.tokens.data(), ctx.targets.data(), B, T);
+    const auto tb = Clock::now();
+    // the last micro-batch of the window starts each layer's gradient reduction as soon as
+    // backward has finished that layer (non-blocking; completed before the optimizer step)
+    const bool last = micro + 1 == accum;
+    const int last_layer = static_cast<int>(cfg.model.n_layers) - 1;
+    model.backward(static_cast<float>(r.loss_scale / static_cast<double>(accum * ranks)),
+                   last ? std::function<void(int)>([&](int layer) {
+                     if (inject && layer == last_layer) {
+                       const auto& ln = model.table().at(fmt::format("model.layers.{}.post_attention_layernorm.weight", layer));
+                       const float inf = std::numeric_limits<float>::infinity();
+                       backend.copy_from_host(model.grads() + ln.offset, &inf, sizeof(float));
+                     }
+                     ctx.reducer->start_bucket(model.grads(), layer);
+                   })
+                        : std::function<void(int)>());
+    r.forward_s += seconds_between(tf, tb);
+    r.backward_s += seconds_between(tb, Clock::now());
+    if (!std::isfinite(f.loss)) local_loss_nonfinite = true;
+    sums.loss += f.loss; sums.ce += f.ce; sums.aux += f.aux; sums.z += f.z;
+    sums.tokens += static_cast<double>(f.tokens);
+    r.exchange += model.exchange_stats();
+    r.expert_s += model.expert_seconds();
+    const auto c = model.expert_counts();
+    for (size_t l = 0; l < c.size(); ++l)
+      for (int64_t e = 0; e < E; ++e) r.expert_counts[l * E + e] += c[l][static_cast<size_t>(e)];
+  }
+  sums.nonfinite_ranks = local_loss_nonfinite ? 1.0 : 0.0;
+  // gradients reduced once per optimizer step (data parallel: every parameter is replicated)
+  const auto t_reduce = Clock::now();
+  ctx.reducer->finish(model.grads());
+  allreduce_sums(sums);
+  parallel::allreduce_sum(r.expert_counts.data(), static_cast<int64_t>(r.expert_counts.size()), MPI_COMM_WORLD);
+  const auto t_opt = Clock::now();
+  // the norm covers every gradient of every rank, so every rank takes the same decision
+  const double scaled_norm = ctx.reducer->global_norm(backend, model.grads());
+  const bool overflow = !std::isfinite(scaled_norm) || sums.nonfinite_ranks > 0;
+  r.grad_norm = scaled_norm / r.loss_scale;
+  r.lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
+  const auto outcome = ctx.scaler->update(overflow);
+  if (outcome == optim::LossScaler::Outcome::stop) {
+    const std::string where = locate_nonfinite(model, local_loss_nonfinite);
+    if (ctx.scaler->enabled())
+      throw_usage("fp16 training stopped at step {}: {} step(s) in a row overflowed (inf/NaN) at the minimum "
+                  "loss scale {:g}; {}. Lower optim.lr, use train.precision: bf16, or look at that layer's inputs",
+                  r.step, cfg.train.loss_scaler.max_overflows_at_min, ctx.scaler->scale(), where);
+    throw_usage("training diverged at step {}: non-finite {} in {}; {}. Lower optim.lr or raise optim.warmup_steps",
+                r.step, sums.nonfinite_ranks > 0 ? "loss" : "gradients", cfg.train.precision, where);
+  }
+  r.skipped = outcome == optim::LossScaler::Outcome::skip;
+  if (!r.skipped) {  // the optimizer writes the compute weights of mixed precision in its pass
+    const auto target = model.begin_update();
+    ctx.adamw->step(target.master, model.grads(), r.lr,
+                    optim::clip_coefficient(r.grad_norm, cfg.optim.grad_clip) / r.loss_scale, target.compute,
+                    target.dtype);
+    model.end_update();
+  }
+  const auto t_end = Clock::now();
+  r.seconds = seconds_between(t0, t_end);
+  r.reduce_s = seconds_between(t_reduce, t_opt);
+  r.optimizer_s = seconds_between(t_opt, t_end);
+  r.skipped_steps = ctx.scaler->state().skipped_steps;
+
+  const double n_mb = static_cast<double>(accum * ranks);
+  r.loss = sums.loss / n_mb;
+  r.ce = sums.ce / n_mb;
+  r.aux = sums.aux / n_mb;
+  r.z = sums.z / n_mb;
+  r.tokens = sums.tokens;
+  r.nonfinite_ranks = static_cast<int>(sums.nonfinite_ranks);
+
+  warn_activation_budget(ctx, r.step);
+  if (step == ctx.start_step)  // measured memory of the first step (activations: one micro-batch)
+    r.memory = StepMemory{static_cast<double>(backend.memory_stats().peak_bytes) / (1 << 20), ctx.activation_mb(),
+                          ctx.planned_activation_mb(), static_cast<double>(resident_peak_bytes()) / (1 << 20)};
+  return r;
+}
+
+}  // namespace switchyard::launch
