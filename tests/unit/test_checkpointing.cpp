@@ -156,8 +156,9 @@ TEST(Checkpointing, AccumulatedMicroBatchesEqualOneLargeBatch) {
   }
 }
 
-// The model's allocation equals the plan's formula (core/activations.h classes); activations are
-// allocated once, at construction, and a forward/backward allocates nothing more.
+// The model's allocation equals the plan's count (the same registrations on a layout store, which
+// allocates nothing); activations are allocated once, at construction, and a forward/backward
+// allocates nothing more.
 TEST(Checkpointing, ActivationBytesMatchThePlanAndStayFixed) {
   for (const std::string name : {"mixtral", "qwen"}) {
     core::ExperimentConfig cfg;
