@@ -19,6 +19,7 @@
 #include "core/cpu/cpu_backend.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "core/formats/hf_model.h"
 #include "data/sampler.h"
 #include "data/token_source.h"
 #include "launch/checkpoint.h"
@@ -32,7 +33,6 @@
 #include "optim/adamw.h"
 #include "optim/loss_scaler.h"
 #include "optim/lr_schedule.h"
-#include "core/hf_checkpoint.h"
 #include "parallel/watchdog.h"
 #include "parallel/collectives.h"
 #include "launch/param_sharding.h"
@@ -193,7 +193,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
                     "model.moe.aux_loss_coef and model.moe.z_loss_coef may be set", ov, opts.init_from);
     }
     const core::MoeConfig losses = cfg.model.moe;
-    cfg.model = core::read_hf_config(opts.init_from);
+    cfg.model = core::formats::read_hf_config(opts.init_from);
     cfg.model.moe.aux_loss_coef = losses.aux_loss_coef;
     cfg.model.moe.z_loss_coef = losses.z_loss_coef;
     core::validate(cfg, opts.config_path + " with --init-from " + opts.init_from);
@@ -258,7 +258,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
     // this rank's share: dense tensors and its own experts; other ranks' experts are skipped
     const core::ParamTable full = core::make_param_table(cfg.model);
     std::vector<float> host(static_cast<size_t>(model.num_params()));
-    core::load_hf_weights(opts.init_from, model.table(), host.data(), &full);
+    core::formats::load_hf_weights(opts.init_from, model.table(), host.data(), &full);
     model.set_params_from_host(host.data());
   } else {
     model.init_random(static_cast<uint64_t>(cfg.train.seed));
