@@ -232,6 +232,13 @@ TEST(Safetensors, CorruptedFiles) {
   const fs::path p = dir / "bad.safetensors";
   const std::string ps = p.string();
   auto open = [&] { core::formats::SafetensorsFile f(ps); };
+  // a file of `header` and `data_bytes` zero bytes (header size field: `header_size`, else the
+  // header's length) fails to open with "<file>: <message>"
+  auto rejects = [&](const std::string& header, size_t data_bytes, const std::string& message,
+                     int64_t header_size = -1) {
+    write_raw(p, header, data_bytes, header_size);
+    EXPECT_HAS(usage_error(open), ps + message);
+  };
 
   // missing file
   EXPECT_HAS(usage_error([&] { core::formats::SafetensorsFile f((dir / "none.safetensors").string()); }),
@@ -250,53 +257,38 @@ TEST(Safetensors, CorruptedFiles) {
   write_bytes(p, raw + "xx");
   EXPECT_HAS(usage_error(open), ps + ": the tensors hold 48 bytes but the file has 50 bytes");
   // absurd header length
-  write_raw(p, "{}", 0, int64_t(1) << 40);
-  EXPECT_HAS(usage_error(open), ps + ": header size 1099511627776 is larger than 100 MB");
+  rejects("{}", 0, ": header size 1099511627776 is larger than 100 MB", int64_t(1) << 40);
   // header length pointing into the data: the JSON is cut / followed by bytes
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4, 10);
-  EXPECT_HAS(usage_error(open), ps + ": the 10-byte JSON header is invalid");
+  rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4, ": the 10-byte JSON header is invalid", 10);
   // overlapping offsets
-  write_raw(p,
-            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-            12);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'b' (data_offsets [4, 12]) overlaps tensor 'a'");
+  rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+          12, ": tensor 'b' (data_offsets [4, 12]) overlaps tensor 'a'");
   // gap
-  write_raw(p,
-            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
-            20);
-  EXPECT_HAS(usage_error(open), ps + ": gap in the data: bytes [8, 12) before tensor 'b'");
+  rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+          20, ": gap in the data: bytes [8, 12) before tensor 'b'");
   // not starting at 0
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8);
-  EXPECT_HAS(usage_error(open), ps + ": gap in the data: bytes [0, 4)");
+  rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8, ": gap in the data: bytes [0, 4)");
   // wrong size for the dtype
-  write_raw(p, R"({"a":{"dtype":"BF16","shape":[2, 2],"data_offsets":[0,16]}})", 16);
-  EXPECT_HAS(usage_error(open),
-             ps + ": tensor 'a': data_offsets [0, 16] hold 16 bytes but dtype BF16 with shape [2, 2] needs 8");
+  rejects(R"({"a":{"dtype":"BF16","shape":[2, 2],"data_offsets":[0,16]}})", 16,
+          ": tensor 'a': data_offsets [0, 16] hold 16 bytes but dtype BF16 with shape [2, 2] needs 8");
   // unknown dtype
-  write_raw(p, R"({"a":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}})", 4);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a': unknown dtype 'F12'");
+  rejects(R"({"a":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}})", 4, ": tensor 'a': unknown dtype 'F12'");
   // negative / fractional shape
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a': shape [-1] has an entry");
+  rejects(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4, ": tensor 'a': shape [-1] has an entry");
   // duplicate names
-  write_raw(p,
-            R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-            R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-            8);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a' appears twice");
+  rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+          R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          8, ": tensor 'a' appears twice");
   // not JSON / not an object / bad entries
-  write_raw(p, "not json", 0);
-  EXPECT_HAS(usage_error(open), ps + ": the 8-byte JSON header is invalid");
-  write_raw(p, "[1, 2]  ", 0);
-  EXPECT_HAS(usage_error(open), ps + ": the JSON header is not an object");
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[1]}})", 0);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a': expected an object with dtype, shape and data_offsets");
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", 4);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a': data_offsets [4, 0] end before they begin");
-  write_raw(p, R"({"__metadata__":{"k":1}})", 0);
-  EXPECT_HAS(usage_error(open), ps + ": __metadata__ value of 'k' is not a string");
+  rejects("not json", 0, ": the 8-byte JSON header is invalid");
+  rejects("[1, 2]  ", 0, ": the JSON header is not an object");
+  rejects(R"({"a":{"dtype":"F32","shape":[1]}})", 0,
+          ": tensor 'a': expected an object with dtype, shape and data_offsets");
+  rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", 4,
+          ": tensor 'a': data_offsets [4, 0] end before they begin");
+  rejects(R"({"__metadata__":{"k":1}})", 0, ": __metadata__ value of 'k' is not a string");
   // an empty file with only metadata is valid
   write_raw(p, R"({"__metadata__":{"k":"v"}})", 0);
   core::formats::SafetensorsFile ok(ps);
