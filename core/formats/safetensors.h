@@ -82,9 +82,9 @@ struct TensorWrite {
   const void* data = nullptr;
 };
 
-// Writes `tensors` (data in the given order) to `path` by the protocol of formats/durable.h. The JSON header is padded with spaces to a multiple of 8 bytes.
-// Invalid input (unknown dtype, duplicate name) is an internal Error; an I/O failure is a usage
-// Error naming the path.
+// Writes `tensors` (data in the given order) to `path` by the protocol of formats/durable.h. The
+// JSON header is padded with spaces to a multiple of 8 bytes. Invalid input (unknown dtype,
+// duplicate name) is an internal Error; an I/O failure is a usage Error naming the path.
 void write_safetensors(const std::string& path, const std::vector<TensorWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

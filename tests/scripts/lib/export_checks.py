@@ -1,5 +1,5 @@
 """tests/scripts/lib/export_checks.py: shared by the Python read-back checks of the export script
-tests (on PYTHONPATH): the tensors of a one-shard Hugging Face export, and numbered pass/fail lines."""
+tests (on PYTHONPATH): the tensors of a one-shard Hugging Face export, one ok/FAIL line per check."""
 import json
 import os
 import sys
