@@ -19,6 +19,7 @@ namespace switchyard::data {
 
 namespace {
 
+using core::formats::has_hdf5_signature;
 using core::formats::H5Handle;
 using core::formats::h5_check;
 using core::formats::h5_checked;
@@ -30,18 +31,29 @@ bool link_exists(hid_t loc, const std::string& name) {
 
 bool attr_exists(hid_t loc, const char* name) { return H5Aexists(loc, name) > 0; }
 
-// Reads a string attribute, fixed- or variable-length (h5py writes variable-length strings).
-std::string read_string_attr(hid_t loc, const char* name, const std::string& file) {
-  const std::string what = fmt::format("read root attribute '{}'", name);
+// A root attribute that must hold a single value of class `cls` (named in messages by `article`
+// and `kind`: "a string", "an integer"), opened with its type.
+struct SingleAttr {
+  H5Handle attr, type;
+};
+SingleAttr open_single_attr(hid_t loc, const char* name, H5T_class_t cls, const char* article, const char* kind,
+                            const std::string& file, const std::string& what) {
   H5Handle attr = h5_checked(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose, file, what);
   H5Handle type = h5_checked(H5Aget_type(attr.get()), H5Tclose, file, what);
-  if (H5Tget_class(type.get()) != H5T_STRING) {
-    throw_usage("{}: root attribute '{}' is not a string", file, name);
+  if (H5Tget_class(type.get()) != cls) {
+    throw_usage("{}: root attribute '{}' is not {} {}", file, name, article, kind);
   }
   H5Handle space = h5_checked(H5Aget_space(attr.get()), H5Sclose, file, what);
   if (H5Sget_simple_extent_npoints(space.get()) != 1) {
-    throw_usage("{}: root attribute '{}' is not a single string", file, name);
+    throw_usage("{}: root attribute '{}' is not a single {}", file, name, kind);
   }
+  return {std::move(attr), std::move(type)};
+}
+
+// Reads a string attribute, fixed- or variable-length (h5py writes variable-length strings).
+std::string read_string_attr(hid_t loc, const char* name, const std::string& file) {
+  const std::string what = fmt::format("read root attribute '{}'", name);
+  const auto [attr, type] = open_single_attr(loc, name, H5T_STRING, "a", "string", file, what);
   htri_t is_var = H5Tis_variable_str(type.get());
   h5_check(is_var < 0 ? -1 : 0, file, what);
   if (is_var > 0) {
@@ -65,15 +77,7 @@ std::string read_string_attr(hid_t loc, const char* name, const std::string& fil
 
 int64_t read_int_attr(hid_t loc, const char* name, const std::string& file) {
   const std::string what = fmt::format("read root attribute '{}'", name);
-  H5Handle attr = h5_checked(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose, file, what);
-  H5Handle type = h5_checked(H5Aget_type(attr.get()), H5Tclose, file, what);
-  if (H5Tget_class(type.get()) != H5T_INTEGER) {
-    throw_usage("{}: root attribute '{}' is not an integer", file, name);
-  }
-  H5Handle space = h5_checked(H5Aget_space(attr.get()), H5Sclose, file, what);
-  if (H5Sget_simple_extent_npoints(space.get()) != 1) {
-    throw_usage("{}: root attribute '{}' is not a single integer", file, name);
-  }
+  const auto [attr, type] = open_single_attr(loc, name, H5T_INTEGER, "an", "integer", file, what);
   int64_t v = 0;
   h5_check(H5Aread(attr.get(), H5T_NATIVE_INT64, &v), file, what);
   return v;
@@ -164,15 +168,6 @@ int64_t dataset_length(hid_t ds, const std::string& file, const std::string& obj
 }
 
 }  // namespace
-
-bool has_hdf5_signature(const std::string& path) {
-  static constexpr unsigned char kSig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  unsigned char buf[8] = {};
-  in.read(reinterpret_cast<char*>(buf), 8);
-  return in.gcount() == 8 && std::memcmp(buf, kSig, 8) == 0;
-}
 
 // ---------------------------------------------------------------- reader
 

@@ -23,9 +23,6 @@ namespace switchyard::data {
 inline constexpr const char* kHdf5TokensFormat = "switchyard-tokens";
 inline constexpr int64_t kHdf5TokensVersion = 1;
 
-// True when the file starts with the HDF5 signature "\x89HDF\r\n\x1a\n" (no file: false).
-bool has_hdf5_signature(const std::string& path);
-
 // One split of a token file. Holds the file and the tokens dataset open; caches nothing big.
 class Hdf5TokenSource final : public TokenSource {
  public:

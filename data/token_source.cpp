@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/formats/hdf5.h"
 #include "data/file_util.h"
 #include "data/hdf5_tokens.h"
 #include "data/llmc_shard.h"
@@ -27,8 +28,7 @@ TokenFileFormat detect_token_file_format(const std::string& path) {
   unsigned char b[8] = {};
   in.read(reinterpret_cast<char*>(b), 8);
   const auto n = in.gcount();
-  static constexpr unsigned char kSig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-  if (n == 8 && std::memcmp(b, kSig, 8) == 0) return TokenFileFormat::TokenFileFormat_hdf5;
+  if (n == 8 && std::memcmp(b, core::formats::kHdf5Signature, 8) == 0) return TokenFileFormat::TokenFileFormat_hdf5;
   if (n >= 4) {
     int32_t magic = static_cast<int32_t>(uint32_t{b[0]} | uint32_t{b[1]} << 8 | uint32_t{b[2]} << 16 |
                                          uint32_t{b[3]} << 24);

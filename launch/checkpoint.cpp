@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/formats/crc32c.h"
 #include "core/formats/durable.h"
 #include "core/formats/hdf5.h"
 #include "core/params.h"
@@ -40,15 +41,8 @@ constexpr const char* kFormat = "switchyard-checkpoint";
 constexpr int kVersion = 1;
 constexpr std::array<const char*, 3> kGroups = {"param", "exp_avg", "exp_avg_sq"};
 
-std::array<uint32_t, 256> make_crc_table() {
-  std::array<uint32_t, 256> t{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    t[i] = c;
-  }
-  return t;
-}
+// ---- checksums: core/formats/crc32c.h ----
+using core::formats::crc32c;
 
 // ---- HDF5: core/formats/hdf5.h ----
 using core::formats::disk_full_note;
@@ -174,14 +168,6 @@ json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConf
 }
 
 }  // namespace
-
-uint32_t crc32c(const void* data, size_t bytes, uint32_t crc) {
-  static const std::array<uint32_t, 256> table = make_crc_table();
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint32_t c = ~crc;
-  for (size_t i = 0; i < bytes; ++i) c = table[(c ^ p[i]) & 0xFFu] ^ (c >> 8);
-  return ~c;
-}
 
 std::string checkpoint_folder_name(int64_t step) { return fmt::format("step-{:06d}", step); }
 

@@ -5,7 +5,8 @@
 //   rank-XXXXX.h5   one file per rank of the first expert group (world ranks 0..E-1): its routed
 //                   experts (named by global id) and, for world rank 0 only, every dense tensor.
 //                   Per tensor three fp32 datasets, `param/<HF name>`, `exp_avg/<HF name>`,
-//                   `exp_avg_sq/<HF name>`, each with a `crc32c` attribute (uint32, over its bytes).
+//                   `exp_avg_sq/<HF name>`, each with a `crc32c` attribute (uint32, over its bytes;
+//                   core/formats/crc32c.h).
 //   manifest.json   written last by rank 0: format, version, step, optimizer steps_taken, the
 //                   loss scaler's state (scale and counters; fp16 runs only, optim/loss_scaler.h), the
 //                   layout it was written from (world_size, expert_parallel), the resolved config
@@ -38,10 +39,6 @@
 #include "parallel/process_groups.h"
 
 namespace switchyard::launch {
-
-// CRC-32C (Castagnoli, reflected 0x82F63B78). `crc` is the value of the bytes so far (chaining:
-// crc32c(b, n2, crc32c(a, n1)) == crc32c(a+b)); crc32c("123456789", 9) == 0xE3069283.
-uint32_t crc32c(const void* data, size_t bytes, uint32_t crc = 0);
 
 // "step-000123"
 std::string checkpoint_folder_name(int64_t step);

@@ -6,17 +6,16 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "core/error.h"
 #include "core/formats/durable.h"
-#include "core/half.h"
+#include "core/formats/gguf.h"
+#include "core/formats/hf_model.h"
+#include "core/formats/safetensors.h"
 #include "core/params.h"
-#include "core/safetensors.h"
 #include "data/token_source.h"
 #include "launch/checkpoint.h"
 #include "launch/export_gguf.h"
@@ -27,6 +26,7 @@
 
 namespace switchyard::launch {
 namespace fs = std::filesystem;
+namespace formats = core::formats;
 using ojson = nlohmann::ordered_json;
 
 uint64_t parse_byte_size(const std::string& text) {
@@ -120,20 +120,6 @@ ojson tokenizer_config_json(int64_t max_len) {
           {"model_max_length", max_len}};
 }
 
-// fp32 -> the export dtype, little-endian bytes
-void encode(const float* src, size_t n, const std::string& dtype, std::vector<uint8_t>& out) {
-  if (dtype == "F32") {
-    out.resize(n * 4);
-    std::memcpy(out.data(), src, n * 4);
-    return;
-  }
-  std::vector<uint16_t> h(n);
-  if (dtype == "BF16") core::f32_to_bf16(src, h.data(), n);
-  else core::f32_to_f16(src, h.data(), n);
-  out.resize(n * 2);
-  std::memcpy(out.data(), h.data(), n * 2);
-}
-
 // What an export folder holds that `export` wrote (outputs.h), temporaries included.
 const std::vector<std::string> kExportEntries = {"config.json*", "generation_config.json*", "model-*",
                                                  "model.safetensors*", "tokenizer*", "special_tokens_map.json*"};
@@ -162,9 +148,7 @@ void check_gguf_target(const fs::path& out, bool overwrite) {
   if (!fs::exists(fs::symlink_status(out))) return;
   if (!overwrite)
     throw_usage("export --out {}: exists; pass --overwrite to replace it, or choose another --out", out.string());
-  char magic[4] = {};
-  std::ifstream f(out, std::ios::binary);
-  if (!fs::is_regular_file(out) || !f.read(magic, 4) || std::string(magic, 4) != "GGUF")
+  if (!formats::is_gguf_file(out.string()))
     throw_usage("export --out {}: exists and is not a GGUF file; not replacing it: choose another --out", out.string());
 }
 
@@ -190,7 +174,7 @@ int run_export(const ExportOptions& opts) {
     require_writable_folder(out.has_parent_path() ? out.parent_path() : fs::path("."), "export --out's folder");
     const Source src = load_source(opts.checkpoint);
     require_finite_weights(src.model, src.params, src.from, opts.allow_nonfinite);
-    const auto [count, size] = write_gguf(src.model, src.params, out.string(), dtype);
+    const auto [count, size] = export_gguf(src.model, src.params, out.string(), dtype);
     fmt::print("{}\n", ojson{{"out", out.string()}, {"format", "gguf"}, {"tensors", count}, {"size", size},
                              {"dtype", opts.dtype}, {"source", src.from}}.dump());
     return 0;
@@ -219,7 +203,7 @@ int run_export(const ExportOptions& opts) {
     throw_usage("export --eval-seq-len {} exceeds the model's max_seq_len {} ({})", opts.eval_seq_len,
                 src.model.max_seq_len, src.from);
   const core::ParamTable table = core::make_param_table(src.model);
-  const std::vector<HfTensor> tensors = hf_tensors(src.model, table, src.params.data());
+  const std::vector<formats::HfTensor> tensors = formats::hf_tensors(src.model, table, src.params.data());
 
   // What the files hold: each tensor in --dtype, or (int8) its I8 data then its F32 scales.
   struct Entry {
@@ -232,7 +216,7 @@ int run_export(const ExportOptions& opts) {
   std::vector<Entry> entries;
   std::vector<Int8Tensor> quantized(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const HfTensor& t = tensors[i];
+    const formats::HfTensor& t = tensors[i];
     int64_t numel = 1;
     for (int64_t d : t.shape) numel *= d;
     if (int8 && int8_quantized_tensor(t.name, t.shape)) {
@@ -241,7 +225,7 @@ int run_export(const ExportOptions& opts) {
       entries.push_back({t.name + "_scale", "F32", {t.shape[0]}, i, 2, static_cast<uint64_t>(t.shape[0]) * 4});
     } else {
       entries.push_back({t.name, dtype, t.shape, i, 0,
-                         static_cast<uint64_t>(numel) * core::safetensors_dtype_size(dtype)});
+                         static_cast<uint64_t>(numel) * formats::safetensors_dtype_size(dtype)});
     }
   }
 
@@ -271,13 +255,13 @@ int run_export(const ExportOptions& opts) {
     for (size_t s = 0; s < n; ++s) {
       const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, n);
       std::vector<std::vector<uint8_t>> bufs(shards[s].size());
-      std::vector<core::TensorWrite> writes;
+      std::vector<formats::TensorWrite> writes;
       for (size_t k = 0; k < shards[s].size(); ++k) {
         const Entry& en = entries[shards[s][k]];
         const void* data = nullptr;
         if (en.part == 0) {
-          encode(tensors[en.tensor].data, static_cast<size_t>(en.bytes / core::safetensors_dtype_size(dtype)),
-                 dtype, bufs[k]);
+          const size_t numel = static_cast<size_t>(en.bytes / formats::safetensors_dtype_size(dtype));
+          formats::from_f32(tensors[en.tensor].data, numel, dtype, bufs[k]);
           data = bufs[k].data();
         } else {
           data = en.part == 1 ? static_cast<const void*>(quantized[en.tensor].q.data())
@@ -286,20 +270,20 @@ int run_export(const ExportOptions& opts) {
         writes.push_back({en.name, en.dtype, en.shape, data});
         weight_map[en.name] = file;
       }
-      core::write_safetensors((tmp / file).string(), writes, {{"format", "pt"}});
+      formats::write_safetensors((tmp / file).string(), writes, {{"format", "pt"}});
     }
     const ojson index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    core::formats::write_text_durable((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-    nlohmann::json config = hf_config_json(src.model, torch_dtype);
+    formats::write_text_durable((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+    nlohmann::json config = formats::hf_config_json(src.model, torch_dtype);
     if (int8) config["quantization_config"] = int8_quantization_config();
-    core::formats::write_text_durable((tmp / "config.json").string(), config.dump(2) + "\n");
+    formats::write_text_durable((tmp / "config.json").string(), config.dump(2) + "\n");
     const ojson gen = {{"eos_token_id", 0}, {"pad_token_id", 0}, {"bos_token_id", nullptr}};
-    core::formats::write_text_durable((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
-    core::formats::write_text_durable((tmp / "tokenizer.json").string(), tokenizer_json(src.model.vocab_size).dump(2) + "\n");
-    core::formats::write_text_durable((tmp / "tokenizer_config.json").string(),
+    formats::write_text_durable((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
+    formats::write_text_durable((tmp / "tokenizer.json").string(), tokenizer_json(src.model.vocab_size).dump(2) + "\n");
+    formats::write_text_durable((tmp / "tokenizer_config.json").string(),
                     tokenizer_config_json(src.model.max_seq_len).dump(2) + "\n");
     const ojson special = {{"eos_token", byte_token(0)}, {"pad_token", byte_token(0)}};
-    core::formats::write_text_durable((tmp / "special_tokens_map.json").string(), special.dump(2) + "\n");
+    formats::write_text_durable((tmp / "special_tokens_map.json").string(), special.dump(2) + "\n");
     install(tmp, out);
   } catch (...) {
     fs::remove_all(tmp, ec);

@@ -1,4 +1,5 @@
-// launch/export_gguf.h: `switchyard export --format gguf`, one GGUF v3 file for llama.cpp.
+// launch/export_gguf.h: `switchyard export --format gguf`, one GGUF v3 file for llama.cpp: which
+// tensors, names, types and metadata a model gets (the container itself: core/formats/gguf.h).
 //
 // Mixtral-layout models (ModelConfig::qwen_layout() false) are written as llama.cpp's
 // architecture `llama` with stacked expert tensors (llama.cpp's convert_hf_to_gguf.py names):
@@ -47,9 +48,9 @@
 
 namespace switchyard::launch {
 
-// Writes `path` (through path.tmp-<pid> and a rename); dtype "F32", "F16" or "BF16".
+// Writes `path` (core/formats/durable.h); dtype "F32", "F16" or "BF16".
 // Returns {tensor count, file size}.
-std::pair<size_t, uint64_t> write_gguf(const core::ModelConfig& model, const std::vector<float>& params,
-                                       const std::string& path, const std::string& dtype);
+std::pair<size_t, uint64_t> export_gguf(const core::ModelConfig& model, const std::vector<float>& params,
+                                        const std::string& path, const std::string& dtype);
 
 }  // namespace switchyard::launch

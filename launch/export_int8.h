@@ -8,7 +8,7 @@
 //   even), clamped to [-127, 127]; a row of zeros gets scale 0 and q 0. Dequantized: q * scale.
 // In the safetensors: `<name>` I8 [out, in] and `<name>_scale` F32 [out]; config.json gets
 // "quantization_config": {"quant_method": "switchyard_int8_weight_only", "bits": 8,
-// "group": "per_channel"}. The --init-from loader (core/hf_checkpoint.cpp) dequantizes an I8
+// "group": "per_channel"}. The --init-from loader (core/formats/hf_model.cpp) dequantizes an I8
 // tensor that has a `_scale` companion.
 #pragma once
 

@@ -12,7 +12,7 @@
 
 #include "core/cpu/cpu_backend.h"
 #include "core/error.h"
-#include "core/hf_checkpoint.h"
+#include "core/formats/hf_model.h"
 #include "launch/checkpoint.h"
 #include "launch/evaluate.h"
 #include "launch/model_io.h"
@@ -42,7 +42,7 @@ core::ExperimentConfig load_config(const TrainOptions& opts) {
                     "model.moe.aux_loss_coef and model.moe.z_loss_coef may be set", ov, opts.init_from);
     }
     const core::MoeConfig losses = cfg.model.moe;
-    cfg.model = core::read_hf_config(opts.init_from);
+    cfg.model = core::formats::read_hf_config(opts.init_from);
     cfg.model.moe.aux_loss_coef = losses.aux_loss_coef;
     cfg.model.moe.z_loss_coef = losses.z_loss_coef;
     core::validate(cfg, opts.config_path + " with --init-from " + opts.init_from);
@@ -190,7 +190,7 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
     // this rank's share: dense tensors and its own experts; other ranks' experts are skipped
     const core::ParamTable full = core::make_param_table(cfg.model);
     std::vector<float> host(static_cast<size_t>(model->num_params()));
-    core::load_hf_weights(opts.init_from, model->table(), host.data(), &full);
+    core::formats::load_hf_weights(opts.init_from, model->table(), host.data(), &full);
     model->set_params_from_host(host.data());
   } else {
     model->init_random(static_cast<uint64_t>(cfg.train.seed));

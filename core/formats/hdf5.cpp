@@ -2,10 +2,20 @@
 #include "core/formats/hdf5.h"
 
 #include <cerrno>
+#include <cstring>
+#include <fstream>
 
 #include "core/error.h"
 
 namespace switchyard::core::formats {
+
+bool has_hdf5_signature(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  unsigned char buf[8] = {};
+  in.read(reinterpret_cast<char*>(buf), 8);
+  return in.gcount() == 8 && std::memcmp(buf, kHdf5Signature, 8) == 0;
+}
 
 void hdf5_prepare() {
   static const bool no_atexit = [] {

@@ -11,6 +11,11 @@
 
 namespace switchyard::core::formats {
 
+// The 8 bytes every HDF5 file starts with (at offset 0 for the files Switchyard reads).
+inline constexpr unsigned char kHdf5Signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+// True when the file starts with kHdf5Signature (no file: false).
+bool has_hdf5_signature(const std::string& path);
+
 // Call before any other HDF5 call of an entry point: HDF5 prints its error stack to stderr by
 // default (we report our own messages; the setting is per thread in thread-safe builds), and it
 // registers an atexit cleanup that flushes and closes whatever is still open, which crashed inside

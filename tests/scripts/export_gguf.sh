@@ -12,6 +12,7 @@
 # normalize_topk, first_dense_layers or no shared expert, --quantize with gguf, --out a folder.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
+source "$(dirname "$0")/lib/export.sh"
 export OMP_NUM_THREADS=2
 PY="$SRC/.venv/bin/python"
 run="$TMP/mixtral"
@@ -22,14 +23,6 @@ for dt in fp32 fp16 bf16; do
   "$SY" export --checkpoint "$run" --out "$run/model-$dt.gguf" --format gguf --dtype $dt
 done
 
-expect_usage() {  # needle -- command...
-  local needle=$1; shift 2
-  local rc=0
-  "$@" >"$TMP/out" 2>"$TMP/err" || rc=$?
-  if [ $rc -ne 2 ] || [ "$(grep -c . "$TMP/err")" -ne 1 ] || ! grep -qF -- "$needle" "$TMP/err"; then
-    echo "FAIL: want exit 2 and one line with '$needle', got rc=$rc:"; cat "$TMP/err"; exit 1
-  fi
-}
 train_qwen() {  # run-dir, --set...
   local dir=$1; shift
   "$SY" train "${SMALL_MODEL[@]}" --set train.steps=1 "$@" --run-dir "$dir" >"$dir.log" 2>&1 || { cat "$dir.log"; exit 1; }
@@ -55,21 +48,15 @@ if [ ! -x "$PY" ] || ! "$PY" -c "import gguf" 2>/dev/null; then
   echo "export_gguf: gguf package not installed (scripts/setup.sh puts it in .venv): read-back checks skipped"
   exit 0
 fi
+export PYTHONPATH="$SRC/tests/scripts/lib"  # export_checks.py
 "$PY" - "$run" <<'PYEOF'
-import json, os, sys
+import sys
 import numpy as np
 from gguf import GGUFReader
+from export_checks import Checks, load_hf_export
 run = sys.argv[1]
-sys.path.insert(0, os.path.join(os.environ["SWITCHYARD_SOURCE_DIR"], "tests", "golden"))
-import torch_moe as tm  # the reference's safetensors reader
-cfg = json.load(open(f"{run}/hf/config.json"))
-(shard,) = set(json.load(open(f"{run}/hf/model.safetensors.index.json"))["weight_map"].values())
-hf = {k: v.numpy() for k, v in tm.load_safetensors(f"{run}/hf/{shard}")[0].items()}
-failed = 0
-def check(what, ok):
-    global failed
-    failed += not ok
-    print(f"gguf: {what:70s} {'ok' if ok else 'FAIL'}")
+cfg, hf = load_hf_export(f"{run}/hf")
+check = Checks("gguf", 70)
 C, L, E, I = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_local_experts"], cfg["intermediate_size"]
 NH, NKV, V = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
 D = C // NH
@@ -136,25 +123,18 @@ for dt, gtype in (("fp32", 0), ("fp16", 1), ("bf16", 30)):
     check(f"{dt}: shapes (ne innermost first)", ok_shape)
     check(f"{dt}: types (1-D and ffn_gate_inp F32, the rest {dt})", ok_type)
     check(f"{dt}: data == HF export (q/k un-permuted, experts stacked)", ok_data)
-sys.exit(1 if failed else 0)
+check.exit()
 PYEOF
 "$PY" - "$qrun" <<'PYEOF'
-import json, os, sys
+import sys
 import numpy as np
 import gguf
 from gguf import GGUFReader, Keys, MODEL_ARCH
 from gguf.constants import MODEL_TENSORS, TENSOR_NAMES, MODEL_ARCH_NAMES
+from export_checks import Checks, load_hf_export
 run = sys.argv[1]
-sys.path.insert(0, os.path.join(os.environ["SWITCHYARD_SOURCE_DIR"], "tests", "golden"))
-import torch_moe as tm  # the reference's safetensors reader
-cfg = json.load(open(f"{run}/hf/config.json"))
-(shard,) = set(json.load(open(f"{run}/hf/model.safetensors.index.json"))["weight_map"].values())
-hf = {k: v.numpy() for k, v in tm.load_safetensors(f"{run}/hf/{shard}")[0].items()}
-failed = 0
-def check(what, ok):
-    global failed
-    failed += not ok
-    print(f"gguf qwen2moe: {what:62s} {'ok' if ok else 'FAIL'}")
+cfg, hf = load_hf_export(f"{run}/hf")
+check = Checks("gguf qwen2moe", 62)
 arch = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN2MOE]
 C, L, E = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_experts"]
 I, S = cfg["moe_intermediate_size"], cfg["shared_expert_intermediate_size"]
@@ -214,7 +194,7 @@ check("shapes (ne innermost first; ffn_gate_inp_shexp [C])", ok_shape)
 check("types (all F32)", ok_type)
 check("data == HF export bit for bit (q/k not permuted: NEOX rope)", ok_data)
 check("q/k/v biases nonzero (trained, not zero-filled)", all(np.any(want[f"blk.0.attn_{g}.bias"]) for g in "qkv"))
-sys.exit(1 if failed else 0)
+check.exit()
 PYEOF
 # llama.cpp itself (llama-cpp-python in .venv: SWITCHYARD_WITH_LLAMA_CPP=1 scripts/setup.sh): the
 # GGUF files run in llama.cpp and their logits match the PyTorch reference on the HF export

@@ -11,14 +11,10 @@
 # (d) --quantize int8 without --eval-data, or with a missing file, is a one-line usage error.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
+source "$(dirname "$0")/lib/export.sh"
 export OMP_NUM_THREADS=2
 T=32; W=8
-/usr/bin/python3 - "$TMP/a.txt" "$TMP/val.bin" <<'PY'
-import sys, numpy as np
-t = np.frombuffer(open(sys.argv[1], "rb").read(), dtype=np.uint8).astype("<u2")
-h = np.zeros(256, dtype="<i4"); h[:3] = (20240520, 1, len(t))
-open(sys.argv[2], "wb").write(h.tobytes() + t.tobytes())
-PY
+write_val_shard
 
 check_model() {  # name [train overrides...]
   local name=$1; shift
@@ -102,14 +98,6 @@ check_model mixtral
 check_model qwen --set model.moe.shared_expert_size=32 --set model.moe.n_experts=4 --set model.moe.expert_size=32 \
   --set model.first_dense_layers=1 --set model.dense_ffn_size=64
 
-expect_usage() {  # needle -- command...
-  local needle=$1; shift 2
-  local rc=0
-  "$@" >"$TMP/out" 2>"$TMP/err" || rc=$?
-  if [ $rc -ne 2 ] || [ "$(grep -c . "$TMP/err")" -ne 1 ] || ! grep -qF -- "$needle" "$TMP/err"; then
-    echo "FAIL: want exit 2 and one line with '$needle', got rc=$rc:"; cat "$TMP/err"; exit 1
-  fi
-}
 expect_usage "--eval-data" -- "$SY" export --checkpoint "$TMP/mixtral" --out "$TMP/x" --quantize int8
 expect_usage "$TMP/nofile.bin" -- "$SY" export --checkpoint "$TMP/mixtral" --out "$TMP/x" --quantize int8 \
   --eval-data "$TMP/nofile.bin"

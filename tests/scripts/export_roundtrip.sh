@@ -12,6 +12,7 @@
 # (c) bad arguments are one-line usage errors naming the folder or value.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
+source "$(dirname "$0")/lib/export.sh"
 # the reference check runs in the project's venv when scripts/setup.sh made one (Debian's PyTorch
 # plus transformers from PyPI), else with Debian's python (transformers checks are then skipped)
 PYREF=/usr/bin/python3
@@ -19,12 +20,7 @@ PYREF=/usr/bin/python3
 export OMP_NUM_THREADS=2
 T=32; W=12
 # an llm.c shard (v1, uint16 tokens) of the training text, for eval and the reference
-/usr/bin/python3 - "$TMP/a.txt" "$TMP/val.bin" <<'PY'
-import sys, numpy as np
-t = np.frombuffer(open(sys.argv[1], "rb").read(), dtype=np.uint8).astype("<u2")
-h = np.zeros(256, dtype="<i4"); h[:3] = (20240520, 1, len(t))
-open(sys.argv[2], "wb").write(h.tobytes() + t.tobytes())
-PY
+write_val_shard
 
 check_model() {  # name max-shard-size [train overrides...]
   local name=$1 shard=$2; shift 2
@@ -100,14 +96,6 @@ check_model qwen 100KB --set model.moe.shared_expert_size=32 --set model.moe.n_e
 grep -q '"model_type": "qwen2_moe"' "$TMP/qwen/exp32/config.json"
 
 # (c) usage errors: exit 2, one line naming the problem
-expect_usage() {  # needle -- command...
-  local needle=$1; shift 2
-  local rc=0
-  "$@" >"$TMP/out" 2>"$TMP/err" || rc=$?
-  if [ $rc -ne 2 ] || [ "$(grep -c . "$TMP/err")" -ne 1 ] || ! grep -qF -- "$needle" "$TMP/err"; then
-    echo "FAIL: want exit 2 and one line with '$needle', got rc=$rc:"; cat "$TMP/err"; exit 1
-  fi
-}
 expect_usage "$TMP/nowhere" -- "$SY" export --checkpoint "$TMP/nowhere" --out "$TMP/x"
 expect_usage "5XB" -- "$SY" export --checkpoint "$TMP/mixtral" --out "$TMP/x" --max-shard-size 5XB
 mkdir -p "$TMP/notmodel" && touch "$TMP/notmodel/keep"

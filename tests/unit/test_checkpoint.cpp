@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/formats/crc32c.h"
 #include "launch/checkpoint.h"
 #include "tests/unit/testing.h"
 
@@ -18,7 +19,7 @@ namespace switchyard {
 namespace {
 
 namespace fs = std::filesystem;
-using launch::crc32c;
+using core::formats::crc32c;
 
 TEST(Crc32c, KnownVectors) {
   EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/hf_checkpoint.h"
-#include "core/safetensors.h"
+#include "core/formats/hf_model.h"
+#include "core/formats/safetensors.h"
 #include "launch/export.h"
 #include "launch/export_int8.h"
 #include "launch/model_io.h"
@@ -78,25 +78,25 @@ TEST(ExportInt8, LoaderDequantizesAndChecksScales) {
   std::vector<int8_t> qdata(static_cast<size_t>(spec.shape[0] * spec.shape[1]), -3);
   std::vector<float> scale(static_cast<size_t>(spec.shape[0]), 0.5f);
   auto write = [&](bool with_scale, std::vector<int64_t> scale_shape) {
-    std::vector<core::TensorWrite> w;
+    std::vector<core::formats::TensorWrite> w;
     for (const auto& s : table.specs())
       if (s.name == q) w.push_back({q, "I8", s.shape, qdata.data()});
       else w.push_back({s.name, "F32", s.shape, params.data() + s.offset});
     if (with_scale) w.push_back({q + "_scale", "F32", scale_shape, scale.data()});
-    core::write_safetensors((dir / "model.safetensors").string(), w, {});
+    core::formats::write_safetensors((dir / "model.safetensors").string(), w, {});
   };
   write(true, {spec.shape[0]});
   std::vector<float> got(params.size());
-  core::load_hf_weights(dir.string(), table, got.data());
+  core::formats::load_hf_weights(dir.string(), table, got.data());
   for (int64_t i = 0; i < table.total(); ++i)
     EXPECT_EQ(got[static_cast<size_t>(i)],
               i >= spec.offset && i < spec.offset + spec.shape[0] * spec.shape[1] ? -1.5f : 0.25f);
   const std::string file = (dir / "model.safetensors").string();
   write(false, {});
-  EXPECT_HAS(usage_error([&] { core::load_hf_weights(dir.string(), table, got.data()); }),
+  EXPECT_HAS(usage_error([&] { core::formats::load_hf_weights(dir.string(), table, got.data()); }),
              file + ": tensor '" + q + "' is I8 but there is no '" + q + "_scale'");
   write(true, {spec.shape[0] / 2, 2});
-  EXPECT_HAS(usage_error([&] { core::load_hf_weights(dir.string(), table, got.data()); }),
+  EXPECT_HAS(usage_error([&] { core::formats::load_hf_weights(dir.string(), table, got.data()); }),
              file + ": tensor '" + q + "_scale' must be F32 of shape [");
 }
 

@@ -14,7 +14,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/cpu_backend.h"
-#include "core/safetensors.h"
+#include "core/formats/safetensors.h"
 #include "launch/model_io.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
@@ -30,14 +30,14 @@ fs::path golden_root() {
   return fs::path(SWITCHYARD_BINARY_DIR) / "golden";
 }
 
-std::vector<float> f32(const sy::core::SafetensorsFile& f, const std::string& name) {
+std::vector<float> f32(const sy::core::formats::SafetensorsFile& f, const std::string& name) {
   const auto& t = f.at(name);
   std::vector<float> v(static_cast<size_t>(t.numel()));
-  sy::core::to_f32(t, v.data());
+  sy::core::formats::to_f32(t, v.data());
   return v;
 }
 
-std::vector<int32_t> i32(const sy::core::SafetensorsFile& f, const std::string& name) {
+std::vector<int32_t> i32(const sy::core::formats::SafetensorsFile& f, const std::string& name) {
   const auto& t = f.at(name);
   EXPECT_EQ(t.dtype, "I32");
   std::vector<int32_t> v(static_cast<size_t>(t.numel()));
@@ -55,7 +55,7 @@ double norm_rel(const float* a, const std::vector<float>& b) {
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
-double meta(const sy::core::SafetensorsFile& f, const std::string& key) { return std::stod(f.metadata().at(key)); }
+double meta(const sy::core::formats::SafetensorsFile& f, const std::string& key) { return std::stod(f.metadata().at(key)); }
 
 class Golden : public ::testing::TestWithParam<std::string> {};
 
@@ -65,7 +65,7 @@ constexpr double kTol = 1e-5;
 TEST_P(Golden, LossLogitsCountsAndEveryGradient) {
   const fs::path dir = golden_root() / GetParam();
   ASSERT_TRUE(fs::exists(dir / "golden.safetensors")) << "run tests/golden/make_golden.py first: " << dir;
-  sy::core::SafetensorsFile g((dir / "golden.safetensors").string());
+  sy::core::formats::SafetensorsFile g((dir / "golden.safetensors").string());
   auto loaded = sy::launch::load_hf_model((dir / "model").string());
   loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
   loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
@@ -112,7 +112,7 @@ TEST_P(Golden, LossLogitsCountsAndEveryGradient) {
 TEST_P(Golden, TenStepAdamWTrajectory) {
   const fs::path dir = golden_root() / GetParam();
   ASSERT_TRUE(fs::exists(dir / "golden.safetensors")) << dir;
-  sy::core::SafetensorsFile g((dir / "golden.safetensors").string());
+  sy::core::formats::SafetensorsFile g((dir / "golden.safetensors").string());
   auto loaded = sy::launch::load_hf_model((dir / "model").string());
   loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
   loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
@@ -197,8 +197,8 @@ int64_t identical_rows(const float* a, const std::vector<float>& b, int64_t rows
 TEST_P(Golden, MixedPrecisionForward) {
   const fs::path dir = golden_root() / GetParam();
   ASSERT_TRUE(fs::exists(dir / "golden_mixed.safetensors")) << "run tests/golden/make_golden.py first: " << dir;
-  sy::core::SafetensorsFile g((dir / "golden.safetensors").string());
-  sy::core::SafetensorsFile gm((dir / "golden_mixed.safetensors").string());
+  sy::core::formats::SafetensorsFile g((dir / "golden.safetensors").string());
+  sy::core::formats::SafetensorsFile gm((dir / "golden_mixed.safetensors").string());
   auto loaded = sy::launch::load_hf_model((dir / "model").string());
   loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
   loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
@@ -259,7 +259,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("mixtral_k2", "mixtral
 TEST(GoldenLoader, Bf16ShardedCheckpoint) {
   const fs::path dir = golden_root() / "mixtral_k2";
   ASSERT_TRUE(fs::exists(dir / "golden_bf16_logits.safetensors")) << dir;
-  sy::core::SafetensorsFile g((dir / "golden_bf16_logits.safetensors").string());
+  sy::core::formats::SafetensorsFile g((dir / "golden_bf16_logits.safetensors").string());
   auto loaded = sy::launch::load_hf_model((dir / "model_bf16_sharded").string());
   const auto tokens = i32(g, "tokens"), targets = i32(g, "targets");
   const int64_t B = g.at("tokens").shape[0], T = g.at("tokens").shape[1];

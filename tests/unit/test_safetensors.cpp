@@ -15,10 +15,10 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/formats/hf_model.h"
+#include "core/formats/safetensors.h"
 #include "core/half.h"
-#include "core/hf_checkpoint.h"
 #include "core/params.h"
-#include "core/safetensors.h"
 #include "tests/unit/testing.h"
 
 namespace switchyard {
@@ -149,7 +149,7 @@ TEST(Safetensors, RoundTripF32Bf16F16) {
   core::f32_to_bf16(b.data(), b16.data(), b.size());
   core::f32_to_f16(c.data(), c16.data(), c.size());
   std::vector<double> d = {1.5, -2.25, 1e-3};
-  core::write_safetensors(path.string(),
+  core::formats::write_safetensors(path.string(),
                           {{"a.weight", "F32", {2, 3}, a.data()},
                            {"b", "BF16", {5, 7}, b16.data()},   // 70 bytes: next offset unaligned
                            {"c", "F16", {4}, c16.data()},
@@ -165,7 +165,7 @@ TEST(Safetensors, RoundTripF32Bf16F16) {
   EXPECT_EQ(raw.size(), 8 + n + 24 + 70 + 8 + 24);
   EXPECT_EQ(raw[8], '{');
 
-  core::SafetensorsFile f(path.string());
+  core::formats::SafetensorsFile f(path.string());
   EXPECT_EQ(f.path(), path.string());
   ASSERT_EQ(f.tensors().size(), 5u);
   EXPECT_EQ(f.tensors()[0].name, "a.weight");  // data order
@@ -174,45 +174,45 @@ TEST(Safetensors, RoundTripF32Bf16F16) {
   EXPECT_EQ(f.find("nope"), nullptr);
   EXPECT_HAS(usage_error([&] { f.at("nope"); }), path.string() + ": no tensor named 'nope'");
 
-  const core::TensorView& ta = f.at("a.weight");
+  const core::formats::TensorView& ta = f.at("a.weight");
   EXPECT_EQ(ta.dtype, "F32");
   EXPECT_EQ(ta.shape, (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(ta.numel(), 6);
   EXPECT_EQ(ta.nbytes, 24u);
   std::vector<float> out(6);
-  core::to_f32(ta, out.data());
+  core::formats::to_f32(ta, out.data());
   EXPECT_EQ(out, a);
 
-  const core::TensorView& tb = f.at("b");
+  const core::formats::TensorView& tb = f.at("b");
   EXPECT_EQ(tb.dtype, "BF16");
   out.resize(35);
-  core::to_f32(tb, out.data());
+  core::formats::to_f32(tb, out.data());
   for (size_t i = 0; i < b.size(); ++i) {
     EXPECT_EQ(out[i], core::bf16_to_f32(b16[i]));
     EXPECT_NEAR(out[i], b[i], std::abs(b[i]) * (1.0 / 256) + 1e-30);
   }
-  const core::TensorView& tc = f.at("c");
+  const core::formats::TensorView& tc = f.at("c");
   out.resize(4);
-  core::to_f32(tc, out.data());
+  core::formats::to_f32(tc, out.data());
   for (size_t i = 0; i < c.size(); ++i) {
     EXPECT_EQ(out[i], core::f16_to_f32(c16[i]));
     EXPECT_NEAR(out[i], c[i], std::abs(c[i]) * (1.0 / 2048) + 1e-7);
   }
   out.resize(3);
-  core::to_f32(f.at("d"), out.data());
+  core::formats::to_f32(f.at("d"), out.data());
   EXPECT_EQ(out, (std::vector<float>{1.5f, -2.25f, 1e-3f}));
   EXPECT_EQ(f.at("empty").numel(), 0);
 
   // Overwriting an existing file works (rename over it), and moving the reader keeps views valid.
   std::vector<int32_t> ints = {1, 2, 3};
-  core::write_safetensors(path.string(), {{"i", "I32", {3}, ints.data()}});
-  core::SafetensorsFile g(path.string());
-  core::SafetensorsFile moved = std::move(g);
+  core::formats::write_safetensors(path.string(), {{"i", "I32", {3}, ints.data()}});
+  core::formats::SafetensorsFile g(path.string());
+  core::formats::SafetensorsFile moved = std::move(g);
   EXPECT_TRUE(moved.metadata().empty());
   int32_t back[3];
   std::memcpy(back, moved.at("i").data, 12);
   EXPECT_EQ(back[2], 3);
-  EXPECT_HAS(usage_error([&] { core::to_f32(moved.at("i"), out.data()); }),
+  EXPECT_HAS(usage_error([&] { core::formats::to_f32(moved.at("i"), out.data()); }),
              path.string() + ": tensor 'i' has dtype I32, which cannot be converted");
 }
 
@@ -220,21 +220,28 @@ TEST(Safetensors, WriterFailureIsUsageError) {
   auto dir = test::temp_dir("Safetensors_WriterFailure");
   std::vector<float> a(2);
   const std::string p = (dir / "no-such-dir" / "x.safetensors").string();
-  EXPECT_HAS(usage_error([&] { core::write_safetensors(p, {{"a", "F32", {2}, a.data()}}); }), p);
+  EXPECT_HAS(usage_error([&] { core::formats::write_safetensors(p, {{"a", "F32", {2}, a.data()}}); }), p);
 }
 
 TEST(Safetensors, CorruptedFiles) {
   auto dir = test::temp_dir("Safetensors_Corrupted");
   const fs::path good = dir / "good.safetensors";
   std::vector<float> a = test::randn(8, 1), b = test::randn(4, 2);
-  core::write_safetensors(good.string(), {{"a", "F32", {8}, a.data()}, {"b", "F32", {4}, b.data()}});
+  core::formats::write_safetensors(good.string(), {{"a", "F32", {8}, a.data()}, {"b", "F32", {4}, b.data()}});
   const std::string raw = read_bytes(good);
   const fs::path p = dir / "bad.safetensors";
   const std::string ps = p.string();
-  auto open = [&] { core::SafetensorsFile f(ps); };
+  auto open = [&] { core::formats::SafetensorsFile f(ps); };
+  // a file of `header` and `data_bytes` zero bytes (header size field: `header_size`, else the
+  // header's length) fails to open with "<file>: <message>"
+  auto rejects = [&](const std::string& header, size_t data_bytes, const std::string& message,
+                     int64_t header_size = -1) {
+    write_raw(p, header, data_bytes, header_size);
+    EXPECT_HAS(usage_error(open), ps + message);
+  };
 
   // missing file
-  EXPECT_HAS(usage_error([&] { core::SafetensorsFile f((dir / "none.safetensors").string()); }),
+  EXPECT_HAS(usage_error([&] { core::formats::SafetensorsFile f((dir / "none.safetensors").string()); }),
              (dir / "none.safetensors").string() + ": cannot open");
   // truncated: data cut short
   write_bytes(p, raw.substr(0, raw.size() - 4));
@@ -250,56 +257,41 @@ TEST(Safetensors, CorruptedFiles) {
   write_bytes(p, raw + "xx");
   EXPECT_HAS(usage_error(open), ps + ": the tensors hold 48 bytes but the file has 50 bytes");
   // absurd header length
-  write_raw(p, "{}", 0, int64_t(1) << 40);
-  EXPECT_HAS(usage_error(open), ps + ": header size 1099511627776 is larger than 100 MB");
+  rejects("{}", 0, ": header size 1099511627776 is larger than 100 MB", int64_t(1) << 40);
   // header length pointing into the data: the JSON is cut / followed by bytes
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4, 10);
-  EXPECT_HAS(usage_error(open), ps + ": the 10-byte JSON header is invalid");
+  rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4, ": the 10-byte JSON header is invalid", 10);
   // overlapping offsets
-  write_raw(p,
-            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-            12);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'b' (data_offsets [4, 12]) overlaps tensor 'a'");
+  rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+          12, ": tensor 'b' (data_offsets [4, 12]) overlaps tensor 'a'");
   // gap
-  write_raw(p,
-            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
-            20);
-  EXPECT_HAS(usage_error(open), ps + ": gap in the data: bytes [8, 12) before tensor 'b'");
+  rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+          20, ": gap in the data: bytes [8, 12) before tensor 'b'");
   // not starting at 0
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8);
-  EXPECT_HAS(usage_error(open), ps + ": gap in the data: bytes [0, 4)");
+  rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8, ": gap in the data: bytes [0, 4)");
   // wrong size for the dtype
-  write_raw(p, R"({"a":{"dtype":"BF16","shape":[2, 2],"data_offsets":[0,16]}})", 16);
-  EXPECT_HAS(usage_error(open),
-             ps + ": tensor 'a': data_offsets [0, 16] hold 16 bytes but dtype BF16 with shape [2, 2] needs 8");
+  rejects(R"({"a":{"dtype":"BF16","shape":[2, 2],"data_offsets":[0,16]}})", 16,
+          ": tensor 'a': data_offsets [0, 16] hold 16 bytes but dtype BF16 with shape [2, 2] needs 8");
   // unknown dtype
-  write_raw(p, R"({"a":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}})", 4);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a': unknown dtype 'F12'");
+  rejects(R"({"a":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}})", 4, ": tensor 'a': unknown dtype 'F12'");
   // negative / fractional shape
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a': shape [-1] has an entry");
+  rejects(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4, ": tensor 'a': shape [-1] has an entry");
   // duplicate names
-  write_raw(p,
-            R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-            R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-            8);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a' appears twice");
+  rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+          R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          8, ": tensor 'a' appears twice");
   // not JSON / not an object / bad entries
-  write_raw(p, "not json", 0);
-  EXPECT_HAS(usage_error(open), ps + ": the 8-byte JSON header is invalid");
-  write_raw(p, "[1, 2]  ", 0);
-  EXPECT_HAS(usage_error(open), ps + ": the JSON header is not an object");
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[1]}})", 0);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a': expected an object with dtype, shape and data_offsets");
-  write_raw(p, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", 4);
-  EXPECT_HAS(usage_error(open), ps + ": tensor 'a': data_offsets [4, 0] end before they begin");
-  write_raw(p, R"({"__metadata__":{"k":1}})", 0);
-  EXPECT_HAS(usage_error(open), ps + ": __metadata__ value of 'k' is not a string");
+  rejects("not json", 0, ": the 8-byte JSON header is invalid");
+  rejects("[1, 2]  ", 0, ": the JSON header is not an object");
+  rejects(R"({"a":{"dtype":"F32","shape":[1]}})", 0,
+          ": tensor 'a': expected an object with dtype, shape and data_offsets");
+  rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", 4,
+          ": tensor 'a': data_offsets [4, 0] end before they begin");
+  rejects(R"({"__metadata__":{"k":1}})", 0, ": __metadata__ value of 'k' is not a string");
   // an empty file with only metadata is valid
   write_raw(p, R"({"__metadata__":{"k":"v"}})", 0);
-  core::SafetensorsFile ok(ps);
+  core::formats::SafetensorsFile ok(ps);
   EXPECT_TRUE(ok.tensors().empty());
   EXPECT_EQ(ok.metadata().at("k"), "v");
 }
@@ -356,7 +348,7 @@ json qwen_json() {
 TEST(HfConfig, Mixtral) {
   auto dir = test::temp_dir("HfConfig_Mixtral");
   write_json(dir / "config.json", mixtral_json());
-  core::ModelConfig m = core::read_hf_config(dir.string());
+  core::ModelConfig m = core::formats::read_hf_config(dir.string());
   EXPECT_EQ(m.d_model, 32);
   EXPECT_EQ(m.moe.expert_size, 24);
   EXPECT_EQ(m.n_layers, 2);
@@ -384,7 +376,7 @@ TEST(HfConfig, Mixtral) {
   j["tie_word_embeddings"] = true;
   j.erase("num_key_value_heads");
   write_json(dir / "config.json", j);
-  m = core::read_hf_config(dir.string());
+  m = core::formats::read_hf_config(dir.string());
   EXPECT_EQ(m.head_dim, 16);
   EXPECT_EQ(m.n_kv_heads, 4);  // defaults to num_attention_heads
   EXPECT_EQ(m.max_seq_len, 100);
@@ -394,7 +386,7 @@ TEST(HfConfig, Mixtral) {
 TEST(HfConfig, Qwen2Moe) {
   auto dir = test::temp_dir("HfConfig_Qwen2Moe");
   write_json(dir / "config.json", qwen_json());
-  core::ModelConfig m = core::read_hf_config(dir.string());
+  core::ModelConfig m = core::formats::read_hf_config(dir.string());
   EXPECT_EQ(m.d_model, 16);
   EXPECT_EQ(m.moe.expert_size, 8);
   EXPECT_EQ(m.moe.shared_expert_size, 12);
@@ -413,7 +405,7 @@ TEST(HfConfig, Qwen2Moe) {
   j["mlp_only_layers"] = json::array();
   j["norm_topk_prob"] = true;
   write_json(dir / "config.json", j);
-  m = core::read_hf_config(dir.string());
+  m = core::formats::read_hf_config(dir.string());
   EXPECT_EQ(m.moe.shared_expert_size, 0);
   EXPECT_EQ(m.first_dense_layers, 0);
   EXPECT_TRUE(m.moe.normalize_topk);
@@ -422,7 +414,7 @@ TEST(HfConfig, Qwen2Moe) {
   j.erase("norm_topk_prob");  // transformers' default: false
   j["mlp_only_layers"] = {1, 0};  // any order
   write_json(dir / "config.json", j);
-  m = core::read_hf_config(dir.string());
+  m = core::formats::read_hf_config(dir.string());
   EXPECT_FALSE(m.moe.normalize_topk);
   EXPECT_EQ(m.first_dense_layers, 2);
 }
@@ -430,7 +422,7 @@ TEST(HfConfig, Qwen2Moe) {
 TEST(HfConfig, Errors) {
   auto dir = test::temp_dir("HfConfig_Errors");
   const std::string file = (dir / "config.json").string();
-  auto read = [&] { core::read_hf_config(dir.string()); };
+  auto read = [&] { core::formats::read_hf_config(dir.string()); };
   EXPECT_HAS(usage_error(read), file + ": not found");
 
   auto expect_error = [&](json j, const std::string& part) {
@@ -476,9 +468,9 @@ std::vector<float> random_params(const core::ParamTable& t, uint64_t seed) {
 // Writes `names` of the table as one safetensors file; even-indexed tensors in BF16 (so the
 // expected values are the bf16-rounded ones, stored back into `expected`).
 void write_shard(const fs::path& p, const core::ParamTable& t, const std::vector<std::string>& names,
-                 std::vector<float>& expected, const std::vector<core::TensorWrite>& extra = {}) {
+                 std::vector<float>& expected, const std::vector<core::formats::TensorWrite>& extra = {}) {
   std::vector<std::vector<uint16_t>> keep;
-  std::vector<core::TensorWrite> w;
+  std::vector<core::formats::TensorWrite> w;
   keep.reserve(names.size());
   for (size_t i = 0; i < names.size(); ++i) {
     const core::ParamSpec& s = t.at(names[i]);
@@ -493,7 +485,7 @@ void write_shard(const fs::path& p, const core::ParamTable& t, const std::vector
     }
   }
   for (const auto& e : extra) w.push_back(e);
-  core::write_safetensors(p.string(), w, {{"format", "pt"}});
+  core::formats::write_safetensors(p.string(), w, {{"format", "pt"}});
 }
 
 std::vector<std::string> names_of(const core::ParamTable& t) {
@@ -505,7 +497,7 @@ std::vector<std::string> names_of(const core::ParamTable& t) {
 TEST(HfWeights, SingleFileMixtral) {
   auto dir = test::temp_dir("HfWeights_SingleFileMixtral");
   write_json(dir / "config.json", mixtral_json());
-  const core::ModelConfig m = core::read_hf_config(dir.string());
+  const core::ModelConfig m = core::formats::read_hf_config(dir.string());
   const core::ParamTable t = core::make_param_table(m);
   ASSERT_GE(t.find("model.layers.1.block_sparse_moe.experts.3.w2.weight"), 0);
   std::vector<float> expected = random_params(t, 11);
@@ -513,14 +505,14 @@ TEST(HfWeights, SingleFileMixtral) {
   write_shard(dir / "model.safetensors", t, names_of(t), expected,
               {{"model.layers.0.self_attn.rotary_emb.inv_freq", "F32", {4}, inv_freq.data()}});
   std::vector<float> got(static_cast<size_t>(t.total()), -1.0f);
-  core::load_hf_weights(dir.string(), t, got.data());
+  core::formats::load_hf_weights(dir.string(), t, got.data());
   EXPECT_EQ(got, expected);
 }
 
 TEST(HfWeights, ShardedQwenWithErrors) {
   auto dir = test::temp_dir("HfWeights_Sharded");
   write_json(dir / "config.json", qwen_json());
-  const core::ModelConfig m = core::read_hf_config(dir.string());
+  const core::ModelConfig m = core::formats::read_hf_config(dir.string());
   const core::ParamTable t = core::make_param_table(m);
   ASSERT_GE(t.find("model.layers.0.mlp.gate_proj.weight"), 0);
   ASSERT_GE(t.find("model.layers.1.mlp.shared_expert_gate.weight"), 0);
@@ -537,10 +529,10 @@ TEST(HfWeights, ShardedQwenWithErrors) {
   write_shard(dir / s1, t, first, expected);
   write_shard(dir / s2, t, second, expected);
   std::vector<float> got(static_cast<size_t>(t.total()), -1.0f);
-  core::load_hf_weights(dir.string(), t, got.data());
+  core::formats::load_hf_weights(dir.string(), t, got.data());
   EXPECT_EQ(got, expected);
 
-  auto load = [&] { core::load_hf_weights(dir.string(), t, got.data()); };
+  auto load = [&] { core::formats::load_hf_weights(dir.string(), t, got.data()); };
 
   // a missing tensor (dropped from the shard and the index)
   {
@@ -550,7 +542,7 @@ TEST(HfWeights, ShardedQwenWithErrors) {
     write_json(dir / "model.safetensors.index.json", {{"weight_map", wm2}});
     write_shard(dir / s2, t, fewer, expected);
     const std::string msg = usage_error(load);
-    EXPECT_HAS(msg, "missing tensor '" + second[0] + "' " + core::shape_str(t.at(second[0]).shape));
+    EXPECT_HAS(msg, "missing tensor '" + second[0] + "' " + core::formats::shape_str(t.at(second[0]).shape));
     EXPECT_HAS(msg, (dir / "model.safetensors.index.json").string());
     // the index naming a tensor the shard does not hold
     write_json(dir / "model.safetensors.index.json", {{"weight_map", wm}});
@@ -562,13 +554,13 @@ TEST(HfWeights, ShardedQwenWithErrors) {
     const std::string name = "model.layers.2.mlp.experts.1.down_proj.weight";
     ASSERT_TRUE(std::find(second.begin(), second.end(), name) != second.end());
     std::vector<float> wrong(16 * 7);
-    std::vector<core::TensorWrite> w;
+    std::vector<core::formats::TensorWrite> w;
     for (auto& n : second) {
       const auto& s = t.at(n);
       if (n == name) w.push_back({n, "F32", {16, 7}, wrong.data()});
       else w.push_back({n, "F32", s.shape, expected.data() + s.offset});
     }
-    core::write_safetensors((dir / s2).string(), w);
+    core::formats::write_safetensors((dir / s2).string(), w);
     EXPECT_HAS(usage_error(load), (dir / s2).string() + ": tensor '" + name +
                                       "' has shape [16, 7], expected [16, 8]");
   }
@@ -604,11 +596,11 @@ TEST(HfWeights, NoCheckpointAndTiedAndZeroSharedExpert) {
   j["shared_expert_intermediate_size"] = 0;
   j["tie_word_embeddings"] = true;
   write_json(dir / "config.json", j);
-  const core::ModelConfig m = core::read_hf_config(dir.string());
+  const core::ModelConfig m = core::formats::read_hf_config(dir.string());
   const core::ParamTable t = core::make_param_table(m);
   ASSERT_LT(t.find("lm_head.weight"), 0);
   std::vector<float> got(static_cast<size_t>(t.total()));
-  EXPECT_HAS(usage_error([&] { core::load_hf_weights(dir.string(), t, got.data()); }),
+  EXPECT_HAS(usage_error([&] { core::formats::load_hf_weights(dir.string(), t, got.data()); }),
              dir.string() + ": neither model.safetensors nor model.safetensors.index.json");
 
   // transformers writes a zero-sized shared expert (and its gate) and may write a tied lm_head.
@@ -620,7 +612,7 @@ TEST(HfWeights, NoCheckpointAndTiedAndZeroSharedExpert) {
                {"model.layers.1.mlp.shared_expert.down_proj.weight", "F32", {16, 0}, nullptr},
                {"model.layers.1.mlp.shared_expert_gate.weight", "F32", {1, 16}, gate.data()},
                {"lm_head.weight", "F32", {32, 16}, head.data()}});
-  core::load_hf_weights(dir.string(), t, got.data());
+  core::formats::load_hf_weights(dir.string(), t, got.data());
   EXPECT_EQ(got, expected);
 }
 

@@ -1,5 +1,5 @@
-// core/hf_checkpoint.cpp: Hugging Face config.json and safetensors weights -> Switchyard.
-#include "core/hf_checkpoint.h"
+// core/formats/hf_model.cpp: see hf_model.h. Reading, then writing.
+#include "core/formats/hf_model.h"
 
 #include <fmt/format.h>
 
@@ -15,9 +15,10 @@
 #include <unordered_map>
 
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "core/formats/durable.h"
+#include "core/formats/safetensors.h"
 
-namespace switchyard::core {
+namespace switchyard::core::formats {
 namespace {
 
 namespace fs = std::filesystem;
@@ -313,4 +314,71 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
   }
 }
 
-}  // namespace switchyard::core
+nlohmann::json hf_config_json(const ModelConfig& c, const std::string& torch_dtype) {
+  json j;
+  const bool qwen = c.qwen_layout();
+  j["architectures"] = {qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM"};
+  j["model_type"] = qwen ? "qwen2_moe" : "mixtral";
+  j["hidden_size"] = c.d_model;
+  j["num_hidden_layers"] = c.n_layers;
+  j["num_attention_heads"] = c.n_heads;
+  j["num_key_value_heads"] = c.n_kv_heads;
+  j["head_dim"] = c.hd();
+  j["vocab_size"] = c.vocab_size;
+  j["max_position_embeddings"] = c.max_seq_len;
+  j["rope_theta"] = c.rope_theta;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["tie_word_embeddings"] = c.tie_embeddings;
+  j["num_experts_per_tok"] = c.moe.top_k;
+  j["router_aux_loss_coef"] = c.moe.aux_loss_coef;
+  j["hidden_act"] = "silu";
+  j["initializer_range"] = c.init_std;
+  j["torch_dtype"] = torch_dtype;
+  j["bos_token_id"] = nullptr;
+  j["eos_token_id"] = 0;
+  if (qwen) {
+    j["num_experts"] = c.moe.n_experts;
+    j["moe_intermediate_size"] = c.moe.expert_size;
+    j["shared_expert_intermediate_size"] = c.moe.shared_expert_size;
+    j["intermediate_size"] = c.dense_ffn_size;
+    j["norm_topk_prob"] = c.moe.normalize_topk;
+    j["decoder_sparse_step"] = 1;
+    json dense = json::array();
+    for (int64_t l = 0; l < c.first_dense_layers; ++l) dense.push_back(l);
+    j["mlp_only_layers"] = dense;
+  } else {
+    j["num_local_experts"] = c.moe.n_experts;
+    j["intermediate_size"] = c.moe.expert_size;
+    j["sliding_window"] = nullptr;
+  }
+  return j;
+}
+
+std::vector<HfTensor> hf_tensors(const ModelConfig& cfg, const ParamTable& table, const float* host_params) {
+  std::vector<HfTensor> out;
+  for (const auto& p : table.specs()) out.push_back({p.name, p.shape, host_params + p.offset, {}});
+  // Qwen2-MoE always has q/k/v biases: a model without them is written with zero biases, which
+  // computes the same function in every engine.
+  if (cfg.qwen_layout() && !cfg.qkv_bias) {
+    for (int64_t l = 0; l < cfg.n_layers; ++l)
+      for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
+        const auto& w = table.at("model.layers." + std::to_string(l) + ".self_attn." + proj + ".weight");
+        out.push_back({"model.layers." + std::to_string(l) + ".self_attn." + proj + ".bias", {w.shape[0]},
+                       nullptr, std::vector<float>(static_cast<size_t>(w.shape[0]), 0.0f)});
+      }
+  }
+  for (auto& t : out)
+    if (!t.data) t.data = t.owned.data();
+  return out;
+}
+
+void write_hf_model(const std::string& dir, const ModelConfig& cfg, const ParamTable& table,
+                    const float* host_params) {
+  const std::vector<HfTensor> hf = hf_tensors(cfg, table, host_params);
+  std::vector<TensorWrite> tensors;
+  for (const auto& t : hf) tensors.push_back({t.name, "F32", t.shape, t.data});
+  write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  write_text_durable((fs::path(dir) / "config.json").string(), hf_config_json(cfg).dump(2) + "\n");
+}
+
+}  // namespace switchyard::core::formats

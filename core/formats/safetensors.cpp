@@ -1,5 +1,5 @@
-// core/safetensors.cpp: validated mmap reader and atomic writer of safetensors files.
-#include "core/safetensors.h"
+// core/formats/safetensors.cpp: validated mmap reader and durable writer of safetensors files.
+#include "core/formats/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -23,7 +23,7 @@
 #include "core/formats/durable.h"
 #include "core/half.h"
 
-namespace switchyard::core {
+namespace switchyard::core::formats {
 
 static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
 
@@ -80,6 +80,20 @@ void to_f32(const TensorView& t, float* out) {
       out[i] = kind == 0 ? bf16_to_f32(h) : f16_to_f32(h);
     }
   }
+}
+
+void from_f32(const float* src, size_t n, const std::string& dtype, std::vector<uint8_t>& out) {
+  SY_CHECK(dtype == "F32" || dtype == "BF16" || dtype == "F16", "from_f32: dtype {} is not F32, BF16 or F16", dtype);
+  if (dtype == "F32") {
+    out.resize(n * 4);
+    if (n > 0) std::memcpy(out.data(), src, n * 4);
+    return;
+  }
+  std::vector<uint16_t> h(n);
+  if (dtype == "BF16") f32_to_bf16(src, h.data(), n);
+  else f32_to_f16(src, h.data(), n);
+  out.resize(n * 2);
+  if (n > 0) std::memcpy(out.data(), h.data(), n * 2);
 }
 
 // ---- reader ----
@@ -302,7 +316,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorWrite>& 
   std::string header = h.dump();
   while (header.size() % 8) header.push_back(' ');
 
-  formats::write_file_durable(path, [&](std::FILE* f) {
+  write_file_durable(path, [&](std::FILE* f) {
     const uint64_t n = header.size();
     bool ok = std::fwrite(&n, 8, 1, f) == 1 && std::fwrite(header.data(), 1, header.size(), f) == header.size();
     for (size_t i = 0; ok && i < tensors.size(); ++i)
@@ -311,4 +325,4 @@ void write_safetensors(const std::string& path, const std::vector<TensorWrite>& 
   });
 }
 
-}  // namespace switchyard::core
+}  // namespace switchyard::core::formats

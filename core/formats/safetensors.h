@@ -1,4 +1,5 @@
-// core/safetensors.h: reading (mmap, validated) and writing (atomic) of safetensors files.
+// core/formats/safetensors.h: reading (mmap, validated) and writing (durable: formats/durable.h) of
+// safetensors files.
 // Format: u64 little-endian header size N, N bytes of JSON, then the tensors' data back to back
 // (see /work/shared/FORMATS.md). Every problem with a file is a usage Error naming the file.
 #pragma once
@@ -10,7 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace switchyard::core {
+namespace switchyard::core::formats {
 
 // Bytes per element of a safetensors dtype ("F32", "BF16", ...); 0 for an unknown dtype.
 size_t safetensors_dtype_size(const std::string& dtype);
@@ -38,6 +39,9 @@ std::string shape_str(const std::vector<int64_t>& shape);
 // Converts an F32, BF16, F16 or F64 tensor to fp32 (out holds numel() floats); another dtype is a
 // usage Error naming the tensor and its file.
 void to_f32(const TensorView& t, float* out);
+// The reverse: n fp32 values as the little-endian bytes of dtype F32, BF16 or F16 (rounded to
+// nearest even, core/half.h); another dtype is an internal Error.
+void from_f32(const float* src, size_t n, const std::string& dtype, std::vector<uint8_t>& out);
 
 // A safetensors file, memory-mapped read-only and validated on open: header size sane (at most
 // 100 MB, within the file), valid JSON, known dtypes, non-negative shapes, offsets contiguous from
@@ -78,11 +82,10 @@ struct TensorWrite {
   const void* data = nullptr;
 };
 
-// Writes `tensors` (data in the given order) to `path` atomically: a temporary file in the same
-// directory, then rename. The JSON header is padded with spaces to a multiple of 8 bytes.
-// Invalid input (unknown dtype, duplicate name) is an internal Error; an I/O failure is a usage
-// Error naming the path.
+// Writes `tensors` (data in the given order) to `path` by the protocol of formats/durable.h. The
+// JSON header is padded with spaces to a multiple of 8 bytes. Invalid input (unknown dtype,
+// duplicate name) is an internal Error; an I/O failure is a usage Error naming the path.
 void write_safetensors(const std::string& path, const std::vector<TensorWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-}  // namespace switchyard::core
+}  // namespace switchyard::core::formats

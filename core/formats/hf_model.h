@@ -1,12 +1,19 @@
-// core/hf_checkpoint.h: Hugging Face Mixtral / Qwen2-MoE checkpoints -> ModelConfig and weights.
+// core/formats/hf_model.h: a model folder in the Hugging Face layout (Mixtral / Qwen2-MoE), read
+// and written: config.json <-> ModelConfig, and the weights as safetensors (formats/safetensors.h).
+// ("Checkpoint" in Switchyard means only the HDF5 training checkpoint of launch/checkpoint.h.)
 #pragma once
 
+#include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "core/config.h"
 #include "core/params.h"
 
-namespace switchyard::core {
+namespace switchyard::core::formats {
+
+// ---- reading ----
 
 // Reads dir/config.json (model_type "mixtral" or "qwen2_moe") into a validated ModelConfig.
 // - mixtral: normalize_topk = true, no qkv bias, no shared expert, no dense layers. A non-null
@@ -24,7 +31,7 @@ ModelConfig read_hf_config(const std::string& dir);
 
 // Fills host_params (table.total() floats, in arena order) from dir/model.safetensors or, when
 // dir/model.safetensors.index.json exists, from the shards named in its weight_map. Every tensor
-// of the table must be present with its exact shape; a tensor of the checkpoint the table does
+// of the table must be present with its exact shape; a tensor of the folder the table does
 // not know is an error, except "*rotary_emb.inv_freq" buffers, zero-element tensors (with the
 // shared_expert_gate of a zero-sized shared expert) and lm_head.weight when the embeddings are
 // tied. F32/BF16/F16/F64 data is converted to fp32. Problems are usage Errors naming the tensor
@@ -33,4 +40,27 @@ ModelConfig read_hf_config(const std::string& dir);
 void load_hf_weights(const std::string& dir, const ParamTable& table, float* host_params,
                      const ParamTable* also_known = nullptr);
 
-}  // namespace switchyard::core
+// ---- writing ----
+
+// config.json of the Hugging Face layout: mixtral / MixtralForCausalLM, or qwen2_moe /
+// Qwen2MoeForCausalLM when cfg.qwen_layout(); torch_dtype "float32", "bfloat16" or "float16".
+nlohmann::json hf_config_json(const ModelConfig& cfg, const std::string& torch_dtype = "float32");
+
+// One fp32 tensor of the Hugging Face layout; `data` points into the caller's parameters or into
+// `owned` (the zero q/k/v biases Qwen2-MoE requires when the model has none).
+struct HfTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  const float* data = nullptr;
+  std::vector<float> owned;
+};
+// Every tensor to write for the model, in parameter-table order (then the zero biases). Do not copy
+// the result after taking `data` pointers of owned tensors elsewhere.
+std::vector<HfTensor> hf_tensors(const ModelConfig& cfg, const ParamTable& table, const float* host_params);
+
+// Writes dir/model.safetensors (F32, metadata format = pt) and dir/config.json, each by the
+// protocol of formats/durable.h. The folder must exist.
+void write_hf_model(const std::string& dir, const ModelConfig& cfg, const ParamTable& table,
+                    const float* host_params);
+
+}  // namespace switchyard::core::formats
