@@ -156,9 +156,7 @@ void check_gguf_target(const fs::path& out, bool overwrite) {
 
 int run_export(const ExportOptions& opts) {
   if (opts.checkpoint.empty() || opts.out.empty()) throw_usage("export: give --checkpoint DIR and --out DIR");
-  const std::string dtype = opts.dtype == "fp32" ? "F32" : opts.dtype == "bf16" ? "BF16" : opts.dtype == "fp16" ? "F16" : "";
-  if (dtype.empty()) throw_usage("export --dtype {}: expected bf16, fp16 or fp32", opts.dtype);
-  const char* torch_dtype = dtype == "F32" ? "float32" : dtype == "BF16" ? "bfloat16" : "float16";
+  const std::string dtype = formats::safetensors_dtype(opts.dtype);
   const uint64_t max_shard = parse_byte_size(opts.max_shard_size);
   fs::path out(opts.out);
   if (!out.has_filename()) out = out.parent_path();
@@ -174,9 +172,9 @@ int run_export(const ExportOptions& opts) {
     require_writable_folder(out.has_parent_path() ? out.parent_path() : fs::path("."), "export --out's folder");
     const Source src = load_source(opts.checkpoint);
     require_finite_weights(src.model, src.params, src.from, opts.allow_nonfinite);
-    const auto [count, size] = export_gguf(src.model, src.params, out.string(), dtype);
+    const auto [count, size] = export_gguf(src.model, src.params, out.string(), opts.dtype);
     fmt::print("{}\n", ojson{{"out", out.string()}, {"format", "gguf"}, {"tensors", count}, {"size", size},
-                             {"dtype", opts.dtype}, {"source", src.from}}.dump());
+                             {"dtype", std::string(core::name_of(opts.dtype))}, {"source", src.from}}.dump());
     return 0;
   }
   if (opts.format != "hf") throw_usage("export --format {}: expected hf or gguf", opts.format);
@@ -274,7 +272,7 @@ int run_export(const ExportOptions& opts) {
     }
     const ojson index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     formats::write_text_durable((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-    nlohmann::json config = formats::hf_config_json(src.model, torch_dtype);
+    nlohmann::json config = formats::hf_config_json(src.model, opts.dtype);
     if (int8) config["quantization_config"] = int8_quantization_config();
     formats::write_text_durable((tmp / "config.json").string(), config.dump(2) + "\n");
     const ojson gen = {{"eos_token_id", 0}, {"pad_token_id", 0}, {"bos_token_id", nullptr}};
@@ -297,7 +295,7 @@ int run_export(const ExportOptions& opts) {
                                         opts.eval_windows,
                                         opts.eval_seq_len).dump());
   fmt::print("{}\n", ojson{{"out", out.string()}, {"shards", shards.size()}, {"total_size", total},
-                           {"dtype", opts.dtype},
+                           {"dtype", std::string(core::name_of(opts.dtype))},
                            {"quantize", int8 ? "int8" : "none"}, {"source", src.from}}.dump());
   return 0;
 }

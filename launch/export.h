@@ -27,12 +27,14 @@
 #include <cstdint>
 #include <string>
 
+#include "core/choices.h"
+
 namespace switchyard::launch {
 
 struct ExportOptions {
   std::string checkpoint;
   std::string out;
-  std::string dtype = "bf16";  // bf16, fp16 or fp32
+  core::Dtype dtype = core::Dtype::bf16;  // the weights' dtype (norms, routers, biases: fp32)
   std::string max_shard_size = "5GB";
   std::string format = "hf";     // hf, or gguf (launch/export_gguf.h: --out is the .gguf file)
   std::string quantize;         // "" or "int8"

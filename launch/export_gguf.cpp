@@ -51,7 +51,7 @@ std::vector<float> permute_rope(const float* w, int64_t heads, int64_t d, int64_
 }  // namespace
 
 std::pair<size_t, uint64_t> export_gguf(const core::ModelConfig& c, const std::vector<float>& params,
-                                        const std::string& path, const std::string& dtype) {
+                                        const std::string& path, core::Dtype dtype) {
   const bool qwen = c.qwen_layout();
   if (qwen && c.first_dense_layers > 0)
     throw_usage("export --format gguf: llama.cpp's qwen2moe has no dense-MLP layers (this model has "
@@ -68,7 +68,7 @@ std::pair<size_t, uint64_t> export_gguf(const core::ModelConfig& c, const std::v
   const int64_t S = c.moe.shared_expert_size;
 
   // norms, biases (1-D) and the routers in F32, the rest in --dtype
-  const GgufType wtype = dtype == "F32" ? GgufType::F32 : dtype == "F16" ? GgufType::F16 : GgufType::BF16;
+  const GgufType wtype = dtype == core::Dtype::f32 ? GgufType::F32 : dtype == core::Dtype::f16 ? GgufType::F16 : GgufType::BF16;
   std::vector<GgufTensor> ts;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, std::vector<float> data, bool f32 = false) {
     const GgufType type = f32 || shape.size() == 1 ? GgufType::F32 : wtype;
@@ -127,7 +127,7 @@ std::pair<size_t, uint64_t> export_gguf(const core::ModelConfig& c, const std::v
   if (!c.tie_embeddings) copy("lm_head.weight", "output.weight", {c.vocab_size, C});
 
   GgufMetadata m;
-  const int ftype = dtype == "F32" ? 0 : dtype == "F16" ? 1 : 32;  // llama_ftype ALL_F32, MOSTLY_F16, MOSTLY_BF16
+  const int ftype = dtype == core::Dtype::f32 ? 0 : dtype == core::Dtype::f16 ? 1 : 32;  // llama_ftype ALL_F32, MOSTLY_F16, MOSTLY_BF16
   const std::string a = qwen ? "qwen2moe" : "llama";
   m.str("general.architecture", a);
   m.str("general.name", "switchyard");

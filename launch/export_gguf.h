@@ -48,9 +48,8 @@
 
 namespace switchyard::launch {
 
-// Writes `path` (core/formats/durable.h); dtype "F32", "F16" or "BF16".
-// Returns {tensor count, file size}.
+// Writes `path` (core/formats/durable.h), matrices in `dtype`. Returns {tensor count, file size}.
 std::pair<size_t, uint64_t> export_gguf(const core::ModelConfig& model, const std::vector<float>& params,
-                                        const std::string& path, const std::string& dtype);
+                                        const std::string& path, core::Dtype dtype);
 
 }  // namespace switchyard::launch

@@ -15,7 +15,10 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <string>
+#include <vector>
 
+#include "core/choices.h"
 #include "core/error.h"
 #include "launch/bench.h"
 #include "launch/commands.h"
@@ -25,6 +28,19 @@
 #include "parallel/mpi_context.h"
 
 namespace sy = switchyard;
+
+namespace {
+// An option taking one of an enum's names (core/choices.h: its one names table).
+template <sy::core::NamedEnum E>
+CLI::Option* add_choice(CLI::App* app, const std::string& flag, E& value, const std::string& help) {
+  std::vector<std::string> names;
+  for (const auto& [v, name] : sy::core::EnumNames<E>::table) names.emplace_back(name);
+  return app
+      ->add_option_function<std::string>(
+          flag, [&value](const std::string& s) { value = sy::core::value_named<E>(s).value(); }, help)
+      ->check(CLI::IsMember(names));
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   sy::parallel::MpiContext mpi(&argc, &argv);
@@ -72,8 +88,7 @@ int main(int argc, char** argv) {
   x->add_flag("--allow-nonfinite", exp.allow_nonfinite, "Export weights that hold inf/NaN (refused by default)");
   x->add_flag("--overwrite", exp.overwrite,
               "Replace an earlier export at --out (only the files export wrote; others are kept)");
-  x->add_option("--dtype", exp.dtype, "Weight dtype: bf16 (default), fp16 or fp32")
-      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  add_choice(x, "--dtype", exp.dtype, "Weight dtype: bf16 (default), fp16 or fp32");
   x->add_option("--max-shard-size", exp.max_shard_size, "Largest safetensors shard, e.g. 5GB (default), 500MB");
   x->add_option("--format", exp.format, "hf (default: Hugging Face folder) or gguf (one llama.cpp file --out)")
       ->check(CLI::IsMember({"hf", "gguf"}));

@@ -314,7 +314,19 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
   }
 }
 
-nlohmann::json hf_config_json(const ModelConfig& c, const std::string& torch_dtype) {
+namespace {
+// transformers' name of a dtype (config.json's torch_dtype)
+const char* torch_dtype_name(Dtype d) {
+  switch (d) {
+    case Dtype::f32: return "float32";
+    case Dtype::bf16: return "bfloat16";
+    case Dtype::f16: return "float16";
+  }
+  return "float32";
+}
+}  // namespace
+
+nlohmann::json hf_config_json(const ModelConfig& c, Dtype weights) {
   json j;
   const bool qwen = c.qwen_layout();
   j["architectures"] = {qwen ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM"};
@@ -333,7 +345,7 @@ nlohmann::json hf_config_json(const ModelConfig& c, const std::string& torch_dty
   j["router_aux_loss_coef"] = c.moe.aux_loss_coef;
   j["hidden_act"] = "silu";
   j["initializer_range"] = c.init_std;
-  j["torch_dtype"] = torch_dtype;
+  j["torch_dtype"] = torch_dtype_name(weights);
   j["bos_token_id"] = nullptr;
   j["eos_token_id"] = 0;
   if (qwen) {

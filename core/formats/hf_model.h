@@ -43,8 +43,8 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
 // ---- writing ----
 
 // config.json of the Hugging Face layout: mixtral / MixtralForCausalLM, or qwen2_moe /
-// Qwen2MoeForCausalLM when cfg.qwen_layout(); torch_dtype "float32", "bfloat16" or "float16".
-nlohmann::json hf_config_json(const ModelConfig& cfg, const std::string& torch_dtype = "float32");
+// Qwen2MoeForCausalLM when cfg.qwen_layout(); torch_dtype: the weights' dtype.
+nlohmann::json hf_config_json(const ModelConfig& cfg, Dtype weights = Dtype::f32);
 
 // One fp32 tensor of the Hugging Face layout; `data` points into the caller's parameters or into
 // `owned` (the zero q/k/v biases Qwen2-MoE requires when the model has none).

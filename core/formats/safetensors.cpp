@@ -52,6 +52,15 @@ size_t safetensors_dtype_size(const std::string& d) {
   return 0;
 }
 
+std::string safetensors_dtype(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::f32: return "F32";
+    case Dtype::bf16: return "BF16";
+    case Dtype::f16: return "F16";
+  }
+  throw_internal("no safetensors name for dtype {}", static_cast<int>(dtype));
+}
+
 std::string shape_str(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }

@@ -11,10 +11,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/choices.h"
+
 namespace switchyard::core::formats {
 
 // Bytes per element of a safetensors dtype ("F32", "BF16", ...); 0 for an unknown dtype.
 size_t safetensors_dtype_size(const std::string& dtype);
+// The safetensors name of a compute dtype: "F32", "BF16", "F16".
+std::string safetensors_dtype(Dtype dtype);
 
 // One tensor of an open file; `data` points into the mapping (valid while the file is open,
 // not necessarily aligned: read it with memcpy or to_f32).
