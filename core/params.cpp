@@ -71,6 +71,12 @@ ExpertRange local_experts(const ModelConfig& cfg, int ep_rank, int ep_size) {
   return {ep_rank * count, count};
 }
 
+ExpertOwner expert_owner(const ModelConfig& cfg, int64_t expert, int ep_size) {
+  SY_CHECK(expert >= 0 && expert < cfg.moe.n_experts, "expert {} of {}", expert, cfg.moe.n_experts);
+  const int64_t count = local_experts(cfg, 0, ep_size).count;
+  return {static_cast<int32_t>(expert / count), static_cast<int32_t>(expert % count)};
+}
+
 ParamTable make_param_table(const ModelConfig& c, int ep_rank, int ep_size) {
   const ExpertRange mine = local_experts(c, ep_rank, ep_size);
   const int local_experts = static_cast<int>(mine.count);

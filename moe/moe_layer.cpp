@@ -30,6 +30,7 @@ struct MoeLayer::Impl {
   int64_t C, E, K, I, S /* shared expert width, 0: none */, max_tokens;
   ExpertParallel ep;
   int64_t E_local, first_expert;  // this rank's experts (all of them without expert parallelism)
+  std::vector<core::ExpertOwner> owner;  // [E] with expert parallelism: rank and local index
   Router router;
   Experts experts;
   int64_t off_shared_gate_up = -1, off_shared_down = -1, off_shared_gate = -1;
@@ -143,6 +144,7 @@ struct MoeLayer::Impl {
         v->assign(static_cast<size_t>(NK), 0.f);
       local_offsets_host.assign(static_cast<size_t>(E_local + 1), 0);
       local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
+      for (int64_t e = 0; e < E; ++e) owner.push_back(core::expert_owner(cfg, e, ep.size));
     }
     offsets_host.assign(static_cast<size_t>(E + 1), 0);
     prob_sums_host.assign(static_cast<size_t>(E), 0.f);
@@ -198,7 +200,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 // Expert-parallel plan: the routing plan's expert-sorted order becomes the exchange's slots
-// (destination = owner rank of the expert, tag = local expert); received rows are ordered by local
+// (destination and tag: core::expert_owner of the expert); received rows are ordered by local
 // expert for the grouped GEMMs (local_pos, local_offsets_host). Kept for backward and recompute.
 void MoeLayer::Impl::plan_expert_parallel(int64_t N, MoeStats& st) {
   const int64_t NK = N * K;
@@ -207,10 +209,11 @@ void MoeLayer::Impl::plan_expert_parallel(int64_t N, MoeStats& st) {
   be.copy_to_host(gates_host.data(), gates, sizeof(float) * static_cast<size_t>(NK));
   for (int64_t s = 0; s < NK; ++s) order[static_cast<size_t>(pos_host[s])] = static_cast<int32_t>(s);
   for (int64_t p = 0; p < NK; ++p) {
-    const int32_t s = order[p], e = idx_host[s];
+    const int32_t s = order[p];
+    const core::ExpertOwner& o = owner[static_cast<size_t>(idx_host[s])];
     slot_token[p] = static_cast<int32_t>(s / K);
-    slot_dest[p] = static_cast<int32_t>(e / E_local);
-    slot_tag[p] = static_cast<int32_t>(e % E_local);
+    slot_dest[p] = o.rank;
+    slot_tag[p] = o.local;
     slot_gate[p] = gates_host[s];
   }
   const size_t nk = static_cast<size_t>(NK);

@@ -5,6 +5,8 @@
 #include <array>
 #include <tuple>
 
+#include "core/params.h"
+
 namespace switchyard::test {
 namespace {
 
@@ -69,10 +71,13 @@ Routing make_routing(Pattern pattern, uint64_t seed, int world_rank, int E, int 
   std::sort(slots.begin(), slots.end(),
             [](const Slot& a, const Slot& b) { return std::tie(a.expert, a.token) < std::tie(b.expert, b.token); });
   r.slots_of_token.assign(static_cast<size_t>(r.num_tokens), 0);
+  core::ModelConfig model;  // only the expert count matters to the ownership rule
+  model.moe.n_experts = X;
   for (const Slot& s : slots) {
+    const core::ExpertOwner owner = core::expert_owner(model, s.expert, E);
     r.token.push_back(s.token);
-    r.dest.push_back(s.expert / experts_per_rank);
-    r.tag.push_back(s.expert % experts_per_rank);
+    r.dest.push_back(owner.rank);
+    r.tag.push_back(owner.local);
     r.gate.push_back(s.gate);
     r.slots_of_token[s.token] += 1;
   }
