@@ -286,7 +286,8 @@ static std::string moe_prefix(const core::ModelConfig& cfg, int layer) {
 MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
                    int layer, int64_t max_tokens, const ExpertParallel& ep)
     : own_acts_(std::make_unique<core::ActivationStore>(be, core::Recompute::none)),
-      impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, *own_acts_, {})) {
+      impl_(std::make_unique<Impl>(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, *own_acts_,
+                                   core::PrecisionPolicy{})) {
   own_acts_->allocate();
   stats_.expert_counts.assign(static_cast<size_t>(cfg.moe.n_experts), 0);
 }
@@ -294,11 +295,11 @@ MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::
 MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
                    int layer, int64_t max_tokens, const ExpertParallel& ep,
                    core::ActivationStore& acts, const core::PrecisionPolicy& prec)
-    : impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, acts, prec)) {
+    : impl_(std::make_unique<Impl>(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, acts, prec)) {
   stats_.expert_counts.assign(static_cast<size_t>(cfg.moe.n_experts), 0);
 }
 
-MoeLayer::~MoeLayer() { delete impl_; }
+MoeLayer::~MoeLayer() = default;  // here, where Impl is complete
 
 void MoeLayer::forward(float* out, const float* x, const float* params, int64_t N) {
   Impl& m = *impl_;

@@ -77,10 +77,9 @@ class MoeLayer {
   const MoeStats& stats() const { return stats_; }
 
  private:
-  // implementation state: the helper that writes moe_layer.cpp owns everything below
-  struct Impl;
+  struct Impl;  // buffers, routing plan and exchange state (moe_layer.cpp)
   std::unique_ptr<core::ActivationStore> own_acts_;  // standalone layers only
-  Impl* impl_;
+  std::unique_ptr<Impl> impl_;
   MoeStats stats_;
 };
 
