@@ -16,12 +16,12 @@
 namespace switchyard::core {
 
 enum class ParamKind : uint8_t {
-  ParamKind_embedding,
-  ParamKind_norm,
-  ParamKind_linear,  // dense linear weight (attention, dense MLP, shared expert, lm head)
-  ParamKind_bias,
-  ParamKind_router,
-  ParamKind_expert,  // a routed expert's linear weight
+  embedding,
+  norm,
+  linear,  // dense linear weight (attention, dense MLP, shared expert, lm head)
+  bias,
+  router,
+  expert,  // a routed expert's linear weight
 };
 
 struct ParamSpec {
@@ -29,9 +29,9 @@ struct ParamSpec {
   std::vector<int64_t> shape;  // [out, in] for linear weights
   int64_t offset = 0;          // in elements, from the arena's start
   int64_t numel = 0;
-  ParamKind kind = ParamKind::ParamKind_linear;
+  ParamKind kind = ParamKind::linear;
   int32_t layer = -1;          // -1: not in a transformer layer
-  int32_t expert = -1;         // global expert id for ParamKind_expert, else -1
+  int32_t expert = -1;         // global expert id for ParamKind::expert, else -1
 };
 
 class ParamTable {

@@ -94,7 +94,7 @@ void check_against_single_process(int E, sy::parallel::ExchangeAlgorithm algo, i
       den += b * b;
     }
     EXPECT_LE(std::sqrt(num), 1e-5 * std::sqrt(den) + 1e-12) << p.name << " on rank " << rank;
-    experts_seen += p.kind == sy::core::ParamKind::ParamKind_expert;
+    experts_seen += p.kind == sy::core::ParamKind::expert;
   }
   // this rank holds exactly its share of the experts
   EXPECT_EQ(experts_seen, 3 * static_cast<int>(cfg.n_layers) * static_cast<int>(cfg.moe.n_experts) / E);
