@@ -16,11 +16,6 @@
 namespace switchyard::test {
 namespace {
 
-using parallel::ExchangeAlgorithm;
-constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::flat;
-constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::hierarchical;
-constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::automatic;
-
 struct Expected {
   parallel::Traffic flat_intra, flat_inter, hier_intra, hier_inter;
   int64_t remote_slots = 0, remote_unique = 0;

@@ -20,22 +20,17 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/process_groups.h"
 #include "parallel/token_exchange.h"
+#include "tests/unit/testing.h"
 
 namespace sy = switchyard;
 
 namespace {
 
+// The shared small model with 8 experts of width 16 (four per rank at E=2, two at E=4).
 sy::core::ModelConfig small_model() {
-  sy::core::ModelConfig c;
-  c.vocab_size = 64;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.max_seq_len = 16;
+  sy::core::ModelConfig c = sy::test::small_moe_model(2);
   c.init_std = 0.1;
   c.moe.n_experts = 8;
-  c.moe.top_k = 2;
   c.moe.expert_size = 16;
   c.moe.aux_loss_coef = 0.0;  // the Switch loss of a slice is not additive over slices
   c.moe.z_loss_coef = 0.01;   // the z-loss is a mean over tokens: additive

@@ -20,12 +20,6 @@
 namespace switchyard::test {
 namespace {
 
-using parallel::ExchangeAlgorithm;
-
-constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::flat;
-constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::hierarchical;
-constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::automatic;
-
 struct RoutingCase {
   Pattern pattern;
   int K;
