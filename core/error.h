@@ -11,8 +11,8 @@ namespace switchyard {
 
 // What kind of failure: decides the exit code main() returns.
 enum class ErrorKind {
-  ErrorKind_usage = 2,     // bad command line, config, data file or checkpoint: the user can fix it
-  ErrorKind_internal = 1,  // a bug or a failing library call
+  usage = 2,     // bad command line, config, data file or checkpoint: the user can fix it
+  internal = 1,  // a bug or a failing library call
 };
 
 class Error : public std::runtime_error {
@@ -28,13 +28,13 @@ class Error : public std::runtime_error {
 // A user-fixable error (config, data, command line): exit code 2.
 template <typename... Args>
 [[noreturn]] void throw_usage(fmt::format_string<Args...> f, Args&&... args) {
-  throw Error(ErrorKind::ErrorKind_usage, fmt::format(f, std::forward<Args>(args)...));
+  throw Error(ErrorKind::usage, fmt::format(f, std::forward<Args>(args)...));
 }
 
 // An internal error (failed invariant, failing library call): exit code 1.
 template <typename... Args>
 [[noreturn]] void throw_internal(fmt::format_string<Args...> f, Args&&... args) {
-  throw Error(ErrorKind::ErrorKind_internal, fmt::format(f, std::forward<Args>(args)...));
+  throw Error(ErrorKind::internal, fmt::format(f, std::forward<Args>(args)...));
 }
 
 }  // namespace switchyard

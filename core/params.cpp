@@ -54,12 +54,12 @@ const ParamSpec& ParamTable::at(const std::string& name) const {
 
 bool param_decays(const ParamSpec& p, const OptimConfig& cfg) {
   switch (p.kind) {
-    case ParamKind::ParamKind_embedding: return cfg.decay_embeddings;
-    case ParamKind::ParamKind_norm: return cfg.decay_norms;
-    case ParamKind::ParamKind_bias: return cfg.decay_biases;
-    case ParamKind::ParamKind_router: return cfg.decay_router;
-    case ParamKind::ParamKind_linear:
-    case ParamKind::ParamKind_expert: return true;
+    case ParamKind::embedding: return cfg.decay_embeddings;
+    case ParamKind::norm: return cfg.decay_norms;
+    case ParamKind::bias: return cfg.decay_biases;
+    case ParamKind::router: return cfg.decay_router;
+    case ParamKind::linear:
+    case ParamKind::expert: return true;
   }
   return true;
 }
@@ -71,6 +71,12 @@ ExpertRange local_experts(const ModelConfig& cfg, int ep_rank, int ep_size) {
   return {ep_rank * count, count};
 }
 
+ExpertOwner expert_owner(const ModelConfig& cfg, int64_t expert, int ep_size) {
+  SY_CHECK(expert >= 0 && expert < cfg.moe.n_experts, "expert {} of {}", expert, cfg.moe.n_experts);
+  const int64_t count = local_experts(cfg, 0, ep_size).count;
+  return {static_cast<int32_t>(expert / count), static_cast<int32_t>(expert % count)};
+}
+
 ParamTable make_param_table(const ModelConfig& c, int ep_rank, int ep_size) {
   const ExpertRange mine = local_experts(c, ep_rank, ep_size);
   const int local_experts = static_cast<int>(mine.count);
@@ -79,47 +85,47 @@ ParamTable make_param_table(const ModelConfig& c, int ep_rank, int ep_size) {
   ParamTable t;
   const int64_t C = c.d_model, HD = c.hd(), NH = c.n_heads, NKV = c.n_kv_heads;
   const bool qwen = c.qwen_layout();
-  t.add("model.embed_tokens.weight", {c.vocab_size, C}, K::ParamKind_embedding);
+  t.add("model.embed_tokens.weight", {c.vocab_size, C}, K::embedding);
   for (int l = 0; l < static_cast<int>(c.n_layers); ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
-    t.add(p + "input_layernorm.weight", {C}, K::ParamKind_norm, l);
+    t.add(p + "input_layernorm.weight", {C}, K::norm, l);
     // q, k, v adjacent: one [qkv_width, C] matrix
-    t.add(p + "self_attn.q_proj.weight", {NH * HD, C}, K::ParamKind_linear, l);
-    t.add(p + "self_attn.k_proj.weight", {NKV * HD, C}, K::ParamKind_linear, l);
-    t.add(p + "self_attn.v_proj.weight", {NKV * HD, C}, K::ParamKind_linear, l);
+    t.add(p + "self_attn.q_proj.weight", {NH * HD, C}, K::linear, l);
+    t.add(p + "self_attn.k_proj.weight", {NKV * HD, C}, K::linear, l);
+    t.add(p + "self_attn.v_proj.weight", {NKV * HD, C}, K::linear, l);
     if (c.qkv_bias) {
-      t.add(p + "self_attn.q_proj.bias", {NH * HD}, K::ParamKind_bias, l);
-      t.add(p + "self_attn.k_proj.bias", {NKV * HD}, K::ParamKind_bias, l);
-      t.add(p + "self_attn.v_proj.bias", {NKV * HD}, K::ParamKind_bias, l);
+      t.add(p + "self_attn.q_proj.bias", {NH * HD}, K::bias, l);
+      t.add(p + "self_attn.k_proj.bias", {NKV * HD}, K::bias, l);
+      t.add(p + "self_attn.v_proj.bias", {NKV * HD}, K::bias, l);
     }
-    t.add(p + "self_attn.o_proj.weight", {C, NH * HD}, K::ParamKind_linear, l);
-    t.add(p + "post_attention_layernorm.weight", {C}, K::ParamKind_norm, l);
+    t.add(p + "self_attn.o_proj.weight", {C, NH * HD}, K::linear, l);
+    t.add(p + "post_attention_layernorm.weight", {C}, K::norm, l);
     if (!c.is_moe_layer(l)) {
       const int64_t F = c.dense_ffn_size;
-      t.add(p + "mlp.gate_proj.weight", {F, C}, K::ParamKind_linear, l);
-      t.add(p + "mlp.up_proj.weight", {F, C}, K::ParamKind_linear, l);
-      t.add(p + "mlp.down_proj.weight", {C, F}, K::ParamKind_linear, l);
+      t.add(p + "mlp.gate_proj.weight", {F, C}, K::linear, l);
+      t.add(p + "mlp.up_proj.weight", {F, C}, K::linear, l);
+      t.add(p + "mlp.down_proj.weight", {C, F}, K::linear, l);
       continue;
     }
     const int64_t I = c.moe.expert_size;
     const std::string m = p + (qwen ? "mlp." : "block_sparse_moe.");
-    t.add(m + "gate.weight", {c.moe.n_experts, C}, K::ParamKind_router, l);
+    t.add(m + "gate.weight", {c.moe.n_experts, C}, K::router, l);
     for (int e = first_expert; e < first_expert + local_experts; ++e) {
       const std::string x = fmt::format("{}experts.{}.", m, e);
-      t.add(x + (qwen ? "gate_proj.weight" : "w1.weight"), {I, C}, K::ParamKind_expert, l, e);
-      t.add(x + (qwen ? "up_proj.weight" : "w3.weight"), {I, C}, K::ParamKind_expert, l, e);
-      t.add(x + (qwen ? "down_proj.weight" : "w2.weight"), {C, I}, K::ParamKind_expert, l, e);
+      t.add(x + (qwen ? "gate_proj.weight" : "w1.weight"), {I, C}, K::expert, l, e);
+      t.add(x + (qwen ? "up_proj.weight" : "w3.weight"), {I, C}, K::expert, l, e);
+      t.add(x + (qwen ? "down_proj.weight" : "w2.weight"), {C, I}, K::expert, l, e);
     }
     if (c.moe.shared_expert_size > 0) {
       const int64_t S = c.moe.shared_expert_size;
-      t.add(m + "shared_expert.gate_proj.weight", {S, C}, K::ParamKind_linear, l);
-      t.add(m + "shared_expert.up_proj.weight", {S, C}, K::ParamKind_linear, l);
-      t.add(m + "shared_expert.down_proj.weight", {C, S}, K::ParamKind_linear, l);
-      t.add(m + "shared_expert_gate.weight", {1, C}, K::ParamKind_linear, l);
+      t.add(m + "shared_expert.gate_proj.weight", {S, C}, K::linear, l);
+      t.add(m + "shared_expert.up_proj.weight", {S, C}, K::linear, l);
+      t.add(m + "shared_expert.down_proj.weight", {C, S}, K::linear, l);
+      t.add(m + "shared_expert_gate.weight", {1, C}, K::linear, l);
     }
   }
-  t.add("model.norm.weight", {C}, K::ParamKind_norm);
-  if (!c.tie_embeddings) t.add("lm_head.weight", {c.vocab_size, C}, K::ParamKind_linear);
+  t.add("model.norm.weight", {C}, K::norm);
+  if (!c.tie_embeddings) t.add("lm_head.weight", {c.vocab_size, C}, K::linear);
   return t;
 }
 

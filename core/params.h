@@ -16,12 +16,12 @@
 namespace switchyard::core {
 
 enum class ParamKind : uint8_t {
-  ParamKind_embedding,
-  ParamKind_norm,
-  ParamKind_linear,  // dense linear weight (attention, dense MLP, shared expert, lm head)
-  ParamKind_bias,
-  ParamKind_router,
-  ParamKind_expert,  // a routed expert's linear weight
+  embedding,
+  norm,
+  linear,  // dense linear weight (attention, dense MLP, shared expert, lm head)
+  bias,
+  router,
+  expert,  // a routed expert's linear weight
 };
 
 struct ParamSpec {
@@ -29,9 +29,9 @@ struct ParamSpec {
   std::vector<int64_t> shape;  // [out, in] for linear weights
   int64_t offset = 0;          // in elements, from the arena's start
   int64_t numel = 0;
-  ParamKind kind = ParamKind::ParamKind_linear;
+  ParamKind kind = ParamKind::linear;
   int32_t layer = -1;          // -1: not in a transformer layer
-  int32_t expert = -1;         // global expert id for ParamKind_expert, else -1
+  int32_t expert = -1;         // global expert id for ParamKind::expert, else -1
 };
 
 class ParamTable {
@@ -62,13 +62,20 @@ struct ExpertRange {
   int64_t first = 0, count = 0;
 };
 ExpertRange local_experts(const ModelConfig& cfg, int ep_rank, int ep_size);
+// The inverse of local_experts: the expert-parallel rank (of ep_size) that holds global expert
+// `expert`, and the expert's index among that rank's experts (the MoE layer's slot destination
+// and tag in the token exchange).
+struct ExpertOwner {
+  int32_t rank = 0, local = 0;
+};
+ExpertOwner expert_owner(const ModelConfig& cfg, int64_t expert, int ep_size);
 
 // The table of the model described by `cfg`, in arena order. Layout (see docs/ARCHITECTURE.md):
 // q,k,v weights (and biases) are adjacent so one GEMM computes the packed qkv; each expert's
 // gate (w1/gate_proj) and up (w3/up_proj) weights are adjacent so one GEMM computes gate|up.
 // With expert parallelism (ep_size > 1) the table holds only the routed experts of rank ep_rank of
-// the expert group, experts [ep_rank*E/ep_size, (ep_rank+1)*E/ep_size) of every MoE layer, still
-// named by their global ids; every other tensor is replicated.
+// the expert group (local_experts) of every MoE layer, still named by their global ids; every other
+// tensor is replicated.
 ParamTable make_param_table(const ModelConfig& cfg, int ep_rank = 0, int ep_size = 1);
 
 // The index (table order) of the first tensor of `host` (laid out as `table`) that holds inf or

@@ -1,5 +1,6 @@
 #include "data/sampler.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "core/error.h"
@@ -37,23 +38,30 @@ void read_checked(const TokenSource& source, int64_t begin, int64_t n, int64_t v
   }
 }
 
-WindowSampler::WindowSampler(const TokenSource& source, int64_t seq_len, int64_t vocab_size, uint64_t seed,
-                             int rank, int world, int64_t n_micro)
-    : source_(source),
-      seq_len_(seq_len),
-      vocab_size_(vocab_size),
-      seed_(seed),
-      rank_(rank),
-      world_(world),
-      n_micro_(n_micro) {
+TokenWindows::TokenWindows(const TokenSource& source, int64_t seq_len, int64_t vocab_size)
+    : source_(source), seq_len_(seq_len), vocab_size_(vocab_size) {
   SY_CHECK(seq_len >= 1, "seq_len {}", seq_len);
   SY_CHECK(vocab_size >= 1, "vocab_size {}", vocab_size);
-  SY_CHECK(world >= 1 && rank >= 0 && rank < world, "rank {} of world {}", rank, world);
-  SY_CHECK(n_micro >= 1, "n_micro {}", n_micro);
   if (source.vocab_hint() > vocab_size) {
     throw_usage("{} was made for a vocabulary of {} tokens, larger than model.vocab_size = {}",
                 source.describe(), source.vocab_hint(), vocab_size);
   }
+}
+
+void TokenWindows::read_window(int64_t begin, std::vector<int32_t>& window, int32_t* tokens,
+                               int32_t* targets) const {
+  const int64_t T = seq_len_;
+  window.resize(static_cast<size_t>(T + 1));
+  read_checked(source_, begin, T + 1, vocab_size_, window.data());
+  std::copy(window.begin(), window.begin() + T, tokens);
+  std::copy(window.begin() + 1, window.end(), targets);
+}
+
+WindowSampler::WindowSampler(const TokenSource& source, int64_t seq_len, int64_t vocab_size, uint64_t seed,
+                             int rank, int world, int64_t n_micro)
+    : TokenWindows(source, seq_len, vocab_size), seed_(seed), rank_(rank), world_(world), n_micro_(n_micro) {
+  SY_CHECK(world >= 1 && rank >= 0 && rank < world, "rank {} of world {}", rank, world);
+  SY_CHECK(n_micro >= 1, "n_micro {}", n_micro);
   if (source.size() < seq_len + 1) {
     throw_usage("{} has {} tokens, fewer than one training window of train.seq_len + 1 = {}; use more data or "
                 "a shorter train.seq_len", source.describe(), source.size(), seq_len + 1);
@@ -74,23 +82,13 @@ void WindowSampler::next_batch(int64_t step, int64_t micro, int64_t B, int32_t* 
   SY_CHECK(step >= 0 && micro >= 0 && micro < n_micro_ && B >= 1, "step {} micro {} of {} B {}", step, micro,
            n_micro_, B);
   const int64_t T = seq_len_;
-  std::vector<int32_t> window(static_cast<size_t>(T + 1));
-  for (int64_t i = 0; i < B; ++i) {
-    const int64_t start = window_start(global_index(step, micro, B, i));
-    read_checked(source_, start, T + 1, vocab_size_, window.data());
-    std::copy(window.begin(), window.begin() + T, tokens + i * T);
-    std::copy(window.begin() + 1, window.end(), targets + i * T);
-  }
+  std::vector<int32_t> window;
+  for (int64_t i = 0; i < B; ++i)
+    read_window(window_start(global_index(step, micro, B, i)), window, tokens + i * T, targets + i * T);
 }
 
 EvalWindows::EvalWindows(const TokenSource& source, int64_t seq_len, int64_t vocab_size)
-    : source_(source), seq_len_(seq_len), vocab_size_(vocab_size) {
-  SY_CHECK(seq_len >= 1, "seq_len {}", seq_len);
-  SY_CHECK(vocab_size >= 1, "vocab_size {}", vocab_size);
-  if (source.vocab_hint() > vocab_size) {
-    throw_usage("{} was made for a vocabulary of {} tokens, larger than model.vocab_size = {}",
-                source.describe(), source.vocab_hint(), vocab_size);
-  }
+    : TokenWindows(source, seq_len, vocab_size) {
   count_ = source.size() / (seq_len + 1);
   if (count_ == 0) {
     throw_usage("{} has {} tokens, fewer than one evaluation window of train.seq_len + 1 = {}; use more "
@@ -100,11 +98,8 @@ EvalWindows::EvalWindows(const TokenSource& source, int64_t seq_len, int64_t voc
 
 void EvalWindows::read(int64_t w, int32_t* tokens, int32_t* targets) const {
   SY_CHECK(w >= 0 && w < count_, "eval window {} of {}", w, count_);
-  const int64_t T = seq_len_;
-  std::vector<int32_t> window(static_cast<size_t>(T + 1));
-  read_checked(source_, w * (T + 1), T + 1, vocab_size_, window.data());
-  std::copy(window.begin(), window.begin() + T, tokens);
-  std::copy(window.begin() + 1, window.end(), targets);
+  std::vector<int32_t> window;
+  read_window(w * (seq_len_ + 1), window, tokens, targets);
 }
 
 }  // namespace switchyard::data

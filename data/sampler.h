@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "data/token_source.h"
 
@@ -19,7 +20,26 @@ namespace switchyard::data {
 // The g-th output of splitmix64 started at `seed` (state seed + (g+1) * golden gamma, mixed).
 uint64_t splitmix64_at(uint64_t seed, uint64_t g);
 
-class WindowSampler {
+// What both window readers share: the source, the window length and the vocabulary checks.
+class TokenWindows {
+ public:
+  int64_t seq_len() const { return seq_len_; }
+  const TokenSource& source() const { return source_; }
+
+ protected:
+  // Internal errors: seq_len, vocab_size < 1. Usage error: the source's recorded vocabulary
+  // (vocab_hint) is larger than vocab_size.
+  TokenWindows(const TokenSource& source, int64_t seq_len, int64_t vocab_size);
+  // The window of seq_len+1 tokens at `begin`, checked: tokens = window[0:T], targets =
+  // window[1:T+1]. `window` is the caller's scratch (resized to seq_len+1).
+  void read_window(int64_t begin, std::vector<int32_t>& window, int32_t* tokens, int32_t* targets) const;
+
+  const TokenSource& source_;
+  int64_t seq_len_;
+  int64_t vocab_size_;
+};
+
+class WindowSampler : public TokenWindows {
  public:
   // `source` must outlive the sampler. Usage errors: the source has fewer than seq_len+1 tokens,
   // or its recorded vocabulary (vocab_hint) is larger than vocab_size. Internal errors: seq_len,
@@ -35,13 +55,7 @@ class WindowSampler {
   // First token position of the window of global sample g.
   int64_t window_start(int64_t g) const;
 
-  int64_t seq_len() const { return seq_len_; }
-  const TokenSource& source() const { return source_; }
-
  private:
-  const TokenSource& source_;
-  int64_t seq_len_;
-  int64_t vocab_size_;
   uint64_t seed_;
   int rank_;
   int world_;
@@ -51,7 +65,7 @@ class WindowSampler {
 
 // Consecutive non-overlapping windows of seq_len+1 tokens in file order: window w covers
 // [w*(seq_len+1), (w+1)*(seq_len+1)); the tail shorter than a window is not used.
-class EvalWindows {
+class EvalWindows : public TokenWindows {
  public:
   // Usage error when the source is shorter than one window. Tokens are checked against
   // vocab_size on read, as in WindowSampler.
@@ -61,13 +75,7 @@ class EvalWindows {
   // Fills tokens[seq_len] and targets[seq_len] from window w, 0 <= w < count().
   void read(int64_t w, int32_t* tokens, int32_t* targets) const;
 
-  int64_t seq_len() const { return seq_len_; }
-  const TokenSource& source() const { return source_; }
-
  private:
-  const TokenSource& source_;
-  int64_t seq_len_;
-  int64_t vocab_size_;
   int64_t count_;
 };
 

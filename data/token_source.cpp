@@ -28,13 +28,13 @@ TokenFileFormat detect_token_file_format(const std::string& path) {
   unsigned char b[8] = {};
   in.read(reinterpret_cast<char*>(b), 8);
   const auto n = in.gcount();
-  if (n == 8 && std::memcmp(b, core::formats::kHdf5Signature, 8) == 0) return TokenFileFormat::TokenFileFormat_hdf5;
+  if (n == 8 && std::memcmp(b, core::formats::kHdf5Signature, 8) == 0) return TokenFileFormat::hdf5;
   if (n >= 4) {
     int32_t magic = static_cast<int32_t>(uint32_t{b[0]} | uint32_t{b[1]} << 8 | uint32_t{b[2]} << 16 |
                                          uint32_t{b[3]} << 24);
-    if (magic == kLlmcMagicV1 || magic == kLlmcMagicV7) return TokenFileFormat::TokenFileFormat_llmc;
+    if (magic == kLlmcMagicV1 || magic == kLlmcMagicV7) return TokenFileFormat::llmc;
   }
-  return TokenFileFormat::TokenFileFormat_unknown;
+  return TokenFileFormat::unknown;
 }
 
 namespace {
@@ -53,11 +53,11 @@ namespace {
 
 std::unique_ptr<TokenSource> open_token_source(const std::string& path, const std::string& split) {
   switch (detect_token_file_format(path)) {
-    case TokenFileFormat::TokenFileFormat_hdf5:
+    case TokenFileFormat::hdf5:
       return std::make_unique<Hdf5TokenSource>(path, split);
-    case TokenFileFormat::TokenFileFormat_llmc:
+    case TokenFileFormat::llmc:
       return std::make_unique<LlmcShardSource>(path);
-    case TokenFileFormat::TokenFileFormat_unknown:
+    case TokenFileFormat::unknown:
       break;
   }
   throw_unknown_format(path);
@@ -65,17 +65,17 @@ std::unique_ptr<TokenSource> open_token_source(const std::string& path, const st
 
 bool token_file_has_split(const std::string& path, const std::string& split) {
   switch (detect_token_file_format(path)) {
-    case TokenFileFormat::TokenFileFormat_hdf5: {
+    case TokenFileFormat::hdf5: {
       auto splits = hdf5_token_splits(path);
       bool present = false;
       for (auto& s : splits) present |= s == split;
       if (!present) return false;
       return Hdf5TokenSource(path, split, /*allow_empty=*/true).size() > 0;
     }
-    case TokenFileFormat::TokenFileFormat_llmc:
+    case TokenFileFormat::llmc:
       LlmcShardSource{path};  // checks the header
       return split == "train";
-    case TokenFileFormat::TokenFileFormat_unknown:
+    case TokenFileFormat::unknown:
       break;
   }
   throw_unknown_format(path);

@@ -32,7 +32,7 @@ class TokenSource {
   virtual const std::string& path() const = 0;
 };
 
-enum class TokenFileFormat { TokenFileFormat_hdf5, TokenFileFormat_llmc, TokenFileFormat_unknown };
+enum class TokenFileFormat { hdf5, llmc, unknown };
 
 // Looks at the first bytes of `path`: HDF5 signature "\x89HDF\r\n\x1a\n" or an llm.c magic
 // (20240520 / 20240801 as little-endian int32). A missing or unreadable file is a usage error.

@@ -118,7 +118,7 @@ void write_rank_file(const fs::path& path, const core::ParamTable& table, bool d
     H5Handle grp = h5_checked(H5Gcreate2(f.get(), kGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose,
                            file, fmt::format("create group {}", kGroups[g]));
     for (const auto& p : table.specs()) {
-      if (p.kind != core::ParamKind::ParamKind_expert && !dense) continue;
+      if (p.kind != core::ParamKind::expert && !dense) continue;
       const std::string what = fmt::format("{}/{}", kGroups[g], p.name);
       std::vector<hsize_t> dims(p.shape.begin(), p.shape.end());
       H5Handle space = h5_checked(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose,
@@ -147,7 +147,7 @@ json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConf
     files.push_back(file_name_of_rank(q));
     const core::ParamTable table = core::make_param_table(cfg.model, q, E);
     for (const auto& p : table.specs())
-      if (p.kind == core::ParamKind::ParamKind_expert || q == 0)
+      if (p.kind == core::ParamKind::expert || q == 0)
         tensors[p.name] = {{"file", file_name_of_rank(q)}, {"shape", p.shape}};
   }
   json man = {{"format", kFormat},

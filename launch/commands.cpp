@@ -31,7 +31,7 @@ int run_eval(const EvalOptions& opts) {
   if (opts.max_windows < 0) throw_usage("eval: --max-windows must be >= 0 (0: all), got {}", opts.max_windows);
   if (opts.threads < 0) throw_usage("eval: --threads must be >= 0 (0: OMP_NUM_THREADS or all cores), got {}", opts.threads);
   std::string split = opts.split;
-  if (data::detect_token_file_format(opts.data) == data::TokenFileFormat::TokenFileFormat_llmc) {
+  if (data::detect_token_file_format(opts.data) == data::TokenFileFormat::llmc) {
     if (!split.empty())
       throw_usage("eval --split {}: {} is an llm.c shard, which has no splits (it is evaluated whole); drop --split",
                   split, opts.data);
@@ -81,7 +81,7 @@ int run_prepare(const PrepareCommandOptions& opts) {
     bool ours = false;
     try {
       ours = std::filesystem::is_regular_file(opts.output) &&
-             data::detect_token_file_format(opts.output) == data::TokenFileFormat::TokenFileFormat_hdf5 &&
+             data::detect_token_file_format(opts.output) == data::TokenFileFormat::hdf5 &&
              !data::hdf5_token_splits(opts.output).empty();
     } catch (const Error&) {
     }

@@ -20,7 +20,7 @@ namespace {
 // Position of a tensor in the order backward produces gradients (smaller = earlier).
 int backward_order(const core::ParamSpec& p, int n_layers) {
   if (p.layer >= 0) return 1 + (n_layers - 1 - p.layer);
-  if (p.kind == core::ParamKind::ParamKind_embedding && p.name.find("embed_tokens") != std::string::npos)
+  if (p.kind == core::ParamKind::embedding && p.name.find("embed_tokens") != std::string::npos)
     return n_layers + 1;
   return 0;  // LM head, final norm
 }

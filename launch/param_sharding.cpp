@@ -14,7 +14,7 @@ GradientReducer::GradientReducer(const core::ParamTable& table, parallel::Proces
                                  int n_layers)
     : groups_(groups), n_layers_(n_layers), started_(static_cast<size_t>(n_layers + 1), false) {
   for (const auto& p : table.specs()) {
-    const bool expert = p.kind == ParamKind::ParamKind_expert;
+    const bool expert = p.kind == ParamKind::expert;
     const Run* last = runs_.empty() ? nullptr : &runs_.back();
     if (last && last->expert == expert && last->layer == p.layer && last->end == p.offset)
       runs_.back().end = p.offset + p.numel;
@@ -61,7 +61,7 @@ std::vector<const core::ParamSpec*> expert_specs(const core::ParamTable& t, int6
   std::vector<const core::ParamSpec*> out;
   *total = 0;
   for (const auto& p : t.specs())
-    if (p.kind == ParamKind::ParamKind_expert) {
+    if (p.kind == ParamKind::expert) {
       out.push_back(&p);
       *total += p.numel;
     }

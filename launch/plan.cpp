@@ -49,8 +49,8 @@ PlanEstimate plan(const core::ExperimentConfig& cfg) {
   p.params_rank = mine.total();
   int64_t active = 0;
   for (const auto& s : full.specs()) {
-    if (s.kind == core::ParamKind::ParamKind_embedding && !(m.tie_embeddings)) continue;  // a lookup
-    if (s.kind == core::ParamKind::ParamKind_expert) {
+    if (s.kind == core::ParamKind::embedding && !(m.tie_embeddings)) continue;  // a lookup
+    if (s.kind == core::ParamKind::expert) {
       if (s.expert < m.moe.top_k) active += s.numel;  // top_k experts' worth
       continue;
     }

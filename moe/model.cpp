@@ -126,7 +126,7 @@ void Model::refresh_compute_weights() {
   for (const auto& p : table_.specs()) {
     const size_t bytes = static_cast<size_t>(p.numel) * sizeof(float);
     be_.copy(dst + p.offset, src + p.offset, bytes);
-    if (p.kind != ParamKind::ParamKind_router) be_.round_to(opts_.precision.compute, dst + p.offset, p.numel);
+    if (p.kind != ParamKind::router) be_.round_to(opts_.precision.compute, dst + p.offset, p.numel);
   }
 }
 
@@ -135,11 +135,11 @@ void Model::init_random(uint64_t seed) {
   const double out_scale = 1.0 / std::sqrt(2.0 * static_cast<double>(cfg_.n_layers));
   for (const auto& p : table_.specs()) {
     float* dst = host.data() + p.offset;
-    if (p.kind == ParamKind::ParamKind_norm) {
+    if (p.kind == ParamKind::norm) {
       std::fill(dst, dst + p.numel, 1.0f);
       continue;
     }
-    if (p.kind == ParamKind::ParamKind_bias) {
+    if (p.kind == ParamKind::bias) {
       std::fill(dst, dst + p.numel, 0.0f);
       continue;
     }
@@ -327,7 +327,7 @@ Model::UpdateTarget Model::begin_update() {
 void Model::end_update() {
   if (!opts_.precision.mixed()) return;  // stays stale: refresh_compute_weights() is a no-op then
   for (const auto& p : table_.specs())
-    if (p.kind == ParamKind::ParamKind_router)
+    if (p.kind == ParamKind::router)
       be_.copy(compute_.data() + p.offset, params_.data() + p.offset, static_cast<size_t>(p.numel) * sizeof(float));
   compute_stale_ = false;
 }

@@ -107,6 +107,7 @@ struct MoeLayer::Impl : Buffers {
   int64_t C, E, K, I, S /* shared expert width, 0: none */, max_tokens;
   ExpertParallel ep;
   int64_t E_local, first_expert;  // this rank's experts (all of them without expert parallelism)
+  std::vector<core::ExpertOwner> owner;  // [E] with expert parallelism: rank and local index
   Router router;
   Experts experts;
   int64_t off_shared_gate_up = -1, off_shared_down = -1, off_shared_gate = -1;
@@ -178,6 +179,7 @@ struct MoeLayer::Impl : Buffers {
         v->assign(static_cast<size_t>(NK), 0.f);
       local_offsets_host.assign(static_cast<size_t>(E_local + 1), 0);
       local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
+      for (int64_t e = 0; e < E; ++e) owner.push_back(core::expert_owner(cfg, e, ep.size));
     }
     offsets_host.assign(static_cast<size_t>(E + 1), 0);
     prob_sums_host.assign(static_cast<size_t>(E), 0.f);
@@ -214,7 +216,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 // Expert-parallel plan: the routing plan's expert-sorted order becomes the exchange's slots
-// (destination = owner rank of the expert, tag = local expert); received rows are ordered by local
+// (destination and tag: core::expert_owner of the expert); received rows are ordered by local
 // expert for the grouped GEMMs (local_pos, local_offsets_host). Kept for backward and recompute.
 void MoeLayer::Impl::plan_expert_parallel(int64_t N, MoeStats& st) {
   const int64_t NK = N * K;
@@ -223,10 +225,11 @@ void MoeLayer::Impl::plan_expert_parallel(int64_t N, MoeStats& st) {
   be.copy_to_host(gates_host.data(), gates, sizeof(float) * static_cast<size_t>(NK));
   for (int64_t s = 0; s < NK; ++s) order[static_cast<size_t>(pos_host[s])] = static_cast<int32_t>(s);
   for (int64_t p = 0; p < NK; ++p) {
-    const int32_t s = order[p], e = idx_host[s];
+    const int32_t s = order[p];
+    const core::ExpertOwner& o = owner[static_cast<size_t>(idx_host[s])];
     slot_token[p] = static_cast<int32_t>(s / K);
-    slot_dest[p] = static_cast<int32_t>(e / E_local);
-    slot_tag[p] = static_cast<int32_t>(e % E_local);
+    slot_dest[p] = o.rank;
+    slot_tag[p] = o.local;
     slot_gate[p] = gates_host[s];
   }
   const size_t nk = static_cast<size_t>(NK);
@@ -299,7 +302,8 @@ static std::string moe_prefix(const core::ModelConfig& cfg, int layer) {
 MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
                    int layer, int64_t max_tokens, const ExpertParallel& ep)
     : own_acts_(std::make_unique<core::ActivationStore>(be, core::Recompute::none)),
-      impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, *own_acts_, {})) {
+      impl_(std::make_unique<Impl>(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, *own_acts_,
+                                   core::PrecisionPolicy{})) {
   own_acts_->allocate();
   stats_.expert_counts.assign(static_cast<size_t>(cfg.moe.n_experts), 0);
 }
@@ -307,11 +311,11 @@ MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::
 MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::ParamTable& table,
                    int layer, int64_t max_tokens, const ExpertParallel& ep,
                    core::ActivationStore& acts, const core::PrecisionPolicy& prec)
-    : impl_(new Impl(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, acts, prec)) {
+    : impl_(std::make_unique<Impl>(be, cfg, table, layer, max_tokens, moe_prefix(cfg, layer), ep, acts, prec)) {
   stats_.expert_counts.assign(static_cast<size_t>(cfg.moe.n_experts), 0);
 }
 
-MoeLayer::~MoeLayer() { delete impl_; }
+MoeLayer::~MoeLayer() = default;  // here, where Impl is complete
 
 void MoeLayer::register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int layer,
                                     int64_t max_tokens, int64_t expert_rows, bool expert_parallel) {

@@ -40,7 +40,7 @@ struct MoeStats {
 };
 
 // Expert parallelism: the experts of the layer are spread over the `size` ranks of an expert
-// group; this rank holds experts [rank*E/size, (rank+1)*E/size). Tokens reach their experts and
+// group; this rank holds core::local_experts(cfg, rank, size). Tokens reach their experts and
 // come back through `exchange` (flat, hierarchical or auto; parallel/token_exchange.h). A null
 // exchange means every expert is local (size 1).
 struct ExpertParallel {
@@ -84,10 +84,9 @@ class MoeLayer {
   const MoeStats& stats() const { return stats_; }
 
  private:
-  // implementation state: the helper that writes moe_layer.cpp owns everything below
-  struct Impl;
+  struct Impl;  // buffers, routing plan and exchange state (moe_layer.cpp)
   std::unique_ptr<core::ActivationStore> own_acts_;  // standalone layers only
-  Impl* impl_;
+  std::unique_ptr<Impl> impl_;
   MoeStats stats_;
 };
 

@@ -24,7 +24,7 @@
 
 namespace switchyard::parallel {
 
-enum class MemorySpace { MemorySpace_host, MemorySpace_device };
+enum class MemorySpace { host, device };
 
 // Handle of a non-blocking collective; wait() completes it. Default-constructed: no operation.
 struct Request {

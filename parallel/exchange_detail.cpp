@@ -203,4 +203,11 @@ std::byte* scratch(std::vector<std::byte>& buf, int64_t n) {
   return buf.data();
 }
 
+IndexedExchange::IndexedExchange(const ExchangeGroups& groups)
+    : group_(must(groups.group, "expert group")), topo_(groups.topology) {}
+
+std::unique_ptr<ExchangePlan> IndexedExchange::make_plan(const RoutedSlots& slots) {
+  return plan_from(build_source_index(slots, topo_, group_.size()));
+}
+
 }  // namespace switchyard::parallel::detail

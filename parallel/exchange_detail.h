@@ -92,44 +92,67 @@ class Stopwatch {
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
+// The statistics of one dispatch, combine or return_to_slots call: the plan's algorithm, traffic
+// added as the call goes (add_traffic(call.stats, ...)), its time from construction to done().
+struct CallStats {
+  explicit CallStats(const ExchangePlan& plan) { stats.algorithm = plan.algorithm; }
+  ExchangeStats done() {
+    stats.seconds = watch.seconds();
+    return stats;
+  }
+  Stopwatch watch;
+  ExchangeStats stats;
+};
+
 // *c, or an internal error naming `what` when c is null.
 Communicator& must(Communicator* c, const char* what);
 
 // Grows a byte buffer (kept across calls) to at least n bytes and returns it.
 std::byte* scratch(std::vector<std::byte>& buf, int64_t n);
 
-class FlatExchange final : public TokenExchange {
+// What both algorithms share: the expert group, its topology, and a plan made from the slots'
+// source index (auto builds the index once for its vote and hands it to plan_from).
+class IndexedExchange : public TokenExchange {
+ public:
+  std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) final;
+  virtual std::unique_ptr<ExchangePlan> plan_from(SourceIndex src) = 0;
+
+ protected:
+  explicit IndexedExchange(const ExchangeGroups& groups);
+  Communicator& group_;
+  GroupTopology topo_;
+};
+
+class FlatExchange final : public IndexedExchange {
  public:
   explicit FlatExchange(const ExchangeGroups& groups);
   ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::flat; }
-  std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override;
-  // Makes the plan from an index already built (auto builds it once for its vote).
-  std::unique_ptr<ExchangePlan> make_plan(SourceIndex src);
+  std::unique_ptr<ExchangePlan> plan_from(SourceIndex src) override;
   ExchangeStats dispatch(const ExchangePlan& plan, const void* x, int64_t row_bytes, void* recv) override;
   ExchangeStats combine(const ExchangePlan& plan, const float* y, int64_t C, float* out, bool weighted) override;
   ExchangeStats return_to_slots(const ExchangePlan& plan, const float* recv_values, float* slot_values) override;
 
  private:
-  Communicator& group_;
-  GroupTopology topo_;
+  bool on_my_node(int r) const;
+  // The one collective of every flat call: rows of row_bytes from the slots to their destination's
+  // canonical receive rows (to_dest), or back; counts what this rank sends in stats.
+  void alltoallv_rows(const ExchangePlan& plan, const SourceIndex& src, bool to_dest, const void* send, void* recv,
+                      int64_t row_bytes, ExchangeStats& stats);
   std::vector<std::byte> send_, recv_;
 };
 
-class HierarchicalExchange final : public TokenExchange {
+class HierarchicalExchange final : public IndexedExchange {
  public:
   explicit HierarchicalExchange(const ExchangeGroups& groups);
   ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::hierarchical; }
-  std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override;
-  std::unique_ptr<ExchangePlan> make_plan(SourceIndex src);
+  std::unique_ptr<ExchangePlan> plan_from(SourceIndex src) override;
   ExchangeStats dispatch(const ExchangePlan& plan, const void* x, int64_t row_bytes, void* recv) override;
   ExchangeStats combine(const ExchangePlan& plan, const float* y, int64_t C, float* out, bool weighted) override;
   ExchangeStats return_to_slots(const ExchangePlan& plan, const float* recv_values, float* slot_values) override;
 
  private:
-  Communicator& group_;
   Communicator& intra_;
   Communicator& inter_;
-  GroupTopology topo_;
   std::vector<std::byte> a_, b_, c_;
 };
 

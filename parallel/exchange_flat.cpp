@@ -27,21 +27,28 @@ struct SlotMeta {  // what travels with each slot at plan time
 
 }  // namespace
 
-FlatExchange::FlatExchange(const ExchangeGroups& groups)
-    : group_(must(groups.group, "expert group")), topo_(groups.topology) {
+FlatExchange::FlatExchange(const ExchangeGroups& groups) : IndexedExchange(groups) {
   SY_CHECK(static_cast<int>(topo_.node_of.size()) == group_.size(), "topology of {} ranks for a group of {}",
            topo_.node_of.size(), group_.size());
 }
 
-std::unique_ptr<ExchangePlan> FlatExchange::make_plan(const RoutedSlots& slots) {
-  return make_plan(build_source_index(slots, topo_, group_.size()));
+bool FlatExchange::on_my_node(int r) const {
+  return topo_.node_of[static_cast<size_t>(r)] == topo_.node_of[static_cast<size_t>(group_.rank())];
 }
 
-std::unique_ptr<ExchangePlan> FlatExchange::make_plan(SourceIndex src) {
+void FlatExchange::alltoallv_rows(const ExchangePlan& plan, const SourceIndex& src, bool to_dest, const void* send,
+                                  void* recv, int64_t row_bytes, ExchangeStats& stats) {
+  const Layout slots = make_layout(src.dest_rows, row_bytes);
+  const Layout placed = placed_layout(plan.recv_counts, plan.recv_offsets, row_bytes);
+  const Layout& sl = to_dest ? slots : placed;
+  const Layout& rl = to_dest ? placed : slots;
+  group_.alltoallv(send, sl.counts, sl.displs, recv, rl.counts, rl.displs);
+  add_traffic(stats, sl.counts, group_.rank(), [&](int r) { return on_my_node(r); });
+}
+
+std::unique_ptr<ExchangePlan> FlatExchange::plan_from(SourceIndex src) {
   Stopwatch watch;
   const int E = group_.size(), me = group_.rank();
-  const int my_node = topo_.node_of[static_cast<size_t>(me)];
-  auto on_my_node = [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; };
   auto plan = std::make_unique<FlatPlan>();
   plan->algorithm = ExchangeAlgorithm::flat;
   plan->stats.algorithm = plan->algorithm;
@@ -51,7 +58,8 @@ std::unique_ptr<ExchangePlan> FlatExchange::make_plan(SourceIndex src) {
   // Counts first: rows per peer.
   plan->recv_counts.assign(static_cast<size_t>(E), 0);
   group_.alltoall(src.dest_rows.data(), plan->recv_counts.data(), 1);
-  add_traffic(plan->stats, std::vector<int64_t>(static_cast<size_t>(E), sizeof(int64_t)), me, on_my_node);
+  add_traffic(plan->stats, std::vector<int64_t>(static_cast<size_t>(E), sizeof(int64_t)), me,
+              [&](int r) { return on_my_node(r); });
   plan->num_recv = 0;
   for (int64_t c : plan->recv_counts) plan->num_recv += c;
   plan->recv_offsets = source_offsets(topo_, plan->recv_counts);
@@ -59,10 +67,7 @@ std::unique_ptr<ExchangePlan> FlatExchange::make_plan(SourceIndex src) {
   // Then each slot's gate and tag, in slot order.
   std::vector<SlotMeta> send(src.slot_token.size()), recv(static_cast<size_t>(plan->num_recv));
   for (size_t s = 0; s < send.size(); ++s) send[s] = SlotMeta{src.slot_gate[s], src.slot_tag[s]};
-  const Layout sl = make_layout(src.dest_rows, sizeof(SlotMeta));
-  const Layout rl = placed_layout(plan->recv_counts, plan->recv_offsets, sizeof(SlotMeta));
-  group_.alltoallv(send.data(), sl.counts, sl.displs, recv.data(), rl.counts, rl.displs);
-  add_traffic(plan->stats, sl.counts, me, on_my_node);
+  alltoallv_rows(*plan, src, true, send.data(), recv.data(), sizeof(SlotMeta), plan->stats);
   plan->recv_gate.resize(recv.size());
   plan->recv_tag.resize(recv.size());
   for (size_t r = 0; r < recv.size(); ++r) {
@@ -75,36 +80,26 @@ std::unique_ptr<ExchangePlan> FlatExchange::make_plan(SourceIndex src) {
 }
 
 ExchangeStats FlatExchange::dispatch(const ExchangePlan& plan_in, const void* x, int64_t row_bytes, void* recv) {
-  Stopwatch watch;
+  CallStats call(plan_in);
   const FlatPlan& plan = as_flat(plan_in);
-  const int me = group_.rank(), my_node = topo_.node_of[static_cast<size_t>(me)];
   const auto S = static_cast<int64_t>(plan.src.slot_token.size());
   std::byte* send = scratch(send_, S * row_bytes);
   gather_rows(send, x, plan.src.slot_token.data(), S, row_bytes);
-  const Layout sl = make_layout(plan.src.dest_rows, row_bytes);
-  const Layout rl = placed_layout(plan.recv_counts, plan.recv_offsets, row_bytes);
-  group_.alltoallv(send, sl.counts, sl.displs, recv, rl.counts, rl.displs);
-  ExchangeStats stats;
-  stats.algorithm = plan.algorithm;
-  add_traffic(stats, sl.counts, me, [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; });
-  stats.seconds = watch.seconds();
-  return stats;
+  alltoallv_rows(plan, plan.src, true, send, recv, row_bytes, call.stats);
+  return call.done();
 }
 
 ExchangeStats FlatExchange::combine(const ExchangePlan& plan_in, const float* y, int64_t C, float* out,
                                     bool weighted) {
-  Stopwatch watch;
+  CallStats call(plan_in);
   const FlatPlan& plan = as_flat(plan_in);
-  const int me = group_.rank(), my_node = topo_.node_of[static_cast<size_t>(me)];
   const SourceIndex& src = plan.src;
   const auto S = static_cast<int64_t>(src.slot_token.size());
   const auto U = static_cast<int64_t>(src.unique_token.size());
   const int64_t row = C * static_cast<int64_t>(sizeof(float));
   // The mirror of dispatch: one row per slot comes back, in slot order.
   auto* slot_rows = reinterpret_cast<float*>(scratch(recv_, S * row));
-  const Layout sl = placed_layout(plan.recv_counts, plan.recv_offsets, row);
-  const Layout rl = make_layout(src.dest_rows, row);
-  group_.alltoallv(y, sl.counts, sl.displs, slot_rows, rl.counts, rl.displs);
+  alltoallv_rows(plan, src, false, y, slot_rows, row, call.stats);
   // Partial sums per (token, node), then the node sum: the order that defines the result.
   auto* partial = reinterpret_cast<float*>(scratch(send_, U * row));
   std::vector<float> gates;
@@ -120,26 +115,15 @@ ExchangeStats FlatExchange::combine(const ExchangePlan& plan_in, const float* y,
     first += n;
   }
   sum_unique_rows(out, src, node_partials, C);
-  ExchangeStats stats;
-  stats.algorithm = plan.algorithm;
-  add_traffic(stats, sl.counts, me, [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; });
-  stats.seconds = watch.seconds();
-  return stats;
+  return call.done();
 }
 
 ExchangeStats FlatExchange::return_to_slots(const ExchangePlan& plan_in, const float* recv_values,
                                             float* slot_values) {
-  Stopwatch watch;
+  CallStats call(plan_in);
   const FlatPlan& plan = as_flat(plan_in);
-  const int me = group_.rank(), my_node = topo_.node_of[static_cast<size_t>(me)];
-  const Layout sl = placed_layout(plan.recv_counts, plan.recv_offsets, sizeof(float));
-  const Layout rl = make_layout(plan.src.dest_rows, sizeof(float));
-  group_.alltoallv(recv_values, sl.counts, sl.displs, slot_values, rl.counts, rl.displs);
-  ExchangeStats stats;
-  stats.algorithm = plan.algorithm;
-  add_traffic(stats, sl.counts, me, [&](int r) { return topo_.node_of[static_cast<size_t>(r)] == my_node; });
-  stats.seconds = watch.seconds();
-  return stats;
+  alltoallv_rows(plan, plan.src, false, recv_values, slot_values, sizeof(float), call.stats);
+  return call.done();
 }
 
 }  // namespace switchyard::parallel::detail

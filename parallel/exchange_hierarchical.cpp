@@ -79,10 +79,7 @@ auto all_intra(int) { return true; }   // stage 2: every peer is on my node
 }  // namespace
 
 HierarchicalExchange::HierarchicalExchange(const ExchangeGroups& groups)
-    : group_(must(groups.group, "expert group")),
-      intra_(must(groups.intra, "intra-node")),
-      inter_(must(groups.inter, "inter-node")),
-      topo_(groups.topology) {
+    : IndexedExchange(groups), intra_(must(groups.intra, "intra-node")), inter_(must(groups.inter, "inter-node")) {
   if (!topo_.regular)
     throw_usage("parallel.token_exchange = hierarchical needs every node to hold the same number of ranks "
                 "of an expert group ({} nodes, {} ranks on the first); use flat or auto, or align "
@@ -97,11 +94,7 @@ HierarchicalExchange::HierarchicalExchange(const ExchangeGroups& groups)
            topo_.ranks_per_node);
 }
 
-std::unique_ptr<ExchangePlan> HierarchicalExchange::make_plan(const RoutedSlots& slots) {
-  return make_plan(build_source_index(slots, topo_, group_.size()));
-}
-
-std::unique_ptr<ExchangePlan> HierarchicalExchange::make_plan(SourceIndex src) {
+std::unique_ptr<ExchangePlan> HierarchicalExchange::plan_from(SourceIndex src) {
   Stopwatch watch;
   const int G = topo_.num_nodes, L = topo_.ranks_per_node;
   auto plan = std::make_unique<HierPlan>();
@@ -224,10 +217,8 @@ std::unique_ptr<ExchangePlan> HierarchicalExchange::make_plan(SourceIndex src) {
 
 ExchangeStats HierarchicalExchange::dispatch(const ExchangePlan& plan_in, const void* x, int64_t row_bytes,
                                              void* recv) {
-  Stopwatch watch;
+  CallStats call(plan_in);
   const HierPlan& p = as_hier(plan_in);
-  ExchangeStats stats;
-  stats.algorithm = p.algorithm;
   const int G = topo_.num_nodes, n = p.my_node;
   const auto R = static_cast<int64_t>(p.fwd_row.size());
   std::byte* a = scratch(a_, std::max(p.uni_off_send[G], R) * row_bytes);
@@ -241,7 +232,7 @@ ExchangeStats HierarchicalExchange::dispatch(const ExchangePlan& plan_in, const 
   const Layout s1s = stage1_layout(p.s1_send_uni, p.uni_off_send, n, row_bytes);
   const Layout s1r = stage1_layout(p.s1_recv_uni, p.uni_off_recv, n, row_bytes);
   inter_.alltoallv(a, s1s.counts, s1s.displs, b, s1r.counts, s1r.displs);
-  add_traffic(stats, s1s.counts, n, all_inter);
+  add_traffic(call.stats, s1s.counts, n, all_inter);
   // Stage 2: the relay duplicates and forwards inside the node (my own rows straight from x); the
   // finals receive in canonical order.
   const auto* xb = static_cast<const std::byte*>(x);
@@ -252,17 +243,14 @@ ExchangeStats HierarchicalExchange::dispatch(const ExchangePlan& plan_in, const 
   }
   const Layout s2s = make_layout(p.s2_send, row_bytes), s2r = make_layout(p.s2_recv, row_bytes);
   intra_.alltoallv(a, s2s.counts, s2s.displs, recv, s2r.counts, s2r.displs);
-  add_traffic(stats, s2s.counts, intra_.rank(), all_intra);
-  stats.seconds = watch.seconds();
-  return stats;
+  add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
+  return call.done();
 }
 
 ExchangeStats HierarchicalExchange::combine(const ExchangePlan& plan_in, const float* y, int64_t C, float* out,
                                             bool weighted) {
-  Stopwatch watch;
+  CallStats call(plan_in);
   const HierPlan& p = as_hier(plan_in);
-  ExchangeStats stats;
-  stats.algorithm = p.algorithm;
   const int G = topo_.num_nodes, n = p.my_node;
   const int64_t row = C * static_cast<int64_t>(sizeof(float));
   const auto R = static_cast<int64_t>(p.fwd_row.size());
@@ -271,7 +259,7 @@ ExchangeStats HierarchicalExchange::combine(const ExchangePlan& plan_in, const f
   // Stage 2 backwards: every final returns one row per slot to the relay it came through.
   const Layout s2s = make_layout(p.s2_recv, row), s2r = make_layout(p.s2_send, row);
   intra_.alltoallv(y, s2s.counts, s2s.displs, a, s2r.counts, s2r.displs);
-  add_traffic(stats, s2s.counts, intra_.rank(), all_intra);
+  add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
   // The in-node sum: one partial row per (source, token), slots in the source's slot order.
   scatter_add_rows(partial, p.rec_row.data(), a, p.rec_pos.data(), weighted ? p.rec_gate.data() : nullptr,
                    p.rec_first.data(), R, C);
@@ -280,21 +268,18 @@ ExchangeStats HierarchicalExchange::combine(const ExchangePlan& plan_in, const f
   const Layout s1s = stage1_layout(p.s1_recv_uni, p.uni_off_recv, n, row);
   const Layout s1r = stage1_layout(p.s1_send_uni, p.uni_off_send, n, row);
   inter_.alltoallv(partial, s1s.counts, s1s.displs, a, s1r.counts, s1r.displs);
-  add_traffic(stats, s1s.counts, n, all_inter);
+  add_traffic(call.stats, s1s.counts, n, all_inter);
   std::vector<const float*> node_partials(static_cast<size_t>(G));
   for (int m = 0; m < G; ++m)
     node_partials[m] = m == n ? partial + p.uni_off_recv[n] * C : a + p.uni_off_send[m] * C;
   sum_unique_rows(out, p.src, node_partials, C);
-  stats.seconds = watch.seconds();
-  return stats;
+  return call.done();
 }
 
 ExchangeStats HierarchicalExchange::return_to_slots(const ExchangePlan& plan_in, const float* recv_values,
                                                     float* slot_values) {
-  Stopwatch watch;
+  CallStats call(plan_in);
   const HierPlan& p = as_hier(plan_in);
-  ExchangeStats stats;
-  stats.algorithm = p.algorithm;
   constexpr int64_t kRow = sizeof(float);
   const auto R = static_cast<int64_t>(p.fwd_row.size());
   const int64_t S = p.num_slots;
@@ -303,14 +288,13 @@ ExchangeStats HierarchicalExchange::return_to_slots(const ExchangePlan& plan_in,
   auto* c = reinterpret_cast<float*>(scratch(c_, S * kRow));
   const Layout s2s = make_layout(p.s2_recv, kRow), s2r = make_layout(p.s2_send, kRow);
   intra_.alltoallv(recv_values, s2s.counts, s2s.displs, a, s2r.counts, s2r.displs);
-  add_traffic(stats, s2s.counts, intra_.rank(), all_intra);
+  add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
   gather_rows(b, a, p.rec_pos.data(), R, kRow);  // relay: back into record order
   const Layout s1s = make_layout(p.s1_recv_rec, kRow), s1r = make_layout(p.s1_send_rec, kRow);
   inter_.alltoallv(b, s1s.counts, s1s.displs, c, s1r.counts, s1r.displs);
-  add_traffic(stats, s1s.counts, inter_.rank(), all_inter);
+  add_traffic(call.stats, s1s.counts, inter_.rank(), all_inter);
   scatter_rows(slot_values, c, p.src.red_slot.data(), S, kRow);  // source: records are in reduction order
-  stats.seconds = watch.seconds();
-  return stats;
+  return call.done();
 }
 
 }  // namespace switchyard::parallel::detail

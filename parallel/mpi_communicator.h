@@ -44,7 +44,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string name() const override { return "mpi"; }
-  MemorySpace memory_space() const override { return MemorySpace::MemorySpace_host; }
+  MemorySpace memory_space() const override { return MemorySpace::host; }
 
   void barrier() override;
   void allreduce_sum(float* data, int64_t n) override;

@@ -45,7 +45,7 @@ class AutoExchange final : public TokenExchange {
 
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override {
     SourceIndex src = detail::build_source_index(slots, topo_, group_.size());
-    if (!hier_) return flat_.make_plan(std::move(src));
+    if (!hier_) return flat_.plan_from(std::move(src));
     // Quantities of this rank's slots (rows), summed exactly over the group.
     enum { kFlatIntraMsg, kFlatIntraRows, kFlatInterMsg, kFlatInterRows,
            kHierInterMsg, kHierInterRows, kHierIntraMsg, kHierIntraRows, kCount };
@@ -77,7 +77,7 @@ class AutoExchange final : public TokenExchange {
                         cost(cost_.inter, q[kFlatInterMsg], q[kFlatInterRows]);
     const double hier = cost(cost_.inter, q[kHierInterMsg], q[kHierInterRows]) +
                         cost(cost_.intra, q[kHierIntraMsg], q[kHierIntraRows]);
-    auto plan = hier < flat ? hier_->make_plan(std::move(src)) : flat_.make_plan(std::move(src));
+    auto plan = hier < flat ? hier_->plan_from(std::move(src)) : flat_.plan_from(std::move(src));
     plan->estimate_flat_s = flat;
     plan->estimate_hierarchical_s = hier;
     return plan;

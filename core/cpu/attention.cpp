@@ -250,9 +250,25 @@ double occupancy(int64_t tasks, int64_t threads) {
   return rounds == 0 ? 1.0 : static_cast<double>(tasks) / static_cast<double>(rounds * threads);
 }
 
-void check_shape(const AttentionShape& s) {
+// The sizes of one attention call (both directions), checked: qkv rows of W floats, outputs of
+// QW, `group` q heads per kv head, and the softmax scale.
+struct Dims {
+  int64_t B, T, NH, NKV, HD, W, QW, group;
+  float scale;
+};
+Dims checked_dims(const AttentionShape& s) {
   SY_CHECK(s.B >= 0 && s.T >= 0 && s.HD > 0 && s.NKV > 0 && s.NH > 0 && s.NH % s.NKV == 0,
            "bad attention shape B={} T={} NH={} NKV={} HD={}", s.B, s.T, s.NH, s.NKV, s.HD);
+  return {s.B, s.T, s.NH, s.NKV, s.HD, s.qkv_width(), s.q_width(), s.NH / s.NKV,
+          1.0f / std::sqrt(static_cast<float>(s.HD))};
+}
+
+// The q, k, v columns of q heads h0 .. h0+G-1 of batch b (one kv head) inside qkv [B, T, W].
+GroupView group_view(const float* qkv, const Dims& d, int64_t b, int64_t h0, int64_t G) {
+  const int64_t g = h0 / d.group;
+  const float* base = qkv + b * d.T * d.W;
+  return GroupView{base + h0 * d.HD, base + d.QW + g * d.HD, base + d.QW + (d.NKV + g) * d.HD, d.W,
+                   nullptr, nullptr, 0, nullptr, G};
 }
 
 }  // namespace
@@ -266,12 +282,9 @@ static bool by_kv_head(const AttentionShape& s, int64_t threads) {
 
 void CpuBackend::attention_forward(float* out, float* lse, const float* qkv,
                                    const AttentionShape& s) {
-  check_shape(s);
-  if (s.B == 0 || s.T == 0) return;
-  const int64_t B = s.B, T = s.T, NH = s.NH, NKV = s.NKV, HD = s.HD, W = s.qkv_width(),
-                QW = s.q_width();
-  const int64_t group = NH / NKV;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+  const Dims d = checked_dims(s);
+  if (d.B == 0 || d.T == 0) return;
+  const auto [B, T, NH, NKV, HD, W, QW, group, scale] = d;
   const int64_t threads = omp_get_max_threads();
   const int64_t G = by_kv_head(s, threads) ? group : 1;  // q heads per task
   const int64_t per_thread = GroupScratch::floats(G, T, HD);
@@ -279,11 +292,9 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv,
   std::atomic<int> err{0};
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t task = 0; task < B * (NH / G); ++task) {
-    const int64_t b = task / (NH / G), h0 = (task % (NH / G)) * G, g = h0 / group;
-    const float* base = qkv + b * T * W;
-    GroupView v{base + h0 * HD, base + QW + g * HD, base + QW + (NKV + g) * HD, W,
-                nullptr, nullptr, 0, nullptr, G};
-    group_forward(err, out + b * T * QW + h0 * HD, QW, lse + (b * NH + h0) * T, v, T, HD, scale,
+    const int64_t b = task / (NH / G), h0 = (task % (NH / G)) * G;
+    group_forward(err, out + b * T * QW + h0 * HD, QW, lse + (b * NH + h0) * T,
+                  group_view(qkv, d, b, h0, G), T, HD, scale,
                   GroupScratch(scratch.data() + omp_get_thread_num() * per_thread, G, T, HD));
   }
   if (err.load()) throw_internal("attention_forward: dnnl_sgemm failed");
@@ -291,20 +302,18 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv,
 
 void CpuBackend::attention_backward(float* dqkv, const float* dout, const float* out,
                                     const float* lse, const float* qkv, const AttentionShape& s) {
-  check_shape(s);
-  if (s.B == 0 || s.T == 0) return;
-  const int64_t B = s.B, T = s.T, NH = s.NH, NKV = s.NKV, HD = s.HD, W = s.qkv_width(),
-                QW = s.q_width();
-  const int64_t group = NH / NKV;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+  const Dims d = checked_dims(s);
+  if (d.B == 0 || d.T == 0) return;
+  const auto [B, T, NH, NKV, HD, W, QW, group, scale] = d;
   const int64_t threads = omp_get_max_threads();
   std::atomic<int> err{0};
-  auto view = [&](int64_t b, int64_t h0, int64_t G) {
-    const int64_t g = h0 / group;
-    const float* base = qkv + b * T * W;
-    return GroupView{base + h0 * HD, base + QW + g * HD, base + QW + (NKV + g) * HD, W,
-                     out + b * T * QW + h0 * HD, dout + b * T * QW + h0 * HD, QW,
-                     lse + (b * NH + h0) * T, G};
+  auto view = [&](int64_t b, int64_t h0, int64_t G) {  // plus the forward's o, lse and dO
+    GroupView v = group_view(qkv, d, b, h0, G);
+    v.o = out + b * T * QW + h0 * HD;
+    v.dO = dout + b * T * QW + h0 * HD;
+    v.ldo = QW;
+    v.lse = lse + (b * NH + h0) * T;
+    return v;
   };
 
   if (by_kv_head(s, threads)) {

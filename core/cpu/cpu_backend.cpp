@@ -134,20 +134,18 @@ void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
     if (rounding.c != Dtype::f32) round_rows(rounding.c, C, ldc, C, ldc, M, N);
     return;
   }
-  if (rounding.a != Dtype::f32) {  // op(A) reads A as [M,K], or [K,M] when transposed
-    const int64_t rows = trans_a ? K : M, cols = trans_a ? M : K;
-    float* a = gemm_scratch(0, rows * cols);
-    round_rows(rounding.a, a, cols, A, lda, rows, cols);
-    A = a;
-    lda = cols;
-  }
-  if (rounding.b != Dtype::f32) {  // op(B) reads B as [K,N], or [N,K] when transposed
-    const int64_t rows = trans_b ? N : K, cols = trans_b ? K : N;
-    float* b = gemm_scratch(1, rows * cols);
-    round_rows(rounding.b, b, cols, B, ldb, rows, cols);
-    B = b;
-    ldb = cols;
-  }
+  // An operand that is not stored in the compute dtype is rounded into scratch `slot`; the GEMM
+  // then reads the copy (rows x cols as stored, packed).
+  auto round_operand = [&](Dtype d, int slot, const float*& X, int64_t& ld, int64_t rows, int64_t cols) {
+    if (d == Dtype::f32) return;
+    float* x = gemm_scratch(slot, rows * cols);
+    round_rows(d, x, cols, X, ld, rows, cols);
+    X = x;
+    ld = cols;
+  };
+  // op(A) reads A as [M,K], or [K,M] when transposed; op(B) reads B as [K,N], or [N,K]
+  round_operand(rounding.a, 0, A, lda, trans_a ? K : M, trans_a ? M : K);
+  round_operand(rounding.b, 1, B, ldb, trans_b ? N : K, trans_b ? K : N);
   dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B,
                                 ldb, beta, C, ldc);
   if (st != dnnl_success)

@@ -282,11 +282,16 @@ void CpuBackend::rope_backward(float* dqkv, const AttentionShape& s, float theta
 
 // ---------------------------------------------------------------- cross-entropy
 
-void CpuBackend::cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
-                                       int64_t N, int64_t V) {
+// Every target is below V (a negative target marks an ignored row).
+static void check_targets(const int32_t* targets, int64_t N, int64_t V) {
   for (int64_t i = 0; i < N; ++i)
     SY_CHECK(targets[i] < V, "cross-entropy target {} at row {} out of range (vocab {})",
              targets[i], i, V);
+}
+
+void CpuBackend::cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                       int64_t N, int64_t V) {
+  check_targets(targets, N, V);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; ++i) {
     const int32_t t = targets[i];
@@ -304,9 +309,7 @@ void CpuBackend::cross_entropy_forward(float* losses, const float* logits, const
 void CpuBackend::cross_entropy_backward(float* dlogits, const float* logits,
                                         const int32_t* targets, const float* dloss, int64_t N,
                                         int64_t V) {
-  for (int64_t i = 0; i < N; ++i)
-    SY_CHECK(targets[i] < V, "cross-entropy target {} at row {} out of range (vocab {})",
-             targets[i], i, V);
+  check_targets(targets, N, V);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; ++i) {
     const int32_t t = targets[i];

@@ -248,30 +248,14 @@ void CpuBackend::dispatch_forward(float* xp, const float* x, const int32_t* pos,
   }
 }
 
-void CpuBackend::dispatch_backward(float* dx, const float* dxp, const int32_t* pos, int64_t N,
-                                   int64_t K, int64_t C) {
-#pragma omp parallel for schedule(static) if (N * K * C >= kParallelMin)
-  for (int64_t t = 0; t < N; ++t) {
-    float* d = dx + t * C;
-    bool first = true;
-    for (int64_t k = 0; k < K; ++k) {
-      const int32_t p = pos[t * K + k];
-      if (p < 0) continue;
-      const float* src = dxp + static_cast<int64_t>(p) * C;
-      if (first) {
-        std::memcpy(d, src, sizeof(float) * C);
-        first = false;
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) d[c] += src[c];
-      }
-    }
-    if (first) std::memset(d, 0, sizeof(float) * C);
-  }
-}
+namespace {
 
-void CpuBackend::combine_forward(float* out, const float* y, const int32_t* pos, const float* gates,
-                                 int64_t N, int64_t K, int64_t C) {
+// out[t] = sum over the kept slots k of token t of (gates[t,k] *) rows[pos[t*K+k]], summed in k
+// order; 0 for a token without kept slots. Dispatch backward (Gated = false: plain sum) and
+// combine forward (Gated = true) are this one kernel.
+template <bool Gated>
+void sum_slot_rows(float* out, const float* rows, const int32_t* pos, const float* gates, int64_t N,
+                   int64_t K, int64_t C) {
 #pragma omp parallel for schedule(static) if (N * K * C >= kParallelMin)
   for (int64_t t = 0; t < N; ++t) {
     float* o = out + t * C;
@@ -279,19 +263,40 @@ void CpuBackend::combine_forward(float* out, const float* y, const int32_t* pos,
     for (int64_t k = 0; k < K; ++k) {
       const int32_t p = pos[t * K + k];
       if (p < 0) continue;
-      const float g = gates[t * K + k];
-      const float* src = y + static_cast<int64_t>(p) * C;
-      if (first) {
+      const float* src = rows + static_cast<int64_t>(p) * C;
+      if constexpr (Gated) {
+        const float g = gates[t * K + k];
+        if (first) {
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] = g * src[c];
-        first = false;
+          for (int64_t c = 0; c < C; ++c) o[c] = g * src[c];
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] += g * src[c];
+        }
       } else {
+        if (first) {
+          std::memcpy(o, src, sizeof(float) * C);
+        } else {
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] += g * src[c];
+          for (int64_t c = 0; c < C; ++c) o[c] += src[c];
+        }
       }
+      first = false;
     }
     if (first) std::memset(o, 0, sizeof(float) * C);
   }
+}
+
+}  // namespace
+
+void CpuBackend::dispatch_backward(float* dx, const float* dxp, const int32_t* pos, int64_t N,
+                                   int64_t K, int64_t C) {
+  sum_slot_rows<false>(dx, dxp, pos, nullptr, N, K, C);
+}
+
+void CpuBackend::combine_forward(float* out, const float* y, const int32_t* pos, const float* gates,
+                                 int64_t N, int64_t K, int64_t C) {
+  sum_slot_rows<true>(out, y, pos, gates, N, K, C);
 }
 
 void CpuBackend::combine_backward(float* dy, float* dgates, const float* dout, const float* y,

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/params.h"
 #include "parallel/mpi_check.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_context.h"
@@ -83,11 +84,13 @@ Routing random_routing(const Options& o, int rank, int E) {
     return a.expert != b.expert ? a.expert < b.expert : a.token < b.token;
   });
   Routing r;
-  const int64_t per_rank = o.experts / E;
+  sy::core::ModelConfig model;  // only the expert count matters to the ownership rule
+  model.moe.n_experts = o.experts;
   for (const Slot& s : slots) {
+    const sy::core::ExpertOwner owner = sy::core::expert_owner(model, s.expert, E);
     r.token.push_back(static_cast<int32_t>(s.token));
-    r.dest.push_back(static_cast<int32_t>(s.expert / per_rank));
-    r.tag.push_back(static_cast<int32_t>(s.expert % per_rank));
+    r.dest.push_back(owner.rank);
+    r.tag.push_back(owner.local);
     r.gate.push_back(s.gate);
   }
   return r;

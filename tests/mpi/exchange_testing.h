@@ -1,5 +1,6 @@
-// tests/mpi/exchange_testing.h: helpers of the token-exchange tests: the layouts to try for a world
-// size, one full forward/backward pass through an exchange, bitwise comparison.
+// tests/mpi/exchange_testing.h: helpers of the token-exchange tests: the three algorithms, the
+// layouts to try for a world size, one full forward/backward pass through an exchange, bitwise
+// comparison.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -34,6 +35,11 @@ struct Pass {
 Pass run_pass(parallel::TokenExchange& ex, const Routing& r, int world_rank, int group_rank, int64_t C);
 
 ::testing::AssertionResult bit_equal(const std::vector<float>& a, const std::vector<float>& b);
+
+using parallel::ExchangeAlgorithm;
+constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::flat;
+constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::hierarchical;
+constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::automatic;
 
 constexpr int kExpertsPerRank = 2;
 constexpr int64_t kColumns = 6;

@@ -5,6 +5,8 @@
 #include <array>
 #include <tuple>
 
+#include "core/params.h"
+
 namespace switchyard::test {
 namespace {
 
@@ -23,9 +25,9 @@ uint64_t hash(uint64_t a, uint64_t b, uint64_t c = 0, uint64_t d = 0) {
 
 const char* pattern_name(Pattern p) {
   switch (p) {
-    case Pattern::Pattern_random: return "random";
-    case Pattern::Pattern_skewed: return "skewed";
-    case Pattern::Pattern_sparse: return "sparse";
+    case Pattern::random: return "random";
+    case Pattern::skewed: return "skewed";
+    case Pattern::sparse: return "sparse";
   }
   return "?";
 }
@@ -43,9 +45,9 @@ parallel::RoutedSlots Routing::slots() const {
 Routing make_routing(Pattern pattern, uint64_t seed, int world_rank, int E, int experts_per_rank, int K) {
   Routing r;
   const int X = E * experts_per_rank;
-  const int usable = pattern == Pattern::Pattern_sparse ? X - experts_per_rank : X;  // last rank: none
+  const int usable = pattern == Pattern::sparse ? X - experts_per_rank : X;  // last rank: none
   r.num_tokens = 5 + static_cast<int64_t>(hash(seed, world_rank, 1) % 60);
-  if (pattern == Pattern::Pattern_sparse && world_rank % 2 == 1) r.num_tokens = 0;
+  if (pattern == Pattern::sparse && world_rank % 2 == 1) r.num_tokens = 0;
   struct Slot {
     int expert;
     int32_t token;
@@ -56,12 +58,12 @@ Routing make_routing(Pattern pattern, uint64_t seed, int world_rank, int E, int 
     std::vector<int> chosen;
     for (int k = 0; k < K; ++k) {
       int e = k;
-      if (pattern != Pattern::Pattern_skewed) {
+      if (pattern != Pattern::skewed) {
         e = static_cast<int>(hash(seed, world_rank, t, 100 + k) % static_cast<uint64_t>(usable));
         while (std::find(chosen.begin(), chosen.end(), e) != chosen.end()) e = (e + 1) % usable;
       }
       chosen.push_back(e);
-      const bool dropped = pattern == Pattern::Pattern_random && hash(seed, world_rank, t, 200 + k) % 8 == 0;
+      const bool dropped = pattern == Pattern::random && hash(seed, world_rank, t, 200 + k) % 8 == 0;
       const float gate = 0.05f + static_cast<float>(hash(seed, world_rank, t, 300 + k) % 1000) / 1052.0f;
       if (!dropped) slots.push_back(Slot{e, static_cast<int32_t>(t), gate});
     }
@@ -69,10 +71,13 @@ Routing make_routing(Pattern pattern, uint64_t seed, int world_rank, int E, int 
   std::sort(slots.begin(), slots.end(),
             [](const Slot& a, const Slot& b) { return std::tie(a.expert, a.token) < std::tie(b.expert, b.token); });
   r.slots_of_token.assign(static_cast<size_t>(r.num_tokens), 0);
+  core::ModelConfig model;  // only the expert count matters to the ownership rule
+  model.moe.n_experts = X;
   for (const Slot& s : slots) {
+    const core::ExpertOwner owner = core::expert_owner(model, s.expert, E);
     r.token.push_back(s.token);
-    r.dest.push_back(s.expert / experts_per_rank);
-    r.tag.push_back(s.expert % experts_per_rank);
+    r.dest.push_back(owner.rank);
+    r.tag.push_back(owner.local);
     r.gate.push_back(s.gate);
     r.slots_of_token[s.token] += 1;
   }

@@ -11,9 +11,9 @@
 namespace switchyard::test {
 
 enum class Pattern {
-  Pattern_random,  // top-K distinct experts per token, uniform, 1 in 8 slots dropped
-  Pattern_skewed,  // every token to experts 0..K-1 (all on group rank 0): all traffic to one rank
-  Pattern_sparse,  // odd world ranks have no tokens; the last group rank owns no chosen expert
+  random,  // top-K distinct experts per token, uniform, 1 in 8 slots dropped
+  skewed,  // every token to experts 0..K-1 (all on group rank 0): all traffic to one rank
+  sparse,  // odd world ranks have no tokens; the last group rank owns no chosen expert
 };
 const char* pattern_name(Pattern p);
 

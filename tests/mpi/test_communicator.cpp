@@ -22,7 +22,7 @@ TEST(MpiCommunicator, Basics) {
   EXPECT_EQ(world->rank(), rank);
   EXPECT_EQ(world->size(), size);
   EXPECT_EQ(world->name(), "mpi");
-  EXPECT_EQ(world->memory_space(), parallel::MemorySpace::MemorySpace_host);
+  EXPECT_EQ(world->memory_space(), parallel::MemorySpace::host);
   world->barrier();
 }
 
@@ -157,7 +157,7 @@ TEST(MpiCommunicator, FailingCallThrowsWithFileLineAndMpiString) {
     ADD_FAILURE() << "a negative count was accepted";
   } catch (const Error& e) {
     const std::string m = e.what();
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_internal);
+    EXPECT_EQ(e.kind(), ErrorKind::internal);
     EXPECT_NE(m.find("test_communicator.cpp:"), std::string::npos) << m;
     EXPECT_NE(m.find("MPI_Bcast"), std::string::npos) << m;
     EXPECT_NE(m.find("MPI error"), std::string::npos) << m;

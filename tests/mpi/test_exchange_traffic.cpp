@@ -16,11 +16,6 @@
 namespace switchyard::test {
 namespace {
 
-using parallel::ExchangeAlgorithm;
-constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::flat;
-constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::hierarchical;
-constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::automatic;
-
 struct Expected {
   parallel::Traffic flat_intra, flat_inter, hier_intra, hier_inter;
   int64_t remote_slots = 0, remote_unique = 0;
@@ -74,7 +69,7 @@ TEST(ExchangeTraffic, MatchesIndependentCount) {
     const int L = std::min(E, layout.ranks_per_node), G = E / L;
     auto flat = parallel::make_token_exchange(kFlat, groups.exchange_groups());
     auto hier = parallel::make_token_exchange(kHier, groups.exchange_groups());
-    for (Pattern pattern : {Pattern::Pattern_random, Pattern::Pattern_skewed, Pattern::Pattern_sparse}) {
+    for (Pattern pattern : {Pattern::random, Pattern::skewed, Pattern::sparse}) {
       SCOPED_TRACE(layout.name() + " " + pattern_name(pattern));
       const uint64_t seed = 21;
       const Routing r = make_routing(pattern, seed, world->rank(), E, kExpertsPerRank, 2);
@@ -102,7 +97,7 @@ TEST(ExchangeTraffic, MatchesIndependentCount) {
       groups.expert().allreduce_sum(sums.data(), static_cast<int64_t>(sums.size()));
       EXPECT_EQ(sums[0], sums[1]);
       EXPECT_EQ(sums[2], sums[3]);
-      if (G > 1 && pattern != Pattern::Pattern_sparse) {
+      if (G > 1 && pattern != Pattern::sparse) {
         EXPECT_GT(sums[4], sums[5]) << "top-2 routing has duplicates on remote nodes";  // the test can fail
         EXPECT_LT(sums[2], sums[0]);
       }
@@ -121,7 +116,7 @@ TEST(ExchangeTraffic, AutoFollowsCostModel) {
     parallel::ProcessGroups groups(*world, {layout.expert_parallel, layout.ranks_per_node});
     const int E = layout.expert_parallel, G = E / std::min(E, layout.ranks_per_node);
     SCOPED_TRACE(layout.name());
-    const Routing r = make_routing(Pattern::Pattern_skewed, 31, world->rank(), E, kExpertsPerRank, 2);
+    const Routing r = make_routing(Pattern::skewed, 31, world->rank(), E, kExpertsPerRank, 2);
     parallel::CostModel slow_inter;
     slow_inter.inter = {0, 1e3};
     auto a = parallel::make_token_exchange(kAuto, groups.exchange_groups(), slow_inter);
@@ -134,7 +129,7 @@ TEST(ExchangeTraffic, AutoFollowsCostModel) {
       parallel::CostModel slow_intra;
       slow_intra.intra = {1.0, 1e12};
       auto b = parallel::make_token_exchange(kAuto, groups.exchange_groups(), slow_intra);
-      const Routing rr = make_routing(Pattern::Pattern_random, 32, world->rank(), E, kExpertsPerRank, 2);
+      const Routing rr = make_routing(Pattern::random, 32, world->rank(), E, kExpertsPerRank, 2);
       auto p2 = b->make_plan(rr.slots());
       EXPECT_EQ(p2->algorithm, kFlat) << describe_plan(*p2);
     }

@@ -20,22 +20,17 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/process_groups.h"
 #include "parallel/token_exchange.h"
+#include "tests/unit/testing.h"
 
 namespace sy = switchyard;
 
 namespace {
 
+// The shared small model with 8 experts of width 16 (four per rank at E=2, two at E=4).
 sy::core::ModelConfig small_model() {
-  sy::core::ModelConfig c;
-  c.vocab_size = 64;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.max_seq_len = 16;
+  sy::core::ModelConfig c = sy::test::small_moe_model(2);
   c.init_std = 0.1;
   c.moe.n_experts = 8;
-  c.moe.top_k = 2;
   c.moe.expert_size = 16;
   c.moe.aux_loss_coef = 0.0;  // the Switch loss of a slice is not additive over slices
   c.moe.z_loss_coef = 0.01;   // the z-loss is a mean over tokens: additive
@@ -94,7 +89,7 @@ void check_against_single_process(int E, sy::parallel::ExchangeAlgorithm algo, i
       den += b * b;
     }
     EXPECT_LE(std::sqrt(num), 1e-5 * std::sqrt(den) + 1e-12) << p.name << " on rank " << rank;
-    experts_seen += p.kind == sy::core::ParamKind::ParamKind_expert;
+    experts_seen += p.kind == sy::core::ParamKind::expert;
   }
   // this rank holds exactly its share of the experts
   EXPECT_EQ(experts_seen, 3 * static_cast<int>(cfg.n_layers) * static_cast<int>(cfg.moe.n_experts) / E);

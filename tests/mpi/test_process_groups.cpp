@@ -35,7 +35,7 @@ void expect_usage_error(Fn fn, const std::string& key) {
     fn();
     ADD_FAILURE() << "no error; expected one naming " << key;
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::usage) << e.what();
     EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
   }
 }

@@ -20,20 +20,14 @@
 namespace switchyard::test {
 namespace {
 
-using parallel::ExchangeAlgorithm;
-
-constexpr ExchangeAlgorithm kFlat = ExchangeAlgorithm::flat;
-constexpr ExchangeAlgorithm kHier = ExchangeAlgorithm::hierarchical;
-constexpr ExchangeAlgorithm kAuto = ExchangeAlgorithm::automatic;
-
 struct RoutingCase {
   Pattern pattern;
   int K;
   uint64_t seed;
 };
 const std::vector<RoutingCase> kRoutings = {
-    {Pattern::Pattern_random, 2, 1}, {Pattern::Pattern_random, 2, 2}, {Pattern::Pattern_skewed, 2, 3},
-    {Pattern::Pattern_skewed, 1, 4}, {Pattern::Pattern_sparse, 2, 5}, {Pattern::Pattern_random, 1, 6},
+    {Pattern::random, 2, 1}, {Pattern::random, 2, 2}, {Pattern::skewed, 2, 3},
+    {Pattern::skewed, 1, 4}, {Pattern::sparse, 2, 5}, {Pattern::random, 1, 6},
 };
 
 TEST(TokenExchange, FlatHierarchicalAutoBitIdentical) {
@@ -176,7 +170,7 @@ TEST(TokenExchange, ByteRowsAndEmptyRanks) {
   auto world = parallel::MpiCommunicator::world();
   for (const Layout& layout : layouts_for(world->size())) {
     parallel::ProcessGroups groups(*world, {layout.expert_parallel, layout.ranks_per_node});
-    const Routing r = make_routing(Pattern::Pattern_random, 9, world->rank(), layout.expert_parallel, kExpertsPerRank, 2);
+    const Routing r = make_routing(Pattern::random, 9, world->rank(), layout.expert_parallel, kExpertsPerRank, 2);
     std::vector<uint16_t> x(static_cast<size_t>(r.num_tokens * 3));
     for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<uint16_t>(world->rank() * 1000 + i);
     std::vector<std::vector<uint16_t>> got;
@@ -224,7 +218,7 @@ TEST(TokenExchange, UsageErrors) {
   try {
     parallel::parse_exchange_algorithm("ring");
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage);
+    EXPECT_EQ(e.kind(), ErrorKind::usage);
     EXPECT_NE(std::string(e.what()).find("parallel.token_exchange"), std::string::npos) << e.what();
   }
   EXPECT_EQ(parallel::parse_exchange_algorithm("auto"), kAuto);
@@ -241,11 +235,11 @@ TEST(TokenExchange, UsageErrors) {
     parallel::make_token_exchange(kHier, g);
     ADD_FAILURE() << "hierarchical on an irregular layout";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage);
+    EXPECT_EQ(e.kind(), ErrorKind::usage);
     EXPECT_NE(std::string(e.what()).find("parallel.token_exchange"), std::string::npos) << e.what();
   }
   auto ex = parallel::make_token_exchange(kAuto, g);
-  const Routing r = make_routing(Pattern::Pattern_random, 11, world->rank(), world->size(), kExpertsPerRank, 2);
+  const Routing r = make_routing(Pattern::random, 11, world->rank(), world->size(), kExpertsPerRank, 2);
   EXPECT_EQ(ex->make_plan(r.slots())->algorithm, kFlat);
 }
 

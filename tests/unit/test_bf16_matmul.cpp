@@ -68,7 +68,7 @@ TEST(Bf16Matmul, AvailabilityFollowsOnednnIsaAndMissingNativeIsAUsageError) {
     cpu.set_native_bf16(true);
     ADD_FAILURE() << "set_native_bf16(true) without a oneDNN bf16 matmul did not throw";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::usage) << e.what();
   }
   setenv("SWITCHYARD_CPU_BF16_GEMM", "native", 1);
   auto forced = core::make_cpu_backend(2);
@@ -79,7 +79,7 @@ TEST(Bf16Matmul, AvailabilityFollowsOnednnIsaAndMissingNativeIsAUsageError) {
     forced->gemm(false, true, 8, 8, 8, 1.f, a.data(), 8, a.data(), 8, 0.f, c.data(), 8, r);
     ADD_FAILURE() << "forcing native bf16 without a oneDNN bf16 matmul did not throw";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::usage) << e.what();
     EXPECT_NE(std::string(e.what()).find("SWITCHYARD_CPU_BF16_GEMM=native"), std::string::npos) << e.what();
   }
   unsetenv("SWITCHYARD_CPU_BF16_GEMM");

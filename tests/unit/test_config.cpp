@@ -73,7 +73,7 @@ std::string usage_error(const std::string& text, const std::vector<std::string>&
   try {
     parse_experiment_config(text, kOrigin, overrides);
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::usage) << e.what();
     EXPECT_EQ(e.exit_code(), 2);
     return e.what();
   }
@@ -85,7 +85,7 @@ std::string validate_error(const ExperimentConfig& cfg) {
   try {
     core::validate(cfg, kOrigin);
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::usage) << e.what();
     return e.what();
   }
   ADD_FAILURE() << "validate() accepted the config";
@@ -271,7 +271,7 @@ TEST(Config, MissingFile) {
     core::load_experiment_config("configs/does-not-exist.yaml");
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage);
+    EXPECT_EQ(e.kind(), ErrorKind::usage);
     std::string m = e.what();
     EXPECT_HAS(m, "configs/does-not-exist.yaml: config file not found");
     EXPECT_HAS(m, "configs/tiny.yaml");  // the hint

@@ -188,7 +188,7 @@ TEST(Data, PrepareReadsBackExactly) {
   }
   EXPECT_EQ(n_out, 1);
 
-  EXPECT_EQ(detect_token_file_format(out), TokenFileFormat::TokenFileFormat_hdf5);
+  EXPECT_EQ(detect_token_file_format(out), TokenFileFormat::hdf5);
   EXPECT_TRUE(token_file_has_split(out, "train"));
   EXPECT_TRUE(token_file_has_split(out, "valid"));
   const char* names[2] = {"train", "valid"};
@@ -331,7 +331,7 @@ TEST(Data, LlmcRoundTripBothVersions) {
     EXPECT_EQ(h[0], version == 1 ? 20240520 : 20240801);
     EXPECT_EQ(h[1], version);
     EXPECT_EQ(h[2], 5000);
-    EXPECT_EQ(detect_token_file_format(path), TokenFileFormat::TokenFileFormat_llmc);
+    EXPECT_EQ(detect_token_file_format(path), TokenFileFormat::llmc);
     auto src = open_token_source(path, "train");
     EXPECT_EQ(src->size(), 5000);
     EXPECT_EQ(src->vocab_hint(), 0);
@@ -386,7 +386,7 @@ TEST(Data, BadInputsAreUsageErrorsNamingTheFile) {
   int32_t m = 12345;
   std::memcpy(wrong.data(), &m, 4);
   write_file(p("magic.bin"), wrong);
-  EXPECT_EQ(detect_token_file_format(p("magic.bin")), TokenFileFormat::TokenFileFormat_unknown);
+  EXPECT_EQ(detect_token_file_format(p("magic.bin")), TokenFileFormat::unknown);
   EXPECT_USAGE_NAMING(open_token_source(p("magic.bin"), "train"), p("magic.bin"));
   EXPECT_USAGE_NAMING(LlmcShardSource{p("magic.bin")}, p("magic.bin"));
 

@@ -327,19 +327,16 @@ TEST_F(DenseKernels, AttentionLongSequences) {
 
 // ---------------------------------------------------------------- AttentionLayer
 
+// The shared small model (d_model 32, 4 heads / 2 kv heads, 16 positions, rope_theta 10000) with
+// vocabulary 16, 2 experts top-1 of width 8, and q/k/v biases as asked.
 ModelConfig tiny_config(bool bias) {
-  ModelConfig c;
+  ModelConfig c = test::small_moe_model(2);
   c.vocab_size = 16;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.max_seq_len = 16;
-  c.rope_theta = 10000.0;
   c.qkv_bias = bias;
   c.moe.n_experts = 2;
   c.moe.top_k = 1;
   c.moe.expert_size = 8;
+  c.moe.z_loss_coef = 0.0;
   return c;
 }
 

@@ -11,10 +11,11 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/cpu/cpu_backend.h"
-#include "core/formats/safetensors.h"
+#include "core/safetensors.h"
 #include "launch/model_io.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
@@ -33,7 +34,7 @@ fs::path golden_root() {
 std::vector<float> f32(const sy::core::formats::SafetensorsFile& f, const std::string& name) {
   const auto& t = f.at(name);
   std::vector<float> v(static_cast<size_t>(t.numel()));
-  sy::core::formats::to_f32(t, v.data());
+  sy::core::to_f32(t, v.data());
   return v;
 }
 
@@ -57,6 +58,23 @@ double norm_rel(const float* a, const std::vector<float>& b) {
 
 double meta(const sy::core::formats::SafetensorsFile& f, const std::string& key) { return std::stod(f.metadata().at(key)); }
 
+// The case's model through the --init-from loader, with the loss coefficients the reference used.
+sy::launch::LoadedModel load_case_model(const fs::path& dir, const sy::core::formats::SafetensorsFile& g) {
+  auto loaded = sy::launch::load_hf_model((dir / "model").string());
+  loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
+  loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
+  return loaded;
+}
+
+// The reference's batch: tokens and targets [B, T].
+struct Batch {
+  std::vector<int32_t> tokens, targets;
+  int64_t B, T;
+};
+Batch reference_batch(const sy::core::formats::SafetensorsFile& g) {
+  return {i32(g, "tokens"), i32(g, "targets"), g.at("tokens").shape[0], g.at("tokens").shape[1]};
+}
+
 class Golden : public ::testing::TestWithParam<std::string> {};
 
 // Every tensor within 1e-5 (norm-relative) of the float64 reference.
@@ -66,11 +84,8 @@ TEST_P(Golden, LossLogitsCountsAndEveryGradient) {
   const fs::path dir = golden_root() / GetParam();
   ASSERT_TRUE(fs::exists(dir / "golden.safetensors")) << "run tests/golden/make_golden.py first: " << dir;
   sy::core::formats::SafetensorsFile g((dir / "golden.safetensors").string());
-  auto loaded = sy::launch::load_hf_model((dir / "model").string());
-  loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
-  loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
-  const auto tokens = i32(g, "tokens"), targets = i32(g, "targets");
-  const int64_t B = g.at("tokens").shape[0], T = g.at("tokens").shape[1];
+  auto loaded = load_case_model(dir, g);
+  const auto [tokens, targets, B, T] = reference_batch(g);
 
   auto be = sy::core::make_cpu_backend(2);
   sy::moe::Model model(*be, loaded.config, B, T);
@@ -113,9 +128,7 @@ TEST_P(Golden, TenStepAdamWTrajectory) {
   const fs::path dir = golden_root() / GetParam();
   ASSERT_TRUE(fs::exists(dir / "golden.safetensors")) << dir;
   sy::core::formats::SafetensorsFile g((dir / "golden.safetensors").string());
-  auto loaded = sy::launch::load_hf_model((dir / "model").string());
-  loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
-  loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
+  auto loaded = load_case_model(dir, g);
   sy::core::OptimConfig oc;
   oc.lr = meta(g, "lr");
   oc.min_lr = meta(g, "min_lr");
@@ -199,11 +212,8 @@ TEST_P(Golden, MixedPrecisionForward) {
   ASSERT_TRUE(fs::exists(dir / "golden_mixed.safetensors")) << "run tests/golden/make_golden.py first: " << dir;
   sy::core::formats::SafetensorsFile g((dir / "golden.safetensors").string());
   sy::core::formats::SafetensorsFile gm((dir / "golden_mixed.safetensors").string());
-  auto loaded = sy::launch::load_hf_model((dir / "model").string());
-  loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
-  loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
-  const auto tokens = i32(g, "tokens"), targets = i32(g, "targets");
-  const int64_t B = g.at("tokens").shape[0], T = g.at("tokens").shape[1];
+  auto loaded = load_case_model(dir, g);
+  const auto [tokens, targets, B, T] = reference_batch(g);
   const int64_t N = B * T, V = loaded.config.vocab_size, E = loaded.config.moe.n_experts;
   const auto logits_fp32 = f32(g, "logits");
 
@@ -261,8 +271,7 @@ TEST(GoldenLoader, Bf16ShardedCheckpoint) {
   ASSERT_TRUE(fs::exists(dir / "golden_bf16_logits.safetensors")) << dir;
   sy::core::formats::SafetensorsFile g((dir / "golden_bf16_logits.safetensors").string());
   auto loaded = sy::launch::load_hf_model((dir / "model_bf16_sharded").string());
-  const auto tokens = i32(g, "tokens"), targets = i32(g, "targets");
-  const int64_t B = g.at("tokens").shape[0], T = g.at("tokens").shape[1];
+  const auto [tokens, targets, B, T] = reference_batch(g);
   auto be = sy::core::make_cpu_backend(2);
   sy::moe::Model model(*be, loaded.config, B, T);
   model.set_params_from_host(loaded.params.data());

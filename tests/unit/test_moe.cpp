@@ -492,6 +492,23 @@ TEST(MoeKernels, SwigluAndSigmoidGateMatchFiniteDifferences) {
 
 // (c) dispatch then combine with gates summing to 1 per token is the identity, and so is the
 // gradient of the composition.
+// expert_owner inverts local_experts: every expert of every rank's range maps back to that rank
+// and its index in the range.
+TEST(ExpertOwnership, OwnerInvertsLocalExperts) {
+  core::ModelConfig cfg;
+  cfg.moe.n_experts = 12;
+  for (int size : {1, 2, 3, 4, 6, 12}) {
+    for (int rank = 0; rank < size; ++rank) {
+      const core::ExpertRange mine = core::local_experts(cfg, rank, size);
+      for (int64_t i = 0; i < mine.count; ++i) {
+        const core::ExpertOwner o = core::expert_owner(cfg, mine.first + i, size);
+        EXPECT_EQ(o.rank, rank);
+        EXPECT_EQ(o.local, i);
+      }
+    }
+  }
+}
+
 TEST(MoeKernels, DispatchCombineIsIdentity) {
   auto be = cpu();
   for (int64_t K : {1, 2, 3}) {

@@ -33,7 +33,7 @@ std::string usage_error(F&& f) {
   try {
     f();
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::ErrorKind_usage) << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::usage) << e.what();
     EXPECT_EQ(e.exit_code(), 2);
     return e.what();
   } catch (const std::exception& e) {
