@@ -15,7 +15,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/cpu_backend.h"
-#include "core/safetensors.h"
+#include "core/formats/safetensors.h"
 #include "launch/model_io.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
@@ -34,7 +34,7 @@ fs::path golden_root() {
 std::vector<float> f32(const sy::core::formats::SafetensorsFile& f, const std::string& name) {
   const auto& t = f.at(name);
   std::vector<float> v(static_cast<size_t>(t.numel()));
-  sy::core::to_f32(t, v.data());
+  sy::core::formats::to_f32(t, v.data());
   return v;
 }
 
