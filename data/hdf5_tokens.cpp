@@ -473,6 +473,7 @@ void Hdf5TokenWriter::finish() {
     s.group.reset();
   }
   if (!m.file.close()) throw_usage("{}: HDF5 error while closing (disk full?)", m.tmp);
+  core::formats::fsync_path(m.tmp, /*directory=*/false);  // the data on disk before the name
   core::formats::rename_durable(m.tmp, m.path);
   m.finished = true;
 }

@@ -131,13 +131,13 @@ void install(const fs::path& tmp, const fs::path& out) {
   std::error_code ec;
   if (fs::is_directory(out) && fs::is_empty(out)) fs::remove(out, ec);
   if (!fs::exists(out)) {
-    fs::rename(tmp, out, ec);
-    if (ec) throw_usage("cannot rename {} to {}: {}", tmp.string(), out.string(), ec.message());
+    formats::rename_durable(tmp, out);
   } else {
     for (const auto& e : fs::directory_iterator(tmp)) {
       fs::rename(e.path(), out / e.path().filename(), ec);
       if (ec) throw_usage("cannot move {} into {}: {}", e.path().string(), out.string(), ec.message());
     }
+    formats::fsync_path(out, /*directory=*/true);  // the moved names on disk
     fs::remove(tmp, ec);
   }
   mark_folder(out, kWriterExport, kExportEntries);
