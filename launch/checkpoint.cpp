@@ -61,10 +61,12 @@ void save_barrier() {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-// Test hook (SWITCHYARD_TEST_SLOW_SAVE_MS): a pause at the points where a kill is most telling.
-void test_pause() {
-  if (const char* slow = std::getenv("SWITCHYARD_TEST_SLOW_SAVE_MS"); slow && std::atoi(slow) > 0)
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(slow)));
+// Test hook (SWITCHYARD_TEST_HOLD_SAVE=STEP:POINT): the save of that step stops at that point
+// until the process is killed, so a test kills it exactly there, whatever the machine's load.
+void test_hold(int64_t step, const char* point) {
+  const char* hold = std::getenv("SWITCHYARD_TEST_HOLD_SAVE");
+  if (!hold || fmt::format("{}:{}", step, point) != hold) return;
+  for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 
 std::string file_name_of_rank(int rank) { return fmt::format("rank-{:05d}.h5", rank); }
@@ -202,7 +204,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     model.params_to_host(params.data());
     adamw.state_to_host(m.data(), v.data());
     write_rank_file(tmp / file_name_of_rank(rank), model.table(), rank == 0, {params.data(), m.data(), v.data()});
-    test_pause();  // kill point 1: files in the temporary folder, no manifest yet
+    test_hold(step, "files");  // kill point 1: files in the temporary folder, no manifest yet
   }
   save_barrier();
 
@@ -217,7 +219,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
       rename_durable(final_dir, old);
     }
     rename_durable(tmp, final_dir);
-    test_pause();  // kill point 2: the new folder complete, `latest` not moved yet
+    test_hold(step, "renamed");  // kill point 2: the new folder complete, `latest` not moved yet
     write_text_durable((root / "latest").string(), name + "\n");
     prune(root, cfg.checkpoint.keep_last, tmp_name, name);
   }

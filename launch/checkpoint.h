@@ -18,9 +18,9 @@
 // `step-000123/`, then `latest` is replaced (temp file + rename) and older checkpoints beyond
 // checkpoint.keep_last are pruned (the most recently saved are kept: save order, from the manifest's
 // saved_at_ns, not step order). A SIGKILL at any moment leaves the previous checkpoint loadable.
-// Test hook: SWITCHYARD_TEST_SLOW_SAVE_MS=N makes every writing rank sleep N ms after writing its
-// file (inside the temporary folder), and rank 0 again after the rename, before `latest` moves, so
-// tests can kill a job at those points of a save.
+// Test hook: SWITCHYARD_TEST_HOLD_SAVE=STEP:files holds every writing rank of the save of STEP
+// after writing its file (inside the temporary folder); STEP:renamed holds rank 0 after the rename,
+// before `latest` moves. Held until killed, so tests kill a job exactly at those points.
 //
 // Loading reads every tensor of this rank's table by name from the file the manifest names (any
 // layout loads any checkpoint) and verifies shapes and CRCs; errors are usage errors naming the

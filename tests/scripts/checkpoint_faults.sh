@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoints survive faults (launch/checkpoint.h).
 # (c) A flipped byte in a checkpoint file: resume fails with exit 2 and names the file.
-# (d) SIGKILL in the middle of a save, at two points (SWITCHYARD_TEST_SLOW_SAVE_MS holds the save
-#     with its files in the temporary folder, then after the rename before `latest` moves):
+# (d) SIGKILL in the middle of a save, at two points (SWITCHYARD_TEST_HOLD_SAVE holds the save of
+#     step 4 with its files in the temporary folder, or after the rename before `latest` moves):
 #     `latest` still names the previous checkpoint, which resumes, and the run then gives the
 #     losses of an uninterrupted run bit for bit.
 # (e) SIGTERM to one rank of an np=2 E=2 job: every rank stops after the same step, saves, exits 0;
@@ -35,14 +35,14 @@ echo "(c) flipped byte detected: ok"
 # ---- (d) SIGKILL during a save, at two points ----
 D=(--set train.steps=6 --set checkpoint.interval=2)
 "$SY" train "${BASE[@]}" "${D[@]}" --run-dir "$TMP/d_ref" >/dev/null
-kill_during_save() {  # run-dir glob-that-marks-the-kill-point
-  SWITCHYARD_TEST_SLOW_SAVE_MS=2000 "$SY" train "${BASE[@]}" "${D[@]}" --run-dir "$1" >/dev/null &
+kill_during_save() {  # run-dir hold-point glob-that-marks-the-kill-point
+  SWITCHYARD_TEST_HOLD_SAVE="4:$2" "$SY" train "${BASE[@]}" "${D[@]}" --run-dir "$1" >/dev/null &
   local pid=$!
-  wait_for "$pid" compgen -G "$2"
+  wait_for "$pid" compgen -G "$3"
   kill -9 "$pid"
   wait "$pid" || true
   ls "$1/checkpoints"
-  compgen -G "$2" >/dev/null || { echo "FAIL: not killed at $2"; exit 1; }
+  compgen -G "$3" >/dev/null || { echo "FAIL: not killed at $3"; exit 1; }
   [ "$(cat "$1/checkpoints/latest")" = step-000002 ] || { echo "FAIL: latest moved"; exit 1; }
   "$SY" train "${BASE[@]}" "${D[@]}" --run-dir "$1" --resume >"$1.log"
   grep -q "resuming from .*step-000002 at step 2" "$1.log"
@@ -50,9 +50,9 @@ kill_during_save() {  # run-dir glob-that-marks-the-kill-point
   ls "$1/checkpoints"
 }
 # 1: the rank file of step 4 in its temporary folder, no manifest yet
-kill_during_save "$TMP/d1" "$TMP/d1/checkpoints/step-000004.tmp-*/rank-00000.h5"
+kill_during_save "$TMP/d1" files "$TMP/d1/checkpoints/step-000004.tmp-*/rank-00000.h5"
 # 2: step-000004 renamed into place, `latest` still at step 2 (the resumed run saves step 4 again)
-kill_during_save "$TMP/d2" "$TMP/d2/checkpoints/step-000004/manifest.json"
+kill_during_save "$TMP/d2" renamed "$TMP/d2/checkpoints/step-000004/manifest.json"
 
 # ---- (e) SIGTERM to one rank ----
 E=(--set train.steps=1000 --set train.micro_batch=4 --set parallel.expert_parallel=2 --set train.log_interval=1000)
