@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/choices.h"
@@ -73,6 +74,16 @@ class Backend {
                     int64_t ldc, const GemmRounding& rounding = {}) = 0;
   // x[i] = round(x[i]) to dtype d in place, same rounding as GemmRounding (d == f32: no-op).
   virtual void round_to(Dtype d, float* x, int64_t n) = 0;
+  // Where a backend has two kernels for the GEMMs of `operands` dtype (the CPU's bf16: oneDNN's
+  // native bf16 matmul, or the emulated path through the fp32 kernel), the one in use ("native" /
+  // "emulated") and why, deciding it if needed; nullopt where it has one. use_reference_gemm
+  // switches to the reference path (`fast` false), so that ranks that must compute alike agree.
+  struct GemmPath {
+    std::string name, why;
+    bool fast = false;
+  };
+  virtual std::optional<GemmPath> gemm_path(Dtype) { return std::nullopt; }
+  virtual void use_reference_gemm(Dtype, const std::string& /*why*/) {}
 
   // ---- elementwise and reductions ----
   virtual void add(float* out, const float* a, const float* b, int64_t n) = 0;  // out = a + b
@@ -196,5 +207,8 @@ class Backend {
 
 // The CPU backend (oneDNN GEMMs, OpenMP loops). threads <= 0 keeps OpenMP's default.
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+// The backend the commands run on, chosen in this one place (core/backend.cpp). threads: CPU
+// threads, <= 0 keeps OpenMP's default.
+std::unique_ptr<Backend> make_backend(int threads = 0);
 
 }  // namespace switchyard::core

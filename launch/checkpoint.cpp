@@ -3,7 +3,6 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
-#include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -56,9 +55,9 @@ using core::formats::rename_durable;
 using core::formats::write_text_durable;
 
 // The ranks of a save wait for each other between its phases (watched: parallel/watchdog.h).
-void save_barrier() {
+void save_barrier(parallel::Communicator& world) {
   const parallel::WaitScope wait("a checkpoint save (a barrier between its phases)");
-  MPI_Barrier(MPI_COMM_WORLD);
+  world.barrier();
 }
 
 // Test hook (SWITCHYARD_TEST_HOLD_SAVE=STEP:POINT): the save of that step stops at that point
@@ -183,7 +182,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
   int64_t pid = static_cast<int64_t>(::getpid());
   {
     const parallel::WaitScope wait("a checkpoint save (the folder name from rank 0)");
-    MPI_Bcast(&pid, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    groups.world().broadcast(&pid, sizeof(pid), 0);
   }
   const std::string tmp_name = fmt::format("{}.tmp-{}", name, pid);
   const fs::path tmp = root / tmp_name, final_dir = root / name;
@@ -196,7 +195,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     fs::create_directory(tmp, ec);
     if (ec) throw_usage("cannot create {}: {} (check that checkpoint.dir is writable)", tmp.string(), ec.message());
   }
-  save_barrier();
+  save_barrier(groups.world());
 
   if (groups.expert_group_index() == 0) {  // world ranks 0..E-1 hold every expert once
     const int64_t n = model.num_params();
@@ -206,7 +205,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     write_rank_file(tmp / file_name_of_rank(rank), model.table(), rank == 0, {params.data(), m.data(), v.data()});
     test_hold(step, "files");  // kill point 1: files in the temporary folder, no manifest yet
   }
-  save_barrier();
+  save_barrier(groups.world());
 
   if (rank == 0) {
     // the manifest's rename fsyncs the folder, which also makes the rank files' entries durable
@@ -223,7 +222,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     write_text_durable((root / "latest").string(), name + "\n");
     prune(root, cfg.checkpoint.keep_last, tmp_name, name);
   }
-  save_barrier();
+  save_barrier(groups.world());
   return final_dir.string();
 }
 

@@ -2,12 +2,13 @@
 #include "launch/nonfinite.h"
 
 #include <fmt/format.h>
-#include <mpi.h>
 
 #include <array>
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -26,38 +27,38 @@ int backward_order(const core::ParamSpec& p, int n_layers) {
 }
 
 // The text of `owner` on every rank.
-std::string broadcast_text(const std::string& mine, int owner) {
+std::string broadcast_text(const std::string& mine, int owner, parallel::Communicator& world) {
   std::array<char, 1024> buf{};
   std::strncpy(buf.data(), mine.c_str(), buf.size() - 1);
   const parallel::WaitScope wait("the search for inf/NaN");
-  MPI_Bcast(buf.data(), static_cast<int>(buf.size()), MPI_CHAR, owner, MPI_COMM_WORLD);
+  world.broadcast(buf.data(), static_cast<int64_t>(buf.size()), owner);
   return std::string(buf.data());
+}
+
+// The lowest `key` over the ranks and the lowest rank holding it (MPI's MINLOC): {key, rank}.
+std::pair<int, int> min_with_rank(int key, const char* what, parallel::Communicator& world) {
+  int64_t packed = int64_t{key} * world.size() + world.rank();
+  const parallel::WaitScope wait(what);
+  world.allreduce_min(&packed, 1);
+  return {static_cast<int>(packed / world.size()), static_cast<int>(packed % world.size())};
 }
 }  // namespace
 
-std::string locate_nonfinite(const moe::Model& model, bool local_loss_nonfinite) {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+std::string locate_nonfinite(const moe::Model& model, bool local_loss_nonfinite, parallel::Communicator& world) {
+  const int rank = world.rank();
   const int n_layers = static_cast<int>(model.config().n_layers);
 
   // forward: the first rank (lowest) whose loss was non-finite names the block
-  struct {
-    int key;
-    int rank;
-  } in{local_loss_nonfinite ? 0 : 1, rank}, out{};
-  {
-    const parallel::WaitScope wait("the search for inf/NaN");
-    MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD);
-  }
-  if (out.key == 0) {
+  auto [key, owner] = min_with_rank(local_loss_nonfinite ? 0 : 1, "the search for inf/NaN", world);
+  if (key == 0) {
     std::string text;
-    if (rank == out.rank) {
+    if (rank == owner) {
       const int64_t b = model.first_nonfinite_block();
       if (b < 0) text = fmt::format("the forward pass on rank {} produced inf/NaN in the embedding output", rank);
       else if (b < n_layers) text = fmt::format("the forward pass on rank {} produced inf/NaN first in the output of layer {}", rank, b);
       else text = fmt::format("the forward pass on rank {} produced a non-finite loss (logits or cross-entropy; every block output was finite)", rank);
     }
-    return broadcast_text(text, out.rank);
+    return broadcast_text(text, owner, world);
   }
 
   // backward: the first tensor in backward order with a non-finite gradient, over every rank
@@ -73,36 +74,31 @@ std::string locate_nonfinite(const moe::Model& model, bool local_loss_nonfinite)
       name = p.name;
     }
   }
-  in = {best, rank};
-  {
-    const parallel::WaitScope wait("the search for inf/NaN");
-    MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD);
-  }
-  if (out.key == INT_MAX) return "no gradient is non-finite now (the overflow was transient)";
+  std::tie(key, owner) = min_with_rank(best, "the search for inf/NaN", world);
+  if (key == INT_MAX) return "no gradient is non-finite now (the overflow was transient)";
   const std::string text =
-      rank == out.rank ? fmt::format("the first gradient backward produced with inf/NaN is {} (on rank {})", name, rank)
+      rank == owner ? fmt::format("the first gradient backward produced with inf/NaN is {} (on rank {})", name, rank)
                        : std::string();
-  return broadcast_text(text, out.rank);
+  return broadcast_text(text, owner, world);
 }
 
 }  // namespace switchyard::launch
 
 namespace switchyard::launch {
 
-void require_finite_params(const moe::Model& model, int64_t step) {
-  int size = 1, rank = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+void require_finite_params(const moe::Model& model, int64_t step, parallel::Communicator& world) {
+  const int size = world.size(), rank = world.rank();
   std::vector<float> host(static_cast<size_t>(model.num_params()));
   model.params_to_host(host.data());
   const int64_t bad = core::first_nonfinite_param(model.table(), host.data());
-  int owner = bad >= 0 ? rank : INT_MAX;
+  int64_t owner = bad >= 0 ? rank : INT_MAX;
   {
     const parallel::WaitScope wait("the check for inf/NaN in the weights before a save");
-    MPI_Allreduce(MPI_IN_PLACE, &owner, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    world.allreduce_min(&owner, 1);
   }
   if (owner == INT_MAX) return;
-  const std::string name = broadcast_text(bad >= 0 ? model.table()[static_cast<size_t>(bad)].name : "", owner);
+  const std::string name =
+      broadcast_text(bad >= 0 ? model.table()[static_cast<size_t>(bad)].name : "", static_cast<int>(owner), world);
   throw_usage("training diverged at step {}: the optimizer step left inf/NaN in the weights, first in {}{}; the "
               "checkpoint of step {} was not saved (the latest one is the previous). Lower optim.lr or raise "
               "optim.warmup_steps",

@@ -4,7 +4,6 @@
 #include "launch/train.h"
 
 #include <fmt/format.h>
-#include <mpi.h>
 
 #include <atomic>
 #include <csignal>
@@ -34,11 +33,11 @@ void install_stop_handlers() {
 }
 
 // Collective: a stop signal on any rank stops every rank after the same step (0: none).
-int agree_on_stop_signal() {
-  int stop = g_stop_signal.load();
+int agree_on_stop_signal(parallel::Communicator& world) {
+  int64_t stop = g_stop_signal.load();
   const parallel::WaitScope wait("the end-of-step agreement on stop signals");
-  MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return stop;
+  world.allreduce_max(&stop, 1);
+  return static_cast<int>(stop);
 }
 
 // Rank 0: the step's metrics record, the first step's exchange choices, a skipped step, the
@@ -73,7 +72,7 @@ int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
       ctx.progress->finish();
       ctx.evaluate(r.step);
     }
-    const int stop = agree_on_stop_signal();
+    const int stop = agree_on_stop_signal(*ctx.world);
     if (stop || (save_every > 0 && r.step % save_every == 0) || r.step == steps) ctx.save(r.step);
     if (stop) {
       if (ctx.rank0)

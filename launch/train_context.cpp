@@ -2,7 +2,6 @@
 #include "launch/train_context.h"
 
 #include <fmt/format.h>
-#include <mpi.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -10,7 +9,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "core/cpu/cpu_backend.h"
 #include "core/error.h"
 #include "core/formats/hf_model.h"
 #include "launch/checkpoint.h"
@@ -90,13 +88,9 @@ void prepare_outputs(const fs::path& dir, const fs::path& ckpt_root, const Train
 }
 
 // Collective. A usage error when the plan's per-rank memory is more than this machine has per rank
-// (its physical memory over the ranks of its MPI shared-memory node).
-void require_memory_fits(const PlanEstimate& e) {
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  int local = 1;
-  MPI_Comm_size(node, &local);
-  MPI_Comm_free(&node);
+// (its physical memory over the ranks that share this machine).
+void require_memory_fits(const PlanEstimate& e, parallel::Communicator& world) {
+  const int local = world.split_shared_memory()->size();
   const double activations = static_cast<double>(e.activation_bytes[static_cast<int>(e.chosen)]),
                state = static_cast<double>(e.param_bytes + e.grad_bytes + e.optimizer_bytes + e.compute_weight_bytes);
   constexpr double GiB = 1 << 30;
@@ -131,6 +125,7 @@ void write_text(const fs::path& path, const std::string& text) {
 
 TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext& mpi_)
     : mpi(mpi_), cfg(load_config(opts)), rank0(mpi_.rank() == 0) {
+  world = parallel::MpiCommunicator::world();
   // a rank that stops answering must not hang the others forever (parallel/watchdog.h)
   if (mpi.size() > 1) parallel::start_watchdog(cfg.parallel.timeout_s, mpi.rank());
   dir = run_folder(cfg, opts);
@@ -140,19 +135,22 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   // activation checkpointing (auto: resolved against the memory budget), and what a rank will hold,
   // refused before any allocation when this machine's memory cannot hold it
   estimate = plan(cfg);
-  require_memory_fits(estimate);
+  require_memory_fits(estimate, *world);
 
   threads = choose_threads(cfg.train, mpi.size());
-  backend = core::make_cpu_backend(threads);
-  // bf16 GEMMs: native (oneDNN bf16 matmul) only if every rank measured it faster, so that all
-  // ranks compute alike
-  if (auto* cpu = dynamic_cast<core::CpuBackend*>(backend.get()); cpu && cfg.train.precision == core::Dtype::bf16) {
-    const int here = std::string(cpu->bf16_gemm_path()) == "native" ? 1 : 0;
-    int native = here;
-    const parallel::WaitScope wait("the agreement on the bf16 GEMM path");
-    MPI_Allreduce(MPI_IN_PLACE, &native, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    if (native != here) cpu->set_native_bf16(false, "native is not the faster path on every rank");
-    gemm_path = fmt::format(" ({} bf16 GEMMs: {})", cpu->bf16_gemm_path(), cpu->bf16_gemm_why());
+  backend = core::make_backend(threads);
+  // a backend with a faster GEMM path for the compute dtype uses it only if every rank has it, so
+  // that all ranks compute alike (the CPU's native bf16 matmul)
+  if (const auto mine = backend->gemm_path(cfg.train.precision)) {
+    int64_t fast = mine->fast ? 1 : 0;
+    {
+      const parallel::WaitScope wait("the agreement on the bf16 GEMM path");
+      world->allreduce_min(&fast, 1);
+    }
+    if (mine->fast && !fast)
+      backend->use_reference_gemm(cfg.train.precision, "native is not the faster path on every rank");
+    const auto path = backend->gemm_path(cfg.train.precision);
+    gemm_path = fmt::format(" ({} {} GEMMs: {})", path->name, cfg.train.precision, path->why);
   }
   model_opts.precision = {cfg.train.precision};
   model_opts.recompute = estimate.chosen;
@@ -171,7 +169,6 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   targets.resize(tokens.size());
 
   // ---- process groups and the token exchange (expert parallelism) ----
-  world = parallel::MpiCommunicator::world();
   groups = std::make_unique<parallel::ProcessGroups>(
       *world, parallel::ProcessGroupOptions{cfg.parallel.expert_parallel, cfg.parallel.ranks_per_node});
   if (cfg.parallel.expert_parallel > 1) {
@@ -220,7 +217,7 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   }
   {
     const parallel::WaitScope wait("the barrier after rank 0 prepared the run folder");
-    MPI_Barrier(MPI_COMM_WORLD);
+    world->barrier();
   }
   progress = std::make_unique<Progress>(cfg.train.steps, cfg.train.log_interval);
   if (!rank0) return;
@@ -242,7 +239,7 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
 
 void TrainContext::save(int64_t step) {
   if (step == last_saved) return;
-  require_finite_params(*model, step);  // a diverged state is never saved
+  require_finite_params(*model, step, *world);  // a diverged state is never saved
   const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, *model, *adamw, *groups,
                                             scaler->enabled() ? &scaler->state() : nullptr);
   last_saved = step;

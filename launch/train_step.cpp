@@ -2,7 +2,6 @@
 #include "launch/train_step.h"
 
 #include <fmt/format.h>
-#include <mpi.h>
 
 #include <array>
 #include <chrono>
@@ -16,7 +15,6 @@
 #include "core/error.h"
 #include "launch/nonfinite.h"
 #include "optim/lr_schedule.h"
-#include "parallel/collectives.h"
 #include "parallel/watchdog.h"
 
 namespace switchyard::launch {
@@ -69,9 +67,9 @@ struct WindowSums {
   double nonfinite_ranks = 0;  // this rank: 1 when a loss of its window was inf/NaN
 };
 
-void allreduce_sums(WindowSums& s) {
+void allreduce_sums(WindowSums& s, parallel::Communicator& world) {
   std::array<double, 6> packed = {s.loss, s.ce, s.aux, s.z, s.tokens, s.nonfinite_ranks};
-  parallel::allreduce_sum(packed.data(), static_cast<int64_t>(packed.size()), MPI_COMM_WORLD);
+  world.allreduce_sum(packed.data(), static_cast<int64_t>(packed.size()));
   s = {packed[0], packed[1], packed[2], packed[3], packed[4], packed[5]};
 }
 
@@ -147,8 +145,8 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   // gradients reduced once per optimizer step (data parallel: every parameter is replicated)
   const auto t_reduce = Clock::now();
   ctx.reducer->finish(model.grads());
-  allreduce_sums(sums);
-  parallel::allreduce_sum(r.expert_counts.data(), static_cast<int64_t>(r.expert_counts.size()), MPI_COMM_WORLD);
+  allreduce_sums(sums, *ctx.world);
+  ctx.world->allreduce_sum(r.expert_counts.data(), static_cast<int64_t>(r.expert_counts.size()));
   const auto t_opt = Clock::now();
   // the norm covers every gradient of every rank, so every rank takes the same decision
   const double scaled_norm = ctx.reducer->global_norm(backend, model.grads());
@@ -157,7 +155,7 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   r.lr = optim::lr_at(cfg.optim, step, cfg.train.steps);
   const auto outcome = ctx.scaler->update(overflow);
   if (outcome == optim::LossScaler::Outcome::stop) {
-    const std::string where = locate_nonfinite(model, local_loss_nonfinite);
+    const std::string where = locate_nonfinite(model, local_loss_nonfinite, *ctx.world);
     if (ctx.scaler->enabled())
       throw_usage("fp16 training stopped at step {}: {} step(s) in a row overflowed (inf/NaN) at the minimum "
                   "loss scale {:g}; {}. Lower optim.lr, use train.precision: bf16, or look at that layer's inputs",

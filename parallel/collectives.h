@@ -1,5 +1,5 @@
-// parallel/collectives.h: the host-memory MPI collectives the single-group (data-parallel) trainer
-// needs. Counts above INT_MAX are split into chunks. Errors throw with the MPI error string.
+// parallel/collectives.h: a collective over a raw MPI_Comm for code that runs before or without a
+// Communicator (the MPI test runner). Everything else uses parallel/communicator.h.
 #pragma once
 
 #include <mpi.h>
@@ -8,9 +8,6 @@
 
 namespace switchyard::parallel {
 
-void allreduce_sum(float* data, int64_t n, MPI_Comm comm);
-void allreduce_sum(double* data, int64_t n, MPI_Comm comm);
-void allreduce_sum(int64_t* data, int64_t n, MPI_Comm comm);
 // Logical OR of a flag over the communicator (every rank learns whether any rank failed).
 bool any_rank(bool flag, MPI_Comm comm);
 

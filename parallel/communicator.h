@@ -48,6 +48,14 @@ class Communicator {
   virtual void allreduce_sum(double* data, int64_t n) = 0;
   virtual void allreduce_sum(int64_t* data, int64_t n) = 0;
 
+  // Element-wise max / min, in place: agreements on host control values (stop signals, a GEMM
+  // path, the first rank that saw inf/NaN). Blocking, host memory whatever memory_space() says.
+  virtual void allreduce_max(int64_t* data, int64_t n) = 0;
+  virtual void allreduce_min(int64_t* data, int64_t n) = 0;
+  // The `bytes` bytes at `data` on rank `root` are copied into `data` on every rank. Blocking,
+  // host memory.
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+
   // Non-blocking in-place float sum, for bucketed gradient reduction: start one per bucket while
   // backward continues, wait() for all before the optimizer reads the buffer. The buffer must not
   // be touched between start and wait. [stream-ordered: NCCL starts it on the communication

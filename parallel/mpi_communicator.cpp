@@ -70,19 +70,31 @@ void MpiCommunicator::barrier() {
 }
 
 template <class T>
-void MpiCommunicator::allreduce_chunks(T* data, int64_t n, MPI_Datatype type) {
+void MpiCommunicator::allreduce_chunks(T* data, int64_t n, MPI_Datatype type, MPI_Op op) {
   SY_CHECK(n >= 0, "allreduce of {} elements", n);
   if (size_ == 1) return;
   const WaitScope wait("an all-reduce");
   for (int64_t begin = 0; begin < n; begin += max_count_) {
     const int count = static_cast<int>(std::min(max_count_, n - begin));
-    SY_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + begin, count, type, MPI_SUM, comm_));
+    SY_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + begin, count, type, op, comm_));
   }
 }
 
 void MpiCommunicator::allreduce_sum(float* data, int64_t n) { allreduce_chunks(data, n, MPI_FLOAT); }
 void MpiCommunicator::allreduce_sum(double* data, int64_t n) { allreduce_chunks(data, n, MPI_DOUBLE); }
 void MpiCommunicator::allreduce_sum(int64_t* data, int64_t n) { allreduce_chunks(data, n, MPI_INT64_T); }
+
+void MpiCommunicator::allreduce_max(int64_t* data, int64_t n) { allreduce_chunks(data, n, MPI_INT64_T, MPI_MAX); }
+void MpiCommunicator::allreduce_min(int64_t* data, int64_t n) { allreduce_chunks(data, n, MPI_INT64_T, MPI_MIN); }
+
+void MpiCommunicator::broadcast(void* data, int64_t bytes, int root) {
+  SY_CHECK(root >= 0 && root < size_, "broadcast from rank {} of {}", root, size_);
+  const WaitScope wait("a broadcast");
+  for (int64_t begin = 0; begin < bytes; begin += max_count_) {
+    const int count = static_cast<int>(std::min(max_count_, bytes - begin));
+    SY_MPI_CHECK(MPI_Bcast(static_cast<char*>(data) + begin, count, MPI_BYTE, root, comm_));
+  }
+}
 
 Request MpiCommunicator::allreduce_sum_async(float* data, int64_t n) {
   SY_CHECK(n >= 0, "allreduce of {} elements", n);

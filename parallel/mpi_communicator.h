@@ -3,6 +3,8 @@
 // How each call maps to MPI:
 //   allreduce_sum        MPI_Allreduce(MPI_IN_PLACE), in chunks of at most max_count() elements
 //   allreduce_sum_async  MPI_Iallreduce per chunk; wait() is MPI_Waitall over them
+//   allreduce_max/min    MPI_Allreduce with MPI_MAX / MPI_MIN (int64)
+//   broadcast            MPI_Bcast of bytes
 //   allgather, alltoall  MPI_Allgather, MPI_Alltoall (int64)
 //   alltoallv            MPI_Irecv/MPI_Isend of the non-empty messages only (chunks of at most
 //                        max_count() bytes, fixed tag: MPI's non-overtaking order matches them),
@@ -50,6 +52,9 @@ class MpiCommunicator final : public Communicator {
   void allreduce_sum(float* data, int64_t n) override;
   void allreduce_sum(double* data, int64_t n) override;
   void allreduce_sum(int64_t* data, int64_t n) override;
+  void allreduce_max(int64_t* data, int64_t n) override;
+  void allreduce_min(int64_t* data, int64_t n) override;
+  void broadcast(void* data, int64_t bytes, int root) override;
   Request allreduce_sum_async(float* data, int64_t n) override;
   void wait(Request& request) override;
   void allgather(const int64_t* send, int64_t* recv, int64_t count) override;
@@ -63,7 +68,7 @@ class MpiCommunicator final : public Communicator {
 
  private:
   template <class T>
-  void allreduce_chunks(T* data, int64_t n, MPI_Datatype type);
+  void allreduce_chunks(T* data, int64_t n, MPI_Datatype type, MPI_Op op = MPI_SUM);
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owns_ = false;

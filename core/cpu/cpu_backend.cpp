@@ -206,6 +206,15 @@ void CpuBackend::set_native_bf16(bool native, std::string why) {
   bf16_gemm_why_ = std::move(why);
 }
 
+std::optional<Backend::GemmPath> CpuBackend::gemm_path(Dtype operands) {
+  if (operands != Dtype::bf16) return std::nullopt;
+  return GemmPath{bf16_gemm_path(), bf16_gemm_why(), native_bf16()};
+}
+
+void CpuBackend::use_reference_gemm(Dtype operands, const std::string& why) {
+  if (operands == Dtype::bf16) set_native_bf16(false, why);
+}
+
 void CpuBackend::add(float* out, const float* a, const float* b, int64_t n) {
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];

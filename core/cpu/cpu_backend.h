@@ -117,6 +117,8 @@ class CpuBackend final : public Backend {
   // Overrides the choice (the trainer makes every rank agree, so ranks compute alike); native on a
   // CPU without a oneDNN bf16 matmul is a usage Error.
   void set_native_bf16(bool native, std::string why = "set by the caller");
+  std::optional<GemmPath> gemm_path(Dtype operands) override;
+  void use_reference_gemm(Dtype operands, const std::string& why) override;
 };
 
 }  // namespace switchyard::core

@@ -53,6 +53,32 @@ TEST(MpiCommunicator, AllreduceChunked) {
   }
 }
 
+// max / min agree on values no rank holds alone: element k's extreme comes from a different rank
+// for each k; broadcast copies the root's bytes, whatever the others held.
+TEST(MpiCommunicator, MaxMinAndBroadcast) {
+  auto world = MpiCommunicator::world();
+  const int N = world->size(), r = world->rank();
+  for (int64_t max_count : {int64_t{INT_MAX}, int64_t{3}}) {
+    world->set_max_count(max_count);
+    const int64_t n = 7;
+    std::vector<int64_t> hi(n), lo(n);
+    for (int64_t k = 0; k < n; ++k) hi[k] = lo[k] = ((r + k) % N) * 1000 - (int64_t{1} << 40) + k;
+    world->allreduce_max(hi.data(), n);
+    world->allreduce_min(lo.data(), n);
+    for (int64_t k = 0; k < n; ++k) {
+      EXPECT_EQ(hi[k], (N - 1) * 1000 - (int64_t{1} << 40) + k) << "max_count " << max_count;
+      EXPECT_EQ(lo[k], -(int64_t{1} << 40) + k) << "max_count " << max_count;
+    }
+    for (int root = 0; root < N; ++root) {
+      std::vector<char> bytes(11);
+      for (size_t k = 0; k < bytes.size(); ++k) bytes[k] = static_cast<char>('a' + (r * 3 + static_cast<int>(k)) % 26);
+      world->broadcast(bytes.data(), static_cast<int64_t>(bytes.size()), root);
+      for (size_t k = 0; k < bytes.size(); ++k)
+        EXPECT_EQ(bytes[k], static_cast<char>('a' + (root * 3 + static_cast<int>(k)) % 26)) << "root " << root;
+    }
+  }
+}
+
 TEST(MpiCommunicator, AsyncAllreduceBuckets) {
   auto world = MpiCommunicator::world();
   world->set_max_count(4);  // 3 buckets of 10: several MPI requests each
