@@ -1,10 +1,11 @@
 // moe/moe_layer.cpp: the MoE feed-forward sublayer (see moe/moe_layer.h).
 // Forward:  logits = x Wr^T -> softmax/top-k (probs, lse, idx, gates) -> routing plan (pos,
-//           expert_offsets, copied to the host) -> dispatch -> grouped experts -> combine;
-//           with a shared expert: out += sigmoid(x Wsg^T) * ffn_shared(x).
+//           expert_offsets, copied to the host) -> dispatcher plan -> dispatch -> grouped
+//           experts -> combine; with a shared expert: out += sigmoid(x Wsg^T) * ffn_shared(x).
 // Backward: combine -> (dy, dgates); experts -> dxp; dispatch -> dx (=); router (dgates + aux/z
 //           terms) -> dlogits, dWr, dx +=; shared expert and its gate -> dx +=.
-// Every buffer is allocated once for max_tokens in the constructor.
+// Local or expert parallel is the dispatcher's business (moe/token_dispatcher.h), chosen once in
+// the constructor. Every buffer is allocated once for max_tokens in the constructor.
 #include "moe/moe_layer.h"
 
 #include <fmt/format.h>
@@ -19,15 +20,16 @@
 #include "core/ffn.h"
 #include "moe/experts.h"
 #include "moe/router.h"
+#include "moe/token_dispatcher.h"
 
 namespace switchyard::moe {
 
 namespace {
 // Activation buffers of the layer (core/activations.h), bound by the store. Kept under every
-// policy, the routing plan: probs, lse, gates, idx, pos, offsets (and local_pos with expert
-// parallelism). Expensive: the exchanged tokens xp, yr (expert parallelism), expert GEMM outputs
-// h, ye, shared expert h, y, logit. Cheap: the SwiGLU products a, sh_a, and xp without expert
-// parallelism (a local gather of x). The rest is scratch.
+// policy, the routing plan: probs, lse, gates, idx, pos, offsets (and the dispatcher's local_pos
+// with expert parallelism). Expensive: the exchanged tokens xp, yr (expert parallelism), expert
+// GEMM outputs h, ye, shared expert h, y, logit. Cheap: the SwiGLU products a, sh_a, and xp
+// without expert parallelism (a local gather of x). The rest is scratch.
 struct Buffers {
   float *logits = nullptr, *probs = nullptr, *lse = nullptr,
         *gates = nullptr;                                          // [N,E],[N,E],[N],[N,K]
@@ -39,17 +41,14 @@ struct Buffers {
   float *dye = nullptr, *dxp = nullptr, *dh = nullptr, *da = nullptr;  // expert rows
   float *dgates = nullptr, *dlogits = nullptr, *dprobs_all = nullptr;  // [N,K],[N,E],[E]
   float *sh_dy = nullptr, *sh_dlogit = nullptr, *sh_dh = nullptr, *sh_da = nullptr;
-  // expert parallelism: received rows' order by local expert, exchanged rows
-  int32_t* local_pos = nullptr;                                        // [R]
-  float *xr = nullptr, *yr = nullptr, *dyr = nullptr, *dxr = nullptr;  // [R, C]
+  DispatchBuffers dispatch;  // the dispatcher's rows (expert parallelism: xr, yr, dyr, dxr, local_pos)
 };
 
 // The buffers of R expert rows (one per routed slot this rank computes): f(name, slot, width, keep).
 template <class F>
 void for_each_row_buffer(Buffers& b, int64_t C, int64_t I, bool expert_parallel, F&& f) {
   using core::Keep;
-  // dispatched tokens: exchanged (expensive) with expert parallelism, a local gather (cheap) without
-  f("moe.xp", &b.xp, C, expert_parallel ? Keep::expensive : Keep::cheap);
+  f("moe.xp", &b.xp, C, dispatched_rows_keep(expert_parallel));
   f("moe.h", &b.h, 2 * I, Keep::expensive);
   f("moe.a", &b.a, I, Keep::cheap);
   f("moe.ye", &b.ye, C, Keep::expensive);
@@ -57,13 +56,7 @@ void for_each_row_buffer(Buffers& b, int64_t C, int64_t I, bool expert_parallel,
   f("moe.dxp", &b.dxp, C, Keep::scratch);
   f("moe.dh", &b.dh, 2 * I, Keep::scratch);
   f("moe.da", &b.da, I, Keep::scratch);
-  if (expert_parallel) {
-    f("moe.xr", &b.xr, C, Keep::scratch);
-    f("moe.yr", &b.yr, C, Keep::expensive);
-    f("moe.dyr", &b.dyr, C, Keep::scratch);
-    f("moe.dxr", &b.dxr, C, Keep::scratch);
-    f("moe.local_pos", &b.local_pos, 1, Keep::always);
-  }
+  for_each_dispatch_buffer(b.dispatch, expert_parallel, C, f);
 }
 
 // Registers every buffer of the layer, N = max_tokens tokens and `rows` expert rows.
@@ -107,7 +100,6 @@ struct MoeLayer::Impl : Buffers {
   int64_t C, E, K, I, S /* shared expert width, 0: none */, max_tokens;
   ExpertParallel ep;
   int64_t E_local, first_expert;  // this rank's experts (all of them without expert parallelism)
-  std::vector<core::ExpertOwner> owner;  // [E] with expert parallelism: rank and local index
   Router router;
   Experts experts;
   int64_t off_shared_gate_up = -1, off_shared_down = -1, off_shared_gate = -1;
@@ -119,15 +111,10 @@ struct MoeLayer::Impl : Buffers {
   std::vector<float> dprobs_host;     // [E]
   int64_t last_N = -1;                // tokens of the last forward (backward must match)
 
-  // ---- expert parallelism (ep.exchange != null) ----
-  // Routed slots in expert-sorted order (slot p of the exchange is routing slot order[p]), the
-  // exchange plan of the last forward (kept for backward: never re-routed), and the order of the
-  // received rows by local expert: received row r is row local_pos[r] of the expert segments.
-  std::unique_ptr<parallel::ExchangePlan> plan;
-  std::vector<int32_t> pos_host, idx_host, order, slot_token, slot_dest, slot_tag;
-  std::vector<float> gates_host, slot_gate, dgate_slots, dgates_host;
-  std::vector<int32_t> local_pos_host, local_offsets_host;
-  int64_t rows_cap = 0;  // capacity of every expert-row buffer (xp, h, a, ye, dye, dxp, dh, da)
+  // how the rows reach the experts and come back (local or expert parallel), its plan kept for
+  // backward and recompute
+  std::unique_ptr<TokenDispatcher> dispatcher;
+  int64_t rows_cap = 0;  // capacity of every expert-row buffer (xp, h, a, ye, dye, dxp, dh, da, ...)
 
   Impl(core::Backend& b, const core::ModelConfig& cfg, const core::ParamTable& table, int layer_,
        int64_t max_tok, const std::string& prefix, const ExpertParallel& ep_,
@@ -172,15 +159,7 @@ struct MoeLayer::Impl : Buffers {
     const int64_t NK = max_tokens * K;
     rows_cap = NK;
     add_buffers(acts, cfg, layer, max_tokens, rows_cap, ep.exchange != nullptr, *this);
-    if (ep.exchange) {
-      for (auto* v : {&pos_host, &idx_host, &order, &slot_token, &slot_dest, &slot_tag})
-        v->assign(static_cast<size_t>(NK), 0);
-      for (auto* v : {&gates_host, &slot_gate, &dgate_slots, &dgates_host})
-        v->assign(static_cast<size_t>(NK), 0.f);
-      local_offsets_host.assign(static_cast<size_t>(E_local + 1), 0);
-      local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
-      for (int64_t e = 0; e < E; ++e) owner.push_back(core::expert_owner(cfg, e, ep.size));
-    }
+    dispatcher = make_token_dispatcher(be, cfg, ep, max_tokens, acts, dispatch);
     offsets_host.assign(static_cast<size_t>(E + 1), 0);
     prob_sums_host.assign(static_cast<size_t>(E), 0.f);
     prob_sums_d.assign(static_cast<size_t>(E), 0.0);
@@ -199,14 +178,8 @@ struct MoeLayer::Impl : Buffers {
                           using T = std::remove_reference_t<decltype(**slot)>;
                           acts.ensure<T>(layer, name, rows_cap * width);
                         });
-    if (ep.exchange) local_pos_host.assign(static_cast<size_t>(rows_cap), 0);
   }
-  void plan_expert_parallel(int64_t N, MoeStats& st);
-  void run_experts(const float* x, const float* params, int64_t N, MoeStats& st);
   void shared_forward(const float* x, const float* params, int64_t N);
-  void backward_expert_parallel(float* dx, const float* dout, const float* params, float* grads,
-                                int64_t N, MoeStats& st);
-
 };
 
 namespace {
@@ -215,84 +188,12 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-// Expert-parallel plan: the routing plan's expert-sorted order becomes the exchange's slots
-// (destination and tag: core::expert_owner of the expert); received rows are ordered by local
-// expert for the grouped GEMMs (local_pos, local_offsets_host). Kept for backward and recompute.
-void MoeLayer::Impl::plan_expert_parallel(int64_t N, MoeStats& st) {
-  const int64_t NK = N * K;
-  be.copy_to_host(pos_host.data(), pos, sizeof(int32_t) * static_cast<size_t>(NK));
-  be.copy_to_host(idx_host.data(), idx, sizeof(int32_t) * static_cast<size_t>(NK));
-  be.copy_to_host(gates_host.data(), gates, sizeof(float) * static_cast<size_t>(NK));
-  for (int64_t s = 0; s < NK; ++s) order[static_cast<size_t>(pos_host[s])] = static_cast<int32_t>(s);
-  for (int64_t p = 0; p < NK; ++p) {
-    const int32_t s = order[p];
-    const core::ExpertOwner& o = owner[static_cast<size_t>(idx_host[s])];
-    slot_token[p] = static_cast<int32_t>(s / K);
-    slot_dest[p] = o.rank;
-    slot_tag[p] = o.local;
-    slot_gate[p] = gates_host[s];
-  }
-  const size_t nk = static_cast<size_t>(NK);
-  parallel::RoutedSlots slots{N, {slot_token.data(), nk}, {slot_dest.data(), nk},
-                              {slot_gate.data(), nk}, {slot_tag.data(), nk},
-                              C * static_cast<int64_t>(sizeof(float))};
-  plan = ep.exchange->make_plan(slots);
-  st.exchange += plan->stats;
-  st.exchange_plan = parallel::describe_plan(*plan);
-  const int64_t R = plan->num_recv;
-  ensure_rows(R);
-
-  // received rows -> local-expert order (stable counting sort by tag)
-  std::fill(local_offsets_host.begin(), local_offsets_host.end(), 0);
-  for (int64_t r = 0; r < R; ++r) ++local_offsets_host[static_cast<size_t>(plan->recv_tag[r]) + 1];
-  for (int64_t e = 0; e < E_local; ++e) local_offsets_host[e + 1] += local_offsets_host[e];
-  std::vector<int32_t> cursor(local_offsets_host.begin(), local_offsets_host.end() - 1);
-  for (int64_t r = 0; r < R; ++r) local_pos_host[r] = cursor[static_cast<size_t>(plan->recv_tag[r])]++;
-  be.copy_from_host(local_pos, local_pos_host.data(), sizeof(int32_t) * static_cast<size_t>(R));
-}
-
-// dispatch -> grouped experts: fills xp, h, a, ye (with expert parallelism also yr, the expert
-// outputs in received order) from x by the saved plan. Forward and full recompute run this.
-void MoeLayer::Impl::run_experts(const float* x, const float* params, int64_t N, MoeStats& st) {
-  const auto t0 = std::chrono::steady_clock::now();
-  if (!ep.exchange) {
-    be.dispatch_forward(xp, x, pos, N, K, C);
-    experts.forward(be, ye, h, a, xp, offsets_host.data(), params);
-    st.expert_seconds += seconds_since(t0);
-    return;
-  }
-  const int64_t R = plan->num_recv;
-  st.exchange += parallel::dispatch_forward(*ep.exchange, *plan, x, C, xr);
-  be.dispatch_forward(xp, xr, local_pos, R, 1, C);  // xp[local_pos[r]] = xr[r]
-  const auto t1 = std::chrono::steady_clock::now();
-  experts.forward(be, ye, h, a, xp, local_offsets_host.data(), params);
-  st.expert_seconds += seconds_since(t1);
-  be.dispatch_backward(yr, ye, local_pos, R, 1, C);  // yr[r] = ye[local_pos[r]]
-}
-
 // Shared expert: sh_h, sh_a, sh_y = ffn(x); sh_logit = x Wsg^T.
 void MoeLayer::Impl::shared_forward(const float* x, const float* params, int64_t N) {
   core::ffn_forward(be, sh_y, sh_h, sh_a, x, N, C, S, params + off_shared_gate_up,
                     params + off_shared_down, prec);
   be.gemm(false, true, N, 1, C, 1.0f, x, C, params + off_shared_gate, C, 0.0f, sh_logit, 1,
           prec.stored_activation());
-}
-
-void MoeLayer::Impl::backward_expert_parallel(float* dx, const float* dout, const float* params,
-                                              float* grads, int64_t N, MoeStats& st) {
-  const int64_t NK = N * K, R = plan->num_recv;
-  // dy of the received rows (gate * dout, where the expert output lives) and dgate per slot
-  st.exchange += parallel::combine_backward(*ep.exchange, *plan, dout, yr, C, dyr, dgate_slots.data());
-  for (int64_t p = 0; p < NK; ++p) dgates_host[static_cast<size_t>(order[p])] = dgate_slots[p];
-  be.copy_from_host(dgates, dgates_host.data(), sizeof(float) * static_cast<size_t>(NK));
-
-  be.dispatch_forward(dye, dyr, local_pos, R, 1, C);  // local-expert order
-  prec.store(be, dye, R * C);  // feeds two GEMMs per expert
-  const auto t0 = std::chrono::steady_clock::now();
-  experts.backward(be, dxp, grads, dye, xp, h, a, local_offsets_host.data(), params, dh, da);
-  st.expert_seconds += seconds_since(t0);
-  be.dispatch_backward(dxr, dxp, local_pos, R, 1, C);  // received order
-  st.exchange += parallel::dispatch_backward(*ep.exchange, *plan, dxr, C, dx);  // dx (=)
 }
 
 static std::string moe_prefix(const core::ModelConfig& cfg, int layer) {
@@ -346,12 +247,15 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
   // dispatch -> experts -> combine
   stats_.exchange = {};
   stats_.expert_seconds = 0;
-  if (m.ep.exchange) m.plan_expert_parallel(N, stats_);
-  m.run_experts(x, params, N, stats_);
-  if (m.ep.exchange)
-    stats_.exchange += parallel::combine_forward(*m.ep.exchange, *m.plan, m.yr, C, out);
-  else
-    be.combine_forward(out, m.ye, m.pos, m.gates, N, K, C);
+  TokenDispatcher& d = *m.dispatcher;
+  d.plan(RoutingPlan{N, m.idx, m.pos, m.gates, m.offsets_host.data()},
+         [&m](int64_t rows) { m.ensure_rows(rows); }, stats_.exchange);
+  stats_.exchange_plan = d.describe();
+  d.dispatch_forward(m.xp, x, stats_.exchange);
+  const auto t0 = std::chrono::steady_clock::now();
+  m.experts.forward(be, m.ye, m.h, m.a, m.xp, d.expert_offsets(), params);
+  stats_.expert_seconds += seconds_since(t0);
+  d.combine_forward(out, m.ye, stats_.exchange);
 
   // shared expert: out += sigmoid(x Wsg^T) * ffn(x)
   if (m.S > 0) {
@@ -377,12 +281,17 @@ void MoeLayer::recompute(const float* x, const float* params, int64_t N) {
   SY_CHECK(N == m.last_N, "MoeLayer::recompute: N={} differs from the last forward's N={}", N,
            m.last_N);
   if (N == 0) return;
+  TokenDispatcher& d = *m.dispatcher;
   if (!m.acts.kept(core::Keep::expensive)) {  // full: everything after the routing plan
-    m.run_experts(x, params, N, stats_);
+    d.recompute_dispatch(m.xp, x, stats_.exchange);
+    const auto t0 = std::chrono::steady_clock::now();
+    m.experts.forward(m.be, m.ye, m.h, m.a, m.xp, d.expert_offsets(), params);
+    stats_.expert_seconds += seconds_since(t0);
+    d.recompute_combine(m.ye);
     if (m.S > 0) m.shared_forward(x, params, N);
   } else if (!m.acts.kept(core::Keep::cheap)) {  // selective: local dispatch, SwiGLU products
-    const int64_t rows = m.ep.exchange ? m.plan->num_recv : m.offsets_host[m.E];
-    if (!m.ep.exchange) m.be.dispatch_forward(m.xp, x, m.pos, N, m.K, m.C);
+    const int64_t rows = d.rows();
+    d.recompute_dispatch(m.xp, x, stats_.exchange);
     m.be.swiglu_forward(m.a, m.h, rows, m.I);
     m.prec.store(m.be, m.a, rows * m.I);
     if (m.S > 0) {
@@ -399,21 +308,16 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
   SY_CHECK(N == m.last_N, "MoeLayer::backward: N={} differs from the last forward's N={}", N,
            m.last_N);
   if (N == 0) return;
-  const int64_t C = m.C, E = m.E, K = m.K;
+  const int64_t C = m.C, E = m.E;
 
-  if (m.ep.exchange) {
-    m.backward_expert_parallel(dx, dout, params, grads, N, stats_);
-  } else {
-    // combine -> dy of the expert rows, dgates
-    be.combine_backward(m.dye, m.dgates, dout, m.ye, m.pos, m.gates, N, K, C);
-    m.prec.store(be, m.dye, m.offsets_host[E] * C);  // feeds two GEMMs per expert
-    // experts -> dxp; dispatch -> dx (=)
-    const auto t0 = std::chrono::steady_clock::now();
-    m.experts.backward(be, m.dxp, grads, m.dye, m.xp, m.h, m.a, m.offsets_host.data(), params,
-                       m.dh, m.da);
-    stats_.expert_seconds += seconds_since(t0);
-    be.dispatch_backward(dx, m.dxp, m.pos, N, K, C);
-  }
+  // combine -> dy of the expert rows, dgates; experts -> dxp; dispatch -> dx (=)
+  TokenDispatcher& d = *m.dispatcher;
+  d.combine_backward(m.dye, m.dgates, dout, m.ye, stats_.exchange);
+  m.prec.store(be, m.dye, d.rows() * C);  // feeds two GEMMs per expert
+  const auto t0 = std::chrono::steady_clock::now();
+  m.experts.backward(be, m.dxp, grads, m.dye, m.xp, m.h, m.a, d.expert_offsets(), params, m.dh, m.da);
+  stats_.expert_seconds += seconds_since(t0);
+  d.dispatch_backward(dx, m.dxp, stats_.exchange);
 
   // router: dgates + aux term (dL/dprobs shared by all tokens) + z term
   const float* dprobs_all = nullptr;

@@ -1,6 +1,7 @@
 // moe/moe_layer.h: the MoE feed-forward sublayer of one transformer block.
 //   route:    logits = x Wr^T -> softmax (fp32) -> top-k -> gates (optionally renormalised)
-//   dispatch: permute the routed token copies into expert-sorted order (routing plan)
+//   dispatch: the routed token copies to the experts, in expert-sorted order (routing plan; a
+//             moe::TokenDispatcher: local, or through parallel::TokenExchange)
 //   experts:  one SwiGLU FFN per expert over its contiguous rows (grouped GEMMs, core/ffn.h)
 //   combine:  out[t] = sum_k gate[t,k] * expert_out[slot]; + sigmoid(x Wsg^T) * shared(x)
 // x is the normalised input [N, C], stored in the compute dtype (PrecisionPolicy::store); out
@@ -24,6 +25,7 @@
 #include "core/config.h"
 #include "core/params.h"
 #include "core/precision.h"
+#include "moe/token_dispatcher.h"  // ExpertParallel
 #include "parallel/token_exchange.h"
 
 namespace switchyard::moe {
@@ -37,16 +39,6 @@ struct MoeStats {
   parallel::ExchangeStats exchange;
   double expert_seconds = 0;
   std::string exchange_plan;  // the algorithm the last forward's plan ran, with auto's estimates
-};
-
-// Expert parallelism: the experts of the layer are spread over the `size` ranks of an expert
-// group; this rank holds core::local_experts(cfg, rank, size). Tokens reach their experts and
-// come back through `exchange` (flat, hierarchical or auto; parallel/token_exchange.h). A null
-// exchange means every expert is local (size 1).
-struct ExpertParallel {
-  parallel::TokenExchange* exchange = nullptr;
-  int rank = 0;
-  int size = 1;
 };
 
 class MoeLayer {
@@ -84,7 +76,7 @@ class MoeLayer {
   const MoeStats& stats() const { return stats_; }
 
  private:
-  struct Impl;  // buffers, routing plan and exchange state (moe_layer.cpp)
+  struct Impl;  // buffers, routing plan and dispatcher (moe_layer.cpp)
   std::unique_ptr<core::ActivationStore> own_acts_;  // standalone layers only
   std::unique_ptr<Impl> impl_;
   MoeStats stats_;
