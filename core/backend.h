@@ -203,6 +203,26 @@ class Backend {
   virtual void combine_backward(float* dy, float* dgates, const float* dout, const float* y,
                                 const int32_t* pos, const float* gates, int64_t N, int64_t K,
                                 int64_t C) = 0;
+
+  // ---- token exchange: the pack and sum steps of parallel::TokenExchange (rows of token data;
+  // the index arrays are the exchange plan's, in the backend's memory like the rows) ----
+  // dst row i = src row index[i] for i < n, rows of row_bytes bytes; index[i] < 0: row i untouched.
+  virtual void gather_rows(void* dst, const void* src, const int64_t* index, int64_t n,
+                           int64_t row_bytes) = 0;
+  // dst row index[i] = src row i for i < n, rows of row_bytes bytes (no index repeats).
+  virtual void scatter_rows(void* dst, const void* src, const int64_t* index, int64_t n,
+                            int64_t row_bytes) = 0;
+  // For i = 0..n-1 in this order: dst[dst_index[i]] += w[i] * src[src_index[i]] (rows of C
+  // floats), written (=) instead where first[i] (first null: always added); w null: weight 1 with
+  // the product skipped. Every element sums its terms in index order, whatever the parallelism:
+  // the one summation of the exchange, so flat and hierarchical round alike.
+  virtual void scatter_add_rows(float* dst, const int64_t* dst_index, const float* src,
+                                const int64_t* src_index, const float* w, const uint8_t* first,
+                                int64_t n, int64_t C) = 0;
+  // Combine backward where the expert outputs live, in place over dy [rows, C] (dout's rows):
+  // dgate[r] = dot(dy[r], y[r]) accumulated in double (=), then dy[r] *= gate[r].
+  virtual void gate_dot_scale(float* dy, float* dgate, const float* y, const float* gate,
+                              int64_t rows, int64_t C) = 0;
 };
 
 // The CPU backend (oneDNN GEMMs, OpenMP loops). threads <= 0 keeps OpenMP's default.

@@ -176,7 +176,7 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
     cost.intra = {cfg.parallel.intra_latency_us * 1e-6, cfg.parallel.intra_bandwidth_gbs * 1e9};
     cost.inter = {cfg.parallel.inter_latency_us * 1e-6, cfg.parallel.inter_bandwidth_gbs * 1e9};
     exchange = parallel::make_token_exchange(cfg.parallel.token_exchange,
-                                             groups->exchange_groups(), cost);
+                                             groups->exchange_groups(), *backend, cost);
     ep = {exchange.get(), groups->expert().rank(), static_cast<int>(cfg.parallel.expert_parallel)};
   }
 

@@ -3,7 +3,6 @@
 #include "parallel/exchange_detail.h"
 
 #include <algorithm>
-#include <cstring>
 #include <utility>
 
 #include "core/error.h"
@@ -66,6 +65,8 @@ SourceIndex build_source_index(const RoutedSlots& slots, const GroupTopology& to
     }
     for (int64_t t : tokens) unique_of[t] = -1;
   }
+  ix.red_gate.resize(ix.red_slot.size());
+  for (size_t i = 0; i < ix.red_slot.size(); ++i) ix.red_gate[i] = ix.slot_gate[ix.red_slot[i]];
   ix.red_first = first_occurrence(ix.red_unique);
   ix.unique_first = first_occurrence(ix.unique_token);
   std::vector<uint8_t> routed(static_cast<size_t>(T), 0);
@@ -73,37 +74,6 @@ SourceIndex build_source_index(const RoutedSlots& slots, const GroupTopology& to
   for (int64_t t = 0; t < T; ++t)
     if (!routed[t]) ix.idle_tokens.push_back(t);
   return ix;
-}
-
-// Threads split the columns, never the rows: every element still sees its additions in index
-// order, so the result does not depend on the thread count.
-void scatter_add_rows(float* dst, const int64_t* dst_index, const float* src, const int64_t* src_index,
-                      const float* w, const uint8_t* first, int64_t n, int64_t C) {
-  constexpr int64_t kBlock = 256;
-  const int64_t blocks = (C + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (n * C >= (int64_t{1} << 18) && blocks > 1)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t c0 = b * kBlock, c1 = std::min(C, c0 + kBlock);
-    for (int64_t i = 0; i < n; ++i) {
-      float* d = dst + dst_index[i] * C;
-      const float* s = src + src_index[i] * C;
-      const bool write = first != nullptr && first[i] != 0;
-      if (w == nullptr) {
-        if (write) {
-          for (int64_t c = c0; c < c1; ++c) d[c] = s[c];
-        } else {
-          for (int64_t c = c0; c < c1; ++c) d[c] += s[c];
-        }
-      } else {
-        const float g = w[i];
-        if (write) {
-          for (int64_t c = c0; c < c1; ++c) d[c] = g * s[c];
-        } else {
-          for (int64_t c = c0; c < c1; ++c) d[c] += g * s[c];
-        }
-      }
-    }
-  }
 }
 
 std::vector<uint8_t> first_occurrence(std::span<const int64_t> index) {
@@ -118,16 +88,17 @@ std::vector<uint8_t> first_occurrence(std::span<const int64_t> index) {
   return first;
 }
 
-void sum_unique_rows(float* out, const SourceIndex& src, std::span<const float* const> node_partials, int64_t C) {
-  for (int64_t t : src.idle_tokens) std::fill(out + t * C, out + (t + 1) * C, 0.0f);
+void sum_unique_rows(core::Backend& be, float* out, const SourceIndex& src,
+                     std::span<const float* const> node_partials, int64_t C) {
+  for (int64_t t : src.idle_tokens) be.zero(out + t * C, sizeof(float) * static_cast<size_t>(C));
   std::vector<int64_t> iota;
   int64_t first = 0;
   for (size_t m = 0; m < src.node_unique.size(); ++m) {
     const int64_t n = src.node_unique[m];
     if (static_cast<int64_t>(iota.size()) < n)
       for (auto u = static_cast<int64_t>(iota.size()); u < n; ++u) iota.push_back(u);
-    scatter_add_rows(out, src.unique_token.data() + first, node_partials[m], iota.data(), nullptr,
-                     src.unique_first.data() + first, n, C);
+    be.scatter_add_rows(out, src.unique_token.data() + first, node_partials[m], iota.data(), nullptr,
+                        src.unique_first.data() + first, n, C);
     first += n;
   }
 }
@@ -145,20 +116,6 @@ std::vector<int64_t> source_offsets(const GroupTopology& topo, std::span<const i
     next += recv_counts[q];
   }
   return off;
-}
-
-void gather_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes) {
-  auto* d = static_cast<std::byte*>(dst);
-  const auto* s = static_cast<const std::byte*>(src);
-#pragma omp parallel for schedule(static) if (n * row_bytes >= (int64_t{1} << 20))
-  for (int64_t i = 0; i < n; ++i) std::memcpy(d + i * row_bytes, s + index[i] * row_bytes, static_cast<size_t>(row_bytes));
-}
-
-void scatter_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes) {
-  auto* d = static_cast<std::byte*>(dst);
-  const auto* s = static_cast<const std::byte*>(src);
-#pragma omp parallel for schedule(static) if (n * row_bytes >= (int64_t{1} << 20))
-  for (int64_t i = 0; i < n; ++i) std::memcpy(d + index[i] * row_bytes, s + i * row_bytes, static_cast<size_t>(row_bytes));
 }
 
 std::vector<int64_t> row_offsets(std::span<const int64_t> rows) {
@@ -203,8 +160,8 @@ std::byte* scratch(std::vector<std::byte>& buf, int64_t n) {
   return buf.data();
 }
 
-IndexedExchange::IndexedExchange(const ExchangeGroups& groups)
-    : group_(must(groups.group, "expert group")), topo_(groups.topology) {}
+IndexedExchange::IndexedExchange(const ExchangeGroups& groups, core::Backend& be)
+    : group_(must(groups.group, "expert group")), be_(be), topo_(groups.topology) {}
 
 std::unique_ptr<ExchangePlan> IndexedExchange::make_plan(const RoutedSlots& slots) {
   return plan_from(build_source_index(slots, topo_, group_.size()));

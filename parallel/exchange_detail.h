@@ -28,6 +28,7 @@ struct SourceIndex {
   // The combine reduction of the slots into unique rows, in the order that defines the sum: nodes
   // ascending, slots in slot order: unique[red_unique[i]] += gate[red_slot[i]] * row(red_slot[i]).
   std::vector<int64_t> red_unique, red_slot;  // [S] each
+  std::vector<float> red_gate;                // [S] gate[red_slot[i]]
   std::vector<uint8_t> red_first;             // [S] first term of its unique row (written, not added)
   std::vector<uint8_t> unique_first;          // [U] first node term of its token in out
   std::vector<int64_t> idle_tokens;           // tokens without slots (combine writes 0)
@@ -36,25 +37,18 @@ struct SourceIndex {
 // Checks the slots (sizes, ranges, sorted by destination) and indexes them.
 SourceIndex build_source_index(const RoutedSlots& slots, const GroupTopology& topo, int group_size);
 
-// THE summation of the exchange (one compiled copy, so both algorithms round alike):
-// for i in order: dst[dst_index[i]] += w[i] * src[src_index[i]]   (rows of C floats), except that
-// where first[i] the row is written: dst[dst_index[i]] = w[i] * src[src_index[i]] (first == null:
-// always add). w == nullptr: weight 1 (the product is skipped: the same values as w[i] = 1).
-void scatter_add_rows(float* dst, const int64_t* dst_index, const float* src, const int64_t* src_index,
-                      const float* w, const uint8_t* first, int64_t n, int64_t C);
+// THE summation of the exchange is core::Backend::scatter_add_rows (one kernel, so both algorithms
+// round alike); the row packing is Backend::gather_rows / scatter_rows.
 // first[i] = 1 where index[i] appears for the first time in index[0..n).
 std::vector<uint8_t> first_occurrence(std::span<const int64_t> index);
 // The source's last step: for nodes m ascending, for the unique rows u of m:
 // out[unique_token[u]] (=, first node of the token; else +=) node_partials[m][u - first row of m];
-// rows of tokens without slots = 0.
-void sum_unique_rows(float* out, const SourceIndex& src, std::span<const float* const> node_partials, int64_t C);
+// rows of tokens without slots = 0. Through the backend's kernels.
+void sum_unique_rows(core::Backend& be, float* out, const SourceIndex& src,
+                     std::span<const float* const> node_partials, int64_t C);
 // Canonical order of sources: by (local index, node) of the group topology. Returns the first
 // receive row of every source given the rows each sends here.
 std::vector<int64_t> source_offsets(const GroupTopology& topo, std::span<const int64_t> recv_counts);
-// dst[i] = src[index[i]], rows of row_bytes.
-void gather_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes);
-// dst[index[i]] = src[i], rows of row_bytes.
-void scatter_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes);
 
 // Byte counts and displacements of one alltoallv side, from rows per peer.
 struct Layout {
@@ -110,22 +104,25 @@ Communicator& must(Communicator* c, const char* what);
 // Grows a byte buffer (kept across calls) to at least n bytes and returns it.
 std::byte* scratch(std::vector<std::byte>& buf, int64_t n);
 
-// What both algorithms share: the expert group, its topology, and a plan made from the slots'
-// source index (auto builds the index once for its vote and hands it to plan_from).
+// What both algorithms share: the expert group, its topology, the backend whose kernels pack and
+// sum the rows, and a plan made from the slots' source index (auto builds the index once for its
+// vote and hands it to plan_from).
 class IndexedExchange : public TokenExchange {
  public:
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) final;
   virtual std::unique_ptr<ExchangePlan> plan_from(SourceIndex src) = 0;
+  core::Backend& backend() const final { return be_; }
 
  protected:
-  explicit IndexedExchange(const ExchangeGroups& groups);
+  IndexedExchange(const ExchangeGroups& groups, core::Backend& be);
   Communicator& group_;
+  core::Backend& be_;
   GroupTopology topo_;
 };
 
 class FlatExchange final : public IndexedExchange {
  public:
-  explicit FlatExchange(const ExchangeGroups& groups);
+  FlatExchange(const ExchangeGroups& groups, core::Backend& be);
   ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::flat; }
   std::unique_ptr<ExchangePlan> plan_from(SourceIndex src) override;
   ExchangeStats dispatch(const ExchangePlan& plan, const void* x, int64_t row_bytes, void* recv) override;
@@ -143,7 +140,7 @@ class FlatExchange final : public IndexedExchange {
 
 class HierarchicalExchange final : public IndexedExchange {
  public:
-  explicit HierarchicalExchange(const ExchangeGroups& groups);
+  HierarchicalExchange(const ExchangeGroups& groups, core::Backend& be);
   ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::hierarchical; }
   std::unique_ptr<ExchangePlan> plan_from(SourceIndex src) override;
   ExchangeStats dispatch(const ExchangePlan& plan, const void* x, int64_t row_bytes, void* recv) override;

@@ -2,7 +2,6 @@
 // call, one row per routed slot. Slots are sorted by destination, so the send buffer in slot order
 // is already grouped by peer; received rows land at their source's canonical offset.
 #include <algorithm>
-#include <cstring>
 
 #include "core/error.h"
 #include "parallel/exchange_detail.h"
@@ -27,7 +26,7 @@ struct SlotMeta {  // what travels with each slot at plan time
 
 }  // namespace
 
-FlatExchange::FlatExchange(const ExchangeGroups& groups) : IndexedExchange(groups) {
+FlatExchange::FlatExchange(const ExchangeGroups& groups, core::Backend& be) : IndexedExchange(groups, be) {
   SY_CHECK(static_cast<int>(topo_.node_of.size()) == group_.size(), "topology of {} ranks for a group of {}",
            topo_.node_of.size(), group_.size());
 }
@@ -84,7 +83,7 @@ ExchangeStats FlatExchange::dispatch(const ExchangePlan& plan_in, const void* x,
   const FlatPlan& plan = as_flat(plan_in);
   const auto S = static_cast<int64_t>(plan.src.slot_token.size());
   std::byte* send = scratch(send_, S * row_bytes);
-  gather_rows(send, x, plan.src.slot_token.data(), S, row_bytes);
+  be_.gather_rows(send, x, plan.src.slot_token.data(), S, row_bytes);
   alltoallv_rows(plan, plan.src, true, send, recv, row_bytes, call.stats);
   return call.done();
 }
@@ -102,19 +101,14 @@ ExchangeStats FlatExchange::combine(const ExchangePlan& plan_in, const float* y,
   alltoallv_rows(plan, src, false, y, slot_rows, row, call.stats);
   // Partial sums per (token, node), then the node sum: the order that defines the result.
   auto* partial = reinterpret_cast<float*>(scratch(send_, U * row));
-  std::vector<float> gates;
-  if (weighted) {
-    gates.resize(static_cast<size_t>(S));
-    for (int64_t i = 0; i < S; ++i) gates[i] = src.slot_gate[src.red_slot[i]];
-  }
-  scatter_add_rows(partial, src.red_unique.data(), slot_rows, src.red_slot.data(),
-                   weighted ? gates.data() : nullptr, src.red_first.data(), S, C);
+  be_.scatter_add_rows(partial, src.red_unique.data(), slot_rows, src.red_slot.data(),
+                       weighted ? src.red_gate.data() : nullptr, src.red_first.data(), S, C);
   std::vector<const float*> node_partials;
   for (int64_t first = 0; int64_t n : src.node_unique) {
     node_partials.push_back(partial + first * C);
     first += n;
   }
-  sum_unique_rows(out, src, node_partials, C);
+  sum_unique_rows(be_, out, src, node_partials, C);
   return call.done();
 }
 

@@ -17,7 +17,6 @@
 // boundary; the source adds the partials of its nodes in node order (sum_unique_rows), reading
 // its own node's partials from its relay buffer.
 #include <algorithm>
-#include <cstring>
 
 #include "core/error.h"
 #include "parallel/exchange_detail.h"
@@ -47,7 +46,7 @@ struct HierPlan final : ExchangePlan {
   std::vector<float> rec_gate;      // [records received]
   std::vector<uint8_t> rec_first;   // [records received] first record of its row (written, not added)
   std::vector<int64_t> rec_pos;     // [records received] row in the stage-2 send buffer
-  std::vector<int64_t> fwd_row;     // [forwarded rows] stage-1 receive row, in send order
+  std::vector<int64_t> fwd_row;     // [forwarded rows] stage-1 receive row, in send order; -1 when the source is me
   std::vector<int64_t> fwd_token;   // [forwarded rows] token of x when the source is me, else -1
   std::vector<int64_t> s2_send, s2_recv;  // [L] rows to / from each local rank
 };
@@ -78,8 +77,8 @@ auto all_intra(int) { return true; }   // stage 2: every peer is on my node
 
 }  // namespace
 
-HierarchicalExchange::HierarchicalExchange(const ExchangeGroups& groups)
-    : IndexedExchange(groups), intra_(must(groups.intra, "intra-node")), inter_(must(groups.inter, "inter-node")) {
+HierarchicalExchange::HierarchicalExchange(const ExchangeGroups& groups, core::Backend& be)
+    : IndexedExchange(groups, be), intra_(must(groups.intra, "intra-node")), inter_(must(groups.inter, "inter-node")) {
   if (!topo_.regular)
     throw_usage("parallel.token_exchange = hierarchical needs every node to hold the same number of ranks "
                 "of an expert group ({} nodes, {} ranks on the first); use flat or auto, or align "
@@ -167,7 +166,7 @@ std::unique_ptr<ExchangePlan> HierarchicalExchange::plan_from(SourceIndex src) {
       p.rec_row[i] = p.uni_off_recv[n] + r.unique;
       p.rec_gate[i] = r.gate;
       p.rec_pos[i] = pos;
-      p.fwd_row[pos] = p.rec_row[i];
+      p.fwd_row[pos] = n == p.my_node ? -1 : p.rec_row[i];
       p.fwd_token[pos] = n == p.my_node ? src.unique_token[p.uni_off_send[n] + r.unique] : -1;
       fwd_meta[pos] = RowMeta{r.gate, r.tag};
     }
@@ -226,21 +225,17 @@ ExchangeStats HierarchicalExchange::dispatch(const ExchangePlan& plan_in, const 
   // Stage 1: one row per distinct (token, remote node) to the relay of each remote node.
   for (int m = 0; m < G; ++m) {
     if (m == n) continue;
-    gather_rows(a + p.uni_off_send[m] * row_bytes, x, p.src.unique_token.data() + p.uni_off_send[m],
-                p.s1_send_uni[m], row_bytes);
+    be_.gather_rows(a + p.uni_off_send[m] * row_bytes, x, p.src.unique_token.data() + p.uni_off_send[m],
+                    p.s1_send_uni[m], row_bytes);
   }
   const Layout s1s = stage1_layout(p.s1_send_uni, p.uni_off_send, n, row_bytes);
   const Layout s1r = stage1_layout(p.s1_recv_uni, p.uni_off_recv, n, row_bytes);
   inter_.alltoallv(a, s1s.counts, s1s.displs, b, s1r.counts, s1r.displs);
   add_traffic(call.stats, s1s.counts, n, all_inter);
-  // Stage 2: the relay duplicates and forwards inside the node (my own rows straight from x); the
-  // finals receive in canonical order.
-  const auto* xb = static_cast<const std::byte*>(x);
-#pragma omp parallel for schedule(static) if (R * row_bytes >= (int64_t{1} << 20))
-  for (int64_t i = 0; i < R; ++i) {
-    const std::byte* from = p.fwd_token[i] >= 0 ? xb + p.fwd_token[i] * row_bytes : b + p.fwd_row[i] * row_bytes;
-    std::memcpy(a + i * row_bytes, from, static_cast<size_t>(row_bytes));
-  }
+  // Stage 2: the relay duplicates and forwards inside the node (my own rows straight from x: each
+  // forwarded row comes from exactly one of the two gathers); the finals receive in canonical order.
+  be_.gather_rows(a, b, p.fwd_row.data(), R, row_bytes);
+  be_.gather_rows(a, x, p.fwd_token.data(), R, row_bytes);
   const Layout s2s = make_layout(p.s2_send, row_bytes), s2r = make_layout(p.s2_recv, row_bytes);
   intra_.alltoallv(a, s2s.counts, s2s.displs, recv, s2r.counts, s2r.displs);
   add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
@@ -261,8 +256,8 @@ ExchangeStats HierarchicalExchange::combine(const ExchangePlan& plan_in, const f
   intra_.alltoallv(y, s2s.counts, s2s.displs, a, s2r.counts, s2r.displs);
   add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
   // The in-node sum: one partial row per (source, token), slots in the source's slot order.
-  scatter_add_rows(partial, p.rec_row.data(), a, p.rec_pos.data(), weighted ? p.rec_gate.data() : nullptr,
-                   p.rec_first.data(), R, C);
+  be_.scatter_add_rows(partial, p.rec_row.data(), a, p.rec_pos.data(), weighted ? p.rec_gate.data() : nullptr,
+                       p.rec_first.data(), R, C);
   // Stage 1 backwards: one row per distinct token crosses back; the source sums the nodes, its
   // own node's partials straight from its relay buffer.
   const Layout s1s = stage1_layout(p.s1_recv_uni, p.uni_off_recv, n, row);
@@ -272,7 +267,7 @@ ExchangeStats HierarchicalExchange::combine(const ExchangePlan& plan_in, const f
   std::vector<const float*> node_partials(static_cast<size_t>(G));
   for (int m = 0; m < G; ++m)
     node_partials[m] = m == n ? partial + p.uni_off_recv[n] * C : a + p.uni_off_send[m] * C;
-  sum_unique_rows(out, p.src, node_partials, C);
+  sum_unique_rows(be_, out, p.src, node_partials, C);
   return call.done();
 }
 
@@ -289,11 +284,11 @@ ExchangeStats HierarchicalExchange::return_to_slots(const ExchangePlan& plan_in,
   const Layout s2s = make_layout(p.s2_recv, kRow), s2r = make_layout(p.s2_send, kRow);
   intra_.alltoallv(recv_values, s2s.counts, s2s.displs, a, s2r.counts, s2r.displs);
   add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
-  gather_rows(b, a, p.rec_pos.data(), R, kRow);  // relay: back into record order
+  be_.gather_rows(b, a, p.rec_pos.data(), R, kRow);  // relay: back into record order
   const Layout s1s = make_layout(p.s1_recv_rec, kRow), s1r = make_layout(p.s1_send_rec, kRow);
   inter_.alltoallv(b, s1s.counts, s1s.displs, c, s1r.counts, s1r.displs);
   add_traffic(call.stats, s1s.counts, inter_.rank(), all_inter);
-  scatter_rows(slot_values, c, p.src.red_slot.data(), S, kRow);  // source: records are in reduction order
+  be_.scatter_rows(slot_values, c, p.src.red_slot.data(), S, kRow);  // source: records are in reduction order
   return call.done();
 }
 

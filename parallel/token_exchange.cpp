@@ -36,12 +36,13 @@ using detail::SourceIndex;
 // a result, only the traffic.
 class AutoExchange final : public TokenExchange {
  public:
-  AutoExchange(const ExchangeGroups& groups, const CostModel& cost)
-      : group_(detail::must(groups.group, "expert group")), topo_(groups.topology), cost_(cost), flat_(groups) {
+  AutoExchange(const ExchangeGroups& groups, core::Backend& be, const CostModel& cost)
+      : group_(detail::must(groups.group, "expert group")), topo_(groups.topology), cost_(cost), flat_(groups, be) {
     // Hierarchical needs a regular layout and has nothing to save inside one node.
-    if (topo_.regular && topo_.num_nodes > 1) hier_ = std::make_unique<HierarchicalExchange>(groups);
+    if (topo_.regular && topo_.num_nodes > 1) hier_ = std::make_unique<HierarchicalExchange>(groups, be);
   }
   ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::automatic; }
+  core::Backend& backend() const override { return flat_.backend(); }
 
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override {
     SourceIndex src = detail::build_source_index(slots, topo_, group_.size());
@@ -112,11 +113,11 @@ class AutoExchange final : public TokenExchange {
 }  // namespace
 
 std::unique_ptr<TokenExchange> make_token_exchange(ExchangeAlgorithm algorithm, const ExchangeGroups& groups,
-                                                   const CostModel& cost) {
+                                                   core::Backend& be, const CostModel& cost) {
   switch (algorithm) {
-    case ExchangeAlgorithm::flat: return std::make_unique<FlatExchange>(groups);
-    case ExchangeAlgorithm::hierarchical: return std::make_unique<HierarchicalExchange>(groups);
-    case ExchangeAlgorithm::automatic: return std::make_unique<AutoExchange>(groups, cost);
+    case ExchangeAlgorithm::flat: return std::make_unique<FlatExchange>(groups, be);
+    case ExchangeAlgorithm::hierarchical: return std::make_unique<HierarchicalExchange>(groups, be);
+    case ExchangeAlgorithm::automatic: return std::make_unique<AutoExchange>(groups, be, cost);
   }
   throw_internal("unknown exchange algorithm {}", static_cast<int>(algorithm));
 }
@@ -141,15 +142,7 @@ ExchangeStats combine_backward(TokenExchange& ex, const ExchangePlan& plan, cons
   detail::Stopwatch watch;
   ExchangeStats stats = ex.dispatch(plan, dout, C * static_cast<int64_t>(sizeof(float)), dy);
   std::vector<float> dgate_recv(static_cast<size_t>(plan.num_recv));
-  for (int64_t r = 0; r < plan.num_recv; ++r) {
-    float* d = dy + r * C;
-    const float* yr = y + r * C;
-    double dot = 0;
-    for (int64_t c = 0; c < C; ++c) dot += static_cast<double>(d[c]) * static_cast<double>(yr[c]);
-    dgate_recv[r] = static_cast<float>(dot);
-    const float g = plan.recv_gate[r];
-    for (int64_t c = 0; c < C; ++c) d[c] *= g;
-  }
+  ex.backend().gate_dot_scale(dy, dgate_recv.data(), y, plan.recv_gate.data(), plan.num_recv, C);
   stats += ex.return_to_slots(plan, dgate_recv.data(), dgate);
   stats.seconds = watch.seconds();  // both exchanges and the local products
   return stats;

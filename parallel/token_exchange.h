@@ -53,6 +53,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/choices.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
@@ -130,6 +131,8 @@ class TokenExchange {
  public:
   virtual ~TokenExchange() = default;
   virtual ExchangeAlgorithm algorithm() const = 0;  // as configured (may be auto)
+  // The backend whose kernels pack and sum the rows (core::Backend's token-exchange section).
+  virtual core::Backend& backend() const = 0;
 
   // Collective over the expert group. Checks the slots (sorted, in range).
   virtual std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) = 0;
@@ -147,9 +150,9 @@ class TokenExchange {
 };
 
 // Usage error when `hierarchical` is asked on a group whose nodes hold different numbers of its
-// ranks; `auto` falls back to flat there.
+// ranks; `auto` falls back to flat there. `be` packs and sums the rows (it outlives the exchange).
 std::unique_ptr<TokenExchange> make_token_exchange(ExchangeAlgorithm algorithm,
-                                                   const ExchangeGroups& groups,
+                                                   const ExchangeGroups& groups, core::Backend& be,
                                                    const CostModel& cost = {});
 
 // ---- the four MoE steps, written once over the interface (host memory) ----

@@ -1,5 +1,6 @@
 // core/cpu/moe_kernels.cpp: CPU MoE kernels: SwiGLU, sigmoid gate, router softmax/top-k and its
-// backward, routing plan (counting sort), dispatch/combine permutations.
+// backward, routing plan (counting sort), dispatch/combine permutations, and the token exchange's
+// pack/sum steps (gather/scatter rows, the scatter-add summation, the gate dot/scale).
 // Every parallel loop is over rows (tokens or activation rows): each iteration writes only its own
 // rows, so the loops are race-free; dispatch/combine backward iterate over tokens, never slots.
 #include <omp.h>
@@ -7,6 +8,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -323,6 +325,68 @@ void CpuBackend::combine_backward(float* dy, float* dgates, const float* dout, c
       }
       dgates[s] = dot;
     }
+  }
+}
+
+void CpuBackend::gather_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes) {
+  auto* d = static_cast<std::byte*>(dst);
+  const auto* s = static_cast<const std::byte*>(src);
+#pragma omp parallel for schedule(static) if (n * row_bytes >= (int64_t{1} << 20))
+  for (int64_t i = 0; i < n; ++i)
+    if (index[i] >= 0) std::memcpy(d + i * row_bytes, s + index[i] * row_bytes, static_cast<size_t>(row_bytes));
+}
+
+void CpuBackend::scatter_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes) {
+  auto* d = static_cast<std::byte*>(dst);
+  const auto* s = static_cast<const std::byte*>(src);
+#pragma omp parallel for schedule(static) if (n * row_bytes >= (int64_t{1} << 20))
+  for (int64_t i = 0; i < n; ++i) std::memcpy(d + index[i] * row_bytes, s + i * row_bytes, static_cast<size_t>(row_bytes));
+}
+
+// Threads split the columns, never the rows: every element still sees its additions in index
+// order, so the result does not depend on the thread count.
+void CpuBackend::scatter_add_rows(float* dst, const int64_t* dst_index, const float* src, const int64_t* src_index,
+                                  const float* w, const uint8_t* first, int64_t n, int64_t C) {
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n * C >= (int64_t{1} << 18) && blocks > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t c0 = b * kBlock, c1 = std::min(C, c0 + kBlock);
+    for (int64_t i = 0; i < n; ++i) {
+      float* d = dst + dst_index[i] * C;
+      const float* s = src + src_index[i] * C;
+      const bool write = first != nullptr && first[i] != 0;
+      if (w == nullptr) {
+        if (write) {
+          for (int64_t c = c0; c < c1; ++c) d[c] = s[c];
+        } else {
+          for (int64_t c = c0; c < c1; ++c) d[c] += s[c];
+        }
+      } else {
+        const float g = w[i];
+        if (write) {
+          for (int64_t c = c0; c < c1; ++c) d[c] = g * s[c];
+        } else {
+          for (int64_t c = c0; c < c1; ++c) d[c] += g * s[c];
+        }
+      }
+    }
+  }
+}
+
+// Rows are independent (each dot runs over its own row in column order): any thread count gives
+// the same values.
+void CpuBackend::gate_dot_scale(float* dy, float* dgate, const float* y, const float* gate, int64_t rows,
+                                int64_t C) {
+#pragma omp parallel for schedule(static) if (rows * C >= (int64_t{1} << 18))
+  for (int64_t r = 0; r < rows; ++r) {
+    float* d = dy + r * C;
+    const float* yr = y + r * C;
+    double dot = 0;
+    for (int64_t c = 0; c < C; ++c) dot += static_cast<double>(d[c]) * static_cast<double>(yr[c]);
+    dgate[r] = static_cast<float>(dot);
+    const float g = gate[r];
+    for (int64_t c = 0; c < C; ++c) d[c] *= g;
   }
 }
 

@@ -163,6 +163,7 @@ void bench(const Options& o, par::Communicator& world) {
   const Routing r = random_routing(o, me, E);
   par::RoutedSlots slots{o.tokens, r.token, r.dest, r.gate, r.tag};
   const par::GroupTopology& topo = groups.exchange_groups().topology;
+  const auto be = switchyard::core::make_backend();  // packs and sums the rows
   for (int64_t C : o.d_models) {
     slots.row_bytes = C * 4;
     std::vector<float> x(static_cast<size_t>(o.tokens * C));
@@ -173,7 +174,7 @@ void bench(const Options& o, par::Communicator& world) {
     std::vector<Row> rows;
     for (auto alg : {par::ExchangeAlgorithm::flat, par::ExchangeAlgorithm::hierarchical,
                      par::ExchangeAlgorithm::automatic}) {
-      auto ex = par::make_token_exchange(alg, groups.exchange_groups());
+      auto ex = par::make_token_exchange(alg, groups.exchange_groups(), *be);
       Row row;
       row.name = std::string(switchyard::core::name_of(alg));
       row.plan_s = time_median(o, [&] { ex->make_plan(slots); });

@@ -40,6 +40,11 @@ Pass run_pass(parallel::TokenExchange& ex, const Routing& r, int world_rank, int
   return p;
 }
 
+core::Backend& test_backend() {
+  static const std::unique_ptr<core::Backend> be = core::make_cpu_backend(0);  // OpenMP's thread count
+  return *be;
+}
+
 ::testing::AssertionResult bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
   for (size_t i = 0; i < a.size(); ++i) {

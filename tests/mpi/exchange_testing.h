@@ -34,6 +34,9 @@ struct Pass {
 // combine_backward(dout), dispatch_backward(dy). C columns; world_rank picks x and dout.
 Pass run_pass(parallel::TokenExchange& ex, const Routing& r, int world_rank, int group_rank, int64_t C);
 
+// The CPU backend whose kernels the exchanges of these tests pack and sum with (one per process).
+core::Backend& test_backend();
+
 ::testing::AssertionResult bit_equal(const std::vector<float>& a, const std::vector<float>& b);
 
 using parallel::ExchangeAlgorithm;

@@ -63,7 +63,7 @@ void check_against_single_process(int E, sy::parallel::ExchangeAlgorithm algo, i
   full.backward();
   const auto ref_grads = host(full, full.grads());
 
-  auto exchange = sy::parallel::make_token_exchange(algo, groups.exchange_groups());
+  auto exchange = sy::parallel::make_token_exchange(algo, groups.exchange_groups(), *be);
   sy::moe::Model part(*be, cfg, B_local, T, {exchange.get(), groups.expert().rank(), E});
   part.init_random(7);
   const auto r = part.forward(tokens.data() + rank * B_local * T, targets.data() + rank * B_local * T, B_local, T);
@@ -115,7 +115,7 @@ EpRun run_expert_parallel(int E, sy::parallel::ExchangeAlgorithm algo, int ranks
     targets[i] = static_cast<int32_t>((g * 40503u + 11) % 64);
   }
   auto be = sy::core::make_cpu_backend(1);
-  auto exchange = sy::parallel::make_token_exchange(algo, groups.exchange_groups());
+  auto exchange = sy::parallel::make_token_exchange(algo, groups.exchange_groups(), *be);
   sy::moe::ModelOptions opts;
   opts.recompute = recompute;
   sy::moe::Model part(*be, cfg, B_local, T, {exchange.get(), groups.expert().rank(), E}, opts);
