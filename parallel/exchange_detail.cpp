@@ -1,4 +1,4 @@
-// parallel/exchange_detail.cpp: the source index, the summation routine and layouts shared by the
+// parallel/exchange_detail.cpp: the source index, the node sum and layouts shared by the
 // flat and hierarchical token exchanges.
 #include "parallel/exchange_detail.h"
 

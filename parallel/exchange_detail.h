@@ -1,6 +1,7 @@
 // parallel/exchange_detail.h: internals shared by the token-exchange algorithms (not a public
-// header): the source-side index of the slots, the one summation routine both algorithms use,
-// byte layouts of alltoallv calls, traffic counting, and the algorithm classes.
+// header): the source-side index of the slots, the node sum both algorithms end with (the
+// summation itself is core::Backend::scatter_add_rows), byte layouts of alltoallv calls, traffic
+// counting, and the algorithm classes.
 #pragma once
 
 #include <chrono>

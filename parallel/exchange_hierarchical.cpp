@@ -12,7 +12,7 @@
 //   final   receives from relay j' the rows of sources (n', j'), n' ascending: relay j' after
 //           relay j'-1 is the canonical order, so rows arrive in place.
 // Combine runs the same path backwards: finals return one row per slot to their relays, each
-// relay sums the rows of one (source, token) in the source's slot order (scatter_add_rows, the
+// relay sums the rows of one (source, token) in the source's slot order (Backend::scatter_add_rows, the
 // routine flat uses), and sends one partial row per distinct token back across the node
 // boundary; the source adds the partials of its nodes in node order (sum_unique_rows), reading
 // its own node's partials from its relay buffer.

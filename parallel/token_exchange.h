@@ -41,9 +41,10 @@
 // rank's node. Payload rows and returned values count in the call that moves them; counts and
 // slot metadata count in plan.stats.
 //
-// Buffers are host memory here (MpiCommunicator); packing and sums are host loops. An NCCL
-// communicator needs device kernels for the pack/sum steps (through core::Backend) and a host
-// copy of the received counts; the plan's index arrays are what those kernels take.
+// Packing and sums are core::Backend kernels (gather_rows, scatter_rows, scatter_add_rows,
+// gate_dot_scale) of the backend the exchange is given. Staging buffers and the plan's index
+// arrays are host memory here (MpiCommunicator, CPU backend); an NCCL communicator keeps them in
+// device memory and needs only a host copy of the received counts.
 #pragma once
 
 #include <cstdint>
