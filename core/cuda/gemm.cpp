@@ -10,8 +10,6 @@
 //     C (alpha, beta in fp32), and C's M x N region is then rounded to rounding.c in place.
 // A straightforward correct first path: a cuBLASLt version with the conversion fused or operands
 // kept in bf16 storage belongs to the performance work of issue 12.
-#include <cuda_bf16.h>
-
 #include "core/cuda/cuda_backend.h"
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/kernels.h"
