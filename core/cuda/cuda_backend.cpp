@@ -1,0 +1,303 @@
+// core/cuda/cuda_backend.cpp: the device query and factory of core/cuda/cuda.h, CudaBackend's
+// memory (cudaMalloc with live/peak accounting) and its kernel table: each method checks what the
+// host can check, launches the kernel of core/cuda/kernels.h on the backend's stream and checks
+// the launch.
+#include "core/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/cuda/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "core/cuda/kernels.h"
+#include "core/error.h"
+
+namespace switchyard::core {
+
+namespace k = cuda_kernels;
+
+namespace {
+[[noreturn]] void not_implemented(const char* op) {
+  throw_internal("cuda backend: {} not implemented yet", op);
+}
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver or no device: clear the error, report none
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int count = cuda_device_count();
+  if (count == 0)
+    throw_usage("device cuda:{} asked for, but no CUDA GPU is usable here (no driver or no device); "
+                "use the cpu device or run on a GPU machine", device);
+  if (device < 0 || device >= count)
+    throw_usage("device cuda:{} asked for, but this machine has {} GPU(s): 0..{}", device, count,
+                count - 1);
+  return std::make_unique<CudaBackend>(device);
+}
+
+CudaBackend::CudaBackend(int device) : device_(device) {
+  use_device();
+  SY_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  SY_CUBLAS_CHECK(cublasCreate(&cublas_));
+  SY_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+}
+
+CudaBackend::~CudaBackend() {
+  // No throwing from a destructor: errors here are ignored (the context may already be gone).
+  cudaSetDevice(device_);
+  cudaStreamSynchronize(stream_);
+  for (void*& p : scratch_)
+    if (p) cudaFree(p);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::use_device() const { SY_CUDA_CHECK(cudaSetDevice(device_)); }
+
+// ---------------------------------------------------------------- memory
+
+void* CudaBackend::alloc(size_t bytes) {
+  use_device();
+  size_t rounded = (bytes + 63) / 64 * 64;
+  if (rounded == 0) rounded = 64;
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, rounded);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw_internal("cuda backend: cudaMalloc of {} bytes on device {} failed: {} ({}); {} bytes live",
+                   bytes, device_, cudaGetErrorName(err), cudaGetErrorString(err),
+                   memory_stats().live_bytes);
+  }
+  SY_CUDA_CHECK(cudaMemsetAsync(p, 0, rounded, stream_));
+  std::lock_guard<std::mutex> lock(mem_mutex_);
+  blocks_.emplace(p, rounded);
+  live_bytes_ += static_cast<int64_t>(rounded);
+  peak_bytes_ = std::max(peak_bytes_, live_bytes_);
+  return p;
+}
+
+void CudaBackend::release(void* p) {
+  if (!p) return;
+  {
+    std::lock_guard<std::mutex> lock(mem_mutex_);
+    auto it = blocks_.find(p);
+    if (it == blocks_.end())
+      throw_internal("cuda backend: release of {} that alloc() did not return (or released twice)", p);
+    live_bytes_ -= static_cast<int64_t>(it->second);
+    blocks_.erase(it);
+  }
+  use_device();
+  SY_CUDA_CHECK(cudaFree(p));
+}
+
+MemoryStats CudaBackend::memory_stats() const {
+  std::lock_guard<std::mutex> lock(mem_mutex_);
+  return MemoryStats{live_bytes_, peak_bytes_};
+}
+
+void CudaBackend::reset_peak_memory() {
+  std::lock_guard<std::mutex> lock(mem_mutex_);
+  peak_bytes_ = live_bytes_;
+}
+
+void* CudaBackend::scratch(int slot, size_t bytes) {
+  if (bytes > scratch_bytes_[slot]) {
+    if (scratch_[slot]) synchronize();  // kernels may still read the old buffer
+    release(scratch_[slot]);
+    scratch_[slot] = nullptr;
+    scratch_bytes_[slot] = 0;
+    scratch_[slot] = alloc(bytes);
+    scratch_bytes_[slot] = bytes;
+  }
+  return scratch_[slot];
+}
+
+void CudaBackend::zero(void* p, size_t bytes) {
+  use_device();
+  if (bytes) SY_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+}
+void CudaBackend::copy_to_host(void* host_dst, const void* src, size_t bytes) {
+  use_device();
+  if (bytes) SY_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+void CudaBackend::copy_from_host(void* dst, const void* host_src, size_t bytes) {
+  use_device();
+  if (bytes) SY_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+  SY_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may be reused on return
+}
+void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
+  use_device();
+  if (bytes) SY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+}
+void CudaBackend::synchronize() {
+  use_device();
+  SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// ---------------------------------------------------------------- elementwise, reductions
+
+// Launches a kernel of core/cuda/kernels.h on this backend's device and stream, then checks it.
+#define SY_LAUNCH(kernel, ...)               \
+  do {                                       \
+    use_device();                            \
+    k::kernel(__VA_ARGS__, stream_);         \
+    SY_CUDA_CHECK_LAUNCH();                  \
+  } while (0)
+
+void CudaBackend::round_to(Dtype d, float* x, int64_t n) {
+  if (d == Dtype::f32 || n <= 0) return;
+  SY_LAUNCH(round_rows, half_of(d), x, n, x, n, 1, n);
+}
+void CudaBackend::add(float* out, const float* a, const float* b, int64_t n) { SY_LAUNCH(add, out, a, b, n); }
+void CudaBackend::axpy(float* y, float alpha, const float* x, int64_t n) { SY_LAUNCH(axpy, y, alpha, x, n); }
+void CudaBackend::scale(float* x, float alpha, int64_t n) { SY_LAUNCH(scale, x, alpha, n); }
+void CudaBackend::add_bias(float* x, const float* bias, int64_t rows, int64_t cols) {
+  SY_LAUNCH(add_bias, x, bias, rows, cols);
+}
+void CudaBackend::bias_backward(float* dbias, const float* dout, int64_t rows, int64_t cols) {
+  SY_LAUNCH(bias_backward, dbias, dout, rows, cols);
+}
+
+double CudaBackend::sum_squares(const float* x, int64_t n) {
+  if (n <= 0) return 0.0;
+  const int64_t parts = k::sum_squares_partials();
+  auto* buf = static_cast<double*>(scratch(2, static_cast<size_t>(parts + 1) * sizeof(double)));
+  SY_LAUNCH(sum_squares, buf + parts, buf, x, n);
+  double result = 0;
+  SY_CUDA_CHECK(cudaMemcpyAsync(&result, buf + parts, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  SY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return result;
+}
+
+void CudaBackend::adamw_update(float* p, const float* grads, float* m, float* v, int64_t n,
+                               float grad_scale, float lr, float beta1, float beta2, float eps,
+                               float weight_decay, float bc1, float bc2, float* p_compute,
+                               Dtype compute) {
+  // the CPU's constants, computed alike on the host
+  const float decay = 1.0f - lr * weight_decay;
+  const float step = lr / bc1;
+  const float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+  SY_LAUNCH(adamw_update, p, grads, m, v, n, grad_scale, decay, step, beta1, beta2, eps,
+            inv_sqrt_bc2, p_compute, half_of(compute));
+}
+
+// ---------------------------------------------------------------- dense layers
+
+void CudaBackend::embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N,
+                                    int64_t C) {
+  SY_LAUNCH(embedding_forward, out, tokens, wte, N, C);
+}
+void CudaBackend::embedding_backward(float* dwte, const float* dout, const int32_t* tokens,
+                                     int64_t N, int64_t C) {
+  SY_LAUNCH(embedding_backward, dwte, dout, tokens, N, C);
+}
+void CudaBackend::rmsnorm_forward(float* out, float* rstd, const float* x, const float* w,
+                                  int64_t N, int64_t C, float eps) {
+  SY_LAUNCH(rmsnorm_forward, nullptr, out, rstd, x, nullptr, w, N, C, eps);
+}
+void CudaBackend::add_rmsnorm_forward(float* sum, float* out, float* rstd, const float* a,
+                                      const float* b, const float* w, int64_t N, int64_t C,
+                                      float eps) {
+  SY_LAUNCH(rmsnorm_forward, sum, out, rstd, a, b, w, N, C, eps);
+}
+void CudaBackend::rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x,
+                                   const float* w, const float* rstd, int64_t N, int64_t C) {
+  SY_LAUNCH(rmsnorm_backward, dx, dw, dout, x, w, rstd, N, C, false);
+}
+void CudaBackend::rmsnorm_backward_accumulate(float* dx, float* dw, const float* dout,
+                                              const float* x, const float* w, const float* rstd,
+                                              int64_t N, int64_t C) {
+  SY_LAUNCH(rmsnorm_backward, dx, dw, dout, x, w, rstd, N, C, true);
+}
+void CudaBackend::rope_forward(float* qkv, const AttentionShape& s, float theta) {
+  SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
+  SY_LAUNCH(rope, qkv, s.B, s.T, s.NH, s.NKV, s.HD, theta, 1.0f);
+}
+void CudaBackend::rope_backward(float* dqkv, const AttentionShape& s, float theta) {
+  SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
+  SY_LAUNCH(rope, dqkv, s.B, s.T, s.NH, s.NKV, s.HD, theta, -1.0f);
+}
+void CudaBackend::attention_forward(float*, float*, const float*, const AttentionShape&) {
+  not_implemented("attention_forward");
+}
+void CudaBackend::attention_backward(float*, const float*, const float*, const float*,
+                                     const float*, const AttentionShape&) {
+  not_implemented("attention_backward");
+}
+// Targets are in device memory, so the CPU's range check is not made here: a target >= V gives a
+// NaN loss (and NaN gradients), which the trainer's non-finite check reports.
+void CudaBackend::cross_entropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                        int64_t N, int64_t V) {
+  SY_LAUNCH(cross_entropy_forward, losses, logits, targets, N, V);
+}
+void CudaBackend::cross_entropy_backward(float* dlogits, const float* logits,
+                                         const int32_t* targets, const float* dloss, int64_t N,
+                                         int64_t V) {
+  SY_LAUNCH(cross_entropy_backward, dlogits, logits, targets, dloss, N, V);
+}
+
+// ---------------------------------------------------------------- MoE
+
+void CudaBackend::swiglu_forward(float* out, const float* h, int64_t rows, int64_t I) {
+  SY_LAUNCH(swiglu_forward, out, h, rows, I);
+}
+void CudaBackend::swiglu_backward(float* dh, const float* dout, const float* h, int64_t rows,
+                                  int64_t I) {
+  SY_LAUNCH(swiglu_backward, dh, dout, h, rows, I);
+}
+void CudaBackend::sigmoid_gate_forward(float* out, const float* logit, const float* y,
+                                       int64_t rows, int64_t C) {
+  SY_LAUNCH(sigmoid_gate_forward, out, logit, y, rows, C);
+}
+void CudaBackend::sigmoid_gate_backward(float* dy, float* dlogit, const float* dout,
+                                        const float* logit, const float* y, int64_t rows,
+                                        int64_t C) {
+  SY_LAUNCH(sigmoid_gate_backward, dy, dlogit, dout, logit, y, rows, C);
+}
+void CudaBackend::router_topk(float* probs, float* lse, int32_t* idx, float* gates,
+                              const float* logits, int64_t N, int64_t E, int64_t K,
+                              bool renormalize) {
+  SY_CHECK(K >= 1 && K <= E, "router_topk: K={} must be in [1, E={}]", K, E);
+  SY_LAUNCH(router_topk, probs, lse, idx, gates, logits, N, E, K, renormalize);
+}
+void CudaBackend::router_backward(float* dlogits, const float* dgates, const float* probs,
+                                  const float* lse, const int32_t* idx, const float* gates,
+                                  const float* dprobs_all, float z_coef, int64_t N, int64_t E,
+                                  int64_t K, bool renormalize) {
+  SY_LAUNCH(router_backward, dlogits, dgates, probs, lse, idx, gates, dprobs_all, z_coef, N, E, K,
+            renormalize);
+}
+// Expert ids are in device memory: an id >= E is not reported as the CPU does, its slot is
+// dropped (pos -1) like a negative one.
+void CudaBackend::route_plan(int32_t* pos, int32_t* expert_offsets, const int32_t* idx, int64_t N,
+                             int64_t E, int64_t K) {
+  SY_CHECK(N * K <= INT32_MAX, "route_plan: {} slots overflow int32", N * K);
+  SY_LAUNCH(route_plan, pos, expert_offsets, idx, N, E, K);
+}
+void CudaBackend::dispatch_forward(float* xp, const float* x, const int32_t* pos, int64_t N,
+                                   int64_t K, int64_t C) {
+  SY_LAUNCH(dispatch_forward, xp, x, pos, N, K, C);
+}
+void CudaBackend::dispatch_backward(float* dx, const float* dxp, const int32_t* pos, int64_t N,
+                                    int64_t K, int64_t C) {
+  SY_LAUNCH(sum_slot_rows, dx, dxp, pos, nullptr, N, K, C);
+}
+void CudaBackend::combine_forward(float* out, const float* y, const int32_t* pos,
+                                  const float* gates, int64_t N, int64_t K, int64_t C) {
+  SY_LAUNCH(sum_slot_rows, out, y, pos, gates, N, K, C);
+}
+void CudaBackend::combine_backward(float* dy, float* dgates, const float* dout, const float* y,
+                                   const int32_t* pos, const float* gates, int64_t N, int64_t K,
+                                   int64_t C) {
+  SY_LAUNCH(combine_backward, dy, dgates, dout, y, pos, gates, N, K, C);
+}
+
+}  // namespace switchyard::core

@@ -1,0 +1,552 @@
+// tests/unit/test_backend_conformance.cpp: every op of the backend table (core/backend.h) on each
+// backend against the CPU backend, the reference (ggml's test-backend-ops idea). Each test feeds
+// both backends the same fresh random inputs, poisons outputs with NaN first (so an output a kernel
+// forgets to write fails), and compares: fp32 ops by relative L2 error <= 1e-5, GEMMs with
+// bf16/fp16 operands <= 5e-3, indices and roundings exactly.
+// Backends: "cpu" (against a second CPU backend: the harness itself is exercised, and one test
+// checks that a perturbed output is detected) and "cuda" (every test says "skipped: no GPU" where
+// core::cuda_device_count() is 0, as on CPU-only CI; an op the CUDA backend does not have yet
+// says "not implemented yet" and is skipped with that message).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/cuda/cuda.h"
+#include "core/error.h"
+#include "core/half.h"
+#include "tests/unit/testing.h"
+
+namespace switchyard::core {
+namespace {
+
+using test::randn;
+constexpr double kTolF32 = 1e-5, kTolHalf = 5e-3;
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// ||got - want|| / ||want|| (or ||got - want|| where want is 0); NaN or inf anywhere: +inf.
+double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
+  double d = 0, w = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double diff = static_cast<double>(got[i]) - want[i];
+    d += diff * diff;
+    w += static_cast<double>(want[i]) * want[i];
+  }
+  const double r = w > 0 ? std::sqrt(d / w) : std::sqrt(d);
+  return std::isfinite(r) ? r : INFINITY;
+}
+
+// A buffer with the same contents on the backend under test and on the reference.
+template <class T>
+struct Pair {
+  T* test = nullptr;
+  T* ref = nullptr;
+  int64_t n = 0;
+};
+
+class Conformance : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "cuda") {
+      if (cuda_device_count() == 0) GTEST_SKIP() << "skipped: no GPU";
+      be_ = make_cuda_backend(0);
+    } else {
+      be_ = make_cpu_backend(2);
+    }
+    ref_ = make_cpu_backend(2);
+  }
+  void TearDown() override {
+    for (auto& [be, p] : owned_) be->release(p);
+  }
+
+  template <class T>
+  Pair<T> upload(const std::vector<T>& h) {
+    Pair<T> p{nullptr, nullptr, static_cast<int64_t>(h.size())};
+    const size_t bytes = h.size() * sizeof(T);
+    p.test = static_cast<T*>(be_->alloc(bytes));
+    owned_.emplace_back(be_.get(), p.test);
+    p.ref = static_cast<T*>(ref_->alloc(bytes));
+    owned_.emplace_back(ref_.get(), p.ref);
+    if (bytes) {
+      be_->copy_from_host(p.test, h.data(), bytes);
+      ref_->copy_from_host(p.ref, h.data(), bytes);
+    }
+    return p;
+  }
+  Pair<float> rand(int64_t n, uint64_t seed, float stddev = 1.0f) { return upload(randn(n, seed, stddev)); }
+  Pair<float> poisoned(int64_t n) { return upload(std::vector<float>(static_cast<size_t>(n), kNaN)); }
+  Pair<int32_t> poisoned_i(int64_t n) { return upload(std::vector<int32_t>(static_cast<size_t>(n), -777)); }
+
+  template <class T>
+  std::vector<T> down(Backend& be, const T* p, int64_t n) {
+    std::vector<T> h(static_cast<size_t>(n));
+    be.synchronize();
+    if (n) be.copy_to_host(h.data(), p, static_cast<size_t>(n) * sizeof(T));
+    return h;
+  }
+  template <class T>
+  std::pair<std::vector<T>, std::vector<T>> get(const Pair<T>& p) {
+    return {down(*be_, p.test, p.n), down(*ref_, p.ref, p.n)};
+  }
+  void expect_close(const std::string& what, const Pair<float>& p, double tol) {
+    const auto [got, want] = get(p);
+    const double e = rel_l2(got, want);
+    EXPECT_LE(e, tol) << what << " on " << GetParam() << ": relative L2 error " << e;
+  }
+  void expect_equal(const std::string& what, const Pair<int32_t>& p) {
+    const auto [got, want] = get(p);
+    EXPECT_EQ(got, want) << what << " on " << GetParam();
+  }
+  // Bitwise equal, any NaN matching any NaN.
+  void expect_bitwise(const std::string& what, const Pair<float>& p) {
+    const auto [got, want] = get(p);
+    int64_t bad = 0;
+    for (size_t i = 0; i < want.size(); ++i)
+      if (!(std::isnan(got[i]) && std::isnan(want[i])) &&
+          std::bit_cast<uint32_t>(got[i]) != std::bit_cast<uint32_t>(want[i]))
+        ++bad;
+    EXPECT_EQ(bad, 0) << what << " on " << GetParam() << ": elements differ";
+  }
+  // Runs op on both backends: op(backend, is_reference).
+  template <class F>
+  void both(F&& op) {
+    op(*be_, false);
+    op(*ref_, true);
+  }
+  // Runs an op the backend may not have yet: true when it ran, else the test is skipped.
+  template <class F>
+  bool try_both(F&& op) {
+    try {
+      both(op);
+    } catch (const Error& e) {
+      if (std::string(e.what()).find("not implemented yet") == std::string::npos) throw;
+      return false;
+    }
+    return true;
+  }
+
+  std::unique_ptr<Backend> be_, ref_;
+  std::vector<std::pair<Backend*, void*>> owned_;
+};
+
+// Pointer of pair p for the backend op() runs on.
+template <class T>
+T* on(const Pair<T>& p, bool ref) {
+  return ref ? p.ref : p.test;
+}
+
+std::vector<float> rounded(Dtype d, std::vector<float> v) {
+  for (float& x : v) x = d == Dtype::bf16 ? bf16_to_f32(f32_to_bf16(x)) : f16_to_f32(f32_to_f16(x));
+  return v;
+}
+
+std::vector<int32_t> random_ints(int64_t n, int32_t lo, int32_t hi, uint64_t seed) {
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_int_distribution<int32_t> d(lo, hi);
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// ---------------------------------------------------------------- the harness itself
+
+TEST_P(Conformance, HarnessDetectsAPerturbedOrUnwrittenOutput) {
+  const int64_t n = 1000;
+  auto a = rand(n, 1), b = rand(n, 2), out = poisoned(n);
+  both([&](Backend& be, bool r) { be.add(on(out, r), on(a, r), on(b, r), n); });
+  auto [got, want] = get(out);
+  EXPECT_LE(rel_l2(got, want), kTolF32);
+  got[n / 2] += 0.01f;  // one element off by 0.01 among a thousand of norm ~45: ~2e-4 relative L2
+  EXPECT_GT(rel_l2(got, want), kTolF32) << "the comparison must catch a perturbed element";
+  got[n / 2] = kNaN;  // an element a kernel forgot to write stays poisoned
+  EXPECT_GT(rel_l2(got, want), kTolF32) << "the comparison must catch a NaN";
+}
+
+// ---------------------------------------------------------------- memory
+
+TEST_P(Conformance, MemoryIsZeroedCopiedAndCounted) {
+  const MemoryStats before = be_->memory_stats();
+  void* p = be_->alloc(1000);
+  void* q = be_->alloc(0);
+  EXPECT_EQ(be_->memory_stats().live_bytes - before.live_bytes, 1024 + 64);
+  std::vector<float> zeros(250, 1.f), h = randn(250, 3);
+  be_->copy_to_host(zeros.data(), p, 1000);
+  EXPECT_EQ(zeros, std::vector<float>(250, 0.f)) << "alloc() must zero-fill";
+  be_->copy_from_host(p, h.data(), 1000);
+  void* c = be_->alloc(1000);
+  be_->copy(c, p, 1000);
+  std::vector<float> back(250);
+  be_->copy_to_host(back.data(), c, 1000);
+  EXPECT_EQ(back, h);
+  be_->zero(c, 400);
+  be_->copy_to_host(back.data(), c, 1000);
+  EXPECT_EQ(back[99], 0.f);
+  EXPECT_EQ(back[100], h[100]);
+  EXPECT_GE(be_->memory_stats().peak_bytes, be_->memory_stats().live_bytes);
+  be_->release(c);
+  be_->release(q);
+  be_->release(p);
+  EXPECT_EQ(be_->memory_stats().live_bytes, before.live_bytes);
+  be_->reset_peak_memory();
+  EXPECT_EQ(be_->memory_stats().peak_bytes, before.live_bytes);
+}
+
+// ---------------------------------------------------------------- GEMM
+
+struct GemmCase {
+  bool ta, tb;
+};
+
+TEST_P(Conformance, GemmFp32AllTranspositionsWithLeadingDimensions) {
+  const int64_t M = 37, N = 29, K = 53, pad = 3;
+  for (const GemmCase g : {GemmCase{false, false}, {false, true}, {true, false}, {true, true}}) {
+    SCOPED_TRACE(::testing::Message() << "trans_a " << g.ta << " trans_b " << g.tb);
+    const int64_t lda = (g.ta ? M : K) + pad, ldb = (g.tb ? K : N) + pad, ldc = N + pad;
+    auto A = rand((g.ta ? K : M) * lda, 10), B = rand((g.tb ? N : K) * ldb, 11);
+    auto C = rand(M * ldc, 12);
+    both([&](Backend& be, bool r) {
+      be.gemm(g.ta, g.tb, M, N, K, 0.7f, on(A, r), lda, on(B, r), ldb, 0.3f, on(C, r), ldc);
+    });
+    expect_close("gemm beta 0.3", C, kTolF32);
+    auto C0 = poisoned(M * N);  // beta 0: C is never read
+    both([&](Backend& be, bool r) {
+      be.gemm(g.ta, g.tb, M, N, K, 1.f, on(A, r), lda, on(B, r), ldb, 0.f, on(C0, r), N);
+    });
+    expect_close("gemm beta 0", C0, kTolF32);
+  }
+}
+
+TEST_P(Conformance, GemmRoundingBf16AndFp16) {
+  const int64_t M = 64, N = 48, K = 96;
+  for (Dtype d : {Dtype::bf16, Dtype::f16}) {
+    SCOPED_TRACE(fmt::format("dtype {}", d));
+    // a fresh activation against a stored (already rounded) weight, output stored
+    auto X = rand(M * K, 20), W = upload(rounded(d, randn(N * K, 21, 0.1f)));
+    auto Y = poisoned(M * N);
+    both([&](Backend& be, bool r) {
+      be.gemm(false, true, M, N, K, 1.f, on(X, r), K, on(W, r), K, 0.f, on(Y, r), N,
+              GemmRounding{d, Dtype::f32, d, d});
+    });
+    expect_close("activation GEMM", Y, kTolHalf);
+    // weight gradient: fresh dY^T x stored X, accumulated in fp32
+    auto dY = rand(M * N, 22), Xs = upload(rounded(d, randn(M * K, 23))), dW = rand(N * K, 24);
+    both([&](Backend& be, bool r) {
+      be.gemm(true, false, N, K, M, 1.f, on(dY, r), N, on(Xs, r), K, 1.f, on(dW, r), K,
+              GemmRounding{d, Dtype::f32, Dtype::f32, d});
+    });
+    expect_close("weight-gradient GEMM", dW, kTolHalf);
+    // fp32 product, output rounded (the router's input gradient)
+    auto G = rand(M * 8, 25), R = rand(8 * K, 26), dX = poisoned(M * K);
+    both([&](Backend& be, bool r) {
+      be.gemm(false, false, M, K, 8, 1.f, on(G, r), 8, on(R, r), K, 0.f, on(dX, r), K,
+              GemmRounding{Dtype::f32, Dtype::f32, d, Dtype::f32});
+    });
+    expect_close("fp32 GEMM with rounded output", dX, kTolHalf);
+  }
+}
+
+TEST_P(Conformance, GemmEmptySizes) {
+  auto A = rand(12, 30), B = rand(12, 31), C = rand(12, 32);
+  both([&](Backend& be, bool r) {  // K = 0: C = beta * C
+    be.gemm(false, false, 3, 4, 0, 1.f, on(A, r), 1, on(B, r), 4, 0.5f, on(C, r), 4);
+  });
+  expect_close("gemm K=0", C, kTolF32);
+  const auto before = get(C).first;
+  be_->gemm(false, false, 0, 4, 3, 1.f, A.test, 3, B.test, 4, 0.f, C.test, 4);  // M = 0: no-op
+  be_->gemm(false, false, 3, 0, 3, 1.f, A.test, 3, B.test, 1, 0.f, C.test, 1);  // N = 0: no-op
+  EXPECT_EQ(get(C).first, before);
+}
+
+// ---------------------------------------------------------------- rounding, elementwise
+
+TEST_P(Conformance, RoundToIsBitwiseTheCpus) {
+  std::vector<float> v = randn(4000, 40);
+  for (size_t i = 0; i < v.size(); i += 7) v[i] *= 3e4f;   // fp16 overflow to inf around 65520
+  for (size_t i = 3; i < v.size(); i += 11) v[i] *= 1e-6f; // fp16 subnormals
+  v[1] = INFINITY;
+  v[2] = -INFINITY;
+  v[4] = kNaN;
+  v[5] = 65519.f;
+  v[6] = 65520.f;
+  v[8] = bf16_to_f32(0x3f80) + std::ldexp(1.f, -8);  // a bf16 tie: to even
+  for (Dtype d : {Dtype::bf16, Dtype::f16, Dtype::f32}) {
+    auto x = upload(v);
+    both([&](Backend& be, bool r) { be.round_to(d, on(x, r), x.n); });
+    expect_bitwise(fmt::format("round_to {}", d), x);
+  }
+}
+
+TEST_P(Conformance, ElementwiseAndBias) {
+  const int64_t rows = 33, cols = 70, n = rows * cols;
+  auto a = rand(n, 50), b = rand(n, 51), out = poisoned(n), y = rand(n, 52), x = rand(n, 53);
+  auto bias = rand(cols, 54), dbias = rand(cols, 55);
+  both([&](Backend& be, bool r) {
+    be.add(on(out, r), on(a, r), on(b, r), n);
+    be.axpy(on(y, r), -0.37f, on(a, r), n);
+    be.scale(on(x, r), 1.7f, n);
+    be.add_bias(on(b, r), on(bias, r), rows, cols);
+    be.bias_backward(on(dbias, r), on(a, r), rows, cols);
+  });
+  expect_close("add", out, kTolF32);
+  expect_close("axpy", y, kTolF32);
+  expect_close("scale", x, kTolF32);
+  expect_close("add_bias", b, kTolF32);
+  expect_close("bias_backward (+=)", dbias, kTolF32);
+}
+
+TEST_P(Conformance, SumSquares) {
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{1000}, int64_t{300001}}) {
+    auto x = rand(n, 60 + n);
+    const double got = be_->sum_squares(x.test, n), want = ref_->sum_squares(x.ref, n);
+    EXPECT_NEAR(got, want, 1e-6 * std::max(1.0, want)) << "n " << n;
+  }
+}
+
+TEST_P(Conformance, AdamwWithAndWithoutComputeWeights) {
+  const int64_t n = 5000;
+  for (Dtype d : {Dtype::f32, Dtype::bf16, Dtype::f16}) {
+    auto p = rand(n, 70), g = rand(n, 71), m = rand(n, 72, 0.1f);
+    auto v = upload(std::vector<float>(static_cast<size_t>(n), 0.01f)), pc = poisoned(n);
+    const bool with_compute = d != Dtype::f32;
+    both([&](Backend& be, bool r) {
+      be.adamw_update(on(p, r), on(g, r), on(m, r), on(v, r), n, 0.5f, 1e-3f, 0.9f, 0.95f, 1e-8f,
+                      0.1f, 1 - 0.9f * 0.9f, 1 - 0.95f * 0.95f, with_compute ? on(pc, r) : nullptr,
+                      d);
+    });
+    expect_close("adamw p", p, kTolF32);
+    expect_close("adamw m", m, kTolF32);
+    expect_close("adamw v", v, kTolF32);
+    if (with_compute) expect_close(fmt::format("adamw compute weights {}", d), pc, kTolHalf);
+  }
+}
+
+// ---------------------------------------------------------------- dense layers
+
+TEST_P(Conformance, EmbeddingWithRepeatedTokens) {
+  const int64_t V = 11, N = 40, C = 19;
+  auto wte = rand(V * C, 80), dwte = rand(V * C, 81), dout = rand(N * C, 82);
+  auto tokens = upload(random_ints(N, 0, static_cast<int32_t>(V - 1), 83));
+  auto out = poisoned(N * C);
+  both([&](Backend& be, bool r) {
+    be.embedding_forward(on(out, r), on(tokens, r), on(wte, r), N, C);
+    be.embedding_backward(on(dwte, r), on(dout, r), on(tokens, r), N, C);
+  });
+  expect_close("embedding_forward", out, kTolF32);
+  expect_close("embedding_backward (+=)", dwte, kTolF32);
+}
+
+TEST_P(Conformance, RmsnormForwardBackwardAndFused) {
+  for (int64_t C : {int64_t{7}, int64_t{256}, int64_t{1000}}) {
+    SCOPED_TRACE(fmt::format("C {}", C));
+    const int64_t N = 21;
+    auto x = rand(N * C, 90), w = rand(C, 91), out = poisoned(N * C), rstd = poisoned(N);
+    both([&](Backend& be, bool r) { be.rmsnorm_forward(on(out, r), on(rstd, r), on(x, r), on(w, r), N, C, 1e-5f); });
+    expect_close("rmsnorm_forward out", out, kTolF32);
+    expect_close("rmsnorm_forward rstd", rstd, kTolF32);
+    auto dout = rand(N * C, 92), dx = poisoned(N * C), dw = rand(C, 93), dxa = rand(N * C, 94);
+    both([&](Backend& be, bool r) {
+      be.rmsnorm_backward(on(dx, r), on(dw, r), on(dout, r), on(x, r), on(w, r), on(rstd, r), N, C);
+      be.rmsnorm_backward_accumulate(on(dxa, r), on(dw, r), on(dout, r), on(x, r), on(w, r),
+                                     on(rstd, r), N, C);
+    });
+    expect_close("rmsnorm_backward dx", dx, kTolF32);
+    expect_close("rmsnorm_backward_accumulate dx (+=)", dxa, kTolF32);
+    expect_close("rmsnorm dw (+=, twice)", dw, kTolF32);
+    // fused residual add: into a separate sum, and in place over a
+    auto a = rand(N * C, 95), b = rand(N * C, 96), sum = poisoned(N * C), out2 = poisoned(N * C);
+    both([&](Backend& be, bool r) {
+      be.add_rmsnorm_forward(on(sum, r), on(out2, r), on(rstd, r), on(a, r), on(b, r), on(w, r), N, C, 1e-5f);
+      be.add_rmsnorm_forward(on(a, r), on(out, r), on(rstd, r), on(a, r), on(b, r), on(w, r), N, C, 1e-5f);
+    });
+    expect_close("add_rmsnorm sum", sum, kTolF32);
+    expect_close("add_rmsnorm out", out2, kTolF32);
+    expect_close("add_rmsnorm sum over a", a, kTolF32);
+    expect_close("add_rmsnorm out (sum over a)", out, kTolF32);
+  }
+}
+
+TEST_P(Conformance, RopeForwardBackward) {
+  const AttentionShape s{2, 5, 4, 2, 8};
+  auto qkv = rand(s.B * s.T * s.qkv_width(), 100), dqkv = rand(s.B * s.T * s.qkv_width(), 101);
+  both([&](Backend& be, bool r) {
+    be.rope_forward(on(qkv, r), s, 10000.f);
+    be.rope_backward(on(dqkv, r), s, 500.f);
+  });
+  expect_close("rope_forward", qkv, kTolF32);
+  expect_close("rope_backward", dqkv, kTolF32);
+}
+
+TEST_P(Conformance, CrossEntropyWithIgnoredTargetsAndInPlaceBackward) {
+  const int64_t N = 17, V = 301;
+  auto logits = rand(N * V, 110, 3.f), losses = poisoned(N), dloss = rand(N, 111);
+  std::vector<int32_t> t = random_ints(N, 0, static_cast<int32_t>(V - 1), 112);
+  t[3] = -1;
+  t[9] = -100;
+  auto targets = upload(t);
+  auto dlogits = poisoned(N * V);
+  both([&](Backend& be, bool r) {
+    be.cross_entropy_forward(on(losses, r), on(logits, r), on(targets, r), N, V);
+    be.cross_entropy_backward(on(dlogits, r), on(logits, r), on(targets, r), on(dloss, r), N, V);
+    be.cross_entropy_backward(on(logits, r), on(logits, r), on(targets, r), on(dloss, r), N, V);
+  });
+  expect_close("cross_entropy_forward", losses, kTolF32);
+  expect_close("cross_entropy_backward", dlogits, kTolF32);
+  expect_close("cross_entropy_backward in place", logits, kTolF32);
+}
+
+TEST_P(Conformance, AttentionForwardBackward) {
+  const AttentionShape s{2, 7, 4, 2, 8};
+  const int64_t rows = s.B * s.T;
+  auto qkv = rand(rows * s.qkv_width(), 120), out = poisoned(rows * s.q_width());
+  auto lse = poisoned(s.B * s.NH * s.T), dout = rand(rows * s.q_width(), 121);
+  auto dqkv = poisoned(rows * s.qkv_width());
+  if (!try_both([&](Backend& be, bool r) {
+        be.attention_forward(on(out, r), on(lse, r), on(qkv, r), s);
+        be.attention_backward(on(dqkv, r), on(dout, r), on(out, r), on(lse, r), on(qkv, r), s);
+      }))
+    GTEST_SKIP() << GetParam() << " backend: attention not implemented yet";
+  expect_close("attention_forward out", out, kTolF32);
+  expect_close("attention_forward lse", lse, kTolF32);
+  expect_close("attention_backward", dqkv, kTolF32);
+}
+
+// ---------------------------------------------------------------- MoE
+
+TEST_P(Conformance, SwigluAndSigmoidGate) {
+  const int64_t rows = 19, I = 45, C = 33;
+  auto h = rand(rows * 2 * I, 130, 2.f), out = poisoned(rows * I), dout = rand(rows * I, 131);
+  auto dh = poisoned(rows * 2 * I);
+  both([&](Backend& be, bool r) {
+    be.swiglu_forward(on(out, r), on(h, r), rows, I);
+    be.swiglu_backward(on(dh, r), on(dout, r), on(h, r), rows, I);
+  });
+  expect_close("swiglu_forward", out, kTolF32);
+  expect_close("swiglu_backward", dh, kTolF32);
+  auto logit = rand(rows, 132), y = rand(rows * C, 133), o = rand(rows * C, 134);
+  auto d = rand(rows * C, 135), dy = poisoned(rows * C), dlogit = poisoned(rows);
+  both([&](Backend& be, bool r) {
+    be.sigmoid_gate_forward(on(o, r), on(logit, r), on(y, r), rows, C);
+    be.sigmoid_gate_backward(on(dy, r), on(dlogit, r), on(d, r), on(logit, r), on(y, r), rows, C);
+  });
+  expect_close("sigmoid_gate_forward (+=)", o, kTolF32);
+  expect_close("sigmoid_gate_backward dy", dy, kTolF32);
+  expect_close("sigmoid_gate_backward dlogit", dlogit, kTolF32);
+}
+
+struct RouterCase {
+  int64_t E, K;
+  bool renormalize;
+};
+
+TEST_P(Conformance, RouterTopkWithTiesAndBackward) {
+  const int64_t N = 41;
+  for (const RouterCase c : {RouterCase{8, 2, true}, {8, 2, false}, {8, 1, true}, {16, 4, false}}) {
+    SCOPED_TRACE(fmt::format("E {} K {} renormalize {}", c.E, c.K, c.renormalize));
+    std::vector<float> l = randn(N * c.E, 140 + c.E);
+    for (int64_t e = 0; e < c.E; ++e) l[e] = 0.25f;  // token 0: all tied
+    l[c.E + 1] = l[c.E + 5] = 4.f;                    // token 1: a tie for the top
+    auto logits = upload(l), probs = poisoned(N * c.E), lse = poisoned(N);
+    auto idx = poisoned_i(N * c.K);
+    auto gates = poisoned(N * c.K);
+    both([&](Backend& be, bool r) {
+      be.router_topk(on(probs, r), on(lse, r), on(idx, r), on(gates, r), on(logits, r), N, c.E, c.K,
+                     c.renormalize);
+    });
+    expect_close("router probs", probs, kTolF32);
+    expect_close("router lse", lse, kTolF32);
+    expect_equal("router idx", idx);
+    expect_close("router gates", gates, kTolF32);
+    // backward from the reference's plan (the same on both), with and without the aux term
+    auto plan_idx = upload(get(idx).second);
+    auto plan_gates = upload(get(gates).second);
+    auto plan_probs = upload(get(probs).second), plan_lse = upload(get(lse).second);
+    auto dgates = rand(N * c.K, 150), dprobs_all = rand(c.E, 151);
+    auto dl = poisoned(N * c.E), dl_noaux = poisoned(N * c.E);
+    both([&](Backend& be, bool r) {
+      be.router_backward(on(dl, r), on(dgates, r), on(plan_probs, r), on(plan_lse, r),
+                         on(plan_idx, r), on(plan_gates, r), on(dprobs_all, r), 0.01f, N, c.E, c.K,
+                         c.renormalize);
+      be.router_backward(on(dl_noaux, r), on(dgates, r), on(plan_probs, r), on(plan_lse, r),
+                         on(plan_idx, r), on(plan_gates, r), nullptr, 0.f, N, c.E, c.K,
+                         c.renormalize);
+    });
+    expect_close("router_backward", dl, kTolF32);
+    expect_close("router_backward without aux", dl_noaux, kTolF32);
+  }
+}
+
+TEST_P(Conformance, RoutePlanDispatchCombineWithDropsAndEmptyExperts) {
+  const int64_t N = 29, E = 6, K = 2, C = 24;
+  std::vector<int32_t> ids = random_ints(N * K, 0, static_cast<int32_t>(E - 1), 160);
+  for (auto& e : ids)
+    if (e == 3) e = 4;  // expert 3 gets no rows
+  ids[5] = ids[17] = ids[40] = -1;  // dropped slots
+  auto idx = upload(ids), pos = poisoned_i(N * K), offsets = poisoned_i(E + 1);
+  both([&](Backend& be, bool r) { be.route_plan(on(pos, r), on(offsets, r), on(idx, r), N, E, K); });
+  expect_equal("route_plan pos", pos);
+  expect_equal("route_plan expert_offsets", offsets);
+  const int64_t kept = get(offsets).second[E];
+  ASSERT_EQ(kept, N * K - 3);
+
+  auto plan = upload(get(pos).second);
+  auto x = rand(N * C, 161), xp = poisoned(kept * C), dx = poisoned(N * C);
+  auto gates = rand(N * K, 162), y = rand(kept * C, 163), out = poisoned(N * C);
+  auto dout = rand(N * C, 164), dy = poisoned(kept * C), dgates = poisoned(N * K);
+  both([&](Backend& be, bool r) {
+    be.dispatch_forward(on(xp, r), on(x, r), on(plan, r), N, K, C);
+    be.dispatch_backward(on(dx, r), on(y, r), on(plan, r), N, K, C);
+    be.combine_forward(on(out, r), on(y, r), on(plan, r), on(gates, r), N, K, C);
+    be.combine_backward(on(dy, r), on(dgates, r), on(dout, r), on(y, r), on(plan, r), on(gates, r), N, K, C);
+  });
+  expect_close("dispatch_forward", xp, kTolF32);
+  expect_close("dispatch_backward", dx, kTolF32);
+  expect_close("combine_forward", out, kTolF32);
+  expect_close("combine_backward dy", dy, kTolF32);
+  expect_close("combine_backward dgates", dgates, kTolF32);
+}
+
+TEST_P(Conformance, EmptySizesWriteNothingAndDoNotFail) {
+  auto buf = rand(64, 170);
+  auto ids = upload(std::vector<int32_t>(64, 0));
+  auto offsets = poisoned_i(5);
+  const auto before = get(buf).first;
+  const AttentionShape s0{0, 4, 2, 1, 8};
+  both([&](Backend& be, bool r) {
+    float* p = on(buf, r);
+    int32_t* i = on(ids, r);
+    be.add(p, p, p, 0);
+    be.axpy(p, 1.f, p, 0);
+    be.scale(p, 2.f, 0);
+    be.round_to(Dtype::bf16, p, 0);
+    be.add_bias(p, p, 0, 8);
+    be.adamw_update(p, p, p, p, 0, 1.f, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.f, 0.1f, 0.05f);
+    be.embedding_forward(p, i, p, 0, 8);
+    be.embedding_backward(p, p, i, 0, 8);
+    be.rmsnorm_forward(p, p, p, p, 0, 8, 1e-5f);
+    be.rmsnorm_backward(p, p, p, p, p, p, 0, 8);
+    be.rope_forward(p, s0, 10000.f);
+    be.swiglu_forward(p, p, 0, 8);
+    be.cross_entropy_forward(p, p, i, 0, 8);
+    be.dispatch_forward(p, p, i, 0, 2, 8);
+    be.combine_forward(p, p, i, p, 0, 2, 8);
+    be.route_plan(i, on(offsets, r), i, 0, 4, 2);  // no slots: offsets all 0
+  });
+  EXPECT_EQ(get(buf).first, before);
+  EXPECT_EQ(get(offsets).first, std::vector<int32_t>(5, 0));
+  EXPECT_EQ(be_->sum_squares(buf.test, 0), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::Values("cpu", "cuda"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+}  // namespace
+}  // namespace switchyard::core
