@@ -13,6 +13,12 @@ namespace switchyard::core::cuda_kernels {
 constexpr int kThreads = 256;  // threads of a 1-D block
 constexpr int64_t kMaxBlocks = 65535 * 16;  // grid-stride loops cover the rest
 
+// Blocks for one block per row (grid-stride over rows beyond the grid's limit).
+inline unsigned row_blocks(int64_t rows) {
+  constexpr int64_t kRowBlocks = 65535;
+  return static_cast<unsigned>(rows < kRowBlocks ? (rows > 0 ? rows : 1) : kRowBlocks);
+}
+
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < kMaxBlocks ? (b > 0 ? b : 1) : kMaxBlocks);

@@ -300,4 +300,19 @@ void CudaBackend::combine_backward(float* dy, float* dgates, const float* dout, 
   SY_LAUNCH(combine_backward, dy, dgates, dout, y, pos, gates, N, K, C);
 }
 
+void CudaBackend::gather_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes) {
+  SY_LAUNCH(gather_rows, dst, src, index, n, row_bytes);
+}
+void CudaBackend::scatter_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes) {
+  SY_LAUNCH(scatter_rows, dst, src, index, n, row_bytes);
+}
+void CudaBackend::scatter_add_rows(float* dst, const int64_t* dst_index, const float* src, const int64_t* src_index,
+                                   const float* w, const uint8_t* first, int64_t n, int64_t C) {
+  SY_LAUNCH(scatter_add_rows, dst, dst_index, src, src_index, w, first, n, C);
+}
+void CudaBackend::gate_dot_scale(float* dy, float* dgate, const float* y, const float* gate, int64_t rows,
+                                 int64_t C) {
+  SY_LAUNCH(gate_dot_scale, dy, dgate, y, gate, rows, C);
+}
+
 }  // namespace switchyard::core

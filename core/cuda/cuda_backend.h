@@ -83,6 +83,11 @@ class CudaBackend final : public Backend {
   void dispatch_backward(float* dx, const float* dxp, const int32_t* pos, int64_t N, int64_t K, int64_t C) override;
   void combine_forward(float* out, const float* y, const int32_t* pos, const float* gates, int64_t N, int64_t K, int64_t C) override;
   void combine_backward(float* dy, float* dgates, const float* dout, const float* y, const int32_t* pos, const float* gates, int64_t N, int64_t K, int64_t C) override;
+  void gather_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes) override;
+  void scatter_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes) override;
+  void scatter_add_rows(float* dst, const int64_t* dst_index, const float* src, const int64_t* src_index,
+                        const float* w, const uint8_t* first, int64_t n, int64_t C) override;
+  void gate_dot_scale(float* dy, float* dgate, const float* y, const float* gate, int64_t rows, int64_t C) override;
 
  private:
   // Makes this backend's device current on the calling thread (every entry point calls it).

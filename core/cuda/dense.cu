@@ -7,11 +7,6 @@ namespace switchyard::core::cuda_kernels {
 
 namespace {
 
-constexpr unsigned kRowBlocks = 65535;  // blocks of a row kernel (grid-stride over rows beyond)
-inline unsigned row_blocks(int64_t rows) {
-  return static_cast<unsigned>(rows < kRowBlocks ? rows : kRowBlocks);
-}
-
 __global__ void embedding_forward_kernel(float* out, const int32_t* tokens, const float* wte,
                                          int64_t N, int64_t C) {
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {

@@ -80,4 +80,12 @@ void combine_backward(float* dy, float* dgates, const float* dout, const float* 
                       const int32_t* pos, const float* gates, int64_t N, int64_t K, int64_t C,
                       cudaStream_t s);
 
+// ---- exchange.cu: the token exchange's pack and sum steps ----
+void gather_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes, cudaStream_t s);
+void scatter_rows(void* dst, const void* src, const int64_t* index, int64_t n, int64_t row_bytes, cudaStream_t s);
+void scatter_add_rows(float* dst, const int64_t* dst_index, const float* src, const int64_t* src_index,
+                      const float* w, const uint8_t* first, int64_t n, int64_t C, cudaStream_t s);
+void gate_dot_scale(float* dy, float* dgate, const float* y, const float* gate, int64_t rows, int64_t C,
+                    cudaStream_t s);
+
 }  // namespace switchyard::core::cuda_kernels

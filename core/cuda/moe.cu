@@ -8,10 +8,6 @@ namespace switchyard::core::cuda_kernels {
 
 namespace {
 
-constexpr unsigned kRowBlocks = 65535;
-inline unsigned row_blocks(int64_t rows) {
-  return static_cast<unsigned>(rows < kRowBlocks ? rows : kRowBlocks);
-}
 #define SY_GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); i += int64_t{blockDim.x} * gridDim.x)
 

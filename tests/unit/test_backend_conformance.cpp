@@ -514,6 +514,57 @@ TEST_P(Conformance, RoutePlanDispatchCombineWithDropsAndEmptyExperts) {
   expect_close("combine_backward dgates", dgates, kTolF32);
 }
 
+// The token exchange's pack and sum steps: gathers with skipped rows, a scatter, a weighted
+// scatter-add whose destination rows repeat (written first, then added in index order), and the
+// gate dot/scale of combine backward.
+TEST_P(Conformance, ExchangePackAndSumKernels) {
+  const int64_t n = 23, rows = 9, C = 13;
+  auto src = rand(rows * C, 180), gathered = poisoned(n * C);
+  std::vector<int64_t> gidx(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) gidx[static_cast<size_t>(i)] = i % 5 == 4 ? -1 : (i * 7) % rows;
+  auto gindex = upload(gidx);
+  auto keep = rand(n * C, 181);  // what skipped rows keep
+  both([&](Backend& be, bool r) {
+    be.copy(on(gathered, r), on(keep, r), static_cast<size_t>(n * C) * sizeof(float));
+    be.gather_rows(on(gathered, r), on(src, r), on(gindex, r), n, C * static_cast<int64_t>(sizeof(float)));
+  });
+  expect_bitwise("gather_rows", gathered);
+
+  std::vector<int64_t> perm(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) perm[static_cast<size_t>(i)] = (i * 4 + 3) % rows;
+  auto pindex = upload(perm);
+  auto scattered = poisoned(rows * C);
+  both([&](Backend& be, bool r) {
+    be.scatter_rows(on(scattered, r), on(src, r), on(pindex, r), rows, C * static_cast<int64_t>(sizeof(float)));
+  });
+  expect_bitwise("scatter_rows", scattered);
+
+  std::vector<int64_t> didx(static_cast<size_t>(n)), sidx(static_cast<size_t>(n));
+  std::vector<uint8_t> first(static_cast<size_t>(n), 0);
+  std::vector<bool> seen(4, false);
+  for (int64_t i = 0; i < n; ++i) {
+    didx[static_cast<size_t>(i)] = (i * 3) % 4;
+    sidx[static_cast<size_t>(i)] = (i * 5) % rows;
+    first[static_cast<size_t>(i)] = seen[static_cast<size_t>(didx[static_cast<size_t>(i)])] ? 0 : 1;
+    seen[static_cast<size_t>(didx[static_cast<size_t>(i)])] = true;
+  }
+  auto dindex = upload(didx), sindex = upload(sidx);
+  auto firsts = upload(first);
+  auto w = rand(n, 182);
+  auto summed = poisoned(4 * C), added = rand(4 * C, 183);
+  both([&](Backend& be, bool r) {
+    be.scatter_add_rows(on(summed, r), on(dindex, r), on(src, r), on(sindex, r), on(w, r), on(firsts, r), n, C);
+    be.scatter_add_rows(on(added, r), on(dindex, r), on(src, r), on(sindex, r), nullptr, nullptr, n, C);
+  });
+  expect_close("scatter_add_rows (weighted, first written)", summed, kTolF32);
+  expect_close("scatter_add_rows (unweighted, accumulated)", added, kTolF32);
+
+  auto dy = rand(rows * C, 184), y = rand(rows * C, 185), gate = rand(rows, 186), dgate = poisoned(rows);
+  both([&](Backend& be, bool r) { be.gate_dot_scale(on(dy, r), on(dgate, r), on(y, r), on(gate, r), rows, C); });
+  expect_close("gate_dot_scale dy", dy, kTolF32);
+  expect_close("gate_dot_scale dgate", dgate, kTolF32);
+}
+
 TEST_P(Conformance, EmptySizesWriteNothingAndDoNotFail) {
   auto buf = rand(64, 170);
   auto ids = upload(std::vector<int32_t>(64, 0));
