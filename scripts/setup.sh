@@ -61,3 +61,8 @@ if ! cmake --build "$BUILD_DIR" -j"$(nproc)" > "$BUILD_DIR/build.log" 2>&1; then
   echo "setup: the build failed; the full log is $BUILD_DIR/build.log" >&2
   exit 1
 fi
+if [ -f "$BUILD_DIR/core/cuda/libswitchyard_cuda.a" ]; then
+  echo "setup: CUDA backend built (its tests skip without a GPU)"
+else
+  echo "setup: CPU backend only (no CUDA toolkit found; SWITCHYARD_CUDA=AUTO builds the CUDA backend where nvcc exists)"
+fi
