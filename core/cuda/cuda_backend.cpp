@@ -16,12 +16,6 @@ namespace switchyard::core {
 
 namespace k = cuda_kernels;
 
-namespace {
-[[noreturn]] void not_implemented(const char* op) {
-  throw_internal("cuda backend: {} not implemented yet", op);
-}
-}  // namespace
-
 int cuda_device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -225,12 +219,38 @@ void CudaBackend::rope_backward(float* dqkv, const AttentionShape& s, float thet
   SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
   SY_LAUNCH(rope, dqkv, s.B, s.T, s.NH, s.NKV, s.HD, theta, -1.0f);
 }
-void CudaBackend::attention_forward(float*, float*, const float*, const AttentionShape&) {
-  not_implemented("attention_forward");
+// The shapes the attention kernels take: a usage error for a bad shape, an internal one for a
+// head dim or grid beyond the kernels' or the device's limits.
+void CudaBackend::check_attention(const AttentionShape& s) const {
+  SY_CHECK(s.B >= 0 && s.T >= 0 && s.HD > 0 && s.NKV > 0 && s.NH > 0 && s.NH % s.NKV == 0,
+           "bad attention shape B={} T={} NH={} NKV={} HD={}", s.B, s.T, s.NH, s.NKV, s.HD);
+  if (s.HD > k::attention_max_head_dim())
+    throw_internal("cuda backend: attention supports head dims up to {}, got {}",
+                   k::attention_max_head_dim(), s.HD);
+  if (s.B > 65535 || s.NH > 65535)
+    throw_internal("cuda backend: attention grid too large (B={}, NH={}; at most 65535 each)", s.B,
+                   s.NH);
+  int optin = 0;
+  SY_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+  const size_t need = k::attention_smem_bytes(s.HD);
+  if (need > static_cast<size_t>(optin))
+    throw_internal("cuda backend: attention with head dim {} needs {} bytes of shared memory per "
+                   "block, device {} allows {}",
+                   s.HD, need, device_, optin);
 }
-void CudaBackend::attention_backward(float*, const float*, const float*, const float*,
-                                     const float*, const AttentionShape&) {
-  not_implemented("attention_backward");
+void CudaBackend::attention_forward(float* out, float* lse, const float* qkv,
+                                    const AttentionShape& s) {
+  use_device();
+  check_attention(s);
+  SY_LAUNCH(attention_forward, out, lse, qkv, s.B, s.T, s.NH, s.NKV, s.HD);
+}
+void CudaBackend::attention_backward(float* dqkv, const float* dout, const float* out,
+                                     const float* lse, const float* qkv, const AttentionShape& s) {
+  use_device();
+  check_attention(s);
+  if (s.B == 0 || s.T == 0) return;
+  auto* D = static_cast<float*>(scratch(3, static_cast<size_t>(s.B * s.NH * s.T) * sizeof(float)));
+  SY_LAUNCH(attention_backward, dqkv, D, dout, out, lse, qkv, s.B, s.T, s.NH, s.NKV, s.HD);
 }
 // Targets are in device memory, so the CPU's range check is not made here: a target >= V gives a
 // NaN loss (and NaN gradients), which the trainer's non-finite check reports.

@@ -93,16 +93,18 @@ class CudaBackend final : public Backend {
   // Makes this backend's device current on the calling thread (every entry point calls it).
   void use_device() const;
   // Device scratch `slot` of at least `bytes` (grow-only, kept until destruction, counted in
-  // memory_stats): 0 and 1 the GEMM operands, 2 the reduction partials.
+  // memory_stats): 0 and 1 the GEMM operands, 2 the reduction partials, 3 attention's D rows.
   void* scratch(int slot, size_t bytes);
+  // Throws for an attention shape the kernels do not take (core/cuda/attention.cu).
+  void check_attention(const AttentionShape& s) const;
   int device_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   mutable std::mutex mem_mutex_;
   std::unordered_map<void*, size_t> blocks_;
   int64_t live_bytes_ = 0, peak_bytes_ = 0;
-  void* scratch_[3] = {nullptr, nullptr, nullptr};
-  size_t scratch_bytes_[3] = {0, 0, 0};
+  void* scratch_[4] = {nullptr, nullptr, nullptr, nullptr};
+  size_t scratch_bytes_[4] = {0, 0, 0, 0};
 };
 
 }  // namespace switchyard::core

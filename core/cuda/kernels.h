@@ -9,6 +9,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace switchyard::core::cuda_kernels {
@@ -54,6 +55,18 @@ void cross_entropy_forward(float* losses, const float* logits, const int32_t* ta
                            int64_t V, cudaStream_t s);
 void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
                             const float* dloss, int64_t N, int64_t V, cudaStream_t s);
+
+// ---- attention.cu: causal grouped-query attention (fp32, flash style) ----
+// The largest head dim the kernels take, and the dynamic shared memory (bytes) the largest of
+// them needs for head dim HD (CudaBackend checks both against the device before launching).
+int64_t attention_max_head_dim();
+size_t attention_smem_bytes(int64_t HD);
+void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t NH,
+                       int64_t NKV, int64_t HD, cudaStream_t s);
+// D: scratch of B*NH*T floats (rowsum(dout*out), computed first).
+void attention_backward(float* dqkv, float* D, const float* dout, const float* out,
+                        const float* lse, const float* qkv, int64_t B, int64_t T, int64_t NH,
+                        int64_t NKV, int64_t HD, cudaStream_t s);
 
 // ---- moe.cu: SwiGLU, sigmoid gate, router, routing plan, dispatch/combine ----
 void swiglu_forward(float* out, const float* h, int64_t rows, int64_t I, cudaStream_t s);
