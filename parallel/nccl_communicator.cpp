@@ -66,20 +66,32 @@ NcclCommunicator::NcclCommunicator(ncclComm* comm, std::unique_ptr<MpiCommunicat
   rank_ = mpi_->rank();
   size_ = mpi_->size();
   int nccl_rank = -1, nccl_size = -1;
-  SY_NCCL_COMM_CHECK(ncclCommUserRank(comm_, &nccl_rank));
-  SY_NCCL_COMM_CHECK(ncclCommCount(comm_, &nccl_size));
-  SY_CHECK(nccl_rank == rank_ && nccl_size == size_,
-           "NCCL split gave rank {} of {}, its MPI twin rank {} of {}", nccl_rank, nccl_size, rank_, size_);
+  const ncclResult_t a = ncclCommUserRank(comm_, &nccl_rank), b = ncclCommCount(comm_, &nccl_size);
+  if (a != ncclSuccess || b != ncclSuccess || nccl_rank != rank_ || nccl_size != size_) {
+    ncclCommAbort(comm_);  // no destructor runs for a constructor that throws
+    SY_NCCL_CHECK(a);
+    SY_NCCL_CHECK(b);
+    throw_internal("{}:{}: NCCL split gave rank {} of {}, its MPI twin rank {} of {}", __FILE__, __LINE__,
+                   nccl_rank, nccl_size, rank_, size_);
+  }
   make_stream();
 }
 
 void NcclCommunicator::make_stream() {
-  cudaStream_t s = nullptr;
-  SY_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  stream_ = s;
-  cudaEvent_t e = nullptr;
-  SY_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  ready_ = e;
+  // The constructors call this last: a failure here leaves no destructor to run, so the
+  // communicator is aborted before the error goes on.
+  try {
+    cudaStream_t s = nullptr;
+    SY_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    stream_ = s;
+    cudaEvent_t e = nullptr;
+    SY_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    ready_ = e;
+  } catch (...) {
+    if (stream_ != nullptr) cudaStreamDestroy(as_stream(stream_));
+    ncclCommAbort(comm_);
+    throw;
+  }
 }
 
 NcclCommunicator::~NcclCommunicator() {

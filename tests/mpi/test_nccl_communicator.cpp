@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
+#include "tests/mpi/communicator_testing.h"
 
 #if SWITCHYARD_HAVE_NCCL
 #include "core/cuda/cuda_check.h"
@@ -226,32 +227,13 @@ TEST(NcclCommunicator, AllgatherAlltoall) {
   }
 }
 
-// bytes(from, to): what rank `from` sends to rank `to`; empty for some pairs.
-std::vector<uint8_t> message(int from, int to) {
-  const int n = (from * 7 + to * 3) % 5 == 0 ? 0 : 3 + (from * 11 + to * 5) % 23;
-  std::vector<uint8_t> v(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(from * 31 + to * 17 + i);
-  return v;
-}
-
 TEST(NcclCommunicator, AlltoallvBytes) {
   NCCL_SETUP(s);
   const int N = s.nccl->size(), r = s.nccl->rank();
-  std::vector<int64_t> sc(N), sd(N), rc(N), rd(N);
-  std::vector<uint8_t> send, want;
-  for (int q = 0; q < N; ++q) {
-    const auto out = message(r, q), in = message(q, r);
-    sd[q] = static_cast<int64_t>(send.size()) + 2;  // gaps: displacements are honoured
-    send.resize(send.size() + 2, 0xee);
-    send.insert(send.end(), out.begin(), out.end());
-    sc[q] = static_cast<int64_t>(out.size());
-    rd[q] = static_cast<int64_t>(want.size());
-    rc[q] = static_cast<int64_t>(in.size());
-    want.insert(want.end(), in.begin(), in.end());
-  }
-  DeviceArray<uint8_t> dsend(send), dgot(std::vector<uint8_t>(want.size(), 0));
-  s.nccl->alltoallv(dsend.get(), sc, sd, dgot.get(), rc, rd);
-  EXPECT_EQ(dgot.host(), want);
+  const auto c = alltoallv_case(r, N);
+  DeviceArray<uint8_t> send(c.send), got(std::vector<uint8_t>(c.want.size(), 0));
+  s.nccl->alltoallv(send.get(), c.send_counts, c.send_displs, got.get(), c.recv_counts, c.recv_displs);
+  EXPECT_EQ(got.host(), c.want);
 }
 
 TEST(NcclCommunicator, SplitAndShared) {
