@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "parallel/mpi_check.h"
 #include "parallel/mpi_communicator.h"
+#include "tests/mpi/communicator_testing.h"
 
 namespace switchyard::test {
 namespace {
@@ -121,34 +122,15 @@ TEST(MpiCommunicator, AllgatherAlltoall) {
   }
 }
 
-// bytes(from, to): what rank `from` sends to rank `to`; empty for some pairs.
-std::vector<uint8_t> message(int from, int to) {
-  const int n = (from * 7 + to * 3) % 5 == 0 ? 0 : 3 + (from * 11 + to * 5) % 23;
-  std::vector<uint8_t> v(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(from * 31 + to * 17 + i);
-  return v;
-}
-
 TEST(MpiCommunicator, AlltoallvBytes) {
   auto world = MpiCommunicator::world();
   const int N = world->size(), r = world->rank();
   for (int64_t max_count : {int64_t{INT_MAX}, int64_t{5}}) {
     world->set_max_count(max_count);
-    std::vector<int64_t> sc(N), sd(N), rc(N), rd(N);
-    std::vector<uint8_t> send, want;
-    for (int q = 0; q < N; ++q) {
-      const auto out = message(r, q), in = message(q, r);
-      sd[q] = static_cast<int64_t>(send.size()) + 2;  // gaps: displacements are honoured
-      send.resize(send.size() + 2, 0xee);
-      send.insert(send.end(), out.begin(), out.end());
-      sc[q] = static_cast<int64_t>(out.size());
-      rd[q] = static_cast<int64_t>(want.size());
-      rc[q] = static_cast<int64_t>(in.size());
-      want.insert(want.end(), in.begin(), in.end());
-    }
-    std::vector<uint8_t> got(want.size(), 0);
-    world->alltoallv(send.data(), sc, sd, got.data(), rc, rd);
-    EXPECT_EQ(got, want) << "max_count " << max_count;
+    const auto c = alltoallv_case(r, N);
+    std::vector<uint8_t> got(c.want.size(), 0);
+    world->alltoallv(c.send.data(), c.send_counts, c.send_displs, got.data(), c.recv_counts, c.recv_displs);
+    EXPECT_EQ(got, c.want) << "max_count " << max_count;
   }
 }
 
