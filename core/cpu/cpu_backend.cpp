@@ -57,32 +57,16 @@ void* CpuBackend::alloc(size_t bytes) {
   void* p = std::aligned_alloc(64, rounded);
   if (!p) throw_internal("cpu backend: out of host memory allocating {} bytes", bytes);
   std::memset(p, 0, rounded);
-  std::lock_guard<std::mutex> lock(mem_mutex_);
-  blocks_.emplace(p, rounded);
-  live_bytes_ += static_cast<int64_t>(rounded);
-  peak_bytes_ = std::max(peak_bytes_, live_bytes_);
+  ledger_.add(p, rounded);
   return p;
 }
 void CpuBackend::release(void* p) {
   if (!p) return;
-  {
-    std::lock_guard<std::mutex> lock(mem_mutex_);
-    auto it = blocks_.find(p);
-    if (it == blocks_.end())
-      throw_internal("cpu backend: release of {} that alloc() did not return (or released twice)", p);
-    live_bytes_ -= static_cast<int64_t>(it->second);
-    blocks_.erase(it);
-  }
+  ledger_.remove(p, "cpu");
   std::free(p);
 }
-MemoryStats CpuBackend::memory_stats() const {
-  std::lock_guard<std::mutex> lock(mem_mutex_);
-  return MemoryStats{live_bytes_, peak_bytes_};
-}
-void CpuBackend::reset_peak_memory() {
-  std::lock_guard<std::mutex> lock(mem_mutex_);
-  peak_bytes_ = live_bytes_;
-}
+MemoryStats CpuBackend::memory_stats() const { return ledger_.stats(); }
+void CpuBackend::reset_peak_memory() { ledger_.reset_peak(); }
 void CpuBackend::zero(void* p, size_t bytes) {
   // Large buffers (the gradient arena, tens of MB) are split across the threads: one thread's
   // memset reaches well under the machine's write bandwidth.

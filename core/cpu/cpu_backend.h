@@ -17,6 +17,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/bf16_matmul.h"
+#include "core/memory_ledger.h"
 
 namespace switchyard::core {
 
@@ -101,9 +102,7 @@ class CpuBackend final : public Backend {
   bool native_bf16();
   int threads_;
   // Memory accounting: every live block from alloc() and its rounded size.
-  mutable std::mutex mem_mutex_;
-  std::unordered_map<void*, size_t> blocks_;
-  int64_t live_bytes_ = 0, peak_bytes_ = 0;
+  MemoryLedger ledger_;
   float* scratch_[2] = {nullptr, nullptr};
   int64_t scratch_floats_[2] = {0, 0};
   std::unique_ptr<Bf16Matmul> bf16_matmul_;  // created on first use

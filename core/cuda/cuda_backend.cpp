@@ -70,36 +70,20 @@ void* CudaBackend::alloc(size_t bytes) {
                    memory_stats().live_bytes);
   }
   SY_CUDA_CHECK(cudaMemsetAsync(p, 0, rounded, stream_));
-  std::lock_guard<std::mutex> lock(mem_mutex_);
-  blocks_.emplace(p, rounded);
-  live_bytes_ += static_cast<int64_t>(rounded);
-  peak_bytes_ = std::max(peak_bytes_, live_bytes_);
+  ledger_.add(p, rounded);
   return p;
 }
 
 void CudaBackend::release(void* p) {
   if (!p) return;
-  {
-    std::lock_guard<std::mutex> lock(mem_mutex_);
-    auto it = blocks_.find(p);
-    if (it == blocks_.end())
-      throw_internal("cuda backend: release of {} that alloc() did not return (or released twice)", p);
-    live_bytes_ -= static_cast<int64_t>(it->second);
-    blocks_.erase(it);
-  }
+  ledger_.remove(p, "cuda");
   use_device();
   SY_CUDA_CHECK(cudaFree(p));
 }
 
-MemoryStats CudaBackend::memory_stats() const {
-  std::lock_guard<std::mutex> lock(mem_mutex_);
-  return MemoryStats{live_bytes_, peak_bytes_};
-}
+MemoryStats CudaBackend::memory_stats() const { return ledger_.stats(); }
 
-void CudaBackend::reset_peak_memory() {
-  std::lock_guard<std::mutex> lock(mem_mutex_);
-  peak_bytes_ = live_bytes_;
-}
+void CudaBackend::reset_peak_memory() { ledger_.reset_peak(); }
 
 void* CudaBackend::scratch(int slot, size_t bytes) {
   if (bytes > scratch_bytes_[slot]) {

@@ -16,6 +16,7 @@
 
 #include "core/backend.h"
 #include "core/cuda/kernels.h"
+#include "core/memory_ledger.h"
 
 namespace switchyard::core {
 
@@ -100,9 +101,7 @@ class CudaBackend final : public Backend {
   int device_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  mutable std::mutex mem_mutex_;
-  std::unordered_map<void*, size_t> blocks_;
-  int64_t live_bytes_ = 0, peak_bytes_ = 0;
+  MemoryLedger ledger_;
   void* scratch_[4] = {nullptr, nullptr, nullptr, nullptr};
   size_t scratch_bytes_[4] = {0, 0, 0, 0};
 };
