@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -102,6 +103,14 @@ class Backend {
   // p -= lr * (m / bc1) / (sqrt(v / bc2) + eps)   with bc1 = 1-b1^t, bc2 = 1-b2^t.
   // p_compute (optional): also writes round(p) to dtype `compute` there, in the same pass (the
   // compute weights of mixed precision).
+  // The per-step constants every backend's AdamW kernel uses, computed once on the host in fp32
+  // (so backends round them alike): p = decay * p - step * m / (sqrt(v) * inv_sqrt_bc2 + eps).
+  struct AdamwConstants {
+    float decay, step, inv_sqrt_bc2;
+    static AdamwConstants of(float lr, float weight_decay, float bc1, float bc2) {
+      return {1.0f - lr * weight_decay, lr / bc1, 1.0f / std::sqrt(bc2)};
+    }
+  };
   virtual void adamw_update(float* p, const float* grads, float* m, float* v, int64_t n,
                             float grad_scale, float lr, float beta1, float beta2, float eps,
                             float weight_decay, float bc1, float bc2, float* p_compute = nullptr,

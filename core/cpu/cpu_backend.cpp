@@ -298,16 +298,14 @@ void CpuBackend::adamw_update(float* p, const float* grads, float* m, float* v, 
                               float grad_scale, float lr, float beta1, float beta2, float eps,
                               float weight_decay, float bc1, float bc2, float* p_compute,
                               Dtype compute) {
-  const float decay = 1.0f - lr * weight_decay;
-  const float step = lr / bc1;
-  const float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+  const AdamwConstants k = AdamwConstants::of(lr, weight_decay, bc1, bc2);
   constexpr int64_t kChunk = 1 << 14;  // contiguous spans per thread, vectorised inside
   const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t b = c * kChunk, len = std::min(kChunk, n - b);
-    adamw_span(p + b, grads + b, m + b, v + b, len, grad_scale, decay, step, beta1, beta2, eps,
-               inv_sqrt_bc2);
+    adamw_span(p + b, grads + b, m + b, v + b, len, grad_scale, k.decay, k.step, beta1, beta2, eps,
+               k.inv_sqrt_bc2);
     // the chunk is still in cache: the compute weights cost one write, not another pass
     if (p_compute) round_rows(compute, p_compute + b, len, p + b, len, 1, len);
   }

@@ -159,12 +159,9 @@ void CudaBackend::adamw_update(float* p, const float* grads, float* m, float* v,
                                float grad_scale, float lr, float beta1, float beta2, float eps,
                                float weight_decay, float bc1, float bc2, float* p_compute,
                                Dtype compute) {
-  // the CPU's constants, computed alike on the host
-  const float decay = 1.0f - lr * weight_decay;
-  const float step = lr / bc1;
-  const float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
-  SY_LAUNCH(adamw_update, p, grads, m, v, n, grad_scale, decay, step, beta1, beta2, eps,
-            inv_sqrt_bc2, p_compute, half_of(compute));
+  const AdamwConstants k = AdamwConstants::of(lr, weight_decay, bc1, bc2);
+  SY_LAUNCH(adamw_update, p, grads, m, v, n, grad_scale, k.decay, k.step, beta1, beta2, eps,
+            k.inv_sqrt_bc2, p_compute, half_of(compute));
 }
 
 // ---------------------------------------------------------------- dense layers
