@@ -51,7 +51,7 @@ void GradientReducer::reduce(float* grads) const {
 double GradientReducer::global_norm(core::Backend& be, const float* grads) const {
   double dense = 0, expert = 0;
   for (const Run& r : runs_) (r.expert ? expert : dense) += be.sum_squares(grads + r.begin, r.end - r.begin);
-  if (groups_.expert().size() > 1) groups_.expert().allreduce_sum(&expert, 1);
+  if (groups_.expert().size() > 1) groups_.expert().host().allreduce_sum(&expert, 1);  // a host double
   return std::sqrt(dense + expert);
 }
 
@@ -83,7 +83,7 @@ std::vector<float> gather_full_params(const moe::Model& model, parallel::Process
     for (const auto& p : local.specs())
       std::memcpy(out.data() + full.at(p.name).offset, mine.data() + p.offset,
                   sizeof(float) * static_cast<size_t>(p.numel));
-  parallel::Communicator& eg = groups.expert();
+  parallel::Communicator& eg = groups.expert().host();  // host vectors below
   if (eg.size() == 1) return out;
 
   // every rank of an expert group sends its experts to the group's rank 0

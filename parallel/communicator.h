@@ -40,6 +40,10 @@ class Communicator {
   virtual int size() const = 0;
   virtual std::string name() const = 0;  // "mpi", "nccl": for logs
   virtual MemorySpace memory_space() const = 0;
+  // The same ranks in the same order on host memory: where host-side data travels (topology, the
+  // token exchange's counts and slot metadata, gathering parameters for a save). An MPI
+  // communicator is its own; NCCL's is its MPI twin.
+  virtual Communicator& host() { return *this; }
 
   virtual void barrier() = 0;
 

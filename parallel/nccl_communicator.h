@@ -14,7 +14,7 @@
 //                        the self part by cudaMemcpyAsync                    [stream-ordered]
 //   barrier              the host waits for the communication stream, then an MPI barrier
 //   allreduce_max/min,   the MPI twin (blocking, host memory: communicator.h)
-//   broadcast
+//   broadcast, host()
 //   split                ncclCommSplit, and MPI_Comm_split of the twin with the same color/key
 //   split_shared_memory  the twin's node split; the NCCL side by ncclCommSplit with the node's
 //                        lowest rank as color
@@ -58,6 +58,7 @@ class NcclCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string name() const override { return "nccl"; }
   MemorySpace memory_space() const override { return MemorySpace::device; }
+  Communicator& host() override { return *mpi_; }
 
   void barrier() override;
   void allreduce_sum(float* data, int64_t n) override;

@@ -55,13 +55,14 @@ Topology discover_topology(Communicator& world, int64_t ranks_per_node) {
     return simulated_topology(world.size(), static_cast<int>(env), kRanksPerNodeEnv);
 
   // Every rank learns the lowest world rank on its machine (the node's leader), then all leaders.
-  auto shared = world.split_shared_memory();
+  Communicator& host = world.host();
+  auto shared = host.split_shared_memory();
   std::vector<int64_t> on_node(static_cast<size_t>(shared->size()));
-  const int64_t me = world.rank();
+  const int64_t me = host.rank();
   shared->allgather(&me, on_node.data(), 1);
   const int64_t leader = *std::min_element(on_node.begin(), on_node.end());
-  std::vector<int64_t> leaders(static_cast<size_t>(world.size()));
-  world.allgather(&leader, leaders.data(), 1);
+  std::vector<int64_t> leaders(static_cast<size_t>(host.size()));
+  host.allgather(&leader, leaders.data(), 1);
 
   Topology t;
   t.source = "MPI_COMM_TYPE_SHARED";

@@ -68,7 +68,7 @@ class AutoExchange final : public TokenExchange {
       q[kHierInterMsg] += 1;
       q[kHierInterRows] += src.node_unique[m];
     }
-    group_.allreduce_sum(q.data(), kCount);
+    group_.host().allreduce_sum(q.data(), kCount);
     const double rb = slots.row_bytes > 0 ? static_cast<double>(slots.row_bytes) : 4096.0;
     const double ranks = group_.size();
     auto cost = [&](const LinkCost& link, int64_t msgs, int64_t rows) {
