@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "core/choices.h"
 
@@ -66,6 +67,14 @@ class Backend {
   virtual void synchronize() = 0;
   virtual MemoryStats memory_stats() const = 0;
   virtual void reset_peak_memory() = 0;  // peak = live
+
+  // ---- placement ----
+  // The GPU this backend computes on (-1: the host) and the stream its work is ordered on (a
+  // cudaStream_t; null on the host): what a device communicator (NCCL) joins and orders against.
+  virtual int device() const { return -1; }
+  virtual void* stream() const { return nullptr; }
+  // Bytes of memory the device holds in all; 0 for the host (whose memory launch/ measures).
+  virtual int64_t memory_capacity() const { return 0; }
 
   // ---- GEMM ----
   // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op(X) = X^T when trans_x.
@@ -236,8 +245,10 @@ class Backend {
 
 // The CPU backend (oneDNN GEMMs, OpenMP loops). threads <= 0 keeps OpenMP's default.
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
-// The backend the commands run on, chosen in this one place (core/backend.cpp). threads: CPU
-// threads, <= 0 keeps OpenMP's default.
-std::unique_ptr<Backend> make_backend(int threads = 0);
+// The backend the commands run on, chosen in this one place (core/backend.cpp): the CPU backend
+// with `threads` threads (<= 0 keeps OpenMP's default), or the CUDA backend on GPU
+// local_rank % (GPUs visible): a usage error naming `key` where this build or machine has none.
+std::unique_ptr<Backend> make_backend(Device device, int threads = 0, int local_rank = 0,
+                                      std::string_view key = "train.device");
 
 }  // namespace switchyard::core

@@ -34,8 +34,9 @@ class CudaBackend final : public Backend {
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
   std::string name() const override { return "cuda"; }
-  int device() const { return device_; }
-  cudaStream_t stream() const { return stream_; }
+  int device() const override { return device_; }
+  void* stream() const override { return stream_; }
+  int64_t memory_capacity() const override;  // cudaMemGetInfo's total
 
   // cudaMalloc'd (256-byte aligned), zero-filled on the stream. Live bytes are the sizes asked for
   // rounded up to 64 (alloc(0) holds 64), the GEMM and reduction scratch included.
