@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -44,6 +45,18 @@ struct GemmRounding {
   bool any() const {
     return a != Dtype::f32 || b != Dtype::f32 || c != Dtype::f32 || operands != Dtype::f32;
   }
+};
+
+// One problem of Backend::grouped_gemm: C[M,N] = alpha * op(A) * op(B) + beta * C with its own
+// sizes, pointers and leading dimensions, in gemm()'s conventions.
+struct GemmProblem {
+  int64_t M = 0, N = 0, K = 0;
+  const float* A = nullptr;
+  int64_t lda = 0;
+  const float* B = nullptr;
+  int64_t ldb = 0;
+  float* C = nullptr;
+  int64_t ldc = 0;
 };
 
 // Bytes the backend holds (live) and the most it held at once since reset_peak_memory().
@@ -82,6 +95,17 @@ class Backend {
   virtual void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                     int64_t ldc, const GemmRounding& rounding = {}) = 0;
+  // Independent GEMMs that share the transposes, alpha, beta and rounding (the experts' GEMMs of
+  // one role): each problem's C as gemm() computes it. M or N == 0: nothing; K == 0: C = beta * C
+  // (rounded to rounding.c), as gemm(). The C regions must not overlap each other nor any problem's
+  // A or B: a backend may run the problems concurrently, in any order. `problems` is host memory,
+  // its pointers are in the backend's memory. Default: gemm() for each problem, in order.
+  virtual void grouped_gemm(bool trans_a, bool trans_b, std::span<const GemmProblem> problems,
+                            float alpha, float beta, const GemmRounding& rounding = {}) {
+    for (const GemmProblem& p : problems)
+      gemm(trans_a, trans_b, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, p.C, p.ldc,
+           rounding);
+  }
   // x[i] = round(x[i]) to dtype d in place, same rounding as GemmRounding (d == f32: no-op).
   virtual void round_to(Dtype d, float* x, int64_t n) = 0;
   // Where a backend has two kernels for the GEMMs of `operands` dtype (the CPU's bf16: oneDNN's
