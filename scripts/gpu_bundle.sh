@@ -10,7 +10,7 @@
 # DIR holds gpu_check.sh, MANIFEST (what is in it, from which commit, the glibc it needs) and, packed
 # as DIR/payload.tar.xz because unpacked it is ~85 MiB (libdnnl alone is 40 MB; xz -6 makes the whole
 # ~19 MiB, under a lent machine's 64 MiB for everything that travels), these folders, which
-# gpu_check.sh unpacks on its first run:
+# gpu_check.sh unpacks into its temporary work folder on each run (DIR itself never grows):
 #   bin/     switchyard and the test binaries gpu_check runs
 #   lib/     every shared library they need by `ldd`, except glibc's own (a newer glibc there runs
 #            binaries built against ours, never the reverse) and the CUDA libraries (libcudart,

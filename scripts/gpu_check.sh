@@ -10,7 +10,7 @@
 #                                              # script; also GPU_CHECK_DEVICE=cpu)
 #
 # Binaries: from the bundle this script sits in (its MANIFEST beside it; a packed payload.tar.xz is
-# unpacked there on the first run), else from $BUILD_DIR (default build/) when it holds switchyard,
+# unpacked into the work folder, ~2 s), else from $BUILD_DIR (default build/) when it holds switchyard,
 # else from gpu-bundle/ beside scripts/. From a bundle the CUDA libraries come from the machine:
 # the pip packages under python3's `nvidia` namespace, then /usr/local/cuda (libcudart.so.13,
 # libcublas.so.13, libcublasLt.so.13, libnccl.so.2); MPI runs as a singleton (no mpirun).
@@ -71,18 +71,22 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 main() {  # everything below, its output into the log too
 CUDA_LIBS=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2)
 if [ -n "$BUNDLE" ]; then
-  if [ ! -f "$BUNDLE/.unpacked" ] && [ -f "$BUNDLE/payload.tar.xz" ]; then
-    ROOT=$BUNDLE; [ -w "$BUNDLE" ] || ROOT=$WORK/bundle
+  # unpacked into the work folder, never beside the payload: the bundle stays small enough to carry
+  if [ -f "$BUNDLE/payload.tar.xz" ]; then
+    ROOT=$WORK/bundle
     mkdir -p "$ROOT"
     say "unpacking $BUNDLE/payload.tar.xz into $ROOT"
     if command -v xz >/dev/null; then tar -C "$ROOT" -xJf "$BUNDLE/payload.tar.xz"
     else python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE/payload.tar.xz" "$ROOT"
     fi || die "could not unpack $BUNDLE/payload.tar.xz"
-    [ "$ROOT" = "$BUNDLE" ] && touch "$BUNDLE/.unpacked"
   else
     ROOT=$BUNDLE
   fi
   [ -x "$ROOT/bin/switchyard" ] || die "$BUNDLE is not a complete bundle (no bin/switchyard): make it again with scripts/gpu_bundle.sh"
+  need=$(sed -n 's/^glibc needed: //p' "$BUNDLE/MANIFEST") have=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{ print $2 }')
+  if [ -n "$need" ] && [ -n "$have" ] && [ "$(printf '%s\n' "$need" "$have" | sort -V | head -n 1)" != "$need" ]; then
+    say "warning: this machine's glibc $have is older than the $need the bundle was built against: expect the binaries to fail to start"
+  fi
   BIN=$ROOT/bin TESTS=$ROOT/bin GOLDEN=$ROOT/golden CONFIGS=$ROOT/share/configs CORPUS=$ROOT/share/corpus.txt
   # The CUDA libraries: the first folder holding each, pip packages first, then the toolkit.
   cands=()

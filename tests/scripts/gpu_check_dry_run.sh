@@ -56,9 +56,13 @@ grep -q '"source": "bundle' "$TMP/out_bundle/summary.json" || { echo "FAIL: the 
 
 # Every library the bundled binaries and MPI components load resolves inside the bundle, except
 # glibc's and CUDA's (the GPU machine's own).
-outside=$(for f in "$TMP"/bundle/bin/* "$TMP"/bundle/lib/openmpi/*.so; do
-            LD_LIBRARY_PATH="$TMP/bundle/lib" ldd "$f"; done | awk '$2 == "=>" { print $1, $3 }' | sort -u |
-          grep -v " $TMP/bundle/lib/" |
+U="$TMP/unpacked"
+mkdir -p "$U" && tar -C "$U" -xJf "$TMP/bundle/payload.tar.xz"
+[ -x "$U/bin/switchyard" ] && [ -f "$U/lib/openmpi/mca_ess_singleton.so" ] ||
+  { echo "FAIL: the payload lacks bin/switchyard or lib/openmpi/"; exit 1; }
+outside=$(for f in "$U"/bin/* "$U"/lib/openmpi/*.so; do
+            LD_LIBRARY_PATH="$U/lib" ldd "$f"; done | awk '$2 == "=>" { print $1, $3 }' | sort -u |
+          grep -v " $U/lib/" |
           grep -Ev '^(libc|libm|libpthread|libdl|librt|libresolv|ld-linux[^ ]*|libcudart|libcublas|libcublasLt|libnccl)\.so' || true)
 if [ -n "$outside" ]; then
   echo "FAIL: libraries found outside the bundle:"; echo "$outside"; exit 1
