@@ -57,6 +57,10 @@ class Backend {
   virtual std::string name() const = 0;
 
   // ---- memory ----
+  // Whether the backend's memory is host memory that host code may read and write (CPU: true;
+  // CUDA: false, device memory). Code that hands buffers to a communicator compares it with the
+  // communicator's memory space (parallel::make_token_exchange).
+  virtual bool host_memory() const { return true; }
   virtual void* alloc(size_t bytes) = 0;  // zero-filled, 64-byte aligned
   virtual void release(void* p) = 0;
   virtual void zero(void* p, size_t bytes) = 0;

@@ -34,6 +34,7 @@ class CudaBackend final : public Backend {
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
   std::string name() const override { return "cuda"; }
+  bool host_memory() const override { return false; }  // device memory
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
 
