@@ -55,8 +55,9 @@
 // Payload rows travel on the expert group's communicators (and the intra/inter-node ones), which
 // must work in the backend's memory: make_token_exchange refuses an MPI communicator (host) with
 // the CUDA backend (device) -- that needs NCCL -- and the converse. Host syncs: none in dispatch,
-// combine and return_to_slots; make_plan blocks on the host-side counts and metadata (no device
-// value is read). On the CPU backend with MPI both sides are host memory.
+// combine and return_to_slots; make_plan blocks on the host-side counts and metadata, then
+// uploads its arrays (it reads no backend value). On the CPU backend with MPI both sides are host
+// memory.
 #pragma once
 
 #include <cstdint>
