@@ -20,16 +20,6 @@
 namespace switchyard::test {
 namespace {
 
-struct RoutingCase {
-  Pattern pattern;
-  int K;
-  uint64_t seed;
-};
-const std::vector<RoutingCase> kRoutings = {
-    {Pattern::random, 2, 1}, {Pattern::random, 2, 2}, {Pattern::skewed, 2, 3},
-    {Pattern::skewed, 1, 4}, {Pattern::sparse, 2, 5}, {Pattern::random, 1, 6},
-};
-
 TEST(TokenExchange, FlatHierarchicalAutoBitIdentical) {
   auto world = parallel::MpiCommunicator::world();
   for (const Layout& layout : layouts_for(world->size())) {
