@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include "core/choices.h"
 
@@ -45,6 +47,18 @@ struct GemmRounding {
   }
 };
 
+// One problem of Backend::grouped_gemm: C[M,N] = alpha * op(A) * op(B) + beta * C with its own
+// sizes, pointers and leading dimensions, in gemm()'s conventions.
+struct GemmProblem {
+  int64_t M = 0, N = 0, K = 0;
+  const float* A = nullptr;
+  int64_t lda = 0;
+  const float* B = nullptr;
+  int64_t ldb = 0;
+  float* C = nullptr;
+  int64_t ldc = 0;
+};
+
 // Bytes the backend holds (live) and the most it held at once since reset_peak_memory().
 struct MemoryStats {
   int64_t live_bytes = 0;
@@ -57,10 +71,6 @@ class Backend {
   virtual std::string name() const = 0;
 
   // ---- memory ----
-  // Whether the backend's memory is host memory that host code may read and write (CPU: true;
-  // CUDA: false, device memory). Code that hands buffers to a communicator compares it with the
-  // communicator's memory space (parallel::make_token_exchange).
-  virtual bool host_memory() const { return true; }
   virtual void* alloc(size_t bytes) = 0;  // zero-filled, 64-byte aligned
   virtual void release(void* p) = 0;
   virtual void zero(void* p, size_t bytes) = 0;
@@ -71,12 +81,35 @@ class Backend {
   virtual MemoryStats memory_stats() const = 0;
   virtual void reset_peak_memory() = 0;  // peak = live
 
+  // ---- placement ----
+  // Whether the backend's memory is host memory that host code may read and write (CPU: true;
+  // CUDA: false, device memory). Code that hands buffers to a communicator compares it with the
+  // communicator's memory space (parallel::make_token_exchange).
+  virtual bool host_memory() const { return true; }
+  // The GPU this backend computes on (-1: the host) and the stream its work is ordered on (a
+  // cudaStream_t; null on the host): what a device communicator (NCCL) joins and orders against.
+  virtual int device() const { return -1; }
+  virtual void* stream() const { return nullptr; }
+  // Bytes of memory the device holds in all; 0 for the host (whose memory launch/ measures).
+  virtual int64_t memory_capacity() const { return 0; }
+
   // ---- GEMM ----
   // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op(X) = X^T when trans_x.
   // A is [M,K] (or [K,M] transposed), B is [K,N] (or [N,K] transposed).
   virtual void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                     int64_t ldc, const GemmRounding& rounding = {}) = 0;
+  // Independent GEMMs that share the transposes, alpha, beta and rounding (the experts' GEMMs of
+  // one role): each problem's C as gemm() computes it. M or N == 0: nothing; K == 0: C = beta * C
+  // (rounded to rounding.c), as gemm(). The C regions must not overlap each other nor any problem's
+  // A or B: a backend may run the problems concurrently, in any order. `problems` is host memory,
+  // its pointers are in the backend's memory. Default: gemm() for each problem, in order.
+  virtual void grouped_gemm(bool trans_a, bool trans_b, std::span<const GemmProblem> problems,
+                            float alpha, float beta, const GemmRounding& rounding = {}) {
+    for (const GemmProblem& p : problems)
+      gemm(trans_a, trans_b, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, p.C, p.ldc,
+           rounding);
+  }
   // x[i] = round(x[i]) to dtype d in place, same rounding as GemmRounding (d == f32: no-op).
   virtual void round_to(Dtype d, float* x, int64_t n) = 0;
   // Where a backend has two kernels for the GEMMs of `operands` dtype (the CPU's bf16: oneDNN's
@@ -240,8 +273,10 @@ class Backend {
 
 // The CPU backend (oneDNN GEMMs, OpenMP loops). threads <= 0 keeps OpenMP's default.
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
-// The backend the commands run on, chosen in this one place (core/backend.cpp). threads: CPU
-// threads, <= 0 keeps OpenMP's default.
-std::unique_ptr<Backend> make_backend(int threads = 0);
+// The backend the commands run on, chosen in this one place (core/backend.cpp): the CPU backend
+// with `threads` threads (<= 0 keeps OpenMP's default), or the CUDA backend on GPU
+// local_rank % (GPUs visible): a usage error naming `key` where this build or machine has none.
+std::unique_ptr<Backend> make_backend(Device device, int threads = 0, int local_rank = 0,
+                                      std::string_view key = "train.device");
 
 }  // namespace switchyard::core

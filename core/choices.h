@@ -4,6 +4,7 @@
 //   Dtype              train.precision            fp32 | bf16 | fp16 (the compute dtype)
 //   Recompute          train.activation_checkpointing   none | full | selective | auto
 //   ExchangeAlgorithm  parallel.token_exchange    flat | hierarchical | auto
+//   Device             train.device               cpu | cuda
 #pragma once
 
 #include <fmt/format.h>
@@ -29,6 +30,9 @@ inline constexpr int kResolvedRecomputes = 3;  // none, full, selective: the one
 // `automatic` picks flat or hierarchical per layer from the cost model.
 enum class ExchangeAlgorithm : uint8_t { flat, hierarchical, automatic };
 
+// Where a run computes (core::make_backend): the CPU backend, or the CUDA backend on the rank's GPU.
+enum class Device : uint8_t { cpu, cuda };
+
 // The names table of an enum: EnumNames<E>::table lists every value with its name.
 template <class E> struct EnumNames;
 template <> struct EnumNames<Dtype> {
@@ -44,6 +48,11 @@ template <> struct EnumNames<ExchangeAlgorithm> {
   static constexpr std::array<std::pair<ExchangeAlgorithm, std::string_view>, 3> table{
       {{ExchangeAlgorithm::flat, "flat"}, {ExchangeAlgorithm::hierarchical, "hierarchical"},
        {ExchangeAlgorithm::automatic, "auto"}}};
+};
+
+template <> struct EnumNames<Device> {
+  static constexpr std::array<std::pair<Device, std::string_view>, 2> table{
+      {{Device::cpu, "cpu"}, {Device::cuda, "cuda"}}};
 };
 
 template <class E>

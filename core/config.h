@@ -142,6 +142,8 @@ struct TrainConfig {
   Recompute activation_checkpointing = Recompute::none;
   int64_t activation_memory_mb = 0;  // per rank budget for auto; 0: no limit (auto = none)
   int64_t seed = 1234;
+  // cpu | cuda (cuda: the GPU of index local rank % GPUs on the machine, NCCL between ranks)
+  Device device = Device::cpu;
   int64_t threads = 0;            // CPU threads per rank; 0: OMP_NUM_THREADS or all cores
   int64_t log_interval = 1;
   int64_t eval_interval = 0;      // 0: evaluate only at the end
@@ -157,6 +159,7 @@ struct TrainConfig {
     v("activation_checkpointing", activation_checkpointing);
     v("activation_memory_mb", activation_memory_mb);
     v("seed", seed);
+    v("device", device);
     v("threads", threads);
     v("log_interval", log_interval);
     v("eval_interval", eval_interval);

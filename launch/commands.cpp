@@ -47,7 +47,7 @@ int run_eval(const EvalOptions& opts) {
     throw_usage("eval: --seq-len {} exceeds the model's max_seq_len {} ({}/config.json)", T,
                 loaded.config.max_seq_len, dir);
   auto source = data::open_token_source(opts.data, split);
-  auto backend = core::make_backend(opts.threads);
+  auto backend = core::make_backend(opts.device, opts.threads, 0, "eval --device");
   moe::Model model(*backend, loaded.config, opts.batch, T);
   model.set_params_from_host(loaded.params.data());
   std::FILE* dump = nullptr;

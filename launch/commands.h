@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "core/choices.h"
+
 namespace switchyard::launch {
 
 struct EvalOptions {
@@ -15,7 +17,8 @@ struct EvalOptions {
   int64_t seq_len = 0;      // 0: the model's max_seq_len
   int64_t batch = 8;
   int64_t max_windows = 0;  // 0: all
-  int threads = 0;
+  core::Device device = core::Device::cpu;
+  int threads = 0;           // CPU threads
   std::string dump_logits;  // optional: fp32 logits [windows*seq_len, vocab] to this file
   bool allow_nonfinite = false;  // evaluate weights holding inf/NaN instead of refusing them
 };

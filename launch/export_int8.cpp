@@ -58,7 +58,7 @@ nlohmann::ordered_json int8_eval_report(const core::ModelConfig& model, const st
     throw_usage("export --eval-seq-len {} exceeds the model's max_seq_len {}", T, model.max_seq_len);
   auto source = data::open_token_source(data, split);
   const LoadedModel after = load_hf_model(after_dir);
-  auto backend = core::make_backend(0);
+  auto backend = core::make_backend(core::Device::cpu);
   const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(windows, 4));
   // the export's config may differ in layout (qwen2_moe adds zero q/k/v biases), so one model each
   moe::Model mb(*backend, model, batch, T);

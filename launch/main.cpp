@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
   e->add_option("--seq-len", eval.seq_len, "Window length N (windows of N+1 tokens; default: model max_seq_len)");
   e->add_option("--batch", eval.batch, "Windows per forward pass");
   e->add_option("--max-windows", eval.max_windows, "Evaluate at most this many windows (0: all)");
+  add_choice(e, "--device", eval.device, "Where to compute: cpu (default) or cuda (the first GPU)");
   e->add_option("--threads", eval.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
   e->add_flag("--allow-nonfinite", eval.allow_nonfinite, "Evaluate weights that hold inf/NaN (refused by default)");
   e->add_option("--dump-logits", eval.dump_logits,

@@ -16,6 +16,7 @@
 #include "launch/model_io.h"
 #include "launch/nonfinite.h"
 #include "launch/outputs.h"
+#include "parallel/device_communicator.h"
 #include "parallel/watchdog.h"
 
 namespace switchyard::launch {
@@ -87,19 +88,23 @@ void prepare_outputs(const fs::path& dir, const fs::path& ckpt_root, const Train
   require_writable_folder(ckpt_root, "checkpoint.dir", /*keep=*/false);  // the first save makes it
 }
 
-// Collective. A usage error when the plan's per-rank memory is more than this machine has per rank
-// (its physical memory over the ranks that share this machine).
-void require_memory_fits(const PlanEstimate& e, parallel::Communicator& world) {
-  const int local = world.split_shared_memory()->size();
+// A usage error when the plan's per-rank memory is more than the rank has: the GPU's memory on a
+// device backend, else this machine's physical memory over the `local_ranks` that share it.
+void require_memory_fits(const PlanEstimate& e, const core::Backend& be, int local_ranks) {
   const double activations = static_cast<double>(e.activation_bytes[static_cast<int>(e.chosen)]),
                state = static_cast<double>(e.param_bytes + e.grad_bytes + e.optimizer_bytes + e.compute_weight_bytes);
   constexpr double GiB = 1 << 30;
-  require_host_memory(state + activations,
-                      fmt::format("the run ({:.1f} GiB of weights, gradients and optimizer state and {:.1f} GiB of "
-                                  "activations per rank; `switchyard plan` details it)", state / GiB, activations / GiB),
-                      "lower train.micro_batch (raising train.grad_accum), set train.activation_checkpointing, or "
-                      "spread the experts with parallel.expert_parallel",
-                      host_memory_bytes() / local);
+  const std::string what = fmt::format("the run ({:.1f} GiB of weights, gradients and optimizer state and {:.1f} GiB "
+                                       "of activations per rank; `switchyard plan` details it)", state / GiB, activations / GiB);
+  const std::string fix = "lower train.micro_batch (raising train.grad_accum), set train.activation_checkpointing, or "
+                          "spread the experts with parallel.expert_parallel";
+  if (const auto gpu = static_cast<double>(be.memory_capacity()); gpu > 0) {
+    if (state + activations > gpu)
+      throw_usage("{} needs {:.1f} GiB, more than the {:.1f} GiB of its GPU ({}:{}); {}", what, (state + activations) / GiB,
+                  gpu / GiB, be.name(), be.device(), fix);
+    return;
+  }
+  require_host_memory(state + activations, what, fix, host_memory_bytes() / local_ranks);
 }
 
 // On resume: keeps the records of steps up to `step` (the ones the checkpoint includes).
@@ -128,6 +133,10 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   world = parallel::MpiCommunicator::world();
   // a rank that stops answering must not hang the others forever (parallel/watchdog.h)
   if (mpi.size() > 1) parallel::start_watchdog(cfg.parallel.timeout_s, mpi.rank());
+  // the backend first: a device this process cannot use is refused before any file is written
+  const auto local = world->split_shared_memory();  // the ranks of this machine
+  threads = choose_threads(cfg.train, mpi.size());
+  backend = core::make_backend(cfg.train.device, threads, local->rank());
   dir = run_folder(cfg, opts);
   ckpt_root = cfg.checkpoint.dir.empty() ? dir / "checkpoints" : fs::path(cfg.checkpoint.dir);
   if (rank0) prepare_outputs(dir, ckpt_root, opts);
@@ -135,10 +144,7 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   // activation checkpointing (auto: resolved against the memory budget), and what a rank will hold,
   // refused before any allocation when this machine's memory cannot hold it
   estimate = plan(cfg);
-  require_memory_fits(estimate, *world);
-
-  threads = choose_threads(cfg.train, mpi.size());
-  backend = core::make_backend(threads);
+  require_memory_fits(estimate, *backend, local->size());
   // a backend with a faster GEMM path for the compute dtype uses it only if every rank has it, so
   // that all ranks compute alike (the CPU's native bf16 matmul)
   if (const auto mine = backend->gemm_path(cfg.train.precision)) {
@@ -169,8 +175,10 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   targets.resize(tokens.size());
 
   // ---- process groups and the token exchange (expert parallelism) ----
+  // over NCCL when the backend is on a GPU (gradients and tokens travel in its memory)
+  device_world = parallel::make_device_communicator(*world, *backend);
   groups = std::make_unique<parallel::ProcessGroups>(
-      *world, parallel::ProcessGroupOptions{cfg.parallel.expert_parallel, cfg.parallel.ranks_per_node});
+      device_world ? *device_world : *world, parallel::ProcessGroupOptions{cfg.parallel.expert_parallel, cfg.parallel.ranks_per_node});
   if (cfg.parallel.expert_parallel > 1) {
     parallel::CostModel cost;
     cost.intra = {cfg.parallel.intra_latency_us * 1e-6, cfg.parallel.intra_bandwidth_gbs * 1e9};
@@ -222,10 +230,13 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   progress = std::make_unique<Progress>(cfg.train.steps, cfg.train.log_interval);
   if (!rank0) return;
   metrics = std::make_unique<MetricsWriter>((dir / "metrics.jsonl").string());
-  fmt::print("switchyard train: {} parameters ({} layers, {} experts top-{}), {} rank(s) x {} "
-             "thread(s), expert parallel {}{}, global batch {} x {} tokens, run folder {}\n",
+  const std::string per_rank = backend->device() >= 0
+                                   ? fmt::format("one GPU each ({} between ranks)", device_world ? device_world->name() : "none")
+                                   : fmt::format("{} thread(s)", threads);
+  fmt::print("switchyard train: {} parameters ({} layers, {} experts top-{}), {} rank(s) x {}, expert "
+             "parallel {}{}, global batch {} x {} tokens, run folder {}\n",
              core::make_param_table(cfg.model).total(), cfg.model.n_layers, cfg.model.moe.n_experts,
-             cfg.model.moe.top_k, mpi.size(), threads, cfg.parallel.expert_parallel,
+             cfg.model.moe.top_k, mpi.size(), per_rank, cfg.parallel.expert_parallel,
              exchange ? fmt::format(" ({} token exchange)", cfg.parallel.token_exchange) : "",
              B * accum * mpi.size(), T, dir.string());
   fmt::print("switchyard train: precision {}{}{}, activation checkpointing {} ({:.1f} MiB of activations per "

@@ -66,8 +66,9 @@ class TrainContext {
   std::unique_ptr<data::WindowSampler> sampler;
   std::vector<int32_t> tokens, targets;  // one micro-batch
 
-  std::unique_ptr<parallel::MpiCommunicator> world;
-  std::unique_ptr<parallel::ProcessGroups> groups;
+  std::unique_ptr<parallel::MpiCommunicator> world;  // host values: metrics, agreements, stop signals
+  std::unique_ptr<parallel::Communicator> device_world;  // the backend's memory (NCCL); null: world
+  std::unique_ptr<parallel::ProcessGroups> groups;  // split from device_world, else world
   std::unique_ptr<parallel::TokenExchange> exchange;  // expert parallelism only
   moe::ExpertParallel ep;
 

@@ -1,4 +1,4 @@
-// moe/experts.cpp: grouped SwiGLU over the experts' contiguous row segments.
+// moe/experts.cpp: the experts as one grouped SwiGLU FFN over their contiguous row segments.
 #include "moe/experts.h"
 
 #include <fmt/format.h>
@@ -29,29 +29,32 @@ Experts::Experts(const core::ParamTable& table, const std::string& prefix, bool 
   }
 }
 
-void Experts::forward(core::Backend& be, float* y, float* h, float* a, const float* xp,
-                      const int32_t* offsets, const float* params) const {
+std::vector<core::FfnSegment> Experts::segments(const int32_t* offsets, const float* params,
+                                                float* grads) const {
+  std::vector<core::FfnSegment> segs;
+  segs.reserve(static_cast<size_t>(E_));
   for (int64_t e = 0; e < E_; ++e) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
-    core::ffn_forward(be, y + r0 * C_, h + r0 * 2 * I_, a + r0 * I_, xp + r0 * C_, n, C_, I_,
-                      params + off_gate_up_[static_cast<size_t>(e)],
-                      params + off_down_[static_cast<size_t>(e)], prec_);
+    const size_t ue = static_cast<size_t>(e);
+    segs.push_back({r0, n, params + off_gate_up_[ue], params + off_down_[ue],
+                    grads ? grads + off_gate_up_[ue] : nullptr,
+                    grads ? grads + off_down_[ue] : nullptr});
   }
+  return segs;
+}
+
+void Experts::forward(core::Backend& be, float* y, float* h, float* a, const float* xp,
+                      const int32_t* offsets, const float* params) const {
+  core::ffn_forward_grouped(be, y, h, a, xp, segments(offsets, params, nullptr), C_, I_, prec_);
 }
 
 void Experts::backward(core::Backend& be, float* dxp, float* grads, const float* dy,
                        const float* xp, const float* h, const float* a, const int32_t* offsets,
                        const float* params, float* scratch_dh, float* scratch_da) const {
-  for (int64_t e = 0; e < E_; ++e) {
-    const int64_t r0 = offsets[e], n = offsets[e + 1] - r0;
-    if (n == 0) continue;
-    const size_t ue = static_cast<size_t>(e);
-    core::ffn_backward(be, dxp + r0 * C_, /*accumulate_dx=*/false, grads + off_gate_up_[ue],
-                       grads + off_down_[ue], dy + r0 * C_, xp + r0 * C_, h + r0 * 2 * I_,
-                       a + r0 * I_, n, C_, I_, params + off_gate_up_[ue], params + off_down_[ue],
-                       scratch_dh + r0 * 2 * I_, scratch_da + r0 * I_, prec_, /*dy_stored=*/true);
-  }
+  core::ffn_backward_grouped(be, dxp, /*accumulate_dx=*/false, dy, xp, h, a,
+                             segments(offsets, params, grads), C_, I_, scratch_dh, scratch_da,
+                             prec_, /*dy_stored=*/true);
 }
 
 }  // namespace switchyard::moe

@@ -1,8 +1,9 @@
 // moe/experts.h: the routed experts of one MoE layer as a grouped SwiGLU FFN.
 // The dispatched activations are in expert-sorted order: the rows of expert e are
-// [offsets[e], offsets[e+1]) (host copy of the routing plan's expert_offsets). Each expert runs
-// core::ffn_forward/backward on its contiguous segment (GEMMs over the whole segment, no per-token
-// loops); experts that received no rows are skipped (their gradients are left untouched).
+// [offsets[e], offsets[e+1]) (host copy of the routing plan's expert_offsets). The experts run as
+// one grouped FFN (core::ffn_forward_grouped/backward_grouped), one segment per expert: each GEMM
+// role is one Backend::grouped_gemm over the experts that received rows, SwiGLU one call over all
+// rows; experts that received no rows are skipped (their gradients are left untouched).
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/ffn.h"
 #include "core/params.h"
 #include "core/precision.h"
 
@@ -37,6 +39,9 @@ class Experts {
                 float* scratch_dh, float* scratch_da) const;
 
  private:
+  // The grouped FFN's segments: the experts with rows, their weights (and gradients when grads).
+  std::vector<core::FfnSegment> segments(const int32_t* offsets, const float* params,
+                                         float* grads) const;
   int64_t E_, C_, I_;
   core::PrecisionPolicy prec_;
   std::vector<int64_t> off_gate_up_;  // [2I, C]: gate rows then up rows (adjacent in the arena)

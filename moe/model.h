@@ -97,8 +97,9 @@ class Model {
   void backward(float grad_scale = 1.0f, const std::function<void(int)>& on_grads_ready = {});
   void zero_grads() { grads_.zero(); }
 
-  // Logits [B*T, V] of the last forward (device pointer).
+  // Logits [logits_rows(), V] of the last forward, in the backend's memory; rows = B*T.
   const float* logits() const { return bufs_.logits; }
+  int64_t logits_rows() const { return B_ * T_; }
   // Routing slots per expert of each MoE layer in the last forward: [n_moe_layers][E].
   std::vector<std::vector<int64_t>> expert_counts() const;
   // Token-exchange traffic and expert GEMM time of the last forward and backward, all MoE layers.

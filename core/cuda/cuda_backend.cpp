@@ -83,6 +83,13 @@ void CudaBackend::release(void* p) {
 
 MemoryStats CudaBackend::memory_stats() const { return ledger_.stats(); }
 
+int64_t CudaBackend::memory_capacity() const {
+  use_device();
+  size_t free_bytes = 0, total = 0;
+  SY_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  return static_cast<int64_t>(total);
+}
+
 void CudaBackend::reset_peak_memory() { ledger_.reset_peak(); }
 
 void* CudaBackend::scratch(int slot, size_t bytes) {

@@ -35,8 +35,9 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
   std::string name() const override { return "cuda"; }
   bool host_memory() const override { return false; }  // device memory
-  int device() const { return device_; }
-  cudaStream_t stream() const { return stream_; }
+  int device() const override { return device_; }
+  void* stream() const override { return stream_; }
+  int64_t memory_capacity() const override;  // cudaMemGetInfo's total
 
   // cudaMalloc'd (256-byte aligned), zero-filled on the stream. Live bytes are the sizes asked for
   // rounded up to 64 (alloc(0) holds 64), the GEMM and reduction scratch included.
@@ -54,6 +55,13 @@ class CudaBackend final : public Backend {
   // packed 16-bit scratch, the product runs in that dtype with fp32 accumulation and fp32 C, then
   // C's M x N region is rounded to rounding.c in place.
   void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmRounding& rounding = {}) override;
+  // gemm.cpp. One cublasGemmGroupedBatchedEx over the problems with M, N, K > 0 (consecutive equal
+  // shapes share a group), with gemm()'s rounding: fp32 operands in fp32 (operands to round are
+  // rounded into fp32 scratch); bf16/fp16 operands packed into 16-bit scratch with a 16-bit C
+  // written to scratch and widened into C (cuBLAS has no 16-bit A/B with fp32 C grouped), which
+  // needs rounding.c == rounding.operands and beta == 0. Otherwise, and for a single problem, a
+  // loop of gemm(). K == 0 problems go to gemm() (C = beta * C).
+  void grouped_gemm(bool trans_a, bool trans_b, std::span<const GemmProblem> problems, float alpha, float beta, const GemmRounding& rounding = {}) override;
   void round_to(Dtype d, float* x, int64_t n) override;
   void add(float* out, const float* a, const float* b, int64_t n) override;
   void axpy(float* y, float alpha, const float* x, int64_t n) override;
@@ -95,7 +103,8 @@ class CudaBackend final : public Backend {
   // Makes this backend's device current on the calling thread (every entry point calls it).
   void use_device() const;
   // Device scratch `slot` of at least `bytes` (grow-only, kept until destruction, counted in
-  // memory_stats): 0 and 1 the GEMM operands, 2 the reduction partials, 3 attention's D rows.
+  // memory_stats): 0 and 1 the GEMM operands, 2 the reduction partials, 3 attention's D rows, 4 the
+  // grouped GEMM's 16-bit C, 5 its pointer arrays.
   void* scratch(int slot, size_t bytes);
   // Throws for an attention shape the kernels do not take (core/cuda/attention.cu).
   void check_attention(const AttentionShape& s) const;
@@ -103,8 +112,9 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   MemoryLedger ledger_;
-  void* scratch_[4] = {nullptr, nullptr, nullptr, nullptr};
-  size_t scratch_bytes_[4] = {0, 0, 0, 0};
+  static constexpr int kScratchSlots = 6;
+  void* scratch_[kScratchSlots] = {};
+  size_t scratch_bytes_[kScratchSlots] = {};
 };
 
 }  // namespace switchyard::core

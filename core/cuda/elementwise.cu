@@ -1,5 +1,8 @@
-// core/cuda/elementwise.cu: elementwise kernels, bf16/fp16 rounding and packing, bias gradient,
-// sum of squares and AdamW. Grid-stride loops over 64-bit indices.
+// core/cuda/elementwise.cu: elementwise kernels, bf16/fp16 rounding, packing and unpacking, small
+// uploads, bias gradient, sum of squares and AdamW. Grid-stride loops over 64-bit indices.
+#include <algorithm>
+#include <cstring>
+
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
 
@@ -52,6 +55,22 @@ __global__ void pack_half_kernel(uint16_t* dst, const float* src, int64_t lds, i
     const float v = src[(i / cols) * lds + i % cols];
     dst[i] = Bf16 ? bf16_bits(v) : f16_bits(v);
   }
+}
+template <bool Bf16>
+__global__ void unpack_half_kernel(float* dst, int64_t ldd, const uint16_t* src, int64_t rows,
+                                   int64_t cols) {
+  SY_GRID_STRIDE(i, rows * cols) {
+    const uint16_t b = src[i];
+    dst[(i / cols) * ldd + i % cols] =
+        Bf16 ? __uint_as_float(static_cast<uint32_t>(b) << 16) : __half2float(__ushort_as_half(b));
+  }
+}
+constexpr int kUploadBytes = 2048;  // kernel parameters: 4 KiB on every architecture
+struct UploadChunk {
+  unsigned char bytes[kUploadBytes];
+};
+__global__ void upload_kernel(unsigned char* dst, UploadChunk chunk, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = chunk.bytes[i];
 }
 
 // Fixed grid: every block sums a fixed set of elements (grid-stride, float per element squared,
@@ -131,6 +150,23 @@ void pack_half(Half d, uint16_t* dst, const float* src, int64_t lds, int64_t row
   const unsigned blocks = blocks_for(rows * cols);
   if (d == Half::bf16) pack_half_kernel<true><<<blocks, kThreads, 0, s>>>(dst, src, lds, rows, cols);
   else pack_half_kernel<false><<<blocks, kThreads, 0, s>>>(dst, src, lds, rows, cols);
+}
+void unpack_half(Half d, float* dst, int64_t ldd, const uint16_t* src, int64_t rows, int64_t cols,
+                 cudaStream_t s) {
+  if (rows <= 0 || cols <= 0) return;
+  const unsigned blocks = blocks_for(rows * cols);
+  if (d == Half::bf16) unpack_half_kernel<true><<<blocks, kThreads, 0, s>>>(dst, ldd, src, rows, cols);
+  else unpack_half_kernel<false><<<blocks, kThreads, 0, s>>>(dst, ldd, src, rows, cols);
+}
+void upload_small(void* dst, const void* host, size_t bytes, cudaStream_t s) {
+  auto* d = static_cast<unsigned char*>(dst);
+  const auto* h = static_cast<const unsigned char*>(host);
+  for (size_t done = 0; done < bytes; done += kUploadBytes) {
+    const int n = static_cast<int>(std::min<size_t>(kUploadBytes, bytes - done));
+    UploadChunk chunk;
+    std::memcpy(chunk.bytes, h + done, static_cast<size_t>(n));
+    upload_kernel<<<1, kThreads, 0, s>>>(d + done, chunk, n);
+  }
 }
 int64_t sum_squares_partials() { return kSumBlocks; }
 void sum_squares(double* result, double* partial, const float* x, int64_t n, cudaStream_t s) {

@@ -31,6 +31,14 @@ void round_rows(Half d, float* dst, int64_t ldd, const float* src, int64_t lds, 
 // dst[r*cols + c] = the 16-bit pattern of src[r*lds + c] in dtype d (bf16 or f16), packed.
 void pack_half(Half d, uint16_t* dst, const float* src, int64_t lds, int64_t rows, int64_t cols,
                cudaStream_t s);
+// dst[r*ldd + c] = the fp32 value of the 16-bit pattern src[r*cols + c] in dtype d (packed rows,
+// as pack_half writes them): exact.
+void unpack_half(Half d, float* dst, int64_t ldd, const uint16_t* src, int64_t rows, int64_t cols,
+                 cudaStream_t s);
+// dst[0..bytes) = host[0..bytes), in stream order, carried in kernel parameters (one launch per
+// 2 KiB): the host buffer may be reused on return and the host never waits (for small tables such
+// as grouped GEMM pointer arrays; cudaMemcpyAsync from pageable memory guarantees neither).
+void upload_small(void* dst, const void* host, size_t bytes, cudaStream_t s);
 // partial: scratch of sum_squares_partials() doubles; result: one double (device).
 int64_t sum_squares_partials();
 void sum_squares(double* result, double* partial, const float* x, int64_t n, cudaStream_t s);

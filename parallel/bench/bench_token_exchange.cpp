@@ -163,7 +163,7 @@ void bench(const Options& o, par::Communicator& world) {
   const Routing r = random_routing(o, me, E);
   par::RoutedSlots slots{o.tokens, r.token, r.dest, r.gate, r.tag};
   const par::GroupTopology& topo = groups.exchange_groups().topology;
-  const auto be = switchyard::core::make_backend();  // packs and sums the rows
+  const auto be = switchyard::core::make_backend(switchyard::core::Device::cpu);  // packs and sums the rows
   for (int64_t C : o.d_models) {
     slots.row_bytes = C * 4;
     std::vector<float> x(static_cast<size_t>(o.tokens * C));

@@ -268,6 +268,92 @@ TEST_P(Conformance, GemmEmptySizes) {
   EXPECT_EQ(get(C).first, before);
 }
 
+// The roles of the experts' grouped GEMMs (core/ffn.cpp): each problem's C from grouped_gemm on
+// the backend under test against gemm() per problem on the CPU. Rows per expert are M (forward,
+// input gradient) or K (weight gradient): an empty expert gives M = 0 (nothing) or K = 0
+// (C = beta * C). Operands of a 16-bit product are stored (already rounded), as layers keep them.
+TEST_P(Conformance, GroupedGemmAgainstGemmPerProblem) {
+  constexpr Dtype f32 = Dtype::f32, bf16 = Dtype::bf16, f16 = Dtype::f16;
+  struct Role {
+    const char* what;
+    bool ta, tb;
+    GemmRounding r;
+    float beta;
+  };
+  const Role roles[] = {
+      {"forward fp32", false, true, {}, 0.f},
+      {"input gradient fp32, accumulated", false, false, {}, 0.3f},
+      {"weight gradient fp32", true, false, {}, 1.f},
+      {"weight gradient fp32, beta 0", true, false, {}, 0.f},
+      {"fp32 product, rounded A and C", false, true, {bf16, f32, bf16, f32}, 0.f},
+      {"bf16 stored activation", false, true, {f32, f32, bf16, bf16}, 0.f},
+      {"bf16 fresh activation", false, false, {bf16, f32, bf16, bf16}, 0.f},
+      {"bf16 activation, accumulated", false, false, {f32, f32, bf16, bf16}, 0.5f},
+      {"bf16 weight gradient", true, false, {f32, f32, f32, bf16}, 1.f},
+      {"fp16 stored activation", false, true, {f32, f32, f16, f16}, 0.f},
+  };
+  const std::vector<int64_t> rows = {13, 0, 7, 21, 7, 1};  // per expert
+  const int64_t F = 24, G = 40, pad = 3;
+  uint64_t seed = 300;
+  for (const Role& role : roles) {
+    SCOPED_TRACE(role.what);
+    const GemmRounding& r = role.r;
+    auto operand = [&](int64_t n) {
+      std::vector<float> v = randn(n, seed++);
+      return upload(r.operands == f32 ? v : rounded(r.operands, v));
+    };
+    std::vector<Pair<float>> As, Bs, Cs;
+    std::vector<GemmProblem> test, ref;
+    for (const int64_t n : rows) {
+      const int64_t M = role.ta ? F : n, N = role.ta ? G : F, K = role.ta ? n : G;
+      const int64_t lda = (role.ta ? M : K) + pad, ldb = (role.tb ? K : N) + pad;
+      const int64_t ldc = role.beta == 0.f && M > 0 ? N : N + pad;
+      As.push_back(operand((role.ta ? K : M) * lda));
+      Bs.push_back(operand((role.tb ? N : K) * ldb));
+      // beta 0: C poisoned (never read); an empty problem's C is one row it must leave as it is
+      Cs.push_back(M == 0            ? rand(ldc, seed++)
+                   : role.beta == 0.f ? poisoned(M * ldc)
+                                      : rand(M * ldc, seed++));
+      for (const bool is_ref : {false, true})
+        (is_ref ? ref : test)
+            .push_back({M, N, K, on(As.back(), is_ref), lda, on(Bs.back(), is_ref), ldb,
+                        on(Cs.back(), is_ref), ldc});
+    }
+    be_->grouped_gemm(role.ta, role.tb, test, 0.7f, role.beta, r);
+    for (const GemmProblem& p : ref)
+      ref_->gemm(role.ta, role.tb, p.M, p.N, p.K, 0.7f, p.A, p.lda, p.B, p.ldb, role.beta, p.C,
+                 p.ldc, r);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const std::string what = fmt::format("problem {} ({} rows)", i, rows[i]);
+      if (test[i].M == 0) expect_bitwise(what, Cs[i]);
+      else expect_close(what, Cs[i], r.any() ? kTolHalf : kTolF32);
+    }
+  }
+  be_->grouped_gemm(false, true, {}, 1.f, 0.f);  // no problems: nothing
+}
+
+// fp16 outputs overflow to inf as gemm()'s do (the loss scaler's overflow check relies on it):
+// constant operands make every sum exact whatever the order, 2048 * 40 overflows, 256 * 40 not.
+TEST_P(Conformance, GroupedGemmFp16OverflowIsInf) {
+  const int64_t M = 5, N = 6, K = 40;
+  const GemmRounding r{Dtype::f32, Dtype::f32, Dtype::f16, Dtype::f16};
+  auto B = upload(std::vector<float>(static_cast<size_t>(N * K), 1.f));
+  std::vector<Pair<float>> As, Cs;
+  for (const float a : {2048.f, 256.f}) {
+    As.push_back(upload(std::vector<float>(static_cast<size_t>(M * K), a)));
+    Cs.push_back(poisoned(M * N));
+  }
+  both([&](Backend& be, bool ref) {
+    const std::vector<GemmProblem> p = {
+        {M, N, K, on(As[0], ref), K, on(B, ref), K, on(Cs[0], ref), N},
+        {M, N, K, on(As[1], ref), K, on(B, ref), K, on(Cs[1], ref), N}};
+    be.grouped_gemm(false, true, p, 1.f, 0.f, r);
+  });
+  expect_bitwise("overflowing problem", Cs[0]);
+  expect_bitwise("finite problem", Cs[1]);
+  EXPECT_TRUE(std::isinf(get(Cs[0]).second[0]));
+}
+
 // ---------------------------------------------------------------- rounding, elementwise
 
 TEST_P(Conformance, RoundToIsBitwiseTheCpus) {

@@ -2,7 +2,8 @@
 // tests/golden/make_golden.py (Debian's python3-torch, float64) writes Hugging Face weights and the
 // loss, logits, expert counts and every parameter gradient of one batch, plus a 10-step AdamW
 // trajectory. Here the weights come in through the --init-from loader (launch::load_hf_model) and
-// every tensor is compared in fp32. The mixed-precision forward (bf16, fp16) is compared with the
+// every tensor is compared in fp32. The backend is SWITCHYARD_TEST_BACKEND's (tests/unit/testing.h):
+// the CPU here, the GPU under scripts/gpu_check.sh. The mixed-precision forward (bf16, fp16) is compared with the
 // reference's emulation of the same rounding points (golden_mixed.safetensors).
 #include <gtest/gtest.h>
 
@@ -20,6 +21,7 @@
 #include "moe/model.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "tests/unit/testing.h"
 
 namespace sy = switchyard;
 namespace fs = std::filesystem;
@@ -56,6 +58,11 @@ double norm_rel(const float* a, const std::vector<float>& b) {
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+// The last forward's logits, on the host.
+std::vector<float> logits_of(const sy::moe::Model& m) {
+  return sy::test::to_host(m.backend(), m.logits(), m.logits_rows() * m.config().vocab_size);
+}
+
 double meta(const sy::core::formats::SafetensorsFile& f, const std::string& key) { return std::stod(f.metadata().at(key)); }
 
 // The case's model through the --init-from loader, with the loss coefficients the reference used.
@@ -87,7 +94,7 @@ TEST_P(Golden, LossLogitsCountsAndEveryGradient) {
   auto loaded = load_case_model(dir, g);
   const auto [tokens, targets, B, T] = reference_batch(g);
 
-  auto be = sy::core::make_cpu_backend(2);
+  auto be = sy::test::test_backend();
   sy::moe::Model model(*be, loaded.config, B, T);
   model.set_params_from_host(loaded.params.data());
   const auto r = model.forward(tokens.data(), targets.data(), B, T);
@@ -95,7 +102,7 @@ TEST_P(Golden, LossLogitsCountsAndEveryGradient) {
   EXPECT_NEAR(r.ce, f32(g, "ce")[0], kTol * std::abs(f32(g, "ce")[0]));
   EXPECT_NEAR(r.aux, f32(g, "aux")[0], kTol * std::abs(f32(g, "aux")[0]) + 1e-9);
   EXPECT_NEAR(r.z, f32(g, "z")[0], kTol * std::abs(f32(g, "z")[0]) + 1e-9);
-  EXPECT_LT(norm_rel(model.logits(), f32(g, "logits")), kTol);
+  EXPECT_LT(norm_rel(logits_of(model).data(), f32(g, "logits")), kTol);
 
   const auto counts = i32(g, "expert_counts");
   const auto ours = model.expert_counts();
@@ -143,7 +150,7 @@ TEST_P(Golden, TenStepAdamWTrajectory) {
   const auto ref_loss = f32(g, "traj.loss"), ref_norm = f32(g, "traj.grad_norm"), ref_lr = f32(g, "traj.lr");
   const int64_t B = g.at("traj.tokens").shape[1], T = g.at("traj.tokens").shape[2];
 
-  auto be = sy::core::make_cpu_backend(2);
+  auto be = sy::test::test_backend();
   sy::moe::Model model(*be, loaded.config, B, T);
   model.set_params_from_host(loaded.params.data());
   sy::optim::AdamW adamw(*be, model.table(), oc);
@@ -220,11 +227,11 @@ TEST_P(Golden, MixedPrecisionForward) {
   for (const MixedCase& mc : kMixed) {
     SCOPED_TRACE(mc.precision);
     const std::string p = mc.precision;
-    auto be = sy::core::make_cpu_backend(2);
+    auto be = sy::test::test_backend();
     // the emulated bf16 GEMMs (rounded operands, fp32 kernel) whatever this CPU would pick: their
     // summation order is the one the tolerances were measured with (the native path is checked
     // against the emulated one in test_bf16_matmul)
-    static_cast<sy::core::CpuBackend&>(*be).set_native_bf16(false);
+    if (auto* cpu = dynamic_cast<sy::core::CpuBackend*>(be.get())) cpu->set_native_bf16(false);
     sy::moe::ModelOptions opts;
     opts.precision = sy::core::PrecisionPolicy{sy::core::value_named<sy::core::Dtype>(p).value()};
     sy::moe::Model model(*be, loaded.config, B, T, {}, opts);
@@ -240,9 +247,10 @@ TEST_P(Golden, MixedPrecisionForward) {
 
     const auto ref = f32(gm, p + ".logits");
     ASSERT_EQ(static_cast<int64_t>(ref.size()), N * V);
-    const double err = norm_rel(model.logits(), ref);
-    const double gap = norm_rel(model.logits(), logits_fp32);
-    const int64_t identical = identical_rows(model.logits(), ref, N, V);
+    const auto logits = logits_of(model);
+    const double err = norm_rel(logits.data(), ref);
+    const double gap = norm_rel(logits.data(), logits_fp32);
+    const int64_t identical = identical_rows(logits.data(), ref, N, V);
     auto rel = [&](double ours_v, const char* key) {
       const double want = f32(gm, p + "." + key)[0];
       return std::abs(ours_v - want) / std::abs(want);
@@ -272,11 +280,11 @@ TEST(GoldenLoader, Bf16ShardedCheckpoint) {
   sy::core::formats::SafetensorsFile g((dir / "golden_bf16_logits.safetensors").string());
   auto loaded = sy::launch::load_hf_model((dir / "model_bf16_sharded").string());
   const auto [tokens, targets, B, T] = reference_batch(g);
-  auto be = sy::core::make_cpu_backend(2);
+  auto be = sy::test::test_backend();
   sy::moe::Model model(*be, loaded.config, B, T);
   model.set_params_from_host(loaded.params.data());
   model.forward(tokens.data(), targets.data(), B, T);
-  EXPECT_LT(norm_rel(model.logits(), f32(g, "logits")), kTol);
+  EXPECT_LT(norm_rel(logits_of(model).data(), f32(g, "logits")), kTol);
 }
 
 }  // namespace

@@ -2,9 +2,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 
 namespace switchyard::test {
+
+std::unique_ptr<core::Backend> test_backend(int threads) {
+  const char* env = std::getenv("SWITCHYARD_TEST_BACKEND");
+  const std::string name = env && *env ? env : "cpu";
+  const auto device = core::value_named<core::Device>(name);
+  if (!device)
+    throw_usage("SWITCHYARD_TEST_BACKEND={}: expected one of {}", name, core::names_of<core::Device>());
+  return core::make_backend(*device, threads, 0, "SWITCHYARD_TEST_BACKEND");
+}
 
 core::ModelConfig small_moe_model(int64_t n_layers) {
   core::ModelConfig m;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <exception>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -48,9 +49,21 @@ class DeviceCopy {
   size_t n_;
   T* p_ = nullptr;
 };
+
 // A small Mixtral-layout model for whole-model tests: vocab 64, d_model 32, 4 heads / 2 kv heads,
 // max_seq_len 16, 4 experts top-2 of width 24, z-loss 0.001; n_layers as given.
 core::ModelConfig small_moe_model(int64_t n_layers);
+// The backend a whole-model test runs on, from SWITCHYARD_TEST_BACKEND: cpu (the default, with
+// `threads` threads) or cuda (the first GPU; a usage error without one). scripts/gpu_check.sh runs
+// the golden tests on the GPU through it, unchanged.
+std::unique_ptr<core::Backend> test_backend(int threads = 2);
+// n values of backend memory, copied to the host.
+template <class T>
+std::vector<T> to_host(core::Backend& be, const T* p, int64_t n) {
+  std::vector<T> out(static_cast<size_t>(n));
+  be.copy_to_host(out.data(), p, out.size() * sizeof(T));
+  return out;
+}
 // A fresh empty directory under the build tree, named after the current test.
 std::filesystem::path temp_dir(const std::string& name);
 
