@@ -10,9 +10,12 @@
 //    unless the comment says otherwise.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -92,6 +95,18 @@ class Backend {
   virtual void* stream() const { return nullptr; }
   // Bytes of memory the device holds in all; 0 for the host (whose memory launch/ measures).
   virtual int64_t memory_capacity() const { return 0; }
+  // Seconds per run of `work` (backend calls), enqueued `repeats` times after one warm-up run and
+  // timed on the backend's own clock: events on its stream (CUDA), else the host's steady clock
+  // between two synchronize() calls. For benchmarks. (Inline, as every virtual here that is not
+  // pure: a backend defined in another library then needs no key function from core's.)
+  virtual double seconds_per_run(const std::function<void()>& work, int repeats) {
+    work();
+    synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < repeats; ++r) work();
+    synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / std::max(repeats, 1);
+  }
 
   // ---- GEMM ----
   // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op(X) = X^T when trans_x.

@@ -119,6 +119,13 @@ int main(int argc, char** argv) {
   auto* bg = b->add_subcommand("gemm", "Measured fp32 GEMM rate (the peak a training step is compared to)");
   bg->add_option("--threads", bench_threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
   bg->add_option("--repeats", bench_repeats, "Timed repetitions per shape (best is kept)");
+  sy::launch::BenchOpsOptions ops;
+  auto* bo = b->add_subcommand("ops", "The training step's heavy kernels on a backend (GEMMs, grouped expert "
+                                      "GEMMs, attention, AdamW), each against its ceiling");
+  add_choice(bo, "--device", ops.device, "cpu (default) or cuda (the first GPU)");
+  bo->add_option("--threads", ops.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+  bo->add_flag("--quick", ops.quick, "Small sizes: a smoke run");
+  bo->add_option("--json", ops.json, "Also write the rows to this JSON file");
   b->require_subcommand(1);
 
   try {
@@ -136,6 +143,7 @@ int main(int argc, char** argv) {
     if (*x) return sy::launch::run_export(exp);
     if (*pl) return sy::launch::run_plan(plan);
     if (*bg) return sy::launch::run_bench_gemm(bench_threads, bench_repeats);
+    if (*bo) return sy::launch::run_bench_ops(ops);
   } catch (const sy::Error& err) {
     if (mpi.size() > 1) fmt::print(stderr, "switchyard: error on rank {}: {}\n", mpi.rank(), err.what());
     else fmt::print(stderr, "switchyard: error: {}\n", err.what());

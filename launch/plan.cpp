@@ -108,7 +108,8 @@ std::string format_plan(const core::ExperimentConfig& cfg, const PlanEstimate& p
                      p.params_total, p.params_rank, m.moe.n_experts / ep, m.moe.n_experts, p.params_active);
   out += fmt::format("  FLOPs per token: forward {:.3g}, training {:.3g} (none, selective), {:.3g} (full)\n",
                      p.flops_per_token_forward, p.flops_per_token_train[0], p.flops_per_token_train[1]);
-  out += "  memory per rank (every rank holds the same amounts):\n";
+  out += fmt::format("  memory per rank, {} (every rank holds the same amounts):\n",
+                     cfg.train.device == core::Device::cuda ? "in its GPU's memory" : "in host memory");
   out += fmt::format("    {:<38} {:>12}\n", "parameters (fp32 master)", mib(p.param_bytes));
   out += fmt::format("    {:<38} {:>12}\n", "gradients (fp32)", mib(p.grad_bytes));
   out += fmt::format("    {:<38} {:>12}\n", "optimizer (AdamW moments, fp32)", mib(p.optimizer_bytes));

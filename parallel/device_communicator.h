@@ -1,7 +1,8 @@
 // parallel/device_communicator.h: the communicator that moves a backend's memory between ranks,
 // chosen in this one place. Host-memory backends (the CPU) need none: the MPI world serves host
 // and backend memory alike. A CUDA backend gets the NCCL communicator on its GPU, ordered against
-// its stream; its host() is the MPI world.
+// its stream; its host() is the MPI world. The device-discipline checker's backend (a test hook)
+// gets the checking communicator over the world.
 #pragma once
 
 #include <memory>

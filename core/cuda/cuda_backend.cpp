@@ -92,6 +92,23 @@ int64_t CudaBackend::memory_capacity() const {
 
 void CudaBackend::reset_peak_memory() { ledger_.reset_peak(); }
 
+double CudaBackend::seconds_per_run(const std::function<void()>& work, int repeats) {
+  use_device();
+  work();  // warm-up: cuBLAS heuristics, scratch growth
+  cudaEvent_t start = nullptr, stop = nullptr;
+  SY_CUDA_CHECK(cudaEventCreate(&start));
+  SY_CUDA_CHECK(cudaEventCreate(&stop));
+  SY_CUDA_CHECK(cudaEventRecord(start, stream_));
+  for (int r = 0; r < repeats; ++r) work();
+  SY_CUDA_CHECK(cudaEventRecord(stop, stream_));
+  SY_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  SY_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return static_cast<double>(ms) * 1e-3 / std::max(repeats, 1);
+}
+
 void* CudaBackend::scratch(int slot, size_t bytes) {
   if (bytes > scratch_bytes_[slot]) {
     if (scratch_[slot]) synchronize();  // kernels may still read the old buffer

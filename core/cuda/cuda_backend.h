@@ -38,6 +38,7 @@ class CudaBackend final : public Backend {
   int device() const override { return device_; }
   void* stream() const override { return stream_; }
   int64_t memory_capacity() const override;  // cudaMemGetInfo's total
+  double seconds_per_run(const std::function<void()>& work, int repeats) override;  // CUDA events
 
   // cudaMalloc'd (256-byte aligned), zero-filled on the stream. Live bytes are the sizes asked for
   // rounded up to 64 (alloc(0) holds 64), the GEMM and reduction scratch included.

@@ -59,7 +59,7 @@ Pass run_pass(parallel::TokenExchange& ex, const Routing& r, int world_rank, int
   return p;
 }
 
-core::Backend& test_backend() {
+core::Backend& host_backend() {
   static const std::unique_ptr<core::Backend> be = core::make_cpu_backend(0);  // OpenMP's thread count
   return *be;
 }

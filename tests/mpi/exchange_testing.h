@@ -45,7 +45,7 @@ struct Pass {
 Pass run_pass(parallel::TokenExchange& ex, const Routing& r, int world_rank, int group_rank, int64_t C);
 
 // The CPU backend whose kernels the exchanges of these tests pack and sum with (one per process).
-core::Backend& test_backend();
+core::Backend& host_backend();
 
 ::testing::AssertionResult bit_equal(const std::vector<float>& a, const std::vector<float>& b);
 

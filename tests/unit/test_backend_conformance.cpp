@@ -4,9 +4,11 @@
 // forgets to write fails), and compares: fp32 ops by relative L2 error <= 1e-5, GEMMs with
 // bf16/fp16 operands <= 5e-3, indices and roundings exactly.
 // Backends: "cpu" (against a second CPU backend: the harness itself is exercised, and one test
-// checks that a perturbed output is detected) and "cuda" (every test says "skipped: no GPU" where
+// checks that a perturbed output is detected), "cuda" (every test says "skipped: no GPU" where
 // core::cuda_device_count() is 0, as on CPU-only CI; an op the CUDA backend does not have yet
-// says "not implemented yet" and is skipped with that message).
+// says "not implemented yet" and is skipped with that message) and "device_check" (the CPU backend
+// behind the device-discipline checker, core/device_check_backend.h: every op's arguments checked
+// against its device allocations, every host access to them a SIGSEGV).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,6 +24,7 @@
 
 #include "core/backend.h"
 #include "core/cuda/cuda.h"
+#include "core/device_check_backend.h"
 #include "core/error.h"
 #include "core/half.h"
 #include "tests/unit/testing.h"
@@ -59,6 +62,8 @@ class Conformance : public ::testing::TestWithParam<std::string> {
     if (GetParam() == "cuda") {
       if (cuda_device_count() == 0) GTEST_SKIP() << "skipped: no GPU";
       be_ = make_cuda_backend(0);
+    } else if (GetParam() == "device_check") {
+      be_ = make_device_check_backend(make_cpu_backend(2));
     } else {
       be_ = make_cpu_backend(2);
     }
@@ -702,7 +707,7 @@ TEST_P(Conformance, EmptySizesWriteNothingAndDoNotFail) {
   EXPECT_EQ(be_->sum_squares(buf.test, 0), 0.0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::Values("cpu", "cuda"),
+INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::Values("cpu", "cuda", "device_check"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -67,21 +68,30 @@ std::vector<T> to_host(core::Backend& be, const T* p, int64_t n) {
 // A fresh empty directory under the build tree, named after the current test.
 std::filesystem::path temp_dir(const std::string& name);
 
-// Runs f, expects a usage Error (exit code 2) and returns its message ("" when none was thrown).
+// Runs f, expects an Error of `kind` and returns its message ("" when none was thrown).
 template <class F>
-std::string usage_error(F&& f) {
+std::string error_of_kind(ErrorKind kind, F&& f) {
   try {
     f();
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::usage) << e.what();
-    EXPECT_EQ(e.exit_code(), 2);
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    EXPECT_EQ(e.exit_code(), static_cast<int>(kind));
     return e.what();
   } catch (const std::exception& e) {
     ADD_FAILURE() << "expected switchyard::Error, got std::exception: " << e.what();
     return "";
   }
-  ADD_FAILURE() << "expected a usage error, none thrown";
+  ADD_FAILURE() << "expected " << (kind == ErrorKind::usage ? "a usage" : "an internal") << " error, none thrown";
   return "";
+}
+// A usage Error (exit code 2), an internal Error (exit code 1): its message.
+template <class F>
+std::string usage_error(F&& f) {
+  return error_of_kind(ErrorKind::usage, std::forward<F>(f));
+}
+template <class F>
+std::string internal_error(F&& f) {
+  return error_of_kind(ErrorKind::internal, std::forward<F>(f));
 }
 
 }  // namespace switchyard::test
