@@ -128,8 +128,9 @@ Communicator& must(Communicator* c, const char* what);
 // (Communicator::memory_space() against Backend::host_memory()).
 void check_memory_spaces(const ExchangeGroups& groups, const core::Backend& be);
 
-// What both algorithms share: the expert group, its topology, the backend whose kernels pack and sum the rows, and a plan made from
-// the slots' source index (auto builds the index once for its vote and hands it to plan_from).
+// What both algorithms share: the expert group, its topology, the backend whose kernels pack and
+// sum the rows (with the per-row scratch of the MoE steps), and a plan made from the slots' source
+// index (auto builds the index once for its vote and hands it to plan_from).
 class IndexedExchange : public TokenExchange {
  public:
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) final;
