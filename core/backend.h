@@ -85,6 +85,10 @@ class Backend {
   virtual void reset_peak_memory() = 0;  // peak = live
 
   // ---- placement ----
+  // Whether the backend's memory is host memory that host code may read and write (CPU: true;
+  // CUDA: false, device memory). Code that hands buffers to a communicator compares it with the
+  // communicator's memory space (parallel::make_token_exchange).
+  virtual bool host_memory() const { return true; }
   // The GPU this backend computes on (-1: the host) and the stream its work is ordered on (a
   // cudaStream_t; null on the host): what a device communicator (NCCL) joins and orders against.
   virtual int device() const { return -1; }

@@ -34,6 +34,8 @@ class DeviceCheckBackend final : public Backend {
   DeviceCheckBackend& operator=(const DeviceCheckBackend&) = delete;
 
   std::string name() const override { return "device-check(" + inner_->name() + ")"; }
+  // Its memory is "device" memory: code that decides by memory space takes the device path.
+  bool host_memory() const override { return false; }
   Backend& inner() { return *inner_; }
   // The regions of this backend, shared with parallel::DeviceCheckCommunicator.
   const std::shared_ptr<DeviceCheckRegistry>& registry() const { return registry_; }

@@ -41,7 +41,7 @@ struct Buffers {
   float *dye = nullptr, *dxp = nullptr, *dh = nullptr, *da = nullptr;  // expert rows
   float *dgates = nullptr, *dlogits = nullptr, *dprobs_all = nullptr;  // [N,K],[N,E],[E]
   float *sh_dy = nullptr, *sh_dlogit = nullptr, *sh_dh = nullptr, *sh_da = nullptr;
-  DispatchBuffers dispatch;  // the dispatcher's rows (expert parallelism: xr, yr, dyr, dxr, local_pos)
+  DispatchBuffers dispatch;  // the dispatcher's (expert parallelism: xr, yr, dyr, dxr, local_pos, dgate_slots)
 };
 
 // The buffers of R expert rows (one per routed slot this rank computes): f(name, slot, width, keep).
@@ -85,6 +85,10 @@ void add_buffers(core::ActivationStore& acts, const core::ModelConfig& cfg, int 
     acts.add(layer, "moe.shared.dh", &b.sh_dh, N * 2 * S, Keep::scratch);
     acts.add(layer, "moe.shared.da", &b.sh_da, N * S, Keep::scratch);
   }
+  for_each_dispatch_slot_buffer(b.dispatch, expert_parallel, N * K,
+                                [&](const char* name, auto** slot, int64_t count, Keep keep) {
+                                  acts.add(layer, name, slot, count, keep);
+                                });
   for_each_row_buffer(b, C, cfg.moe.expert_size, expert_parallel,
                       [&](const char* name, auto** slot, int64_t width, Keep keep) {
                         acts.add(layer, name, slot, rows * width, keep);

@@ -57,6 +57,15 @@ class LocalDispatcher final : public TokenDispatcher {
 // the exchange's slots (destination and tag: core::expert_owner of the expert; the plan is copied
 // to the host for that). Communication: parallel::TokenExchange. Post-step: received rows into
 // local-expert order (local_pos) for the grouped GEMMs. combine runs the mirror.
+//
+// Host <-> backend copies, all in plan() (once per layer and micro-batch, forward only):
+//   to the host    pos, idx, gates [N*K]: the exchange's slots and plan are built on the host
+//                  (its make_plan then exchanges counts and metadata on the host, and uploads the
+//                  plan's index arrays to the backend itself)
+//   to the backend local_pos [R], computed on the host from the plan's recv_tag
+// Everything else stays in the backend's memory: the rows handed to the exchange (x, xr, yr, dyr,
+// dxr, dout), the dgates coming back per slot (dgate_slots) and their permutation into routing
+// order (a backend kernel), so backward copies nothing.
 class ExpertParallelDispatcher final : public TokenDispatcher {
  public:
   ExpertParallelDispatcher(core::Backend& be, const core::ModelConfig& cfg, const ExpertParallel& ep,
@@ -70,7 +79,7 @@ class ExpertParallelDispatcher final : public TokenDispatcher {
         E_local_(core::local_experts(cfg, ep.rank, ep.size).count) {
     const auto NK = static_cast<size_t>(max_tokens * K_);
     for (auto* v : {&pos_host_, &idx_host_, &order_, &slot_token_, &slot_dest_, &slot_tag_}) v->assign(NK, 0);
-    for (auto* v : {&gates_host_, &slot_gate_, &dgate_slots_, &dgates_host_}) v->assign(NK, 0.f);
+    for (auto* v : {&gates_host_, &slot_gate_}) v->assign(NK, 0.f);
     local_offsets_host_.assign(static_cast<size_t>(E_local_ + 1), 0);
     local_pos_host_.assign(NK, 0);
     for (int64_t e = 0; e < cfg.moe.n_experts; ++e) owner_.push_back(core::expert_owner(cfg, e, ep.size));
@@ -114,13 +123,15 @@ class ExpertParallelDispatcher final : public TokenDispatcher {
   parallel::TokenExchange& ex_;
   int64_t C_, K_, E_local_;
   std::vector<core::ExpertOwner> owner_;  // [E] rank and local index of every expert
-  int64_t N_ = 0;  // tokens of the last plan
-  // Routed slots in expert-sorted order (slot p of the exchange is routing slot order_[p]), the
-  // exchange plan of the last forward, and the received rows' order by local expert: received row
-  // r is row local_pos[r] of the expert segments.
+  int64_t N_ = 0;                 // tokens of the last plan
+  const int32_t* pos_ = nullptr;  // its routing plan's pos [N*K] (backend memory, kept by the layer)
+  // Host copies for the host logic of plan(): routed slots in expert-sorted order (slot p of the
+  // exchange is routing slot order_[p], i.e. p = pos[s]), and the received rows' order by local
+  // expert (received row r is row local_pos[r] of the expert segments). The exchange plan of the
+  // last forward (its arrays in the backend's memory).
   std::unique_ptr<parallel::ExchangePlan> plan_;
   std::vector<int32_t> pos_host_, idx_host_, order_, slot_token_, slot_dest_, slot_tag_;
-  std::vector<float> gates_host_, slot_gate_, dgate_slots_, dgates_host_;
+  std::vector<float> gates_host_, slot_gate_;
   std::vector<int32_t> local_pos_host_, local_offsets_host_;
 };
 
@@ -128,9 +139,12 @@ void ExpertParallelDispatcher::plan(const RoutingPlan& routing, const std::funct
                                     parallel::ExchangeStats& traffic) {
   const int64_t N = routing.N, NK = N * K_;
   N_ = N;
+  pos_ = routing.pos;
+  // Host sync: the routing plan to the host, where the exchange's slots are built.
   be_.copy_to_host(pos_host_.data(), routing.pos, sizeof(int32_t) * static_cast<size_t>(NK));
   be_.copy_to_host(idx_host_.data(), routing.idx, sizeof(int32_t) * static_cast<size_t>(NK));
   be_.copy_to_host(gates_host_.data(), routing.gates, sizeof(float) * static_cast<size_t>(NK));
+  plan_.reset();  // the last plan's backend arrays go while the stream is idle (after the copies)
   for (int64_t s = 0; s < NK; ++s) order_[static_cast<size_t>(pos_host_[s])] = static_cast<int32_t>(s);
   for (int64_t p = 0; p < NK; ++p) {
     const int32_t s = order_[p];
@@ -150,7 +164,8 @@ void ExpertParallelDispatcher::plan(const RoutingPlan& routing, const std::funct
   grow(R);
   if (static_cast<int64_t>(local_pos_host_.size()) < R) local_pos_host_.resize(static_cast<size_t>(R));
 
-  // received rows -> local-expert order (stable counting sort by tag)
+  // received rows -> local-expert order (stable counting sort by tag, on the host: recv_tag is the
+  // plan's host copy), then local_pos to the backend
   std::fill(local_offsets_host_.begin(), local_offsets_host_.end(), 0);
   for (int64_t r = 0; r < R; ++r) ++local_offsets_host_[static_cast<size_t>(plan_->recv_tag[r]) + 1];
   for (int64_t e = 0; e < E_local_; ++e) local_offsets_host_[e + 1] += local_offsets_host_[e];
@@ -162,10 +177,10 @@ void ExpertParallelDispatcher::plan(const RoutingPlan& routing, const std::funct
 void ExpertParallelDispatcher::combine_backward(float* dye, float* dgates, const float* dout, const float*,
                                                 parallel::ExchangeStats& traffic) {
   const int64_t NK = N_ * K_;
-  // dy of the received rows (gate * dout, where the expert output lives) and dgate per slot
-  traffic += parallel::combine_backward(ex_, *plan_, dout, b_.yr, C_, b_.dyr, dgate_slots_.data());
-  for (int64_t p = 0; p < NK; ++p) dgates_host_[static_cast<size_t>(order_[p])] = dgate_slots_[p];
-  be_.copy_from_host(dgates, dgates_host_.data(), sizeof(float) * static_cast<size_t>(NK));
+  // dy of the received rows (gate * dout, where the expert output lives) and dgate per slot of
+  // the exchange, then into routing order: dgates[s] = dgate_slots[pos[s]] (one term: a copy)
+  traffic += parallel::combine_backward(ex_, *plan_, dout, b_.yr, C_, b_.dyr, b_.dgate_slots);
+  be_.dispatch_backward(dgates, b_.dgate_slots, pos_, NK, 1, 1);
   be_.dispatch_forward(dye, b_.dyr, b_.local_pos, rows(), 1, C_);  // local-expert order
 }
 

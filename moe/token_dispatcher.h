@@ -11,7 +11,8 @@
 //   backward: combine_backward -> experts -> dispatch_backward
 // and never asks which dispatcher it holds. Rows ("expert rows", R of them) are the routed token
 // copies this rank's experts compute, grouped by local expert (expert_offsets()).
-// Every tensor is in the backend's memory; outputs are written (=), as core/backend.h says.
+// Every tensor is in the backend's memory; outputs are written (=), as core/backend.h says. What
+// crosses between host and backend memory is said where it happens (moe/token_dispatcher.cpp).
 #pragma once
 
 #include <cstdint>
@@ -47,12 +48,13 @@ struct RoutingPlan {
   const int32_t* expert_offsets_host = nullptr;
 };
 
-// The per-row buffers of the expert-parallel dispatcher (R rows each), bound by the layer's
-// activation store: received rows' place in local-expert order, and the exchanged rows in
-// received order.
+// The buffers of the expert-parallel dispatcher, bound by the layer's activation store: per row
+// (R rows each) the received rows' place in local-expert order and the exchanged rows in received
+// order; per routed slot the dgates combine backward gets back in the exchange's slot order.
 struct DispatchBuffers {
   int32_t* local_pos = nullptr;                                        // [R]
   float *xr = nullptr, *yr = nullptr, *dyr = nullptr, *dxr = nullptr;  // [R, C]
+  float* dgate_slots = nullptr;                                        // [N*K]
 };
 
 // How the dispatched rows xp [R, C] are kept: exchanged tokens are expensive to rebuild, a local
@@ -73,6 +75,13 @@ void for_each_dispatch_buffer(DispatchBuffers& b, bool expert_parallel, int64_t 
   f("moe.dyr", &b.dyr, C, Keep::scratch);
   f("moe.dxr", &b.dxr, C, Keep::scratch);
   f("moe.local_pos", &b.local_pos, 1, Keep::always);
+}
+// f(name, slot, count, keep) for each per-slot buffer ([N*K], NK = max tokens * top_k) of the
+// dispatcher (none for the local one).
+template <class F>
+void for_each_dispatch_slot_buffer(DispatchBuffers& b, bool expert_parallel, int64_t NK, F&& f) {
+  if (!expert_parallel) return;
+  f("moe.dgate_slots", &b.dgate_slots, NK, core::Keep::scratch);
 }
 
 class TokenDispatcher {

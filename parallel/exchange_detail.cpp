@@ -88,17 +88,23 @@ std::vector<uint8_t> first_occurrence(std::span<const int64_t> index) {
   return first;
 }
 
-void sum_unique_rows(core::Backend& be, float* out, const SourceIndex& src,
+void add_unique_arrays(PlanArrays& arrays, const SourceIndex& src, SourceArrays& dev) {
+  std::vector<int64_t> iota;
+  for (int64_t n : src.node_unique)
+    for (auto u = static_cast<int64_t>(iota.size()); u < n; ++u) iota.push_back(u);
+  arrays.add(src.unique_token, dev.unique_token);
+  arrays.add(src.unique_first, dev.unique_first);
+  arrays.add(iota, dev.iota);
+}
+
+void sum_unique_rows(core::Backend& be, float* out, const SourceIndex& src, const SourceArrays& dev,
                      std::span<const float* const> node_partials, int64_t C) {
   for (int64_t t : src.idle_tokens) be.zero(out + t * C, sizeof(float) * static_cast<size_t>(C));
-  std::vector<int64_t> iota;
   int64_t first = 0;
   for (size_t m = 0; m < src.node_unique.size(); ++m) {
     const int64_t n = src.node_unique[m];
-    if (static_cast<int64_t>(iota.size()) < n)
-      for (auto u = static_cast<int64_t>(iota.size()); u < n; ++u) iota.push_back(u);
-    be.scatter_add_rows(out, src.unique_token.data() + first, node_partials[m], iota.data(), nullptr,
-                        src.unique_first.data() + first, n, C);
+    be.scatter_add_rows(out, dev.unique_token + first, node_partials[m], dev.iota, nullptr, dev.unique_first + first,
+                        n, C);
     first += n;
   }
 }
@@ -155,13 +161,27 @@ Communicator& must(Communicator* c, const char* what) {
   return *c;
 }
 
-std::byte* scratch(std::vector<std::byte>& buf, int64_t n) {
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
+void check_memory_spaces(const ExchangeGroups& groups, const core::Backend& be) {
+  for (const Communicator* c : {groups.group, groups.intra, groups.inter}) {
+    if (c == nullptr || (c->memory_space() == MemorySpace::host) == be.host_memory()) continue;
+    if (be.host_memory())
+      throw_usage("the token exchange's {} communicator moves device memory, but the {} backend computes in host "
+                  "memory: expert parallelism on the {} backend needs a host-memory communicator (MPI)",
+                  c->name(), be.name(), be.name());
+    throw_usage("the {} backend computes in device memory, but the token exchange's {} communicator moves host "
+                "memory: expert parallelism with the CUDA backend needs the NCCL communicator (a build with NCCL)",
+                be.name(), c->name());
+  }
 }
 
 IndexedExchange::IndexedExchange(const ExchangeGroups& groups, core::Backend& be)
-    : group_(must(groups.group, "expert group")), be_(be), topo_(groups.topology) {}
+    : group_(must(groups.group, "expert group")), be_(be), topo_(groups.topology) {
+  check_memory_spaces(groups, be);
+}
+
+float* IndexedExchange::row_scratch(int64_t n) {
+  return reinterpret_cast<float*>(steps_.get(n * static_cast<int64_t>(sizeof(float))));
+}
 
 std::unique_ptr<ExchangePlan> IndexedExchange::make_plan(const RoutedSlots& slots) {
   return plan_from(build_source_index(slots, topo_, group_.size()));

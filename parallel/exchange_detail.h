@@ -2,6 +2,12 @@
 // header): the source-side index of the slots, the node sum both algorithms end with (the
 // summation itself is core::Backend::scatter_add_rows), byte layouts of alltoallv calls, traffic
 // counting, and the algorithm classes.
+//
+// What lives where. Host memory: the slots (RoutedSlots), the source index below, every count,
+// offset and layout, and the slot metadata make_plan exchanges (over the communicators' host()
+// side). Backend memory: the payload rows (the caller's and the exchange's Staging buffers, moved
+// by the payload communicators, which must be in the backend's memory space) and the index arrays
+// the kernels read (each plan's PlanArrays, parallel/exchange_memory.h).
 #pragma once
 
 #include <chrono>
@@ -10,6 +16,7 @@
 #include <span>
 #include <vector>
 
+#include "parallel/exchange_memory.h"
 #include "parallel/token_exchange.h"
 
 namespace switchyard::parallel::detail {
@@ -38,14 +45,29 @@ struct SourceIndex {
 // Checks the slots (sizes, ranges, sorted by destination) and indexes them.
 SourceIndex build_source_index(const RoutedSlots& slots, const GroupTopology& topo, int group_size);
 
+// The source index's arrays that kernels read, in the backend's memory (a plan's PlanArrays; each
+// algorithm adds the ones it uses, the others stay null).
+struct SourceArrays {
+  const int64_t* slot_token = nullptr;  // flat dispatch's gather
+  const int64_t* red_unique = nullptr;  // flat combine's in-node sum
+  const int64_t* red_slot = nullptr;    // flat combine; hierarchical return_to_slots
+  const float* red_gate = nullptr;
+  const uint8_t* red_first = nullptr;
+  const int64_t* unique_token = nullptr;  // sum_unique_rows; hierarchical stage-1 gather
+  const uint8_t* unique_first = nullptr;  // sum_unique_rows
+  const int64_t* iota = nullptr;          // [max node_unique] 0, 1, 2, ...: sum_unique_rows
+};
+// Adds what sum_unique_rows reads (unique_token, unique_first, iota) to `arrays`.
+void add_unique_arrays(PlanArrays& arrays, const SourceIndex& src, SourceArrays& dev);
+
 // THE summation of the exchange is core::Backend::scatter_add_rows (one kernel, so both algorithms
 // round alike); the row packing is Backend::gather_rows / scatter_rows.
 // first[i] = 1 where index[i] appears for the first time in index[0..n).
 std::vector<uint8_t> first_occurrence(std::span<const int64_t> index);
 // The source's last step: for nodes m ascending, for the unique rows u of m:
 // out[unique_token[u]] (=, first node of the token; else +=) node_partials[m][u - first row of m];
-// rows of tokens without slots = 0. Through the backend's kernels.
-void sum_unique_rows(core::Backend& be, float* out, const SourceIndex& src,
+// rows of tokens without slots = 0. Through the backend's kernels, with the arrays of `dev`.
+void sum_unique_rows(core::Backend& be, float* out, const SourceIndex& src, const SourceArrays& dev,
                      std::span<const float* const> node_partials, int64_t C);
 // Canonical order of sources: by (local index, node) of the group topology. Returns the first
 // receive row of every source given the rows each sends here.
@@ -102,23 +124,26 @@ struct CallStats {
 // *c, or an internal error naming `what` when c is null.
 Communicator& must(Communicator* c, const char* what);
 
-// Grows a byte buffer (kept across calls) to at least n bytes and returns it.
-std::byte* scratch(std::vector<std::byte>& buf, int64_t n);
+// Usage error unless every communicator of `groups` works in the memory of `be`
+// (Communicator::memory_space() against Backend::host_memory()).
+void check_memory_spaces(const ExchangeGroups& groups, const core::Backend& be);
 
 // What both algorithms share: the expert group, its topology, the backend whose kernels pack and
-// sum the rows, and a plan made from the slots' source index (auto builds the index once for its
-// vote and hands it to plan_from).
+// sum the rows (with the per-row scratch of the MoE steps), and a plan made from the slots' source
+// index (auto builds the index once for its vote and hands it to plan_from).
 class IndexedExchange : public TokenExchange {
  public:
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) final;
   virtual std::unique_ptr<ExchangePlan> plan_from(SourceIndex src) = 0;
   core::Backend& backend() const final { return be_; }
+  float* row_scratch(int64_t n) final;
 
  protected:
   IndexedExchange(const ExchangeGroups& groups, core::Backend& be);
-  Communicator& group_;
+  Communicator& group_;  // payloads; group_.host(): counts and slot metadata
   core::Backend& be_;
   GroupTopology topo_;
+  Staging steps_{be_};  // row_scratch
 };
 
 class FlatExchange final : public IndexedExchange {
@@ -132,11 +157,12 @@ class FlatExchange final : public IndexedExchange {
 
  private:
   bool on_my_node(int r) const;
-  // The one collective of every flat call: rows of row_bytes from the slots to their destination's
-  // canonical receive rows (to_dest), or back; counts what this rank sends in stats.
-  void alltoallv_rows(const ExchangePlan& plan, const SourceIndex& src, bool to_dest, const void* send, void* recv,
-                      int64_t row_bytes, ExchangeStats& stats);
-  std::vector<std::byte> send_, recv_;
+  // The one collective of every flat call, over `comm` (the group, or its host side for the slot
+  // metadata): rows of row_bytes from the slots to their destination's canonical receive rows
+  // (to_dest), or back; counts what this rank sends in stats.
+  void alltoallv_rows(Communicator& comm, const ExchangePlan& plan, const SourceIndex& src, bool to_dest,
+                      const void* send, void* recv, int64_t row_bytes, ExchangeStats& stats);
+  Staging send_{be_}, recv_{be_};
 };
 
 class HierarchicalExchange final : public IndexedExchange {
@@ -151,7 +177,7 @@ class HierarchicalExchange final : public IndexedExchange {
  private:
   Communicator& intra_;
   Communicator& inter_;
-  std::vector<std::byte> a_, b_, c_;
+  Staging a_{be_}, b_{be_}, c_{be_};
 };
 
 }  // namespace switchyard::parallel::detail

@@ -16,6 +16,9 @@
 // routine flat uses), and sends one partial row per distinct token back across the node
 // boundary; the source adds the partials of its nodes in node order (sum_unique_rows), reading
 // its own node's partials from its relay buffer.
+// Memory: the plan's counts and records travel on the host sides of the inter- and intra-node
+// groups; the payload rows on the groups themselves, in the backend's memory, packed and summed by
+// its kernels with the plan's arrays (uploaded once, PlanArrays).
 #include <algorithm>
 
 #include "core/error.h"
@@ -49,6 +52,13 @@ struct HierPlan final : ExchangePlan {
   std::vector<int64_t> fwd_row;     // [forwarded rows] stage-1 receive row, in send order; -1 when the source is me
   std::vector<int64_t> fwd_token;   // [forwarded rows] token of x when the source is me, else -1
   std::vector<int64_t> s2_send, s2_recv;  // [L] rows to / from each local rank
+  // The backend's copy of what the kernels read: rec_*, fwd_*, and of the source index
+  // unique_token, unique_first, iota, red_slot; recv_gate.
+  PlanArrays arrays;
+  SourceArrays dev;
+  const int64_t *rec_row_dev = nullptr, *rec_pos_dev = nullptr, *fwd_row_dev = nullptr, *fwd_token_dev = nullptr;
+  const float* rec_gate_dev = nullptr;
+  const uint8_t* rec_first_dev = nullptr;
 };
 
 const HierPlan& as_hier(const ExchangePlan& plan) {
@@ -112,7 +122,8 @@ std::unique_ptr<ExchangePlan> HierarchicalExchange::plan_from(SourceIndex src) {
     c1[2 * m] = p.s1_send_rec[m];
     c1[2 * m + 1] = p.s1_send_uni[m];
   }
-  inter_.alltoall(c1.data(), r1.data(), 2);
+  Communicator &inter = inter_.host(), &intra = intra_.host();  // counts and records
+  inter.alltoall(c1.data(), r1.data(), 2);
   add_traffic(p.stats, std::vector<int64_t>(static_cast<size_t>(G), 2 * sizeof(int64_t)), inter_.rank(), all_inter);
   p.s1_recv_rec.resize(static_cast<size_t>(G));
   p.s1_recv_uni.resize(static_cast<size_t>(G));
@@ -136,7 +147,7 @@ std::unique_ptr<ExchangePlan> HierarchicalExchange::plan_from(SourceIndex src) {
   std::vector<Record> recv_rec(static_cast<size_t>(R));
   {
     const Layout sl = make_layout(p.s1_send_rec, sizeof(Record)), rl = make_layout(p.s1_recv_rec, sizeof(Record));
-    inter_.alltoallv(send_rec.data(), sl.counts, sl.displs, recv_rec.data(), rl.counts, rl.displs);
+    inter.alltoallv(send_rec.data(), sl.counts, sl.displs, recv_rec.data(), rl.counts, rl.displs);
     add_traffic(p.stats, sl.counts, inter_.rank(), all_inter);
   }
 
@@ -178,7 +189,7 @@ std::unique_ptr<ExchangePlan> HierarchicalExchange::plan_from(SourceIndex src) {
 
   // Stage-2 counts: rows per (relay j', source node n'), then the rows' gates and tags.
   std::vector<int64_t> c2(static_cast<size_t>(L) * G);
-  intra_.alltoall(cnt.data(), c2.data(), G);
+  intra.alltoall(cnt.data(), c2.data(), G);
   add_traffic(p.stats, std::vector<int64_t>(static_cast<size_t>(L), G * sizeof(int64_t)), intra_.rank(), all_intra);
   p.s2_recv.assign(static_cast<size_t>(L), 0);
   for (int j = 0; j < L; ++j)
@@ -187,7 +198,7 @@ std::unique_ptr<ExchangePlan> HierarchicalExchange::plan_from(SourceIndex src) {
   std::vector<RowMeta> recv_meta(static_cast<size_t>(F));
   {
     const Layout sl = make_layout(p.s2_send, sizeof(RowMeta)), rl = make_layout(p.s2_recv, sizeof(RowMeta));
-    intra_.alltoallv(fwd_meta.data(), sl.counts, sl.displs, recv_meta.data(), rl.counts, rl.displs);
+    intra.alltoallv(fwd_meta.data(), sl.counts, sl.displs, recv_meta.data(), rl.counts, rl.displs);
     add_traffic(p.stats, sl.counts, intra_.rank(), all_intra);
   }
 
@@ -209,6 +220,19 @@ std::unique_ptr<ExchangePlan> HierarchicalExchange::plan_from(SourceIndex src) {
     p.recv_gate[r] = recv_meta[r].gate;
     p.recv_tag[r] = recv_meta[r].tag;
   }
+
+  // What the kernels read, into the backend's memory at once.
+  PlanArrays& a = p.arrays;
+  a.add(p.rec_row, p.rec_row_dev);
+  a.add(p.rec_pos, p.rec_pos_dev);
+  a.add(p.rec_gate, p.rec_gate_dev);
+  a.add(p.rec_first, p.rec_first_dev);
+  a.add(p.fwd_row, p.fwd_row_dev);
+  a.add(p.fwd_token, p.fwd_token_dev);
+  a.add(src.red_slot, p.dev.red_slot);
+  add_unique_arrays(a, src, p.dev);
+  a.add(p.recv_gate, p.backend_recv_gate);
+  a.upload(be_);
   p.src = std::move(src);
   p.stats.seconds = watch.seconds();
   return plan;
@@ -220,13 +244,13 @@ ExchangeStats HierarchicalExchange::dispatch(const ExchangePlan& plan_in, const 
   const HierPlan& p = as_hier(plan_in);
   const int G = topo_.num_nodes, n = p.my_node;
   const auto R = static_cast<int64_t>(p.fwd_row.size());
-  std::byte* a = scratch(a_, std::max(p.uni_off_send[G], R) * row_bytes);
-  std::byte* b = scratch(b_, p.uni_off_recv[G] * row_bytes);
+  std::byte* a = a_.get(std::max(p.uni_off_send[G], R) * row_bytes);
+  std::byte* b = b_.get(p.uni_off_recv[G] * row_bytes);
   // Stage 1: one row per distinct (token, remote node) to the relay of each remote node.
   for (int m = 0; m < G; ++m) {
     if (m == n) continue;
-    be_.gather_rows(a + p.uni_off_send[m] * row_bytes, x, p.src.unique_token.data() + p.uni_off_send[m],
-                    p.s1_send_uni[m], row_bytes);
+    be_.gather_rows(a + p.uni_off_send[m] * row_bytes, x, p.dev.unique_token + p.uni_off_send[m], p.s1_send_uni[m],
+                    row_bytes);
   }
   const Layout s1s = stage1_layout(p.s1_send_uni, p.uni_off_send, n, row_bytes);
   const Layout s1r = stage1_layout(p.s1_recv_uni, p.uni_off_recv, n, row_bytes);
@@ -234,8 +258,8 @@ ExchangeStats HierarchicalExchange::dispatch(const ExchangePlan& plan_in, const 
   add_traffic(call.stats, s1s.counts, n, all_inter);
   // Stage 2: the relay duplicates and forwards inside the node (my own rows straight from x: each
   // forwarded row comes from exactly one of the two gathers); the finals receive in canonical order.
-  be_.gather_rows(a, b, p.fwd_row.data(), R, row_bytes);
-  be_.gather_rows(a, x, p.fwd_token.data(), R, row_bytes);
+  be_.gather_rows(a, b, p.fwd_row_dev, R, row_bytes);
+  be_.gather_rows(a, x, p.fwd_token_dev, R, row_bytes);
   const Layout s2s = make_layout(p.s2_send, row_bytes), s2r = make_layout(p.s2_recv, row_bytes);
   intra_.alltoallv(a, s2s.counts, s2s.displs, recv, s2r.counts, s2r.displs);
   add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
@@ -249,15 +273,15 @@ ExchangeStats HierarchicalExchange::combine(const ExchangePlan& plan_in, const f
   const int G = topo_.num_nodes, n = p.my_node;
   const int64_t row = C * static_cast<int64_t>(sizeof(float));
   const auto R = static_cast<int64_t>(p.fwd_row.size());
-  auto* a = reinterpret_cast<float*>(scratch(a_, std::max(p.uni_off_send[G], R) * row));
-  auto* partial = reinterpret_cast<float*>(scratch(b_, p.uni_off_recv[G] * row));
+  auto* a = reinterpret_cast<float*>(a_.get(std::max(p.uni_off_send[G], R) * row));
+  auto* partial = reinterpret_cast<float*>(b_.get(p.uni_off_recv[G] * row));
   // Stage 2 backwards: every final returns one row per slot to the relay it came through.
   const Layout s2s = make_layout(p.s2_recv, row), s2r = make_layout(p.s2_send, row);
   intra_.alltoallv(y, s2s.counts, s2s.displs, a, s2r.counts, s2r.displs);
   add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
   // The in-node sum: one partial row per (source, token), slots in the source's slot order.
-  be_.scatter_add_rows(partial, p.rec_row.data(), a, p.rec_pos.data(), weighted ? p.rec_gate.data() : nullptr,
-                       p.rec_first.data(), R, C);
+  be_.scatter_add_rows(partial, p.rec_row_dev, a, p.rec_pos_dev, weighted ? p.rec_gate_dev : nullptr, p.rec_first_dev,
+                       R, C);
   // Stage 1 backwards: one row per distinct token crosses back; the source sums the nodes, its
   // own node's partials straight from its relay buffer.
   const Layout s1s = stage1_layout(p.s1_recv_uni, p.uni_off_recv, n, row);
@@ -267,7 +291,7 @@ ExchangeStats HierarchicalExchange::combine(const ExchangePlan& plan_in, const f
   std::vector<const float*> node_partials(static_cast<size_t>(G));
   for (int m = 0; m < G; ++m)
     node_partials[m] = m == n ? partial + p.uni_off_recv[n] * C : a + p.uni_off_send[m] * C;
-  sum_unique_rows(be_, out, p.src, node_partials, C);
+  sum_unique_rows(be_, out, p.src, p.dev, node_partials, C);
   return call.done();
 }
 
@@ -278,17 +302,17 @@ ExchangeStats HierarchicalExchange::return_to_slots(const ExchangePlan& plan_in,
   constexpr int64_t kRow = sizeof(float);
   const auto R = static_cast<int64_t>(p.fwd_row.size());
   const int64_t S = p.num_slots;
-  auto* a = reinterpret_cast<float*>(scratch(a_, R * kRow));
-  auto* b = reinterpret_cast<float*>(scratch(b_, R * kRow));
-  auto* c = reinterpret_cast<float*>(scratch(c_, S * kRow));
+  auto* a = reinterpret_cast<float*>(a_.get(R * kRow));
+  auto* b = reinterpret_cast<float*>(b_.get(R * kRow));
+  auto* c = reinterpret_cast<float*>(c_.get(S * kRow));
   const Layout s2s = make_layout(p.s2_recv, kRow), s2r = make_layout(p.s2_send, kRow);
   intra_.alltoallv(recv_values, s2s.counts, s2s.displs, a, s2r.counts, s2r.displs);
   add_traffic(call.stats, s2s.counts, intra_.rank(), all_intra);
-  be_.gather_rows(b, a, p.rec_pos.data(), R, kRow);  // relay: back into record order
+  be_.gather_rows(b, a, p.rec_pos_dev, R, kRow);  // relay: back into record order
   const Layout s1s = make_layout(p.s1_recv_rec, kRow), s1r = make_layout(p.s1_send_rec, kRow);
   inter_.alltoallv(b, s1s.counts, s1s.displs, c, s1r.counts, s1r.displs);
   add_traffic(call.stats, s1s.counts, inter_.rank(), all_inter);
-  be_.scatter_rows(slot_values, c, p.src.red_slot.data(), S, kRow);  // source: records are in reduction order
+  be_.scatter_rows(slot_values, c, p.dev.red_slot, S, kRow);  // source: records are in reduction order
   return call.done();
 }
 

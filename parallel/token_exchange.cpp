@@ -43,6 +43,7 @@ class AutoExchange final : public TokenExchange {
   }
   ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::automatic; }
   core::Backend& backend() const override { return flat_.backend(); }
+  float* row_scratch(int64_t n) override { return flat_.row_scratch(n); }
 
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override {
     SourceIndex src = detail::build_source_index(slots, topo_, group_.size());
@@ -141,9 +142,9 @@ ExchangeStats combine_backward(TokenExchange& ex, const ExchangePlan& plan, cons
                                int64_t C, float* dy, float* dgate) {
   detail::Stopwatch watch;
   ExchangeStats stats = ex.dispatch(plan, dout, C * static_cast<int64_t>(sizeof(float)), dy);
-  std::vector<float> dgate_recv(static_cast<size_t>(plan.num_recv));
-  ex.backend().gate_dot_scale(dy, dgate_recv.data(), y, plan.recv_gate.data(), plan.num_recv, C);
-  stats += ex.return_to_slots(plan, dgate_recv.data(), dgate);
+  float* dgate_recv = ex.row_scratch(plan.num_recv);
+  ex.backend().gate_dot_scale(dy, dgate_recv, y, plan.backend_recv_gate, plan.num_recv, C);
+  stats += ex.return_to_slots(plan, dgate_recv, dgate);
   stats.seconds = watch.seconds();  // both exchanges and the local products
   return stats;
 }

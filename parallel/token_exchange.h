@@ -41,10 +41,23 @@
 // rank's node. Payload rows and returned values count in the call that moves them; counts and
 // slot metadata count in plan.stats.
 //
-// Packing and sums are core::Backend kernels (gather_rows, scatter_rows, scatter_add_rows,
-// gate_dot_scale) of the backend the exchange is given. Staging buffers and the plan's index
-// arrays are host memory here (MpiCommunicator, CPU backend); an NCCL communicator keeps them in
-// device memory and needs only a host copy of the received counts.
+// Memory. Packing and sums are core::Backend kernels (gather_rows, scatter_rows, scatter_add_rows,
+// gate_dot_scale) of the backend the exchange is given, and every buffer they or a payload call
+// touch is in that backend's memory (device memory on the CUDA backend):
+//   host      the routed slots (RoutedSlots), the plan's counts, offsets and layouts, the slot
+//             metadata make_plan exchanges (over Communicator::host(): NCCL's MPI twin), and the
+//             plan's recv_counts/recv_offsets/recv_gate/recv_tag (read by the dispatcher's host
+//             logic and by tests)
+//   backend   the caller's rows (x, recv, y, out, dy, dgate, slot values), the exchange's staging
+//             buffers (grow-only, owned by the exchange, reused by every call), and the plan's
+//             index arrays and gates the kernels read: built on the host, uploaded once per plan
+//             as one block (one alloc, one copy), released with the plan
+// Payload rows travel on the expert group's communicators (and the intra/inter-node ones), which
+// must work in the backend's memory: make_token_exchange refuses an MPI communicator (host) with
+// the CUDA backend (device) -- that needs NCCL -- and the converse. Host syncs: none in dispatch,
+// combine and return_to_slots; make_plan blocks on the host-side counts and metadata, then
+// uploads its arrays (it reads no backend value). On the CPU backend with MPI both sides are host
+// memory.
 #pragma once
 
 #include <cstdint>
@@ -101,7 +114,7 @@ struct ExchangeStats {
   ExchangeStats& operator+=(const ExchangeStats& o);
 };
 
-// The routed slots of this rank (views: the caller keeps the arrays alive during make_plan).
+// The routed slots of this rank (views of HOST arrays: the caller keeps them alive during make_plan).
 struct RoutedSlots {
   int64_t num_tokens = 0;           // T: rows of x
   std::span<const int32_t> token;   // [S] row of x, in [0, T)
@@ -122,6 +135,9 @@ struct ExchangePlan {
   std::vector<int64_t> recv_offsets;  // [group size] first row of each source (canonical order)
   std::vector<float> recv_gate;       // [num_recv] gate of each received row
   std::vector<int32_t> recv_tag;      // [num_recv]
+  // recv_gate in the backend's memory (the plan's uploaded arrays): what combine_backward's
+  // gate_dot_scale reads. Everything above is host memory.
+  const float* backend_recv_gate = nullptr;
   ExchangeStats stats;                // traffic of making the plan: counts and slot metadata
                                       // (auto's vote, one allreduce of 8 int64, is not counted)
   double estimate_flat_s = 0;         // cost model (mean per rank), filled by auto
@@ -134,9 +150,14 @@ class TokenExchange {
   virtual ExchangeAlgorithm algorithm() const = 0;  // as configured (may be auto)
   // The backend whose kernels pack and sum the rows (core::Backend's token-exchange section).
   virtual core::Backend& backend() const = 0;
+  // At least n floats in the backend's memory, owned by the exchange (grow-only, reused; the next
+  // call that asks overwrites them): per-row scratch of the MoE steps below.
+  virtual float* row_scratch(int64_t n) = 0;
 
-  // Collective over the expert group. Checks the slots (sorted, in range).
+  // Collective over the expert group. Checks the slots (sorted, in range). The plan holds backend
+  // memory: destroy it before the backend.
   virtual std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) = 0;
+  // Below, every row pointer is in the backend's memory.
   // recv[r] = x[token of the slot behind received row r], row_bytes bytes per row; recv holds
   // plan.num_recv rows. Used for forward tokens and for output gradients alike.
   virtual ExchangeStats dispatch(const ExchangePlan& plan, const void* x, int64_t row_bytes,
@@ -151,12 +172,14 @@ class TokenExchange {
 };
 
 // Usage error when `hierarchical` is asked on a group whose nodes hold different numbers of its
-// ranks; `auto` falls back to flat there. `be` packs and sums the rows (it outlives the exchange).
+// ranks; `auto` falls back to flat there. Usage error when a communicator of `groups` does not
+// work in `be`'s memory (memory_space() against Backend::host_memory(): the CUDA backend needs the
+// NCCL communicator). `be` packs and sums the rows (it outlives the exchange and its plans).
 std::unique_ptr<TokenExchange> make_token_exchange(ExchangeAlgorithm algorithm,
                                                    const ExchangeGroups& groups, core::Backend& be,
                                                    const CostModel& cost = {});
 
-// ---- the four MoE steps, written once over the interface (host memory) ----
+// ---- the four MoE steps, written once over the interface (buffers in the backend's memory) ----
 // dispatch forward: recv rows of x, C floats each.
 ExchangeStats dispatch_forward(TokenExchange& ex, const ExchangePlan& plan, const float* x,
                                int64_t C, float* recv);

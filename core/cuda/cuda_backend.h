@@ -34,6 +34,7 @@ class CudaBackend final : public Backend {
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
   std::string name() const override { return "cuda"; }
+  bool host_memory() const override { return false; }  // device memory
   int device() const override { return device_; }
   void* stream() const override { return stream_; }
   int64_t memory_capacity() const override;  // cudaMemGetInfo's total

@@ -5,7 +5,22 @@
 
 #include <cstring>
 
+#include "tests/unit/testing.h"
+
 namespace switchyard::test {
+
+const std::vector<RoutingCase> kRoutings = {
+    {Pattern::random, 2, 1}, {Pattern::random, 2, 2}, {Pattern::skewed, 2, 3},
+    {Pattern::skewed, 1, 4}, {Pattern::sparse, 2, 5}, {Pattern::random, 1, 6},
+};
+
+namespace {
+
+using Rows = DeviceCopy<float>;
+// n rows' worth of floats, poisoned (-1) so that what a call forgets to write shows.
+std::vector<float> poisoned(int64_t n) { return std::vector<float>(static_cast<size_t>(n), -1.0f); }
+
+}  // namespace
 
 std::string Layout::name() const { return fmt::format("E={} ranks_per_node={}", expert_parallel, ranks_per_node); }
 
@@ -16,31 +31,35 @@ std::vector<Layout> layouts_for(int world_size) {
 }
 
 Pass run_pass(parallel::TokenExchange& ex, const Routing& r, int world_rank, int group_rank, int64_t C) {
+  core::Backend& be = ex.backend();
   Pass p;
   const int64_t T = r.num_tokens;
   parallel::RoutedSlots slots = r.slots();
   slots.row_bytes = C * static_cast<int64_t>(sizeof(float));
   p.plan = ex.make_plan(slots);
   const int64_t R = p.plan->num_recv;
-  const std::vector<float> x = token_rows(world_rank, T, C);
-  p.recv.assign(static_cast<size_t>(R * C), -1.0f);
-  p.dispatch = parallel::dispatch_forward(ex, *p.plan, x.data(), C, p.recv.data());
+  Rows x(be, token_rows(world_rank, T, C)), recv(be, poisoned(R * C));
+  p.dispatch = parallel::dispatch_forward(ex, *p.plan, x.get(), C, recv.get());
+  p.recv = recv.host();
   p.y.resize(p.recv.size());
   for (int64_t i = 0; i < R; ++i)
     for (int64_t c = 0; c < C; ++c)
       p.y[i * C + c] = expert_value(p.recv[i * C + c], p.plan->recv_tag[i], group_rank);
-  p.out.assign(static_cast<size_t>(T * C), -1.0f);
-  p.combine = parallel::combine_forward(ex, *p.plan, p.y.data(), C, p.out.data());
-  const std::vector<float> dout = token_rows(world_rank, T, C, /*salt=*/7);
-  p.dy.assign(static_cast<size_t>(R * C), -1.0f);
-  p.dgate.assign(r.token.size(), -1.0f);
-  p.combine_bwd = parallel::combine_backward(ex, *p.plan, dout.data(), p.y.data(), C, p.dy.data(), p.dgate.data());
-  p.dx.assign(static_cast<size_t>(T * C), -1.0f);
-  p.dispatch_bwd = parallel::dispatch_backward(ex, *p.plan, p.dy.data(), C, p.dx.data());
+  Rows y(be, p.y), out(be, poisoned(T * C));
+  p.combine = parallel::combine_forward(ex, *p.plan, y.get(), C, out.get());
+  p.out = out.host();
+  Rows dout(be, token_rows(world_rank, T, C, /*salt=*/7)), dy(be, poisoned(R * C)),
+      dgate(be, poisoned(static_cast<int64_t>(r.token.size())));
+  p.combine_bwd = parallel::combine_backward(ex, *p.plan, dout.get(), y.get(), C, dy.get(), dgate.get());
+  p.dy = dy.host();
+  p.dgate = dgate.host();
+  Rows dx(be, poisoned(T * C));
+  p.dispatch_bwd = parallel::dispatch_backward(ex, *p.plan, dy.get(), C, dx.get());
+  p.dx = dx.host();
   return p;
 }
 
-core::Backend& test_backend() {
+core::Backend& host_backend() {
   static const std::unique_ptr<core::Backend> be = core::make_cpu_backend(0);  // OpenMP's thread count
   return *be;
 }

@@ -67,8 +67,8 @@ TEST(ExchangeTraffic, MatchesIndependentCount) {
     parallel::ProcessGroups groups(*world, {layout.expert_parallel, layout.ranks_per_node});
     const int E = layout.expert_parallel, me = groups.expert_rank(), first = groups.expert_group_index() * E;
     const int L = std::min(E, layout.ranks_per_node), G = E / L;
-    auto flat = parallel::make_token_exchange(kFlat, groups.exchange_groups(), test_backend());
-    auto hier = parallel::make_token_exchange(kHier, groups.exchange_groups(), test_backend());
+    auto flat = parallel::make_token_exchange(kFlat, groups.exchange_groups(), host_backend());
+    auto hier = parallel::make_token_exchange(kHier, groups.exchange_groups(), host_backend());
     for (Pattern pattern : {Pattern::random, Pattern::skewed, Pattern::sparse}) {
       SCOPED_TRACE(layout.name() + " " + pattern_name(pattern));
       const uint64_t seed = 21;
@@ -119,7 +119,7 @@ TEST(ExchangeTraffic, AutoFollowsCostModel) {
     const Routing r = make_routing(Pattern::skewed, 31, world->rank(), E, kExpertsPerRank, 2);
     parallel::CostModel slow_inter;
     slow_inter.inter = {0, 1e3};
-    auto a = parallel::make_token_exchange(kAuto, groups.exchange_groups(), test_backend(), slow_inter);
+    auto a = parallel::make_token_exchange(kAuto, groups.exchange_groups(), host_backend(), slow_inter);
     auto plan = a->make_plan(r.slots());
     EXPECT_EQ(plan->algorithm, G > 1 ? kHier : kFlat) << describe_plan(*plan);
     if (G > 1) {
@@ -128,7 +128,7 @@ TEST(ExchangeTraffic, AutoFollowsCostModel) {
     if (G > 1 && E / G > 1) {  // several ranks per node: stage 2 adds intra-node messages
       parallel::CostModel slow_intra;
       slow_intra.intra = {1.0, 1e12};
-      auto b = parallel::make_token_exchange(kAuto, groups.exchange_groups(), test_backend(), slow_intra);
+      auto b = parallel::make_token_exchange(kAuto, groups.exchange_groups(), host_backend(), slow_intra);
       const Routing rr = make_routing(Pattern::random, 32, world->rank(), E, kExpertsPerRank, 2);
       auto p2 = b->make_plan(rr.slots());
       EXPECT_EQ(p2->algorithm, kFlat) << describe_plan(*p2);

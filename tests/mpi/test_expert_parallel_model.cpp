@@ -5,7 +5,10 @@
 // ranks, experts over the expert-data group). Loss and every gradient tensor this rank holds must
 // equal the single-process ones (fp32, 1e-5 relative in norm). Under activation checkpointing
 // (full: the dispatch exchange runs again in backward with the saved plan; selective) the
-// expert-parallel gradients and expert counts are bit-identical to those without.
+// expert-parallel gradients and expert counts are bit-identical to those without. On the
+// device-discipline checker (a device-check CPU backend, the process groups behind the checking
+// communicator: the dispatcher's and the exchange's device path) they are bit-identical to the
+// plain CPU + MPI run.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,8 +18,10 @@
 
 #include "core/backend.h"
 #include "core/config.h"
+#include "core/device_check_backend.h"
 #include "launch/param_sharding.h"
 #include "moe/model.h"
+#include "parallel/device_check_communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/process_groups.h"
 #include "parallel/token_exchange.h"
@@ -101,11 +106,18 @@ struct EpRun {
   double loss = 0;
 };
 
+// device_check: the CPU backend behind the device-discipline checker, the groups split from the
+// checking communicator.
 EpRun run_expert_parallel(int E, sy::parallel::ExchangeAlgorithm algo, int ranks_per_node,
-                          sy::core::Recompute recompute) {
+                          sy::core::Recompute recompute, bool device_check = false) {
   auto world = sy::parallel::MpiCommunicator::world();
   const int rank = world->rank();
-  sy::parallel::ProcessGroups groups(*world, {E, ranks_per_node});
+  auto be = device_check ? sy::core::make_device_check_backend(sy::core::make_cpu_backend(1))
+                         : sy::core::make_cpu_backend(1);
+  auto checked = device_check
+                     ? sy::parallel::make_device_check_communicator(*world, sy::core::device_check_registry(*be))
+                     : nullptr;
+  sy::parallel::ProcessGroups groups(checked ? *checked : *world, {E, ranks_per_node});
   const auto cfg = small_model();
   const int64_t T = 16, B_local = 2;
   std::vector<int32_t> tokens(static_cast<size_t>(B_local * T)), targets(tokens.size());
@@ -114,7 +126,6 @@ EpRun run_expert_parallel(int E, sy::parallel::ExchangeAlgorithm algo, int ranks
     tokens[i] = static_cast<int32_t>((g * 2654435761u >> 7) % 64);
     targets[i] = static_cast<int32_t>((g * 40503u + 11) % 64);
   }
-  auto be = sy::core::make_cpu_backend(1);
   auto exchange = sy::parallel::make_token_exchange(algo, groups.exchange_groups(), *be);
   sy::moe::ModelOptions opts;
   opts.recompute = recompute;
@@ -148,6 +159,21 @@ TEST(ExpertParallelModel, CheckpointingIsBitIdentical) {
         << sy::core::name_of(r) << " on rank " << world->rank();
     EXPECT_EQ(got.counts, none.counts);
     EXPECT_EQ(got.loss, none.loss);
+  }
+}
+
+TEST(ExpertParallelModel, DeviceCheckIsBitIdentical) {
+  auto world = sy::parallel::MpiCommunicator::world();
+  const int E = world->size();
+  for (auto algo : {sy::parallel::ExchangeAlgorithm::flat, sy::parallel::ExchangeAlgorithm::hierarchical}) {
+    for (auto r : {sy::core::Recompute::none, sy::core::Recompute::full}) {
+      const EpRun plain = run_expert_parallel(E, algo, 1, r);
+      const EpRun checked = run_expert_parallel(E, algo, 1, r, /*device_check=*/true);
+      EXPECT_EQ(0, std::memcmp(checked.grads.data(), plain.grads.data(), plain.grads.size() * sizeof(float)))
+          << sy::core::name_of(algo) << " " << sy::core::name_of(r) << " on rank " << world->rank();
+      EXPECT_EQ(checked.counts, plain.counts);
+      EXPECT_EQ(checked.loss, plain.loss);
+    }
   }
 }
 

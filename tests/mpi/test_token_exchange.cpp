@@ -20,23 +20,13 @@
 namespace switchyard::test {
 namespace {
 
-struct RoutingCase {
-  Pattern pattern;
-  int K;
-  uint64_t seed;
-};
-const std::vector<RoutingCase> kRoutings = {
-    {Pattern::random, 2, 1}, {Pattern::random, 2, 2}, {Pattern::skewed, 2, 3},
-    {Pattern::skewed, 1, 4}, {Pattern::sparse, 2, 5}, {Pattern::random, 1, 6},
-};
-
 TEST(TokenExchange, FlatHierarchicalAutoBitIdentical) {
   auto world = parallel::MpiCommunicator::world();
   for (const Layout& layout : layouts_for(world->size())) {
     parallel::ProcessGroups groups(*world, {layout.expert_parallel, layout.ranks_per_node});
-    auto flat = parallel::make_token_exchange(kFlat, groups.exchange_groups(), test_backend());
-    auto hier = parallel::make_token_exchange(kHier, groups.exchange_groups(), test_backend());
-    auto autox = parallel::make_token_exchange(kAuto, groups.exchange_groups(), test_backend());
+    auto flat = parallel::make_token_exchange(kFlat, groups.exchange_groups(), host_backend());
+    auto hier = parallel::make_token_exchange(kHier, groups.exchange_groups(), host_backend());
+    auto autox = parallel::make_token_exchange(kAuto, groups.exchange_groups(), host_backend());
     for (const RoutingCase& rc : kRoutings) {
       SCOPED_TRACE(layout.name() + " " + pattern_name(rc.pattern) + " K=" + std::to_string(rc.K));
       const Routing r = make_routing(rc.pattern, rc.seed, world->rank(), layout.expert_parallel, kExpertsPerRank, rc.K);
@@ -73,7 +63,7 @@ TEST(TokenExchange, MatchesIndependentReference) {
     const int E = layout.expert_parallel, me = groups.expert_rank();
     const int first = groups.expert_group_index() * E;  // world rank of group rank 0
     for (ExchangeAlgorithm alg : {kFlat, kHier}) {
-      auto ex = parallel::make_token_exchange(alg, groups.exchange_groups(), test_backend());
+      auto ex = parallel::make_token_exchange(alg, groups.exchange_groups(), host_backend());
       for (const RoutingCase& rc : kRoutings) {
         SCOPED_TRACE(layout.name() + " " + std::string(core::name_of(alg)) + " " + pattern_name(rc.pattern));
         const Routing r = make_routing(rc.pattern, rc.seed, world->rank(), E, kExpertsPerRank, rc.K);
@@ -132,7 +122,7 @@ TEST(TokenExchange, DispatchThenCombineIsIdentity) {
   for (const Layout& layout : layouts_for(world->size())) {
     parallel::ProcessGroups groups(*world, {layout.expert_parallel, layout.ranks_per_node});
     for (ExchangeAlgorithm alg : {kFlat, kHier, kAuto}) {
-      auto ex = parallel::make_token_exchange(alg, groups.exchange_groups(), test_backend());
+      auto ex = parallel::make_token_exchange(alg, groups.exchange_groups(), host_backend());
       for (const RoutingCase& rc : kRoutings) {
         SCOPED_TRACE(layout.name() + " " + std::string(core::name_of(alg)) + " " + pattern_name(rc.pattern));
         Routing r = make_routing(rc.pattern, rc.seed, world->rank(), layout.expert_parallel, kExpertsPerRank, rc.K);
@@ -175,7 +165,7 @@ TEST(TokenExchange, ByteRowsAndEmptyRanks) {
     for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<uint16_t>(world->rank() * 1000 + i);
     std::vector<std::vector<uint16_t>> got;
     for (ExchangeAlgorithm alg : {kFlat, kHier}) {
-      auto ex = parallel::make_token_exchange(alg, groups.exchange_groups(), test_backend());
+      auto ex = parallel::make_token_exchange(alg, groups.exchange_groups(), host_backend());
       auto plan = ex->make_plan(r.slots());
       got.emplace_back(static_cast<size_t>(plan->num_recv * 3));
       ex->dispatch(*plan, x.data(), 6, got.back().data());
@@ -206,7 +196,7 @@ TEST(TokenExchange, SumIndependentOfThreadCount) {
     omp_set_num_threads(threads);
     got.emplace_back(static_cast<size_t>(rows * C), 0.5f);
     std::vector<uint8_t> first = parallel::detail::first_occurrence(dst_index);
-    test_backend().scatter_add_rows(got.back().data(), dst_index.data(), src.data(), src_index.data(), w.data(),
+    host_backend().scatter_add_rows(got.back().data(), dst_index.data(), src.data(), src_index.data(), w.data(),
                                     first.data(), n, C);
   }
   omp_set_num_threads(1);
@@ -232,13 +222,13 @@ TEST(TokenExchange, UsageErrors) {
   parallel::ExchangeGroups g{world.get(), world.get(), world.get(), parallel::group_topology(topo, members)};
   EXPECT_FALSE(g.topology.regular);
   try {
-    parallel::make_token_exchange(kHier, g, test_backend());
+    parallel::make_token_exchange(kHier, g, host_backend());
     ADD_FAILURE() << "hierarchical on an irregular layout";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::usage);
     EXPECT_NE(std::string(e.what()).find("parallel.token_exchange"), std::string::npos) << e.what();
   }
-  auto ex = parallel::make_token_exchange(kAuto, g, test_backend());
+  auto ex = parallel::make_token_exchange(kAuto, g, host_backend());
   const Routing r = make_routing(Pattern::random, 11, world->rank(), world->size(), kExpertsPerRank, 2);
   EXPECT_EQ(ex->make_plan(r.slots())->algorithm, kFlat);
 }

@@ -15,30 +15,7 @@
 namespace switchyard {
 namespace {
 
-// A backend buffer holding a copy of `host`, read back by get().
-template <class T>
-class DeviceCopy {
- public:
-  DeviceCopy(core::Backend& be, const std::vector<T>& host) : be_(be), n_(host.size()) {
-    p_ = static_cast<T*>(be_.alloc(bytes()));
-    be_.copy_from_host(p_, host.data(), bytes());
-  }
-  ~DeviceCopy() { be_.release(p_); }
-  DeviceCopy(const DeviceCopy&) = delete;
-  DeviceCopy& operator=(const DeviceCopy&) = delete;
-  T* get() { return p_; }
-  std::vector<T> host() const {
-    std::vector<T> h(n_);
-    be_.copy_to_host(h.data(), p_, bytes());
-    return h;
-  }
-
- private:
-  size_t bytes() const { return n_ * sizeof(T); }
-  core::Backend& be_;
-  size_t n_;
-  T* p_ = nullptr;
-};
+using test::DeviceCopy;
 
 bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;

@@ -1,4 +1,5 @@
-// tests/unit/testing.h: helpers shared by the unit tests (random tensors, tolerances, temp dirs).
+// tests/unit/testing.h: helpers shared by the unit tests (random tensors, tolerances, buffers in a
+// backend's memory, temp dirs).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -24,6 +25,32 @@ namespace switchyard::test {
 std::vector<float> randn(int64_t n, uint64_t seed, float stddev = 1.0f);
 // Largest |a-b| / max(|b|, floor) over the elements (relative error with an absolute floor).
 double max_rel_error(const float* a, const float* b, int64_t n, double floor = 1e-3);
+
+// A buffer in a backend's memory holding a copy of `host`, read back by host(); released with it.
+template <class T>
+class DeviceCopy {
+ public:
+  DeviceCopy(core::Backend& be, const std::vector<T>& host) : be_(be), n_(host.size()) {
+    p_ = static_cast<T*>(be_.alloc(bytes()));
+    if (n_ > 0) be_.copy_from_host(p_, host.data(), bytes());
+  }
+  ~DeviceCopy() { be_.release(p_); }
+  DeviceCopy(const DeviceCopy&) = delete;
+  DeviceCopy& operator=(const DeviceCopy&) = delete;
+  T* get() { return p_; }
+  std::vector<T> host() const {
+    std::vector<T> h(n_);
+    if (n_ > 0) be_.copy_to_host(h.data(), p_, bytes());
+    return h;
+  }
+
+ private:
+  size_t bytes() const { return n_ * sizeof(T); }
+  core::Backend& be_;
+  size_t n_;
+  T* p_ = nullptr;
+};
+
 // A small Mixtral-layout model for whole-model tests: vocab 64, d_model 32, 4 heads / 2 kv heads,
 // max_seq_len 16, 4 experts top-2 of width 24, z-loss 0.001; n_layers as given.
 core::ModelConfig small_moe_model(int64_t n_layers);
