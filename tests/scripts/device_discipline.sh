@@ -10,12 +10,14 @@
 # ranks with the flat and the hierarchical token exchange.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
+# one bf16 GEMM path for every run: auto picks by timing, which a loaded machine can flip between runs
+export SWITCHYARD_CPU_BF16_GEMM=emulated
 BASE=("${SMALL_MODEL[@]}" --set train.steps=4 --set train.eval_interval=2 --set train.eval_windows=4
       --set checkpoint.interval=2)
 run() {  # name np checked [args...]
   local name=$1 np=$2 checked=$3
   shift 3
-  SWITCHYARD_TEST_DEVICE_CHECK=$checked mpirun -np "$np" --bind-to none -x SWITCHYARD_TEST_DEVICE_CHECK \
+  SWITCHYARD_TEST_DEVICE_CHECK=$checked mpirun -np "$np" --bind-to none -x SWITCHYARD_TEST_DEVICE_CHECK -x SWITCHYARD_CPU_BF16_GEMM \
     "$SY" train "${BASE[@]}" --run-dir "$TMP/$name" "$@" >"$TMP/$name.log" 2>&1 ||
     { echo "FAIL: $name"; cat "$TMP/$name.log"; exit 1; }
 }
