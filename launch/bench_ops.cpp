@@ -22,7 +22,7 @@ namespace {
 // A backend buffer of n floats filled with a fixed pattern of small values (uploaded once).
 class Buffer {
  public:
-  Buffer(core::Backend& be, int64_t n, float scale = 0.02f) : be_(be), n_(n) {
+  Buffer(core::Backend& be, int64_t n, float scale = 0.02f) : be_(be) {
     p_ = static_cast<float*>(be.alloc(static_cast<size_t>(n) * sizeof(float)));
     std::vector<float> host(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) host[i] = scale * static_cast<float>(static_cast<int>((i * 2654435761u) % 2001) - 1000) / 1000.f;
@@ -35,7 +35,6 @@ class Buffer {
 
  private:
   core::Backend& be_;
-  int64_t n_;
   float* p_ = nullptr;
 };
 
