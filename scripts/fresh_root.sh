@@ -15,7 +15,8 @@
 # package-registry settings (apt configuration, pip settings and certificate, DNS) are copied in, as
 # any new machine on the same network has them.
 # A CUDA toolkit in /usr/local/cuda is bind-mounted read-only, as on a GPU node. Daemons CMD starts
-# inside the root (e.g. scripts/slurm_local.sh's) are stopped when it ends.
+# inside the root (e.g. scripts/slurm_local.sh's) are stopped when it ends, and the root is removed
+# (SWITCHYARD_FRESH_KEEP=1 keeps it, unmounted, for a look inside).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 base=${SWITCHYARD_FRESH_BASE:-/var/tmp/switchyard-fresh-base}
@@ -46,21 +47,39 @@ if [ ! -f "$base/.switchyard-fresh-base" ]; then
   rm -rf "$base" && mv "$base.partial" "$base"
 fi
 
-mounts=()
-stop_root() {  # processes left running inside the root, then its mounts (innermost first)
+# Every run gets its own root, $prefix.<pid>, marked with its owner's pid, so two runs never share
+# one and a run killed before its cleanup (its mounts still there) never blocks the next: roots whose
+# owner is gone are unmounted and removed first. Only folders holding our marker are ever touched.
+prefix=${SWITCHYARD_FRESH_ROOT:-/var/tmp/switchyard-fresh-root}
+root=$prefix.$$
+under() { awk -v r="$1/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r; }
+unmount_all() { local m; for m in $(under "$1"); do umount -l "$m" 2>/dev/null || true; done; }
+kill_inside() {  # processes whose root is inside $1 (daemons CMD started there)
   local pid
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$root" ] && kill -9 "$pid" 2>/dev/null
+    case "$(readlink "/proc/$pid/root" 2>/dev/null)" in "$1" | "$1"/*) kill -9 "$pid" 2>/dev/null ;; esac
   done
-  sleep 0.5
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -R -l "${mounts[i]}" 2>/dev/null || true; done
-  mounts=()
+}
+remove_root() {  # $1: a root this script made; removed only once nothing is mounted under it
+  kill_inside "$1"; sleep 0.5; unmount_all "$1"
+  if [ -n "$(under "$1")" ]; then say "note: could not unmount everything under $1; left in place"; return; fi
+  rm -rf --one-file-system "$1"
+}
+for old in "$prefix" "$prefix".*; do
+  [ -d "$old" ] && [ -f "$old/.switchyard-fresh-base" ] || continue
+  owner=$(cat "$old/.switchyard-fresh-run" 2>/dev/null || echo 0)
+  if [ "$owner" -gt 0 ] 2>/dev/null && kill -0 "$owner" 2>/dev/null; then continue; fi
+  say "removing $old, left by a run that ended before its cleanup"
+  remove_root "$old"
+done
+stop_root() {
+  if [ "${SWITCHYARD_FRESH_KEEP:-0}" = 1 ]; then kill_inside "$root"; unmount_all "$root"; say "kept $root"
+  else remove_root "$root"; fi
 }
 trap stop_root EXIT
-if grep -q " $root/" /proc/mounts; then die "something is still mounted under $root; unmount it first"; fi
-[ ! -e "$root" ] || [ -f "$root/.switchyard-fresh-base" ] || die "$root exists and was not made by this script"
-rm -rf --one-file-system "$root"
+[ ! -e "$root" ] || die "$root already exists; remove it or set SWITCHYARD_FRESH_ROOT to another prefix"
 cp -a "$base" "$root"
+echo $$ >"$root/.switchyard-fresh-run"
 
 # the machine's name and the network's package-registry settings, as every machine on it has them
 for f in /etc/resolv.conf /etc/hosts /etc/hostname; do [ -f "$f" ] && cp "$f" "$root$f"; done
@@ -71,12 +90,12 @@ if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
 fi
 env_pass=(); while IFS= read -r v; do env_pass+=("$v"); done < <(env | grep -E '^(PIP_|https?_proxy=|no_proxy=)' || true)
 
-mount -t proc proc "$root/proc" && mounts+=("$root/proc")
-mount --rbind /sys "$root/sys" && mounts+=("$root/sys")
-mount --rbind /dev "$root/dev" && mounts+=("$root/dev")
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount --rbind /dev "$root/dev"
 if [ -d /usr/local/cuda ]; then  # the toolkit at its real path, and /usr/local/cuda pointing at it
   cuda=$(readlink -f /usr/local/cuda)
-  mkdir -p "$root$cuda" && mount --bind -o ro "$cuda" "$root$cuda" && mounts+=("$root$cuda")
+  mkdir -p "$root$cuda" && mount --bind -o ro "$cuda" "$root$cuda"
   [ "$cuda" = /usr/local/cuda ] || ln -sfn "$cuda" "$root/usr/local/cuda"
 fi
 git clone -q "$repo" "$root/root/switchyard"
