@@ -1,6 +1,6 @@
-// core/cuda/moe.cu: SwiGLU, sigmoid gate, router softmax/top-k and its backward, routing plan,
+// core/cuda/moe.cu: SwiGLU, sigmoid gate, router scores/top-k and its backward, routing plan,
 // dispatch/combine. The router kernels run one thread per token through the CPU's own sequential
-// loops (E is small), so top-k order and ties equal the CPU's.
+// loops (core/router_row.h; E is small), so top-k order and ties equal the CPU's.
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
 #include "core/router_row.h"
