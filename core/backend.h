@@ -63,6 +63,18 @@ struct GemmProblem {
 };
 
 // Bytes the backend holds (live) and the most it held at once since reset_peak_memory().
+// How router_topk/router_backward score and select (moe/router.h has the semantics in full).
+//   softmax: probs = softmax(logits); select top-k of probs (+ bias); gates = selected probs.
+//   sigmoid: scores s = sigmoid(logits); probs = s / sum_e s (the aux loss's affinities);
+//            select top-k of s (+ bias); gates = selected s.
+// Gates are divided by their sum when renormalize. bias [E] (backend memory, may be null) steers
+// the selection only, never a gate value.
+struct RouterOptions {
+  RouterScoring scoring = RouterScoring::softmax;
+  bool renormalize = true;
+  const float* bias = nullptr;
+};
+
 struct MemoryStats {
   int64_t live_bytes = 0;
   int64_t peak_bytes = 0;
@@ -226,20 +238,20 @@ class Backend {
   virtual void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
                                       const float* dloss, int64_t N, int64_t V) = 0;
 
-  // ---- MoE routing (router softmax in fp32, top-k) ----
-  // logits [N,E] -> probs [N,E] (softmax), lse [N], idx [N,K] (top-k experts, descending
-  // probability, ties to the lower index), gates [N,K] (the top-k probabilities, divided by their
-  // sum when renormalize).
+  // ---- MoE routing (router scores in fp32, top-k; RouterOptions above) ----
+  // logits [N,E] -> probs [N,E], lse [N] (logsumexp of the logits, for the z loss), idx [N,K]
+  // (top-k experts, descending selection score, ties to the lower index), gates [N,K].
   virtual void router_topk(float* probs, float* lse, int32_t* idx, float* gates,
                            const float* logits, int64_t N, int64_t E, int64_t K,
-                           bool renormalize) = 0;
-  // dlogits [N,E] (=) from: dgates [N,K] through the top-k/renormalisation and the softmax;
+                           const RouterOptions& opt) = 0;
+  // dlogits [N,E] (=) from: dgates [N,K] through the renormalisation and the scoring;
   // dprobs_all[e] added to dL/dprobs[t,e] for every token (the aux-loss term, may be null);
-  // z_coef: adds z_coef * 2*lse[t] * probs[t,e] (gradient of z_coef * lse[t]^2).
-  virtual void router_backward(float* dlogits, const float* dgates, const float* probs,
-                               const float* lse, const int32_t* idx, const float* gates,
-                               const float* dprobs_all, float z_coef, int64_t N, int64_t E,
-                               int64_t K, bool renormalize) = 0;
+  // z_coef: adds z_coef * 2*lse[t] * softmax(logits)[t,e] (gradient of z_coef * lse[t]^2).
+  // logits: read by sigmoid scoring only (may be null for softmax).
+  virtual void router_backward(float* dlogits, const float* dgates, const float* logits,
+                               const float* probs, const float* lse, const int32_t* idx,
+                               const float* gates, const float* dprobs_all, float z_coef,
+                               int64_t N, int64_t E, int64_t K, const RouterOptions& opt) = 0;
 
   // ---- routing plan: expert-sorted order of the routing slots ----
   // idx [N,K] -> expert_offsets [E+1] (rows of expert e are [offsets[e], offsets[e+1])) and

@@ -32,6 +32,8 @@ enum class ExchangeAlgorithm : uint8_t { flat, hierarchical, automatic };
 
 // Where a run computes (core::make_backend): the CPU backend, or the CUDA backend on the rank's GPU.
 enum class Device : uint8_t { cpu, cuda };
+// model.moe.router.scoring: softmax over the experts, or DeepSeek-V3's per-expert sigmoid.
+enum class RouterScoring : uint8_t { softmax, sigmoid };
 
 // The names table of an enum: EnumNames<E>::table lists every value with its name.
 template <class E> struct EnumNames;
@@ -53,6 +55,10 @@ template <> struct EnumNames<ExchangeAlgorithm> {
 template <> struct EnumNames<Device> {
   static constexpr std::array<std::pair<Device, std::string_view>, 2> table{
       {{Device::cpu, "cpu"}, {Device::cuda, "cuda"}}};
+};
+template <> struct EnumNames<RouterScoring> {
+  static constexpr std::array<std::pair<RouterScoring, std::string_view>, 2> table{
+      {{RouterScoring::softmax, "softmax"}, {RouterScoring::sigmoid, "sigmoid"}}};
 };
 
 template <class E>

@@ -477,6 +477,7 @@ void validate(const ModelConfig& m, const std::string& origin) {
   c.non_negative(e.shared_expert_size, "model.moe.shared_expert_size");
   c.non_negative(e.aux_loss_coef, "model.moe.aux_loss_coef");
   c.non_negative(e.z_loss_coef, "model.moe.z_loss_coef");
+  c.non_negative(e.balance.bias_rate, "model.moe.balance.bias_rate");
   // parameters, in double (each factor is bounded above, so this is exact enough to compare)
   const double H = static_cast<double>(m.d_model), HD = static_cast<double>(m.hd()),
                attn = H * HD * static_cast<double>(2 * m.n_heads + 2 * m.n_kv_heads),

@@ -11,6 +11,18 @@
 
 namespace switchyard::core {
 
+// model.moe.router: how a token's experts are scored and chosen (moe/router.h).
+struct RouterConfig {
+  RouterScoring scoring = RouterScoring::softmax;  // sigmoid: DeepSeek-V3 (gates = selected scores)
+  template <class V> void visit(V& v) { v("scoring", scoring); }
+};
+
+// model.moe.balance: load-balancing state updated by the trainer (moe/router.h).
+struct BalanceConfig {
+  double bias_rate = 0.0;  // aux-loss-free selection bias (DeepSeek-V3); 0: off
+  template <class V> void visit(V& v) { v("bias_rate", bias_rate); }
+};
+
 struct MoeConfig {
   int64_t n_experts = 8;          // HF: num_local_experts (mixtral) / num_experts (qwen2_moe)
   int64_t top_k = 2;              // num_experts_per_tok
@@ -19,6 +31,8 @@ struct MoeConfig {
   int64_t shared_expert_size = 0; // 0: no shared expert (qwen2_moe: shared_expert_intermediate_size)
   double aux_loss_coef = 0.01;    // Switch load-balancing loss, averaged over MoE layers
   double z_loss_coef = 0.0;       // router z-loss, averaged over MoE layers
+  RouterConfig router;
+  BalanceConfig balance;
 
   template <class V> void visit(V& v) {
     v("n_experts", n_experts);
@@ -28,6 +42,8 @@ struct MoeConfig {
     v("shared_expert_size", shared_expert_size);
     v("aux_loss_coef", aux_loss_coef);
     v("z_loss_coef", z_loss_coef);
+    v("router", router);
+    v("balance", balance);
   }
 };
 

@@ -250,22 +250,25 @@ void DeviceCheckBackend::cross_entropy_backward(float* dlogits, const float* log
 // ---------------------------------------------------------------- MoE routing and permutation
 
 void DeviceCheckBackend::router_topk(float* probs, float* lse, int32_t* idx, float* gates, const float* logits,
-                                     int64_t N, int64_t E, int64_t K, bool renormalize) {
+                                     int64_t N, int64_t E, int64_t K, const RouterOptions& opt) {
   auto c = call("router_topk");
   c.device("probs", probs, floats(N, E)).device("lse", lse, floats(N)).device("idx", idx, ints(N * K))
       .device("gates", gates, floats(N, K)).device("logits", logits, floats(N, E))
+      .device("bias", opt.bias, N > 0 ? floats(E) : 0)
       .open();
-  inner_->router_topk(probs, lse, idx, gates, logits, N, E, K, renormalize);
+  inner_->router_topk(probs, lse, idx, gates, logits, N, E, K, opt);
 }
-void DeviceCheckBackend::router_backward(float* dlogits, const float* dgates, const float* probs, const float* lse,
-                                         const int32_t* idx, const float* gates, const float* dprobs_all,
-                                         float z_coef, int64_t N, int64_t E, int64_t K, bool renormalize) {
+void DeviceCheckBackend::router_backward(float* dlogits, const float* dgates, const float* logits, const float* probs,
+                                         const float* lse, const int32_t* idx, const float* gates,
+                                         const float* dprobs_all, float z_coef, int64_t N, int64_t E, int64_t K,
+                                         const RouterOptions& opt) {
   auto c = call("router_backward");
   c.device("dlogits", dlogits, floats(N, E)).device("dgates", dgates, floats(N, K))
+      .device("logits", logits, floats(N, E))
       .device("probs", probs, floats(N, E)).device("lse", lse, floats(N)).device("idx", idx, ints(N * K))
       .device("gates", gates, floats(N, K)).device("dprobs_all", dprobs_all, N > 0 ? floats(E) : 0)
       .open();
-  inner_->router_backward(dlogits, dgates, probs, lse, idx, gates, dprobs_all, z_coef, N, E, K, renormalize);
+  inner_->router_backward(dlogits, dgates, logits, probs, lse, idx, gates, dprobs_all, z_coef, N, E, K, opt);
 }
 void DeviceCheckBackend::route_plan(int32_t* pos, int32_t* expert_offsets, const int32_t* idx, int64_t N, int64_t E,
                                     int64_t K) {

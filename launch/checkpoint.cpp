@@ -141,7 +141,7 @@ void write_rank_file(const fs::path& path, const core::ParamTable& table, bool d
 }
 
 json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConfig& cfg, int world,
-                   const optim::LossScalerState* ls) {
+                   const optim::LossScalerState* ls, const std::vector<float>& selection_bias) {
   const int E = static_cast<int>(cfg.parallel.expert_parallel);
   json tensors = json::object(), files = json::array();
   for (int q = 0; q < E; ++q) {
@@ -165,7 +165,24 @@ json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConf
     man["loss_scaler"] = {{"scale", ls->scale}, {"clean_steps", ls->clean_steps},
                           {"hysteresis_left", ls->hysteresis_left},
                           {"overflows_at_min", ls->overflows_at_min}, {"skipped_steps", ls->skipped_steps}};
+  if (!selection_bias.empty()) man["selection_bias"] = selection_bias;  // exact: float -> JSON -> float
   return man;
+}
+
+// The selection bias of a manifest ([MoE layers * E], empty when none was saved); `expected`:
+// the size the model wants (0: none).
+std::vector<float> manifest_selection_bias(const json& man, size_t expected, const std::string& manifest_path) {
+  if (!man.contains("selection_bias")) return {};
+  std::vector<float> b;
+  try {
+    b = man.at("selection_bias").get<std::vector<float>>();
+  } catch (const json::exception& e) {
+    throw_usage("{}: malformed selection_bias: {}", manifest_path, e.what());
+  }
+  if (expected != 0 && b.size() != expected)
+    throw_usage("{}: selection_bias holds {} values, the model's MoE layers need {} (is this the right "
+                "checkpoint?)", manifest_path, b.size(), expected);
+  return b;
 }
 
 }  // namespace
@@ -210,7 +227,8 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
   if (rank == 0) {
     // the manifest's rename fsyncs the folder, which also makes the rank files' entries durable
     write_text_durable((tmp / "manifest.json").string(),
-                       make_manifest(step, adamw.steps_taken(), cfg, groups.world().size(), scaler).dump(1) + "\n");
+                       make_manifest(step, adamw.steps_taken(), cfg, groups.world().size(), scaler,
+                                     model.selection_bias()).dump(1) + "\n");
     std::error_code ec;
     if (fs::exists(final_dir)) {  // the same step saved before (e.g. by a run resumed earlier)
       const fs::path old = root / fmt::format("{}.tmp-{}-old", name, pid);
@@ -362,6 +380,10 @@ LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& mode
   read_tensors(folder, man, model.table(), 3, {params.data(), m.data(), v.data()});
   model.set_params_from_host(params.data());
   adamw.set_state(m.data(), v.data(), out.steps_taken);
+  // the selection bias resumes exactly; a checkpoint without one (bias turned on at resume) starts it at 0
+  const size_t nb = model.selection_bias().size();
+  const std::vector<float> bias = manifest_selection_bias(man, nb, (folder / "manifest.json").string());
+  if (nb > 0 && !bias.empty()) model.set_selection_bias(bias);
   return out;
 }
 
@@ -384,6 +406,7 @@ CheckpointParams load_checkpoint_params(const std::string& folder_str) {
                       "is this the right checkpoint?");
   out.params.resize(static_cast<size_t>(table.total()));
   read_tensors(folder, man, table, 1, {out.params.data(), nullptr, nullptr});
+  out.selection_bias = manifest_selection_bias(man, 0, manifest_path);
   return out;
 }
 

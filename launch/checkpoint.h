@@ -10,7 +10,10 @@
 //   manifest.json   written last by rank 0: format, version, step, optimizer steps_taken, the
 //                   loss scaler's state (scale and counters; fp16 runs only, optim/loss_scaler.h), the
 //                   layout it was written from (world_size, expert_parallel), the resolved config
-//                   (YAML), and for every tensor its file and shape.
+//                   (YAML), for every tensor its file and shape, and with model.moe.balance.bias_rate
+//                   > 0 `selection_bias`: every MoE layer's aux-loss-free bias, [MoE layers * E] in
+//                   layer order (moe/router.h; every rank holds the same, so rank 0's is saved;
+//                   JSON numbers give the fp32 values back exactly).
 // The root also holds `latest` (one line: the folder name of the newest complete checkpoint), and
 // the ownership marker of launch/outputs.h listing kCheckpointEntries.
 //
@@ -74,6 +77,7 @@ struct CheckpointParams {
   int64_t step = 0;
   core::ExperimentConfig config;
   std::vector<float> params;
+  std::vector<float> selection_bias;  // [MoE layers * E]; empty when the run had none
 };
 CheckpointParams load_checkpoint_params(const std::string& folder);
 

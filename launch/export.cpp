@@ -55,6 +55,16 @@ struct Source {
   std::string from;           // the folder read
 };
 
+// Every export layout (Hugging Face mixtral / qwen2_moe, GGUF llama / qwen2moe) routes by a
+// softmax top-k without a bias: a model that needs more is refused, never exported with its
+// routing silently changed.
+void require_expressible_routing(const core::ModelConfig& m, const std::string& from, const std::string& format) {
+  const std::string what = core::formats::hf_routing_unsupported(m);
+  if (!what.empty())
+    throw_usage("export {}: the {} layout ({}) cannot express {}; the model's routing would change (no DeepSeek-V3 "
+                "layout is written yet)", from, m.qwen_layout() ? "qwen2_moe" : "mixtral", format, what);
+}
+
 Source load_source(const std::string& dir) {
   const fs::path p(dir);
   if (!fs::is_directory(p))
@@ -171,6 +181,7 @@ int run_export(const ExportOptions& opts) {
     check_gguf_target(out, opts.overwrite);
     require_writable_folder(out.has_parent_path() ? out.parent_path() : fs::path("."), "export --out's folder");
     const Source src = load_source(opts.checkpoint);
+    require_expressible_routing(src.model, src.from, "gguf");
     require_finite_weights(src.model, src.params, src.from, opts.allow_nonfinite);
     const auto [count, size] = export_gguf(src.model, src.params, out.string(), opts.dtype);
     fmt::print("{}\n", ojson{{"out", out.string()}, {"format", "gguf"}, {"tensors", count}, {"size", size},
@@ -196,6 +207,7 @@ int run_export(const ExportOptions& opts) {
   if (int8) data::open_token_source(opts.eval_data, eval_split);
 
   const Source src = load_source(opts.checkpoint);
+  require_expressible_routing(src.model, src.from, "hf");
   require_finite_weights(src.model, src.params, src.from, opts.allow_nonfinite);
   if (int8 && opts.eval_seq_len > src.model.max_seq_len)
     throw_usage("export --eval-seq-len {} exceeds the model's max_seq_len {} ({})", opts.eval_seq_len,

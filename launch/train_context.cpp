@@ -276,7 +276,11 @@ void TrainContext::finish() {
   evaluate(cfg.train.steps);
   // every rank of the first expert group contributes its experts; rank 0 writes the whole model
   const std::vector<float> full = gather_full_params(*model, *groups, cfg.model);
-  if (rank0) {
+  const std::string unsupported = core::formats::hf_routing_unsupported(cfg.model);
+  if (rank0 && !unsupported.empty())  // never a weights folder that routes differently
+    fmt::print(stderr, "switchyard train: done; no weights folder: the Hugging Face layouts cannot express {}; "
+               "the checkpoints in {} hold the model\n", unsupported, ckpt_root.string());
+  else if (rank0) {
     save_hf_model((dir / "model").string(), cfg.model, core::make_param_table(cfg.model), full.data());
     fmt::print("switchyard train: done; metrics in {}, weights in {}\n", (dir / "metrics.jsonl").string(),
                (dir / "model").string());

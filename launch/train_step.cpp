@@ -170,6 +170,9 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
                     optim::clip_coefficient(r.grad_norm, cfg.optim.grad_clip) / r.loss_scale, target.compute,
                     target.dtype);
     model.end_update();
+    // the selection bias moves once per optimizer step, from the counts of the whole step (all
+    // micro-batches, all ranks: every rank takes the same step)
+    model.update_selection_bias(r.expert_counts);
   }
   const auto t_end = Clock::now();
   r.seconds = seconds_between(t0, t_end);

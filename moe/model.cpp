@@ -370,4 +370,36 @@ std::vector<std::vector<int64_t>> Model::expert_counts() const {
   return out;
 }
 
+std::vector<float> Model::selection_bias() const {
+  std::vector<float> out;
+  for (const auto& L : layers_)
+    if (L->is_moe) {
+      const auto& b = L->moe->selection_bias();
+      out.insert(out.end(), b.begin(), b.end());
+    }
+  return out;
+}
+
+void Model::set_selection_bias(const std::vector<float>& bias) {
+  const int64_t E = cfg_.moe.n_experts;
+  const bool on = cfg_.moe.balance.bias_rate > 0;
+  SY_CHECK(static_cast<int64_t>(bias.size()) == (on ? n_moe_ * E : 0),
+           "set_selection_bias: {} values for {} MoE layers of {} experts (bias {})", bias.size(),
+           n_moe_, E, on ? "on" : "off");
+  int64_t l = 0;
+  for (const auto& L : layers_)
+    if (L->is_moe && on) L->moe->set_selection_bias(bias.data() + E * l++);
+}
+
+void Model::update_selection_bias(const std::vector<int64_t>& load) {
+  const int64_t E = cfg_.moe.n_experts;
+  const double rate = cfg_.moe.balance.bias_rate;
+  if (rate <= 0) return;
+  SY_CHECK(static_cast<int64_t>(load.size()) == n_moe_ * E,
+           "update_selection_bias: {} counts for {} MoE layers of {} experts", load.size(), n_moe_, E);
+  int64_t l = 0;
+  for (const auto& L : layers_)
+    if (L->is_moe) L->moe->update_selection_bias(load.data() + E * l++, rate);
+}
+
 }  // namespace switchyard::moe

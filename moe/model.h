@@ -108,6 +108,13 @@ class Model {
   // Per MoE layer, the token exchange the last forward used (empty without expert parallelism).
   std::vector<std::string> exchange_plans() const;
   int64_t num_moe_layers() const { return n_moe_; }
+  // The aux-loss-free selection bias of every MoE layer, [n_moe_layers * E] in layer order
+  // (empty when model.moe.balance.bias_rate is 0; moe/router.h). update_selection_bias takes one
+  // step from load [n_moe_layers * E]: the routing slots of the whole optimizer step, summed over
+  // every rank (StepRecord::expert_counts); the trainer calls it once per optimizer step.
+  std::vector<float> selection_bias() const;
+  void set_selection_bias(const std::vector<float>& bias);
+  void update_selection_bias(const std::vector<int64_t>& load);
   // After a non-finite loss: the first block whose output (the next block's input, or the final
   // residual) holds inf/NaN in the last forward; -1: the embedding output already does; n_layers:
   // none does (the head or the loss overflowed).

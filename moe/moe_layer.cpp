@@ -64,7 +64,9 @@ void add_buffers(core::ActivationStore& acts, const core::ModelConfig& cfg, int 
                  int64_t rows, bool expert_parallel, Buffers& b) {
   using core::Keep;
   const int64_t C = cfg.d_model, E = cfg.moe.n_experts, K = cfg.moe.top_k, S = cfg.moe.shared_expert_size;
-  acts.add(layer, "moe.logits", &b.logits, N * E, Keep::scratch);
+  // sigmoid scoring's backward reads the logits (moe/router.h)
+  acts.add(layer, "moe.logits", &b.logits, N * E,
+           cfg.moe.router.scoring == core::RouterScoring::sigmoid ? Keep::always : Keep::scratch);
   acts.add(layer, "moe.probs", &b.probs, N * E, Keep::always);
   acts.add(layer, "moe.lse", &b.lse, N, Keep::always);
   acts.add(layer, "moe.gates", &b.gates, N * K, Keep::always);
@@ -114,6 +116,10 @@ struct MoeLayer::Impl : Buffers {
   std::vector<double> prob_sums_d;    // [E]
   std::vector<float> dprobs_host;     // [E]
   int64_t last_N = -1;                // tokens of the last forward (backward must match)
+  // the aux-loss-free selection bias [E] (model.moe.balance.bias_rate > 0): a host copy, the
+  // one the trainer updates and checkpoints save, and the backend's copy router_topk reads
+  std::vector<float> bias_host;
+  float* bias = nullptr;
 
   // how the rows reach the experts and come back (local or expert parallel), its plan kept for
   // backward and recompute
@@ -136,8 +142,8 @@ struct MoeLayer::Impl : Buffers {
         ep(ep_),
         E_local(core::local_experts(cfg, ep_.rank, std::max(1, ep_.size)).count),
         first_expert(core::local_experts(cfg, ep_.rank, std::max(1, ep_.size)).first),
-        router(cfg.d_model, cfg.moe.n_experts, cfg.moe.top_k, cfg.moe.normalize_topk,
-               table.at(prefix + "gate.weight").offset, prec_),
+        router(cfg.d_model, cfg.moe.n_experts, cfg.moe.top_k, cfg.moe.router.scoring,
+               cfg.moe.normalize_topk, table.at(prefix + "gate.weight").offset, prec_),
         experts(table, prefix, cfg.qwen_layout(), E_local, cfg.d_model, cfg.moe.expert_size, first_expert, prec_) {
     SY_CHECK(table.at(prefix + "gate.weight").numel == E * C,
              "router weight of layer {} is not [{}, {}]", layer, E, C);
@@ -168,7 +174,16 @@ struct MoeLayer::Impl : Buffers {
     prob_sums_host.assign(static_cast<size_t>(E), 0.f);
     prob_sums_d.assign(static_cast<size_t>(E), 0.0);
     dprobs_host.assign(static_cast<size_t>(E), 0.f);
+    if (cfg.moe.balance.bias_rate > 0) {
+      bias_host.assign(static_cast<size_t>(E), 0.f);
+      bias = static_cast<float*>(be.alloc(sizeof(float) * static_cast<size_t>(E)));  // zeros
+    }
   }
+  ~Impl() {
+    if (bias) be.release(bias);
+  }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
   // Expert-row buffers hold one row per routed slot this rank computes: N*K without expert
   // parallelism; with it, whatever the exchange delivers (up to ep.size * N * K when every token
@@ -222,6 +237,22 @@ MoeLayer::MoeLayer(core::Backend& be, const core::ModelConfig& cfg, const core::
 
 MoeLayer::~MoeLayer() = default;  // here, where Impl is complete
 
+const std::vector<float>& MoeLayer::selection_bias() const { return impl_->bias_host; }
+
+void MoeLayer::set_selection_bias(const float* host) {
+  Impl& m = *impl_;
+  if (!m.bias) return;
+  std::copy(host, host + m.E, m.bias_host.begin());
+  m.be.copy_from_host(m.bias, m.bias_host.data(), sizeof(float) * static_cast<size_t>(m.E));
+}
+
+void MoeLayer::update_selection_bias(const int64_t* load, double rate) {
+  Impl& m = *impl_;
+  if (!m.bias) return;
+  moe::update_selection_bias(m.bias_host.data(), load, m.E, rate);
+  m.be.copy_from_host(m.bias, m.bias_host.data(), sizeof(float) * static_cast<size_t>(m.E));
+}
+
 void MoeLayer::register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int layer,
                                     int64_t max_tokens, int64_t expert_rows, bool expert_parallel) {
   SY_CHECK(layout.is_layout(), "MoeLayer::register_activations: a layout store only");
@@ -244,7 +275,7 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
   }
 
   // route
-  m.router.forward(be, m.logits, m.probs, m.lse, m.idx, m.gates, x, params, N);
+  m.router.forward(be, m.logits, m.probs, m.lse, m.idx, m.gates, x, params, N, m.bias);
   be.route_plan(m.pos, m.offsets, m.idx, N, E, K);
   be.copy_to_host(m.offsets_host.data(), m.offsets, sizeof(int32_t) * static_cast<size_t>(E + 1));
 
@@ -331,7 +362,7 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
     dprobs_all = m.dprobs_all;
   }
   const float z_coef = d_z / static_cast<float>(N);
-  m.router.backward(be, dx, grads, m.dlogits, m.dgates, m.probs, m.lse, m.idx, m.gates, dprobs_all,
+  m.router.backward(be, dx, grads, m.dlogits, m.dgates, m.logits, m.probs, m.lse, m.idx, m.gates, dprobs_all,
                     z_coef, x, params, N);
 
   // shared expert and its sigmoid gate

@@ -1,5 +1,6 @@
 // moe/moe_layer.h: the MoE feed-forward sublayer of one transformer block.
-//   route:    logits = x Wr^T -> softmax (fp32) -> top-k -> gates (optionally renormalised)
+//   route:    logits = x Wr^T -> softmax | sigmoid (fp32) -> top-k (+ selection bias) -> gates
+//             (optionally renormalised; moe/router.h)
 //   dispatch: the routed token copies to the experts, in expert-sorted order (routing plan; a
 //             moe::TokenDispatcher: local, or through parallel::TokenExchange)
 //   experts:  one SwiGLU FFN per expert over its contiguous rows (grouped GEMMs, core/ffn.h)
@@ -11,6 +12,7 @@
 //
 // Balancing losses of one layer (per micro-batch, N tokens):
 //   aux = E * sum_e (count_e / N) * P_e,   count_e = routing slots that chose e, P_e = mean_t p[t,e]
+//         (p: softmax probabilities, or the normalised sigmoid affinities; moe/router.h)
 //   z   = mean_t logsumexp(logits[t,:])^2
 // The model weights them (coef / number of MoE layers); backward receives those weights.
 #pragma once
@@ -74,6 +76,13 @@ class MoeLayer {
                 int64_t N, float d_aux, float d_z);
 
   const MoeStats& stats() const { return stats_; }
+
+  // The aux-loss-free selection bias [E] (moe/router.h): empty when model.moe.balance.bias_rate
+  // is 0. set_ copies E values in (a resume); update_ takes one step from load [E], the routing
+  // slots of a whole optimizer step summed over every rank. Both do nothing when it is off.
+  const std::vector<float>& selection_bias() const;
+  void set_selection_bias(const float* host);
+  void update_selection_bias(const int64_t* load, double rate);
 
  private:
   struct Impl;  // buffers, routing plan and dispatcher (moe_layer.cpp)

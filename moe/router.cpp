@@ -5,28 +5,30 @@
 
 namespace switchyard::moe {
 
-Router::Router(int64_t C, int64_t E, int64_t K, bool renormalize, int64_t w_offset,
-               const core::PrecisionPolicy& prec)
-    : C_(C), E_(E), K_(K), renormalize_(renormalize), w_offset_(w_offset), prec_(prec) {
+Router::Router(int64_t C, int64_t E, int64_t K, core::RouterScoring scoring, bool renormalize,
+               int64_t w_offset, const core::PrecisionPolicy& prec)
+    : C_(C), E_(E), K_(K), scoring_(scoring), renormalize_(renormalize), w_offset_(w_offset),
+      prec_(prec) {
   SY_CHECK(E >= 1 && K >= 1 && K <= E, "router: need 1 <= top_k ({}) <= n_experts ({})", K, E);
 }
 
 void Router::forward(core::Backend& be, float* logits, float* probs, float* lse, int32_t* idx,
-                     float* gates, const float* x, const float* params, int64_t N) const {
+                     float* gates, const float* x, const float* params, int64_t N,
+                     const float* bias) const {
   if (N == 0) return;
   const float* wr = params + w_offset_;
   // logits [N,E] = x [N,C] Wr^T
   be.gemm(false, true, N, E_, C_, 1.0f, x, C_, wr, C_, 0.0f, logits, E_, prec_.router());
-  be.router_topk(probs, lse, idx, gates, logits, N, E_, K_, renormalize_);
+  be.router_topk(probs, lse, idx, gates, logits, N, E_, K_, {scoring_, renormalize_, bias});
 }
 
 void Router::backward(core::Backend& be, float* dx, float* grads, float* dlogits,
-                      const float* dgates, const float* probs, const float* lse, const int32_t* idx,
+                      const float* dgates, const float* logits, const float* probs, const float* lse, const int32_t* idx,
                       const float* gates, const float* dprobs_all, float z_coef, const float* x,
                       const float* params, int64_t N) const {
   if (N == 0) return;
-  be.router_backward(dlogits, dgates, probs, lse, idx, gates, dprobs_all, z_coef, N, E_, K_,
-                     renormalize_);
+  be.router_backward(dlogits, dgates, logits, probs, lse, idx, gates, dprobs_all, z_coef, N, E_,
+                     K_, {scoring_, renormalize_, nullptr});
   // dWr [E,C] += dlogits^T x
   be.gemm(true, false, E_, C_, N, 1.0f, dlogits, E_, x, C_, 1.0f, grads + w_offset_, C_,
           prec_.router_wgrad());
@@ -51,6 +53,18 @@ void aux_loss_dprobs(std::vector<float>& out, const std::vector<int64_t>& counts
   const double E = static_cast<double>(counts.size());
   for (size_t e = 0; e < counts.size(); ++e)
     out[e] = N == 0 ? 0.f : static_cast<float>(d_aux * E * static_cast<double>(counts[e]) / N / N);
+}
+
+void update_selection_bias(float* bias, const int64_t* load, int64_t E, double rate) {
+  if (E <= 0) return;
+  double total = 0;
+  for (int64_t e = 0; e < E; ++e) total += static_cast<double>(load[e]);
+  const double mean = total / static_cast<double>(E);
+  const float step = static_cast<float>(rate);
+  for (int64_t e = 0; e < E; ++e) {
+    const double l = static_cast<double>(load[e]);
+    bias[e] += l < mean ? step : l > mean ? -step : 0.f;
+  }
 }
 
 }  // namespace switchyard::moe

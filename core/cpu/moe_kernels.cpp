@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/cpu/cpu_backend.h"
+#include "core/router_row.h"
 #include "core/cpu/scalar_math.h"
 #include "core/cpu/simd.h"
 #include "core/error.h"
@@ -128,88 +129,31 @@ void CpuBackend::sigmoid_gate_backward(float* dy, float* dlogit, const float* do
 }
 
 // ---------------------------------------------------------------------------------------------
-// router: softmax (fp32, max-subtracted) -> top-k (descending, ties to the lower index) -> gates
+// router: scores (fp32) -> top-k (descending, ties to the lower index) -> gates (core/router_row.h)
 // ---------------------------------------------------------------------------------------------
 
 void CpuBackend::router_topk(float* probs, float* lse, int32_t* idx, float* gates,
                              const float* logits, int64_t N, int64_t E, int64_t K,
-                             bool renormalize) {
+                             const RouterOptions& opt) {
   SY_CHECK(K >= 1 && K <= E, "router_topk: K={} must be in [1, E={}]", K, E);
+  const bool sig = opt.scoring == RouterScoring::sigmoid;
 #pragma omp parallel for schedule(static) if (N * E >= kParallelMin)
-  for (int64_t t = 0; t < N; ++t) {
-    const float* l = logits + t * E;
-    float* p = probs + t * E;
-    float mx = l[0];
-    for (int64_t e = 1; e < E; ++e) mx = std::max(mx, l[e]);
-    float sum = 0.f;
-    for (int64_t e = 0; e < E; ++e) {
-      p[e] = std::exp(l[e] - mx);
-      sum += p[e];
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t e = 0; e < E; ++e) p[e] *= inv;
-    lse[t] = mx + std::log(sum);
-
-    // Insertion into a descending list of length K; strict '>' keeps the earlier (lower) index
-    // ahead on ties. Ordered by the probabilities actually stored.
-    int32_t* it = idx + t * K;
-    float* gt = gates + t * K;
-    int64_t filled = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const float v = p[e];
-      if (filled == K && !(v > gt[K - 1])) continue;
-      int64_t j = filled < K ? filled++ : K - 1;
-      while (j > 0 && v > gt[j - 1]) {
-        gt[j] = gt[j - 1];
-        it[j] = it[j - 1];
-        --j;
-      }
-      gt[j] = v;
-      it[j] = static_cast<int32_t>(e);
-    }
-    if (renormalize) {
-      float s = 0.f;
-      for (int64_t k = 0; k < K; ++k) s += gt[k];
-      const float is = 1.0f / s;
-      for (int64_t k = 0; k < K; ++k) gt[k] *= is;
-    }
-  }
+  for (int64_t t = 0; t < N; ++t)
+    router_row::topk(probs + t * E, lse + t, idx + t * K, gates + t * K, logits + t * E, E, K, sig,
+                     opt.renormalize, opt.bias);
 }
 
-void CpuBackend::router_backward(float* dlogits, const float* dgates, const float* probs,
-                                 const float* lse, const int32_t* idx, const float* gates,
-                                 const float* dprobs_all, float z_coef, int64_t N, int64_t E,
-                                 int64_t K, bool renormalize) {
+void CpuBackend::router_backward(float* dlogits, const float* dgates, const float* logits,
+                                 const float* probs, const float* lse, const int32_t* idx,
+                                 const float* gates, const float* dprobs_all, float z_coef,
+                                 int64_t N, int64_t E, int64_t K, const RouterOptions& opt) {
+  const bool sig = opt.scoring == RouterScoring::sigmoid;
+  SY_CHECK(!sig || logits, "router_backward: sigmoid scoring needs the logits");
 #pragma omp parallel for schedule(static) if (N * E >= kParallelMin)
-  for (int64_t t = 0; t < N; ++t) {
-    const float* p = probs + t * E;
-    const int32_t* it = idx + t * K;
-    const float* dg = dgates + t * K;
-    const float* g = gates + t * K;
-    float* dl = dlogits + t * E;  // holds dL/dprobs first, then is turned into dL/dlogits
-    for (int64_t e = 0; e < E; ++e) dl[e] = dprobs_all ? dprobs_all[e] : 0.f;
-    if (renormalize) {
-      // g_k = p_k / S: dp_k = (dg_k - sum_j dg_j g_j) / S
-      float S = 0.f, sdg = 0.f;
-      for (int64_t k = 0; k < K; ++k) {
-        if (it[k] < 0) continue;
-        S += p[it[k]];
-        sdg += dg[k] * g[k];
-      }
-      if (S > 0.f) {
-        const float iS = 1.0f / S;
-        for (int64_t k = 0; k < K; ++k)
-          if (it[k] >= 0) dl[it[k]] += (dg[k] - sdg) * iS;
-      }
-    } else {
-      for (int64_t k = 0; k < K; ++k)
-        if (it[k] >= 0) dl[it[k]] += dg[k];
-    }
-    float dot = 0.f;
-    for (int64_t e = 0; e < E; ++e) dot += p[e] * dl[e];
-    const float zt = z_coef * 2.0f * lse[t];
-    for (int64_t e = 0; e < E; ++e) dl[e] = p[e] * (dl[e] - dot + zt);
-  }
+  for (int64_t t = 0; t < N; ++t)
+    router_row::backward(dlogits + t * E, dgates + t * K, sig ? logits + t * E : nullptr,
+                         probs + t * E, lse[t], idx + t * K, gates + t * K, dprobs_all, z_coef, E,
+                         K, sig, opt.renormalize);
 }
 
 // ---------------------------------------------------------------------------------------------

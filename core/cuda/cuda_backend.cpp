@@ -289,16 +289,19 @@ void CudaBackend::sigmoid_gate_backward(float* dy, float* dlogit, const float* d
 }
 void CudaBackend::router_topk(float* probs, float* lse, int32_t* idx, float* gates,
                               const float* logits, int64_t N, int64_t E, int64_t K,
-                              bool renormalize) {
+                              const RouterOptions& opt) {
   SY_CHECK(K >= 1 && K <= E, "router_topk: K={} must be in [1, E={}]", K, E);
-  SY_LAUNCH(router_topk, probs, lse, idx, gates, logits, N, E, K, renormalize);
+  SY_LAUNCH(router_topk, probs, lse, idx, gates, logits, N, E, K,
+            opt.scoring == RouterScoring::sigmoid, opt.renormalize, opt.bias);
 }
-void CudaBackend::router_backward(float* dlogits, const float* dgates, const float* probs,
-                                  const float* lse, const int32_t* idx, const float* gates,
-                                  const float* dprobs_all, float z_coef, int64_t N, int64_t E,
-                                  int64_t K, bool renormalize) {
-  SY_LAUNCH(router_backward, dlogits, dgates, probs, lse, idx, gates, dprobs_all, z_coef, N, E, K,
-            renormalize);
+void CudaBackend::router_backward(float* dlogits, const float* dgates, const float* logits,
+                                  const float* probs, const float* lse, const int32_t* idx,
+                                  const float* gates, const float* dprobs_all, float z_coef,
+                                  int64_t N, int64_t E, int64_t K, const RouterOptions& opt) {
+  const bool sig = opt.scoring == RouterScoring::sigmoid;
+  SY_CHECK(!sig || logits, "router_backward: sigmoid scoring needs the logits");
+  SY_LAUNCH(router_backward, dlogits, dgates, logits, probs, lse, idx, gates, dprobs_all, z_coef,
+            N, E, K, sig, opt.renormalize);
 }
 // Expert ids are in device memory: an id >= E is not reported as the CPU does, its slot is
 // dropped (pos -1) like a negative one.

@@ -87,8 +87,8 @@ class CudaBackend final : public Backend {
   void sigmoid_gate_backward(float* dy, float* dlogit, const float* dout, const float* logit, const float* y, int64_t rows, int64_t C) override;
   void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t N, int64_t V) override;
   void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets, const float* dloss, int64_t N, int64_t V) override;
-  void router_topk(float* probs, float* lse, int32_t* idx, float* gates, const float* logits, int64_t N, int64_t E, int64_t K, bool renormalize) override;
-  void router_backward(float* dlogits, const float* dgates, const float* probs, const float* lse, const int32_t* idx, const float* gates, const float* dprobs_all, float z_coef, int64_t N, int64_t E, int64_t K, bool renormalize) override;
+  void router_topk(float* probs, float* lse, int32_t* idx, float* gates, const float* logits, int64_t N, int64_t E, int64_t K, const RouterOptions& opt) override;
+  void router_backward(float* dlogits, const float* dgates, const float* logits, const float* probs, const float* lse, const int32_t* idx, const float* gates, const float* dprobs_all, float z_coef, int64_t N, int64_t E, int64_t K, const RouterOptions& opt) override;
   void route_plan(int32_t* pos, int32_t* expert_offsets, const int32_t* idx, int64_t N, int64_t E, int64_t K) override;
   void dispatch_forward(float* xp, const float* x, const int32_t* pos, int64_t N, int64_t K, int64_t C) override;
   void dispatch_backward(float* dx, const float* dxp, const int32_t* pos, int64_t N, int64_t K, int64_t C) override;

@@ -85,11 +85,12 @@ void sigmoid_gate_forward(float* out, const float* logit, const float* y, int64_
 void sigmoid_gate_backward(float* dy, float* dlogit, const float* dout, const float* logit,
                            const float* y, int64_t rows, int64_t C, cudaStream_t s);
 void router_topk(float* probs, float* lse, int32_t* idx, float* gates, const float* logits,
-                 int64_t N, int64_t E, int64_t K, bool renormalize, cudaStream_t s);
-void router_backward(float* dlogits, const float* dgates, const float* probs, const float* lse,
-                     const int32_t* idx, const float* gates, const float* dprobs_all,
-                     float z_coef, int64_t N, int64_t E, int64_t K, bool renormalize,
-                     cudaStream_t s);
+                 int64_t N, int64_t E, int64_t K, bool sigmoid_scoring, bool renormalize,
+                 const float* bias, cudaStream_t s);
+void router_backward(float* dlogits, const float* dgates, const float* logits, const float* probs,
+                     const float* lse, const int32_t* idx, const float* gates,
+                     const float* dprobs_all, float z_coef, int64_t N, int64_t E, int64_t K,
+                     bool sigmoid_scoring, bool renormalize, cudaStream_t s);
 void route_plan(int32_t* pos, int32_t* expert_offsets, const int32_t* idx, int64_t N, int64_t E,
                 int64_t K, cudaStream_t s);
 void dispatch_forward(float* xp, const float* x, const int32_t* pos, int64_t N, int64_t K,

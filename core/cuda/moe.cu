@@ -1,8 +1,9 @@
-// core/cuda/moe.cu: SwiGLU, sigmoid gate, router softmax/top-k and its backward, routing plan,
+// core/cuda/moe.cu: SwiGLU, sigmoid gate, router scores/top-k and its backward, routing plan,
 // dispatch/combine. The router kernels run one thread per token through the CPU's own sequential
-// loops (E is small), so top-k order and ties equal the CPU's.
+// loops (core/router_row.h; E is small), so top-k order and ties equal the CPU's.
 #include "core/cuda/common.cuh"
 #include "core/cuda/kernels.h"
+#include "core/router_row.h"
 
 namespace switchyard::core::cuda_kernels {
 
@@ -52,78 +53,25 @@ __global__ void sigmoid_gate_backward_kernel(float* dy, float* dlogit, const flo
   }
 }
 
-// The CPU's loop for one token: max-subtracted softmax, lse, top-k by insertion (strict '>': ties
-// keep the lower index first), optional renormalisation.
+// The CPU's loop for one token (core/router_row.h): one thread per token.
 __global__ void router_topk_kernel(float* probs, float* lse, int32_t* idx, float* gates,
                                    const float* logits, int64_t N, int64_t E, int64_t K,
-                                   bool renormalize) {
+                                   bool sigmoid_scoring, bool renormalize, const float* bias) {
   SY_GRID_STRIDE(t, N) {
-    const float* l = logits + t * E;
-    float* p = probs + t * E;
-    float mx = l[0];
-    for (int64_t e = 1; e < E; ++e) mx = fmaxf(mx, l[e]);
-    float sum = 0.f;
-    for (int64_t e = 0; e < E; ++e) {
-      p[e] = expf(l[e] - mx);
-      sum += p[e];
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t e = 0; e < E; ++e) p[e] *= inv;
-    lse[t] = mx + logf(sum);
-    int32_t* it = idx + t * K;
-    float* gt = gates + t * K;
-    int64_t filled = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const float v = p[e];
-      if (filled == K && !(v > gt[K - 1])) continue;
-      int64_t j = filled < K ? filled++ : K - 1;
-      while (j > 0 && v > gt[j - 1]) {
-        gt[j] = gt[j - 1];
-        it[j] = it[j - 1];
-        --j;
-      }
-      gt[j] = v;
-      it[j] = static_cast<int32_t>(e);
-    }
-    if (renormalize) {
-      float s = 0.f;
-      for (int64_t k = 0; k < K; ++k) s += gt[k];
-      const float is = 1.0f / s;
-      for (int64_t k = 0; k < K; ++k) gt[k] *= is;
-    }
+    router_row::topk(probs + t * E, lse + t, idx + t * K, gates + t * K, logits + t * E, E, K,
+                     sigmoid_scoring, renormalize, bias);
   }
 }
-__global__ void router_backward_kernel(float* dlogits, const float* dgates, const float* probs,
-                                       const float* lse, const int32_t* idx, const float* gates,
-                                       const float* dprobs_all, float z_coef, int64_t N,
-                                       int64_t E, int64_t K, bool renormalize) {
+__global__ void router_backward_kernel(float* dlogits, const float* dgates, const float* logits,
+                                       const float* probs, const float* lse, const int32_t* idx,
+                                       const float* gates, const float* dprobs_all, float z_coef,
+                                       int64_t N, int64_t E, int64_t K, bool sigmoid_scoring,
+                                       bool renormalize) {
   SY_GRID_STRIDE(t, N) {
-    const float* p = probs + t * E;
-    const int32_t* it = idx + t * K;
-    const float* dg = dgates + t * K;
-    const float* g = gates + t * K;
-    float* dl = dlogits + t * E;  // dL/dprobs first, then dL/dlogits
-    for (int64_t e = 0; e < E; ++e) dl[e] = dprobs_all ? dprobs_all[e] : 0.f;
-    if (renormalize) {
-      float S = 0.f, sdg = 0.f;
-      for (int64_t k = 0; k < K; ++k) {
-        if (it[k] < 0) continue;
-        S += p[it[k]];
-        sdg += dg[k] * g[k];
-      }
-      if (S > 0.f) {
-        const float iS = 1.0f / S;
-        for (int64_t k = 0; k < K; ++k)
-          if (it[k] >= 0) dl[it[k]] += (dg[k] - sdg) * iS;
-      }
-    } else {
-      for (int64_t k = 0; k < K; ++k)
-        if (it[k] >= 0) dl[it[k]] += dg[k];
-    }
-    float dot = 0.f;
-    for (int64_t e = 0; e < E; ++e) dot += p[e] * dl[e];
-    const float zt = z_coef * 2.0f * lse[t];
-    for (int64_t e = 0; e < E; ++e) dl[e] = p[e] * (dl[e] - dot + zt);
+    router_row::backward(dlogits + t * E, dgates + t * K,
+                         sigmoid_scoring ? logits + t * E : nullptr, probs + t * E, lse[t],
+                         idx + t * K, gates + t * K, dprobs_all, z_coef, E, K, sigmoid_scoring,
+                         renormalize);
   }
 }
 
@@ -226,18 +174,20 @@ void sigmoid_gate_backward(float* dy, float* dlogit, const float* dout, const fl
                                                                        rows, C);
 }
 void router_topk(float* probs, float* lse, int32_t* idx, float* gates, const float* logits,
-                 int64_t N, int64_t E, int64_t K, bool renormalize, cudaStream_t s) {
+                 int64_t N, int64_t E, int64_t K, bool sigmoid_scoring, bool renormalize,
+                 const float* bias, cudaStream_t s) {
   if (N > 0)
     router_topk_kernel<<<blocks_for(N, 128), 128, 0, s>>>(probs, lse, idx, gates, logits, N, E, K,
-                                                          renormalize);
+                                                          sigmoid_scoring, renormalize, bias);
 }
-void router_backward(float* dlogits, const float* dgates, const float* probs, const float* lse,
-                     const int32_t* idx, const float* gates, const float* dprobs_all,
-                     float z_coef, int64_t N, int64_t E, int64_t K, bool renormalize,
-                     cudaStream_t s) {
+void router_backward(float* dlogits, const float* dgates, const float* logits, const float* probs,
+                     const float* lse, const int32_t* idx, const float* gates,
+                     const float* dprobs_all, float z_coef, int64_t N, int64_t E, int64_t K,
+                     bool sigmoid_scoring, bool renormalize, cudaStream_t s) {
   if (N > 0)
     router_backward_kernel<<<blocks_for(N, 128), 128, 0, s>>>(
-        dlogits, dgates, probs, lse, idx, gates, dprobs_all, z_coef, N, E, K, renormalize);
+        dlogits, dgates, logits, probs, lse, idx, gates, dprobs_all, z_coef, N, E, K,
+        sigmoid_scoring, renormalize);
 }
 void route_plan(int32_t* pos, int32_t* expert_offsets, const int32_t* idx, int64_t N, int64_t E,
                 int64_t K, cudaStream_t s) {

@@ -326,6 +326,17 @@ const char* torch_dtype_name(Dtype d) {
 }
 }  // namespace
 
+std::string hf_routing_unsupported(const ModelConfig& cfg) {
+  std::string what;
+  if (cfg.moe.router.scoring != RouterScoring::softmax)
+    what = fmt::format("{} router scoring (model.moe.router.scoring)", name_of(cfg.moe.router.scoring));
+  if (cfg.moe.balance.bias_rate > 0)
+    what += std::string(what.empty() ? "" : " and ") +
+            "the aux-loss-free selection bias (model.moe.balance.bias_rate > 0, DeepSeek-V3's "
+            "e_score_correction_bias)";
+  return what;
+}
+
 nlohmann::json hf_config_json(const ModelConfig& c, Dtype weights) {
   json j;
   const bool qwen = c.qwen_layout();

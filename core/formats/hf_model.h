@@ -42,6 +42,12 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
 
 // ---- writing ----
 
+// What the model's routing needs that the mixtral and qwen2_moe layouts cannot express (their
+// routers are a softmax top-k without a selection bias): "" when nothing, else a phrase naming
+// the config keys (sigmoid scoring, the aux-loss-free selection bias). Writers refuse such a
+// model rather than change its routing.
+std::string hf_routing_unsupported(const ModelConfig& cfg);
+
 // config.json of the Hugging Face layout: mixtral / MixtralForCausalLM, or qwen2_moe /
 // Qwen2MoeForCausalLM when cfg.qwen_layout(); torch_dtype: the weights' dtype.
 nlohmann::json hf_config_json(const ModelConfig& cfg, Dtype weights = Dtype::f32);

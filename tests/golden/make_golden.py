@@ -60,6 +60,17 @@ CASES = OrderedDict(
                    qkv_bias=True, first_dense_layers=1, dense_ffn_size=64,
                    moe=dict(n_experts=4, top_k=2, expert_size=32, normalize_topk=False,
                             shared_expert_size=56, aux_loss_coef=0.01, z_loss_coef=0.001))),
+    # DeepSeek-V3 routing: sigmoid scores, a selection bias that changes the choice of some tokens
+    sigmoid_bias=dict(
+        seed=56, dead=None, router_std=1.5,
+        model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
+                   moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02, z_loss_coef=0.001,
+                            router_scoring="sigmoid", selection_bias=[0.05, -0.1, 0.0, 0.08]))),
+    softmax_bias=dict(
+        seed=53, dead=None, router_std=1.5,
+        model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
+                   moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02,
+                            z_loss_coef=0.001, selection_bias=[0.05, -0.1, 0.0, 0.08]))),
 )
 
 # dead-expert construction (mixtral_k2): every embedding row gets +ALPHA*u (u a random unit vector),
@@ -128,7 +139,8 @@ def make_batch(gen, V, perm):
 
 
 def topk_margin(model):
-    """Smallest gap between the k-th and (k+1)-th router logit over the tokens of the last forward."""
+    """Smallest gap between the k-th and (k+1)-th router logit (selection key under a bias or sigmoid
+    scoring) over the tokens of the last forward."""
     K, E = model.cfg["moe"]["top_k"], model.cfg["moe"]["n_experts"]
     if K == E:
         return math.inf
@@ -137,8 +149,19 @@ def topk_margin(model):
         if not blk.is_moe:
             continue
         moe = blk.mlp if hasattr(blk, "mlp") else blk.block_sparse_moe
-        s = moe.last_logits.sort(dim=-1, descending=True).values
-        m = min(m, float((s[:, K - 1] - s[:, K]).min()))
+        if moe.bias is None and moe.scoring == "softmax":
+            s = moe.last_logits.sort(dim=-1, descending=True).values
+            m = min(m, float((s[:, K - 1] - s[:, K]).min()))
+            continue
+        # selection keys (score + bias): the gap between the k-th and (k+1)-th key in logit units,
+        # gap / (|d key_i / d logits| + |d key_j / d logits|) per token: the smallest max-norm change of
+        # the logits that can close it (sigmoid: d s_i = s_i (1 - s_i) dl_i; softmax: |d p_i| <= 2 p_i |dl|)
+        keys, order = moe.last_keys.sort(dim=-1, descending=True)
+        i, j = order[:, K - 1], order[:, K]
+        sc = moe.last_scores
+        d = sc * (1 - sc) if moe.scoring == "sigmoid" else 2 * sc
+        rows = torch.arange(sc.shape[0])
+        m = min(m, float(((keys[:, K - 1] - keys[:, K]) / (d[rows, i] + d[rows, j])).min()))
     return m
 
 
@@ -166,6 +189,16 @@ def run_case(name, case, out_dir):
     out.loss.backward()
     margin = topk_margin(model)
     counts = out.counts
+    if c["moe"]["selection_bias"] is not None:  # the bias must change the routing, else it is untested
+        moes = [b.mlp if hasattr(b, "mlp") else b.block_sparse_moe for b in model.model.layers if b.is_moe]
+        saved = [m.bias for m in moes]
+        for m in moes:
+            m.bias = None
+        with torch.no_grad():
+            unbiased = model(tokens, targets).counts
+        for m, b in zip(moes, saved):
+            m.bias = b
+        assert not torch.equal(unbiased, counts), f"{name}: the selection bias changes no expert count"
     dead = ""
     if case["dead"] is not None:
         layer, e = case["dead"]
@@ -217,7 +250,10 @@ def run_case(name, case, out_dir):
         lr=repr(OPTIM["lr"]), min_lr=repr(OPTIM["min_lr"]), warmup_steps=str(OPTIM["warmup_steps"]),
         steps=str(STEPS), weight_decay=repr(OPTIM["weight_decay"]), beta1=repr(OPTIM["beta1"]),
         beta2=repr(OPTIM["beta2"]), eps=repr(OPTIM["eps"]), grad_clip=repr(OPTIM["grad_clip"]),
-        case=name, batch=str(B), seq_len=str(T), seed=str(case["seed"]), dead_expert=dead)
+        case=name, batch=str(B), seq_len=str(T), seed=str(case["seed"]), dead_expert=dead,
+        router_scoring=c["moe"]["router_scoring"],
+        selection_bias=",".join(repr(float(torch.tensor(b, dtype=torch.float32))) for b in
+                                (c["moe"]["selection_bias"] or [])))
     tm.save_safetensors(os.path.join(out_dir, "golden.safetensors"), g, meta)
 
     extra = mixed_variant(name, model, tokens, targets, out_dir, out.logits)

@@ -52,7 +52,9 @@ MODEL_DEFAULTS = OrderedDict(
     dense_ffn_size=1024, init_std=0.02)
 MOE_DEFAULTS = OrderedDict(
     n_experts=8, top_k=2, expert_size=512, normalize_topk=True, shared_expert_size=0,
-    aux_loss_coef=0.01, z_loss_coef=0.0)
+    aux_loss_coef=0.01, z_loss_coef=0.0,
+    # model.moe.router.scoring; a fixed selection bias [E] (every MoE layer; None: none), moe/router.h
+    router_scoring="softmax", selection_bias=None)
 OPTIM_DEFAULTS = OrderedDict(
     lr=1e-3, min_lr=1e-4, warmup_steps=10, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
     grad_clip=1.0, decay_norms=False, decay_biases=False, decay_router=False, decay_embeddings=True)
@@ -270,6 +272,11 @@ class SparseMoe(nn.Module):
         m = c["moe"]
         C = c["d_model"]
         self.E, self.K, self.normalize = m["n_experts"], m["top_k"], bool(m["normalize_topk"])
+        self.scoring = m["router_scoring"]
+        assert self.scoring in ("softmax", "sigmoid"), self.scoring
+        # the fp32 values the C++ holds
+        self.bias = None if m["selection_bias"] is None else [
+            float(torch.tensor(float(b), dtype=torch.float32)) for b in m["selection_bias"]]
         names = ("gate_proj", "up_proj", "down_proj") if qwen else ("w1", "w3", "w2")
         self.gate = nn.Linear(C, self.E, bias=False)
         self.experts = nn.ModuleList([SwiGLU(C, m["expert_size"], names) for _ in range(self.E)])
@@ -283,9 +290,19 @@ class SparseMoe(nn.Module):
         # router: fp32 weights, unrounded logits; only its input is read in the compute dtype
         logits = self.gate(x) if _COMPUTE is None else F.linear(rnd(x), self.gate.weight)  # [N, E]
         lp = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-        p = torch.softmax(lp, dim=-1)
+        # scores: softmax, or DeepSeek-V3's sigmoid; p: what the aux loss averages (the softmax, or
+        # the normalised affinities s / sum_e s)
+        if self.scoring == "sigmoid":
+            s = torch.sigmoid(lp)
+            p = s / s.sum(dim=-1, keepdim=True)
+        else:
+            s = p = torch.softmax(lp, dim=-1)
+        # selection by score + bias (the bias is a constant: no gradient, no effect on the gates)
+        key = s.detach() if self.bias is None else s.detach() + torch.tensor(self.bias, dtype=s.dtype)
         self.last_logits = lp.detach()  # for diagnostics (routing margins)
-        topv, topi = torch.topk(p, self.K, dim=-1)  # by probability
+        self.last_keys, self.last_scores = key, s.detach()  # selection keys and scores (routing margins)
+        topi = torch.topk(key, self.K, dim=-1).indices
+        topv = s.gather(-1, topi)
         gates = topv / topv.sum(dim=-1, keepdim=True) if self.normalize else topv
         gates = gates.to(x.dtype)
         out = torch.zeros_like(x)

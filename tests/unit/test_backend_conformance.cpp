@@ -556,21 +556,34 @@ TEST_P(Conformance, SwigluAndSigmoidGate) {
 struct RouterCase {
   int64_t E, K;
   bool renormalize;
+  RouterScoring scoring = RouterScoring::softmax;
+  bool bias = false;  // a selection bias (experts 1 and 5 share one value: ties stay ties)
 };
 
 TEST_P(Conformance, RouterTopkWithTiesAndBackward) {
   const int64_t N = 41;
-  for (const RouterCase c : {RouterCase{8, 2, true}, {8, 2, false}, {8, 1, true}, {16, 4, false}}) {
-    SCOPED_TRACE(fmt::format("E {} K {} renormalize {}", c.E, c.K, c.renormalize));
+  const auto sigmoid = RouterScoring::sigmoid;
+  for (const RouterCase c : {RouterCase{8, 2, true}, {8, 2, false}, {8, 1, true}, {16, 4, false},
+                             {8, 2, true, RouterScoring::softmax, true}, {8, 2, true, sigmoid},
+                             {8, 2, false, sigmoid, true}, {16, 4, true, sigmoid, true}}) {
+    SCOPED_TRACE(fmt::format("E {} K {} renormalize {} {} bias {}", c.E, c.K, c.renormalize,
+                             name_of(c.scoring), c.bias));
     std::vector<float> l = randn(N * c.E, 140 + c.E);
     for (int64_t e = 0; e < c.E; ++e) l[e] = 0.25f;  // token 0: all tied
     l[c.E + 1] = l[c.E + 5] = 4.f;                    // token 1: a tie for the top
+    std::vector<float> b = randn(c.E, 145);
+    for (float& v : b) v *= 0.05f;
+    b[5] = b[1];
     auto logits = upload(l), probs = poisoned(N * c.E), lse = poisoned(N);
+    auto bias = upload(b);
     auto idx = poisoned_i(N * c.K);
     auto gates = poisoned(N * c.K);
+    auto opt = [&](bool r) {
+      return RouterOptions{c.scoring, c.renormalize, c.bias ? on(bias, r) : nullptr};
+    };
     both([&](Backend& be, bool r) {
       be.router_topk(on(probs, r), on(lse, r), on(idx, r), on(gates, r), on(logits, r), N, c.E, c.K,
-                     c.renormalize);
+                     opt(r));
     });
     expect_close("router probs", probs, kTolF32);
     expect_close("router lse", lse, kTolF32);
@@ -583,12 +596,12 @@ TEST_P(Conformance, RouterTopkWithTiesAndBackward) {
     auto dgates = rand(N * c.K, 150), dprobs_all = rand(c.E, 151);
     auto dl = poisoned(N * c.E), dl_noaux = poisoned(N * c.E);
     both([&](Backend& be, bool r) {
-      be.router_backward(on(dl, r), on(dgates, r), on(plan_probs, r), on(plan_lse, r),
+      be.router_backward(on(dl, r), on(dgates, r), on(logits, r), on(plan_probs, r), on(plan_lse, r),
                          on(plan_idx, r), on(plan_gates, r), on(dprobs_all, r), 0.01f, N, c.E, c.K,
-                         c.renormalize);
-      be.router_backward(on(dl_noaux, r), on(dgates, r), on(plan_probs, r), on(plan_lse, r),
-                         on(plan_idx, r), on(plan_gates, r), nullptr, 0.f, N, c.E, c.K,
-                         c.renormalize);
+                         opt(r));
+      be.router_backward(on(dl_noaux, r), on(dgates, r), on(logits, r), on(plan_probs, r),
+                         on(plan_lse, r), on(plan_idx, r), on(plan_gates, r), nullptr, 0.f, N, c.E,
+                         c.K, opt(r));
     });
     expect_close("router_backward", dl, kTolF32);
     expect_close("router_backward without aux", dl_noaux, kTolF32);

@@ -239,6 +239,21 @@ TEST(Config, WrongTypes) {
   }
 }
 
+TEST(Config, RouterScoringAndSelectionBias) {
+  ExperimentConfig c = parse_experiment_config(
+      "model:\n  moe:\n    router:\n      scoring: sigmoid\n    balance:\n      bias_rate: 0.001\n", "x");
+  EXPECT_EQ(c.model.moe.router.scoring, core::RouterScoring::sigmoid);
+  EXPECT_DOUBLE_EQ(c.model.moe.balance.bias_rate, 1e-3);
+  EXPECT_EQ(parse_experiment_config("", "x").model.moe.router.scoring, core::RouterScoring::softmax);
+  EXPECT_EQ(parse_experiment_config("", "x").model.moe.balance.bias_rate, 0.0);
+  std::string m = usage_error("model:\n  moe:\n    router:\n      scoring: relu\n");
+  EXPECT_HAS(m, "model.moe.router.scoring: 'relu' is not one of softmax, sigmoid");
+  m = usage_error("model:\n  moe:\n    balance:\n      bias_rate: -0.1\n");
+  EXPECT_HAS(m, "model.moe.balance.bias_rate: must be >= 0");
+  m = usage_error("", {"model.moe.router.scoring=tanh"});
+  EXPECT_HAS(m, "model.moe.router.scoring");
+}
+
 TEST(Config, AcceptedScalarForms) {
   ExperimentConfig c = parse_experiment_config(
       "model:\n  moe:\n    normalize_topk: False\n  rope_theta: 1e6\n  vocab_size: 0x100\n"

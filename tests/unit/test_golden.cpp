@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -65,12 +66,33 @@ std::vector<float> logits_of(const sy::moe::Model& m) {
 
 double meta(const sy::core::formats::SafetensorsFile& f, const std::string& key) { return std::stod(f.metadata().at(key)); }
 
-// The case's model through the --init-from loader, with the loss coefficients the reference used.
+// The case's model through the --init-from loader, with the loss coefficients and the routing the
+// reference used (the Hugging Face config has no sigmoid scoring or selection bias: metadata
+// router_scoring, selection_bias = E comma-separated values for every MoE layer).
 sy::launch::LoadedModel load_case_model(const fs::path& dir, const sy::core::formats::SafetensorsFile& g) {
   auto loaded = sy::launch::load_hf_model((dir / "model").string());
   loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
   loaded.config.moe.z_loss_coef = meta(g, "z_loss_coef");
+  const auto& md = g.metadata();
+  if (md.contains("router_scoring"))
+    loaded.config.moe.router.scoring = sy::core::value_named<sy::core::RouterScoring>(md.at("router_scoring")).value();
+  // a fixed bias: the rate only turns it on (tests never take a trainer step that updates it)
+  if (md.contains("selection_bias") && !md.at("selection_bias").empty()) loaded.config.moe.balance.bias_rate = 1e-3;
   return loaded;
+}
+
+// The model of a case with its parameters and the reference's selection bias.
+void set_case_state(sy::moe::Model& model, const sy::launch::LoadedModel& loaded,
+                    const sy::core::formats::SafetensorsFile& g) {
+  model.set_params_from_host(loaded.params.data());
+  const auto& md = g.metadata();
+  if (!md.contains("selection_bias") || md.at("selection_bias").empty()) return;
+  std::vector<float> one;
+  std::stringstream in(md.at("selection_bias"));
+  for (std::string v; std::getline(in, v, ',');) one.push_back(std::stof(v));
+  std::vector<float> all;
+  for (int64_t l = 0; l < model.num_moe_layers(); ++l) all.insert(all.end(), one.begin(), one.end());
+  model.set_selection_bias(all);
 }
 
 // The reference's batch: tokens and targets [B, T].
@@ -96,7 +118,7 @@ TEST_P(Golden, LossLogitsCountsAndEveryGradient) {
 
   auto be = sy::test::test_backend();
   sy::moe::Model model(*be, loaded.config, B, T);
-  model.set_params_from_host(loaded.params.data());
+  set_case_state(model, loaded, g);
   const auto r = model.forward(tokens.data(), targets.data(), B, T);
   EXPECT_NEAR(r.loss, f32(g, "loss")[0], kTol * std::abs(f32(g, "loss")[0]));
   EXPECT_NEAR(r.ce, f32(g, "ce")[0], kTol * std::abs(f32(g, "ce")[0]));
@@ -152,7 +174,7 @@ TEST_P(Golden, TenStepAdamWTrajectory) {
 
   auto be = sy::test::test_backend();
   sy::moe::Model model(*be, loaded.config, B, T);
-  model.set_params_from_host(loaded.params.data());
+  set_case_state(model, loaded, g);
   sy::optim::AdamW adamw(*be, model.table(), oc);
   for (int64_t s = 0; s < S; ++s) {
     model.zero_grads();
@@ -235,7 +257,7 @@ TEST_P(Golden, MixedPrecisionForward) {
     sy::moe::ModelOptions opts;
     opts.precision = sy::core::PrecisionPolicy{sy::core::value_named<sy::core::Dtype>(p).value()};
     sy::moe::Model model(*be, loaded.config, B, T, {}, opts);
-    model.set_params_from_host(loaded.params.data());
+    set_case_state(model, loaded, g);
     const auto r = model.forward(tokens.data(), targets.data(), B, T);
 
     const auto counts = i32(gm, p + ".expert_counts");
@@ -270,7 +292,8 @@ TEST_P(Golden, MixedPrecisionForward) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("mixtral_k2", "mixtral_k1", "qwen_shared"));
+INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("mixtral_k2", "mixtral_k1", "qwen_shared", "sigmoid_bias",
+                                                             "softmax_bias"));
 
 // The same weights stored as BF16 in two shards with an index: the loader converts them and the
 // logits match the reference computed from the bf16-rounded weights.

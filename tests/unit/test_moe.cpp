@@ -226,7 +226,7 @@ TEST_P(RouterKernels, TopkAndBackwardMatchReference) {
   std::vector<float> probs(N * E), lse(N), gates(N * K);
   std::vector<int32_t> idx(N * K);
   be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K,
-                  renorm);
+                  {core::RouterScoring::softmax, renorm, nullptr});
   RefRoute r = ref_router({logits.begin(), logits.end()}, N, E, K, renorm);
   EXPECT_EQ(idx, r.idx);
   EXPECT_LT(max_rel_error(probs.data(), to_float(r.probs).data(), N * E, 1e-6), 1e-5);
@@ -237,15 +237,15 @@ TEST_P(RouterKernels, TopkAndBackwardMatchReference) {
   auto dprobs_all = randn(E, 33);
   const float z_coef = 0.37f;
   std::vector<float> dlogits(N * E, NAN);
-  be->router_backward(dlogits.data(), dgates.data(), probs.data(), lse.data(), idx.data(),
-                      gates.data(), dprobs_all.data(), z_coef, N, E, K, renorm);
+  be->router_backward(dlogits.data(), dgates.data(), nullptr, probs.data(), lse.data(), idx.data(),
+                      gates.data(), dprobs_all.data(), z_coef, N, E, K, {core::RouterScoring::softmax, renorm, nullptr});
   auto ref = ref_router_backward({dgates.begin(), dgates.end()}, r,
                                  {dprobs_all.begin(), dprobs_all.end()}, z_coef, N, E, K, renorm);
   EXPECT_LT(max_rel_error(dlogits.data(), to_float(ref).data(), N * E, 1e-2), 1e-4);
 
   // without the aux and z terms
-  be->router_backward(dlogits.data(), dgates.data(), probs.data(), lse.data(), idx.data(),
-                      gates.data(), nullptr, 0.f, N, E, K, renorm);
+  be->router_backward(dlogits.data(), dgates.data(), nullptr, probs.data(), lse.data(), idx.data(),
+                      gates.data(), nullptr, 0.f, N, E, K, {core::RouterScoring::softmax, renorm, nullptr});
   ref = ref_router_backward({dgates.begin(), dgates.end()}, r, {}, 0.0, N, E, K, renorm);
   EXPECT_LT(max_rel_error(dlogits.data(), to_float(ref).data(), N * E, 1e-2), 1e-4);
 }
@@ -265,13 +265,13 @@ TEST_P(RouterFiniteDifferences, BackwardMatchesFiniteDifferences) {
   std::vector<int32_t> idx(N * K), idx0;
   auto run = [&]() {
     be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K,
-                    renorm);
+                    {core::RouterScoring::softmax, renorm, nullptr});
   };
   run();
   idx0 = idx;
   std::vector<float> dlogits(N * E);
-  be->router_backward(dlogits.data(), dgates.data(), probs.data(), lse.data(), idx.data(),
-                      gates.data(), dprobs_all.data(), z_coef, N, E, K, renorm);
+  be->router_backward(dlogits.data(), dgates.data(), nullptr, probs.data(), lse.data(), idx.data(),
+                      gates.data(), dprobs_all.data(), z_coef, N, E, K, {core::RouterScoring::softmax, renorm, nullptr});
   bool flipped = false;
   auto loss = [&]() {
     run();
@@ -317,10 +317,10 @@ TEST(MoeKernels, TopkTiesGoToLowerIndex) {
   std::vector<float> probs(N * E), lse(N), gates(N * K);
   std::vector<int32_t> idx(N * K);
   be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K,
-                  false);
+                  {core::RouterScoring::softmax, false, nullptr});
   EXPECT_EQ(idx, (std::vector<int32_t>{1, 2, 4, 0, 1, 2, 1, 3, 2}));
   EXPECT_FLOAT_EQ(gates[3], 0.2f);
-  be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K, true);
+  be->router_topk(probs.data(), lse.data(), idx.data(), gates.data(), logits.data(), N, E, K, {core::RouterScoring::softmax, true, nullptr});
   EXPECT_FLOAT_EQ(gates[3] + gates[4] + gates[5], 1.0f);
   EXPECT_FLOAT_EQ(gates[0], 1.0f / 3.0f);
   EXPECT_NEAR(lse[1], 2.0 + std::log(5.0), 1e-6);
