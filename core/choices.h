@@ -5,6 +5,8 @@
 //   Recompute          train.activation_checkpointing   none | full | selective | auto
 //   ExchangeAlgorithm  parallel.token_exchange    flat | hierarchical | auto
 //   Device             train.device               cpu | cuda
+//   ExpertDecayMode    optim.expert_decay.mode    static | dynamic
+//   ExpertDecayTarget  optim.expert_decay.apply_to   experts | router | both
 #pragma once
 
 #include <fmt/format.h>
@@ -35,6 +37,12 @@ enum class Device : uint8_t { cpu, cuda };
 // model.moe.router.scoring: softmax over the experts, or DeepSeek-V3's per-expert sigmoid.
 enum class RouterScoring : uint8_t { softmax, sigmoid };
 
+// Weight decay of the routed experts (optim/expert_decay.h): `fixed` (named "static") decays every
+// expert alike; `dynamic` scales each expert's decay by a multiplier that follows its routed load.
+enum class ExpertDecayMode : uint8_t { fixed, dynamic };
+// What the dynamic multiplier of expert e scales: its weights, its router row, or both.
+enum class ExpertDecayTarget : uint8_t { experts, router, both };
+
 // The names table of an enum: EnumNames<E>::table lists every value with its name.
 template <class E> struct EnumNames;
 template <> struct EnumNames<Dtype> {
@@ -59,6 +67,16 @@ template <> struct EnumNames<Device> {
 template <> struct EnumNames<RouterScoring> {
   static constexpr std::array<std::pair<RouterScoring, std::string_view>, 2> table{
       {{RouterScoring::softmax, "softmax"}, {RouterScoring::sigmoid, "sigmoid"}}};
+};
+
+template <> struct EnumNames<ExpertDecayMode> {
+  static constexpr std::array<std::pair<ExpertDecayMode, std::string_view>, 2> table{
+      {{ExpertDecayMode::fixed, "static"}, {ExpertDecayMode::dynamic, "dynamic"}}};
+};
+template <> struct EnumNames<ExpertDecayTarget> {
+  static constexpr std::array<std::pair<ExpertDecayTarget, std::string_view>, 3> table{
+      {{ExpertDecayTarget::experts, "experts"}, {ExpertDecayTarget::router, "router"},
+       {ExpertDecayTarget::both, "both"}}};
 };
 
 template <class E>

@@ -543,6 +543,12 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.require(o.beta2 >= 0 && o.beta2 < 1, "optim.beta2", "must be in [0, 1), got {}", o.beta2);
   c.positive(o.eps, "optim.eps");
   c.non_negative(o.grad_clip, "optim.grad_clip");
+  const ExpertDecayConfig& xd = o.expert_decay;
+  c.non_negative(xd.alpha, "optim.expert_decay.alpha");
+  c.require(xd.ema >= 0 && xd.ema < 1, "optim.expert_decay.ema", "must be in [0, 1), got {}", xd.ema);
+  c.positive(xd.min, "optim.expert_decay.min");
+  c.require(std::isfinite(xd.max) && xd.max >= xd.min, "optim.expert_decay.max",
+            "{} is smaller than optim.expert_decay.min = {}", xd.max, xd.min);
 
   const int64_t ep = cfg.parallel.expert_parallel;
   c.positive(ep, "parallel.expert_parallel");

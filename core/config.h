@@ -91,6 +91,30 @@ struct ModelConfig {
   }
 };
 
+// Dynamic expert weight decay (optim/expert_decay.h). Per MoE layer and expert, load_e is an EMA
+// over optimizer steps of the expert's share of the layer's routing slots (whole step, all ranks);
+// the multiplier m_e = clip((load_e * n_experts)^alpha, min, max) scales the decoupled weight
+// decay of the expert's weights and/or its router row (apply_to). Busy experts decay more.
+struct ExpertDecayConfig {
+  ExpertDecayMode mode = ExpertDecayMode::fixed;  // static | dynamic
+  double alpha = 1.0;             // exponent of load / mean load
+  double ema = 0.9;               // load <- ema * load + (1 - ema) * share of this step; in [0, 1)
+  double min = 0.5;               // clip of the multiplier
+  double max = 4.0;
+  // experts | router | both (router: row e of the router weight decays by weight_decay * m_e,
+  // whatever optim.decay_router says)
+  ExpertDecayTarget apply_to = ExpertDecayTarget::experts;
+
+  template <class V> void visit(V& v) {
+    v("mode", mode);
+    v("alpha", alpha);
+    v("ema", ema);
+    v("min", min);
+    v("max", max);
+    v("apply_to", apply_to);
+  }
+};
+
 struct OptimConfig {
   double lr = 1e-3;
   double min_lr = 1e-4;           // cosine decays from lr to min_lr
@@ -104,6 +128,7 @@ struct OptimConfig {
   bool decay_biases = false;
   bool decay_router = false;
   bool decay_embeddings = true;
+  ExpertDecayConfig expert_decay;
 
   template <class V> void visit(V& v) {
     v("lr", lr);
@@ -118,6 +143,7 @@ struct OptimConfig {
     v("decay_biases", decay_biases);
     v("decay_router", decay_router);
     v("decay_embeddings", decay_embeddings);
+    v("expert_decay", expert_decay);
   }
 };
 

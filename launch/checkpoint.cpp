@@ -141,7 +141,8 @@ void write_rank_file(const fs::path& path, const core::ParamTable& table, bool d
 }
 
 json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConfig& cfg, int world,
-                   const optim::LossScalerState* ls, const std::vector<float>& selection_bias) {
+                   const optim::LossScalerState* ls, const std::vector<float>& selection_bias,
+                   const optim::ExpertDecay* xd) {
   const int E = static_cast<int>(cfg.parallel.expert_parallel);
   json tensors = json::object(), files = json::array();
   for (int q = 0; q < E; ++q) {
@@ -166,6 +167,13 @@ json make_manifest(int64_t step, int64_t steps_taken, const core::ExperimentConf
                           {"hysteresis_left", ls->hysteresis_left},
                           {"overflows_at_min", ls->overflows_at_min}, {"skipped_steps", ls->skipped_steps}};
   if (!selection_bias.empty()) man["selection_bias"] = selection_bias;  // exact: float -> JSON -> float
+  if (xd && xd->dynamic()) {  // nlohmann writes doubles with round-trip precision: resumed bit for bit
+    json loads = json::array();
+    for (size_t i = 0; i < xd->loads().size(); i += static_cast<size_t>(xd->n_experts()))
+      loads.push_back(std::vector<double>(xd->loads().begin() + static_cast<std::ptrdiff_t>(i),
+                                          xd->loads().begin() + static_cast<std::ptrdiff_t>(i) + xd->n_experts()));
+    man["expert_decay"] = {{"loads", loads}};
+  }
   return man;
 }
 
@@ -191,7 +199,7 @@ std::string checkpoint_folder_name(int64_t step) { return fmt::format("step-{:06
 
 std::string save_checkpoint(const std::string& root_str, int64_t step, const core::ExperimentConfig& cfg,
                             const moe::Model& model, const optim::AdamW& adamw, parallel::ProcessGroups& groups,
-                            const optim::LossScalerState* scaler) {
+                            const optim::LossScalerState* scaler, const optim::ExpertDecay* expert_decay) {
   const fs::path root(root_str);
   const int rank = groups.world().rank();
   const std::string name = checkpoint_folder_name(step);
@@ -228,7 +236,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     // the manifest's rename fsyncs the folder, which also makes the rank files' entries durable
     write_text_durable((tmp / "manifest.json").string(),
                        make_manifest(step, adamw.steps_taken(), cfg, groups.world().size(), scaler,
-                                     model.selection_bias()).dump(1) + "\n");
+                                     model.selection_bias(), expert_decay).dump(1) + "\n");
     std::error_code ec;
     if (fs::exists(final_dir)) {  // the same step saved before (e.g. by a run resumed earlier)
       const fs::path old = root / fmt::format("{}.tmp-{}-old", name, pid);
@@ -372,6 +380,9 @@ LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& mode
       out.loss_scaler.overflows_at_min = ls.at("overflows_at_min").get<int64_t>();
       out.loss_scaler.skipped_steps = ls.at("skipped_steps").get<int64_t>();
     }
+    if (man.contains("expert_decay"))
+      for (const auto& layer : man.at("expert_decay").at("loads"))
+        for (const auto& load : layer) out.expert_decay_loads.push_back(load.get<double>());
   } catch (const json::exception& e) {
     throw_usage("{}: malformed checkpoint manifest: {}", (folder / "manifest.json").string(), e.what());
   }

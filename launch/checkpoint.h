@@ -9,6 +9,8 @@
 //                   core/formats/crc32c.h).
 //   manifest.json   written last by rank 0: format, version, step, optimizer steps_taken, the
 //                   loss scaler's state (scale and counters; fp16 runs only, optim/loss_scaler.h), the
+//                   dynamic expert decay's loads (`expert_decay.loads`, [MoE layer][expert], doubles
+//                   written with round-trip precision; dynamic runs only, optim/expert_decay.h), the
 //                   layout it was written from (world_size, expert_parallel), the resolved config
 //                   (YAML), for every tensor its file and shape, and with model.moe.balance.bias_rate
 //                   > 0 `selection_bias`: every MoE layer's aux-loss-free bias, [MoE layers * E] in
@@ -38,6 +40,7 @@
 #include "core/config.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
+#include "optim/expert_decay.h"
 #include "optim/loss_scaler.h"
 #include "parallel/process_groups.h"
 
@@ -53,7 +56,8 @@ inline const std::vector<std::string> kCheckpointEntries = {"latest*", "step-*"}
 // returns its folder.
 std::string save_checkpoint(const std::string& root, int64_t step, const core::ExperimentConfig& cfg,
                             const moe::Model& model, const optim::AdamW& adamw,
-                            parallel::ProcessGroups& groups, const optim::LossScalerState* scaler = nullptr);
+                            parallel::ProcessGroups& groups, const optim::LossScalerState* scaler = nullptr,
+                            const optim::ExpertDecay* expert_decay = nullptr);
 
 // A checkpoint folder (has manifest.json) as is, or a checkpoint root: the folder `latest` names.
 std::string resolve_checkpoint(const std::string& path);
@@ -65,6 +69,7 @@ struct LoadedCheckpoint {
   int64_t world_size = 0, expert_parallel = 0;  // the layout it was written from
   bool has_loss_scaler = false;  // only runs with a loss scaler (fp16) save its state
   optim::LossScalerState loss_scaler;
+  std::vector<double> expert_decay_loads;  // [MoE layer * n_experts + expert]; empty: none saved
 };
 
 // Every rank: restores its parameters, both AdamW moments and the step counter.

@@ -49,6 +49,7 @@ nlohmann::json step_json(const StepRecord& r) {
                         {"exchange_bytes_inter", r.exchange.inter_node.bytes},
                         {"exchange_messages_inter", r.exchange.inter_node.messages},
                         {"expert_load", load}};
+  if (!r.expert_decay.empty()) rec["expert_decay"] = r.expert_decay;  // per MoE layer [min, max] multiplier
   if (r.loss_scaling) {
     rec["loss_scale"] = r.loss_scale;
     rec["skipped"] = r.skipped;

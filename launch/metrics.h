@@ -2,6 +2,7 @@
 // eval record (the run folder's metrics), and the live progress line.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -42,6 +43,7 @@ struct StepRecord {
   parallel::ExchangeStats exchange;    // the token exchange of the window (its seconds included)
   int64_t n_experts = 0;
   std::vector<int64_t> expert_counts;  // [MoE layer * n_experts + expert]: routed slots, all ranks
+  std::vector<std::array<double, 2>> expert_decay;  // dynamic expert decay: per MoE layer [min, max] multiplier
   std::optional<StepMemory> memory;    // the first step of a run only
 
   double tokens_per_s() const { return tokens / seconds; }

@@ -202,6 +202,8 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   }
   reducer = std::make_unique<GradientReducer>(model->table(), *groups, static_cast<int>(cfg.model.n_layers));
   adamw = std::make_unique<optim::AdamW>(*backend, model->table(), cfg.optim);
+  expert_decay = std::make_unique<optim::ExpertDecay>(cfg.optim.expert_decay, model->num_moe_layers(),
+                                                      cfg.model.moe.n_experts);
   // what the model and optimizer hold besides activations (parameters, gradients, compute
   // weights, moments): the measured activation memory is the peak minus these
   state_bytes = backend->memory_stats().live_bytes - live_before_model - model->activation_bytes();
@@ -211,6 +213,11 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
     const std::string folder = resolve_checkpoint(opts.resume_from.empty() ? ckpt_root.string() : opts.resume_from);
     const LoadedCheckpoint ck = load_checkpoint(folder, *model, *adamw);
     if (ck.has_loss_scaler && scaler->enabled()) scaler->set_state(ck.loss_scaler);
+    // dynamic expert decay: a checkpoint without loads (static run, older build) starts at 1/E
+    if (expert_decay->dynamic() && !ck.expert_decay_loads.empty()) {
+      expert_decay->set_loads(ck.expert_decay_loads);
+      adamw->set_decay_multipliers(expert_decay->multipliers());
+    }
     if (ck.step > cfg.train.steps)
       throw_usage("{}: the checkpoint is at step {}, past train.steps = {}; raise train.steps to continue",
                   folder, ck.step, cfg.train.steps);
@@ -252,7 +259,7 @@ void TrainContext::save(int64_t step) {
   if (step == last_saved) return;
   require_finite_params(*model, step, *world);  // a diverged state is never saved
   const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, *model, *adamw, *groups,
-                                            scaler->enabled() ? &scaler->state() : nullptr);
+                                            scaler->enabled() ? &scaler->state() : nullptr, expert_decay.get());
   last_saved = step;
   if (rank0) {
     progress->finish();

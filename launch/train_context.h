@@ -22,6 +22,7 @@
 #include "launch/train.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
+#include "optim/expert_decay.h"
 #include "optim/loss_scaler.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/process_groups.h"
@@ -76,6 +77,7 @@ class TrainContext {
   std::unique_ptr<moe::Model> model;
   std::unique_ptr<GradientReducer> reducer;
   std::unique_ptr<optim::AdamW> adamw;
+  std::unique_ptr<optim::ExpertDecay> expert_decay;  // loads and multipliers (dynamic mode updates them)
   int64_t state_bytes = 0;  // parameters, gradients, compute weights, moments
 
   int64_t start_step = 0;   // the checkpoint's step on resume

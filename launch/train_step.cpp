@@ -164,6 +164,13 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
                 r.step, sums.nonfinite_ranks > 0 ? "loss" : "gradients", cfg.train.precision, where);
   }
   r.skipped = outcome == optim::LossScaler::Outcome::skip;
+  if (ctx.expert_decay->dynamic()) {  // once per step, from the whole step's counts (all ranks)
+    if (!r.skipped) {
+      ctx.expert_decay->update(r.expert_counts);
+      ctx.adamw->set_decay_multipliers(ctx.expert_decay->multipliers());
+    }
+    r.expert_decay = ctx.expert_decay->multiplier_ranges();
+  }
   if (!r.skipped) {  // the optimizer writes the compute weights of mixed precision in its pass
     const auto target = model.begin_update();
     ctx.adamw->step(target.master, model.grads(), r.lr,

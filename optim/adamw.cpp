@@ -2,18 +2,52 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+
+#include "core/error.h"
 
 namespace switchyard::optim {
 
 AdamW::AdamW(core::Backend& be, const core::ParamTable& table, const core::OptimConfig& cfg)
     : be_(be), cfg_(cfg), m_(be, table.total()), v_(be, table.total()) {
+  using core::ExpertDecayTarget;
+  const auto& xd = cfg.expert_decay;
+  const bool dynamic = xd.mode == core::ExpertDecayMode::dynamic;
+  const bool experts = dynamic && xd.apply_to != ExpertDecayTarget::router;
+  const bool router = dynamic && xd.apply_to != ExpertDecayTarget::experts;
+  std::map<int32_t, int64_t> moe_index;  // transformer layer -> MoE layer (routers in table order)
+  int64_t n_experts = 0;
   for (const auto& p : table.specs()) {
-    const bool decays = core::param_decays(p, cfg);
-    if (!runs_.empty() && runs_.back().second == decays && runs_.back().first.second == p.offset)
-      runs_.back().first.second = p.offset + p.numel;
-    else
-      runs_.push_back({{p.offset, p.offset + p.numel}, decays});
+    if (p.kind == core::ParamKind::router) {
+      moe_index.emplace(p.layer, static_cast<int64_t>(moe_index.size()));
+      n_experts = p.shape[0];
+    }
+    const Decay plain = core::param_decays(p, cfg) ? Decay::fixed : Decay::none;
+    if (experts && p.kind == core::ParamKind::expert) {
+      add_segment(p.offset, p.offset + p.numel, Decay::scaled, moe_index.at(p.layer) * n_experts + p.expert);
+    } else if (router && p.kind == core::ParamKind::router) {
+      const int64_t C = p.shape[1];
+      for (int64_t e = 0; e < n_experts; ++e)
+        add_segment(p.offset + e * C, p.offset + (e + 1) * C, Decay::scaled, moe_index.at(p.layer) * n_experts + e);
+    } else {
+      add_segment(p.offset, p.offset + p.numel, plain, -1);
+    }
   }
+  multipliers_.assign(static_cast<size_t>(static_cast<int64_t>(moe_index.size()) * n_experts), 1.0);
+}
+
+void AdamW::add_segment(int64_t begin, int64_t end, Decay decay, int64_t multiplier) {
+  if (!segments_.empty() && segments_.back().end == begin && segments_.back().decay == decay &&
+      segments_.back().multiplier == multiplier)
+    segments_.back().end = end;
+  else
+    segments_.push_back({begin, end, decay, multiplier});
+}
+
+void AdamW::set_decay_multipliers(const std::vector<double>& multipliers) {
+  SY_CHECK(multipliers.size() == multipliers_.size(), "AdamW: {} decay multipliers for {} experts of all MoE layers",
+           multipliers.size(), multipliers_.size());
+  multipliers_ = multipliers;
 }
 
 void AdamW::step(float* params, const float* grads, double lr, double grad_scale, float* compute,
@@ -21,13 +55,16 @@ void AdamW::step(float* params, const float* grads, double lr, double grad_scale
   ++t_;
   const float bc1 = static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(t_)));
   const float bc2 = static_cast<float>(1.0 - std::pow(cfg_.beta2, static_cast<double>(t_)));
-  for (const auto& [range, decays] : runs_) {
-    const int64_t b = range.first, n = range.second - range.first;
+  for (const Segment& s : segments_) {
+    const int64_t b = s.begin, n = s.end - s.begin;
+    const float wd = s.decay == Decay::none    ? 0.f
+                     : s.decay == Decay::fixed ? static_cast<float>(cfg_.weight_decay)
+                                               : static_cast<float>(cfg_.weight_decay *
+                                                                    multipliers_[static_cast<size_t>(s.multiplier)]);
     be_.adamw_update(params + b, grads + b, m_.data() + b, v_.data() + b, n,
                      static_cast<float>(grad_scale), static_cast<float>(lr),
                      static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
-                     static_cast<float>(cfg_.eps), decays ? static_cast<float>(cfg_.weight_decay) : 0.f,
-                     bc1, bc2, compute ? compute + b : nullptr, dtype);
+                     static_cast<float>(cfg_.eps), wd, bc1, bc2, compute ? compute + b : nullptr, dtype);
   }
 }
 

@@ -2,6 +2,13 @@
 // gradient-norm clipping. Which tensors decay is decided by the spec table's kinds and the
 // optimizer flags (core::param_decays), never by position. Moments live in two arenas with the
 // parameters' layout, so the optimizer step is one kernel call per run of same-decay tensors.
+// Dynamic expert decay (optim.expert_decay.mode: dynamic, optim/expert_decay.h) scales the decay
+// of routed expert e of MoE layer l by a multiplier: its tensors (apply_to experts|both: one call
+// per expert, its three tensors being adjacent) and row e of the layer's router weight (apply_to
+// router|both: one call per row, C contiguous floats; decayed whatever optim.decay_router says).
+// That is one backend call per expert per layer, two with `both`: 16 experts x 24 layers x 2 = 768
+// small calls a step, a kernel launch each on CUDA (microseconds against a step's seconds). Static
+// mode keeps the maximal runs, so it computes exactly what it did before dynamic decay existed.
 #pragma once
 
 #include <cstdint>
@@ -32,13 +39,27 @@ class AdamW {
   void set_state(const float* exp_avg_host, const float* exp_avg_sq_host, int64_t steps_taken);
   // The moments as host arrays of table.total() floats (for saving).
   void state_to_host(float* exp_avg_host, float* exp_avg_sq_host) const;
+  // Dynamic expert decay: the multipliers [MoE layer * n_experts + expert] of every global expert
+  // (MoE layers in table order), used by the following steps; 1 until first set.
+  void set_decay_multipliers(const std::vector<double>& multipliers);
+  // Backend calls per step (one per segment of the arena with its own weight decay).
+  size_t calls_per_step() const { return segments_.size(); }
 
  private:
   core::Backend& be_;
   core::OptimConfig cfg_;
   core::Arena m_, v_;
-  // maximal runs [begin, end) of adjacent tensors that share a decay decision
-  std::vector<std::pair<std::pair<int64_t, int64_t>, bool>> runs_;
+  // What a segment's weight decay is: none, optim.weight_decay, or weight_decay * multiplier.
+  enum class Decay : uint8_t { none, fixed, scaled };
+  struct Segment {
+    int64_t begin = 0, end = 0;  // [begin, end) of the arena
+    Decay decay = Decay::none;
+    int64_t multiplier = -1;     // scaled: index into multipliers_
+  };
+  void add_segment(int64_t begin, int64_t end, Decay decay, int64_t multiplier);
+  // maximal runs of adjacent tensors (or router rows) that share a decay decision
+  std::vector<Segment> segments_;
+  std::vector<double> multipliers_;
   int64_t t_ = 0;
 };
 
