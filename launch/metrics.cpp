@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "launch/balance_metrics.h"
 #include "launch/evaluate.h"
 
 namespace switchyard::launch {
@@ -29,16 +30,12 @@ void MetricsWriter::write(const nlohmann::json& record) {
 }
 
 nlohmann::json step_json(const StepRecord& r) {
-  const int64_t E = r.n_experts, layers = E > 0 ? static_cast<int64_t>(r.expert_counts.size()) / E : 0;
-  nlohmann::json load = nlohmann::json::array();
-  for (int64_t l = 0; l < layers; ++l) {
-    int64_t total = 0;
-    for (int64_t e = 0; e < E; ++e) total += r.expert_counts[l * E + e];
-    nlohmann::json row = nlohmann::json::array();
-    for (int64_t e = 0; e < E; ++e)
-      row.push_back(total ? static_cast<double>(r.expert_counts[l * E + e]) / static_cast<double>(total) : 0.0);
-    load.push_back(row);
-  }
+  const std::vector<LayerBalance> balance = layer_balances(r.expert_counts, r.n_experts);
+  const auto per_layer = [&](auto value) {  // one entry per MoE layer
+    nlohmann::json a = nlohmann::json::array();
+    for (const LayerBalance& b : balance) a.push_back(value(b));
+    return a;
+  };
   nlohmann::json rec = {{"step", r.step}, {"loss", r.loss}, {"ce", r.ce}, {"aux_loss", r.aux},
                         {"z_loss", r.z}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
                         {"tokens_per_s", r.tokens_per_s()}, {"step_ms", r.seconds * 1e3},
@@ -48,7 +45,11 @@ nlohmann::json step_json(const StepRecord& r) {
                         {"exchange_bytes_intra", r.exchange.intra_node.bytes},
                         {"exchange_bytes_inter", r.exchange.inter_node.bytes},
                         {"exchange_messages_inter", r.exchange.inter_node.messages},
-                        {"expert_load", load}};
+                        {"expert_load", per_layer([](const LayerBalance& b) { return b.share; })}};
+  // balance per MoE layer (launch/balance_metrics.h)
+  rec["busiest30_share"] = per_layer([](const LayerBalance& b) { return b.busiest30_share; });
+  rec["max_over_mean"] = per_layer([](const LayerBalance& b) { return b.max_over_mean; });
+  rec["load_cv"] = per_layer([](const LayerBalance& b) { return b.load_cv; });
   if (!r.expert_decay.empty()) rec["expert_decay"] = r.expert_decay;  // per MoE layer [min, max] multiplier
   if (r.loss_scaling) {
     rec["loss_scale"] = r.loss_scale;
@@ -89,15 +90,17 @@ bool interactive_terminal() {
 Progress::Progress(int64_t total_steps, int64_t interval)
     : total_(total_steps), interval_(interval > 0 ? interval : 1), tty_(interactive_terminal()) {}
 
-void Progress::update(int64_t step, double loss, double lr, double tokens_per_s, double sec_per_step) {
+void Progress::update(int64_t step, double loss, double lr, double tokens_per_s, double sec_per_step,
+                      std::string_view balance) {
   if (!tty_ && step % interval_ != 0 && step != total_ && step != 1) return;
   const std::string tps = tokens_per_s >= 1000 ? fmt::format("{:.1f}k", tokens_per_s / 1000)
                                                : fmt::format("{:.0f}", tokens_per_s);
-  const std::string line =
+  std::string line =
       fmt::format("step {}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | ETA {}", step, total_, loss, lr,
                   tps, format_duration(sec_per_step * static_cast<double>(total_ - step)));
+  if (!balance.empty()) line += fmt::format(" | {}", balance);
   if (tty_) {
-    fmt::print("\r{:<90}", line);
+    fmt::print("\r{:<130}", line);
     open_line_ = true;
   } else {
     fmt::print("{}\n", line);

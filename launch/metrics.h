@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -49,7 +50,8 @@ struct StepRecord {
   double tokens_per_s() const { return tokens / seconds; }
 };
 
-// The metrics.jsonl record of a step (expert_load: each layer's counts as fractions of its total).
+// The metrics.jsonl record of a step. Per MoE layer (launch/balance_metrics.h): expert_load (each
+// expert's counts as a fraction of the layer's total), busiest30_share, max_over_mean, load_cv.
 nlohmann::json step_json(const StepRecord& r);
 // The metrics.jsonl record of an evaluation after `step` steps.
 nlohmann::json eval_json(int64_t step, const EvalResult& e);
@@ -69,12 +71,14 @@ class MetricsWriter {
   std::string path_;
 };
 
-// "step 12/300 | loss 3.1234 | lr 1.20e-03 | 4.1k tok/s | ETA 1m02s" on one line: rewritten in
-// place on a terminal, printed every `interval` steps otherwise.
+// "step 12/300 | loss 3.1234 | lr 1.20e-03 | 4.1k tok/s | ETA 1m02s" on one line, then " | " and
+// `balance` when not empty (balance_summary): rewritten in place on a terminal, printed every
+// `interval` steps otherwise.
 class Progress {
  public:
   Progress(int64_t total_steps, int64_t interval);
-  void update(int64_t step, double loss, double lr, double tokens_per_s, double seconds_per_step);
+  void update(int64_t step, double loss, double lr, double tokens_per_s, double seconds_per_step,
+              std::string_view balance = {});
   void finish();
 
  private:

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <csignal>
 
+#include "launch/balance_metrics.h"
 #include "launch/metrics.h"
 #include "launch/train_context.h"
 #include "launch/train_step.h"
@@ -53,7 +54,8 @@ void report_step(TrainContext& ctx, const StepRecord& r, double avg_step_s) {
     fmt::print("switchyard train: step {} skipped: gradient overflow at loss scale {:g}; scale now {:g}\n",
                r.step, r.loss_scale, ctx.scaler->scale());
   }
-  ctx.progress->update(r.step, r.loss, r.lr, r.tokens_per_s(), avg_step_s);
+  ctx.progress->update(r.step, r.loss, r.lr, r.tokens_per_s(), avg_step_s,
+                       balance_summary(layer_balances(r.expert_counts, r.n_experts)));
 }
 
 }  // namespace

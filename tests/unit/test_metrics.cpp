@@ -30,6 +30,12 @@ TEST(Metrics, StepRecord) {
   EXPECT_EQ(j["exchange_bytes_inter"], 64);
   // fractions of each layer's routed slots; a layer without any: zeros
   EXPECT_EQ(j["expert_load"], nlohmann::json::parse("[[0.75, 0.25], [0.0, 0.0]]"));
+  // balance per layer (launch/balance_metrics.h): the busiest ceil(0.6) = 1 expert, max/mean, std/mean;
+  // zeros for the layer without tokens, never NaN (which JSON would write as null)
+  EXPECT_EQ(j["busiest30_share"], nlohmann::json::parse("[0.75, 0.0]"));
+  EXPECT_EQ(j["max_over_mean"], nlohmann::json::parse("[1.5, 0.0]"));
+  EXPECT_EQ(j["load_cv"], nlohmann::json::parse("[0.5, 0.0]"));
+  EXPECT_EQ(j.dump().find("null"), std::string::npos);
   for (const char* key : {"loss_scale", "skipped", "skipped_steps", "memory_peak_mb", "activation_mb"})
     EXPECT_FALSE(j.contains(key)) << key;
 }
@@ -49,6 +55,27 @@ TEST(Metrics, StepRecordWithLossScalingAndMemory) {
   EXPECT_EQ(j["activation_mb"], 4.0);
   EXPECT_EQ(j["activation_plan_mb"], 5.0);
   EXPECT_EQ(j["rss_peak_mb"], 20.0);
+}
+
+TEST(Metrics, DenseModelHasEmptyBalance) {
+  StepRecord r = two_layers_of_two_experts();
+  r.expert_counts.clear();
+  const nlohmann::json j = step_json(r);
+  for (const char* key : {"expert_load", "busiest30_share", "max_over_mean", "load_cv"})
+    EXPECT_EQ(j[key], nlohmann::json::array()) << key;
+}
+
+TEST(Metrics, ProgressLineEndsWithTheBalanceSummary) {
+  Progress p(10, 5);
+  testing::internal::CaptureStdout();
+  p.update(5, 2.5, 1e-3, 4100, 0.4, "busiest30 0.41 (worst 0.52) max/mean 1.80 (worst 2.31)");
+  p.update(10, 2.0, 1e-3, 4100, 0.5);  // no MoE layer: no summary
+  p.finish();
+  const std::string out = testing::internal::GetCapturedStdout();
+  EXPECT_NE(out.find("step 5/10 | loss 2.5000 | lr 1.00e-03 | 4.1k tok/s | ETA 2s | busiest30 0.41 (worst 0.52) "
+                     "max/mean 1.80 (worst 2.31)"), std::string::npos) << out;
+  EXPECT_NE(out.find("step 10/10 | loss 2.0000 | lr 1.00e-03 | 4.1k tok/s | ETA 0s"), std::string::npos) << out;
+  EXPECT_EQ(out.find("ETA 0s |"), std::string::npos) << out;
 }
 
 TEST(Metrics, EvalRecord) {
