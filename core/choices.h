@@ -36,6 +36,12 @@ enum class ExchangeAlgorithm : uint8_t { flat, hierarchical, automatic };
 enum class Device : uint8_t { cpu, cuda };
 // model.moe.router.scoring: softmax over the experts, or DeepSeek-V3's per-expert sigmoid.
 enum class RouterScoring : uint8_t { softmax, sigmoid };
+// Which routed assignments an expert over its capacity drops (moe/capacity.h): the latest in
+// token order (`position`), or the least important (`importance`: batch-prioritised routing).
+enum class DropPolicy : uint8_t { position, importance };
+// An assignment's importance: its gate probability (`gate`), or its token's margin between the
+// top-1 and the top-(k+1) score (`margin`).
+enum class ImportanceScore : uint8_t { gate, margin };
 
 // Weight decay of the routed experts (optim/expert_decay.h): `fixed` (named "static") decays every
 // expert alike; `dynamic` scales each expert's decay by a multiplier that follows its routed load.
@@ -67,6 +73,15 @@ template <> struct EnumNames<Device> {
 template <> struct EnumNames<RouterScoring> {
   static constexpr std::array<std::pair<RouterScoring, std::string_view>, 2> table{
       {{RouterScoring::softmax, "softmax"}, {RouterScoring::sigmoid, "sigmoid"}}};
+};
+
+template <> struct EnumNames<DropPolicy> {
+  static constexpr std::array<std::pair<DropPolicy, std::string_view>, 2> table{
+      {{DropPolicy::position, "position"}, {DropPolicy::importance, "importance"}}};
+};
+template <> struct EnumNames<ImportanceScore> {
+  static constexpr std::array<std::pair<ImportanceScore, std::string_view>, 2> table{
+      {{ImportanceScore::gate, "gate"}, {ImportanceScore::margin, "margin"}}};
 };
 
 template <> struct EnumNames<ExpertDecayMode> {

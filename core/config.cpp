@@ -478,6 +478,8 @@ void validate(const ModelConfig& m, const std::string& origin) {
   c.non_negative(e.aux_loss_coef, "model.moe.aux_loss_coef");
   c.non_negative(e.z_loss_coef, "model.moe.z_loss_coef");
   c.non_negative(e.balance.bias_rate, "model.moe.balance.bias_rate");
+  c.non_negative(e.router.capacity_factor, "model.moe.router.capacity_factor");
+  c.non_negative(e.router.min_capacity, "model.moe.router.min_capacity");
   // parameters, in double (each factor is bounded above, so this is exact enough to compare)
   const double H = static_cast<double>(m.d_model), HD = static_cast<double>(m.hd()),
                attn = H * HD * static_cast<double>(2 * m.n_heads + 2 * m.n_kv_heads),

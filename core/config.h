@@ -14,7 +14,19 @@ namespace switchyard::core {
 // model.moe.router: how a token's experts are scored and chosen (moe/router.h).
 struct RouterConfig {
   RouterScoring scoring = RouterScoring::softmax;  // sigmoid: DeepSeek-V3 (gates = selected scores)
-  template <class V> void visit(V& v) { v("scoring", scoring); }
+  // Expert capacity per micro-batch (moe/capacity.h): max(min_capacity, ceil(capacity_factor *
+  // tokens * slots per token / n_experts)), tokens of the whole expert group; 0: dropless.
+  double capacity_factor = 0.0;
+  int64_t min_capacity = 4;
+  DropPolicy drop_policy = DropPolicy::position;     // which assignments an over-full expert drops
+  ImportanceScore importance = ImportanceScore::gate;  // the importance drop_policy: importance ranks by
+  template <class V> void visit(V& v) {
+    v("scoring", scoring);
+    v("capacity_factor", capacity_factor);
+    v("min_capacity", min_capacity);
+    v("drop_policy", drop_policy);
+    v("importance", importance);
+  }
 };
 
 // model.moe.balance: load-balancing state updated by the trainer (moe/router.h).

@@ -370,6 +370,13 @@ std::vector<std::vector<int64_t>> Model::expert_counts() const {
   return out;
 }
 
+const MoeStats& Model::moe_stats(int64_t i) const {
+  int64_t k = i;
+  for (const auto& L : layers_)
+    if (L->is_moe && k-- == 0) return L->moe->stats();
+  throw_internal("Model::moe_stats: no MoE layer {} (the model has {})", i, n_moe_);
+}
+
 std::vector<float> Model::selection_bias() const {
   std::vector<float> out;
   for (const auto& L : layers_)

@@ -102,6 +102,8 @@ class Model {
   int64_t logits_rows() const { return B_ * T_; }
   // Routing slots per expert of each MoE layer in the last forward: [n_moe_layers][E].
   std::vector<std::vector<int64_t>> expert_counts() const;
+  // The statistics of MoE layer i (0 <= i < num_moe_layers()) in the last forward.
+  const MoeStats& moe_stats(int64_t i) const;
   // Token-exchange traffic and expert GEMM time of the last forward and backward, all MoE layers.
   parallel::ExchangeStats exchange_stats() const;
   double expert_seconds() const;

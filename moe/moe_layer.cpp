@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/ffn.h"
+#include "moe/capacity.h"
 #include "moe/experts.h"
 #include "moe/router.h"
 #include "moe/token_dispatcher.h"
@@ -34,6 +35,7 @@ struct Buffers {
   float *logits = nullptr, *probs = nullptr, *lse = nullptr,
         *gates = nullptr;                                          // [N,E],[N,E],[N],[N,K]
   int32_t *idx = nullptr, *pos = nullptr, *offsets = nullptr;      // [N,K],[N*K],[E+1]
+  int32_t* kept = nullptr;  // [N,K] idx after the capacity drops (-1): what is dispatched (capacity on)
   float *xp = nullptr, *h = nullptr, *a = nullptr, *ye = nullptr;  // expert rows: [R,C],[R,2I],[R,I],[R,C]
   float *sh_h = nullptr, *sh_a = nullptr, *sh_y = nullptr, *sh_logit = nullptr;  // shared expert
   // scratch
@@ -72,6 +74,7 @@ void add_buffers(core::ActivationStore& acts, const core::ModelConfig& cfg, int 
   acts.add(layer, "moe.gates", &b.gates, N * K, Keep::always);
   acts.add(layer, "moe.idx", &b.idx, N * K, Keep::always);
   acts.add(layer, "moe.pos", &b.pos, N * K, Keep::always);
+  if (cfg.moe.router.capacity_factor > 0) acts.add(layer, "moe.kept", &b.kept, N * K, Keep::always);
   acts.add(layer, "moe.offsets", &b.offsets, E + 1, Keep::always);
   acts.add(layer, "moe.prob_sums", &b.prob_sums, E, Keep::scratch);
   acts.add(layer, "moe.dgates", &b.dgates, N * K, Keep::scratch);
@@ -107,6 +110,7 @@ struct MoeLayer::Impl : Buffers {
   ExpertParallel ep;
   int64_t E_local, first_expert;  // this rank's experts (all of them without expert parallelism)
   Router router;
+  CapacityRule capacity;
   Experts experts;
   int64_t off_shared_gate_up = -1, off_shared_down = -1, off_shared_gate = -1;
 
@@ -115,6 +119,7 @@ struct MoeLayer::Impl : Buffers {
   std::vector<float> prob_sums_host;  // [E]
   std::vector<double> prob_sums_d;    // [E]
   std::vector<float> dprobs_host;     // [E]
+  std::vector<float> probs_host;      // [N,E] capacity with importance dropping only
   int64_t last_N = -1;                // tokens of the last forward (backward must match)
   // the aux-loss-free selection bias [E] (model.moe.balance.bias_rate > 0): a host copy, the
   // one the trainer updates and checkpoints save, and the backend's copy router_topk reads
@@ -144,6 +149,7 @@ struct MoeLayer::Impl : Buffers {
         first_expert(core::local_experts(cfg, ep_.rank, std::max(1, ep_.size)).first),
         router(cfg.d_model, cfg.moe.n_experts, cfg.moe.top_k, cfg.moe.router.scoring,
                cfg.moe.normalize_topk, table.at(prefix + "gate.weight").offset, prec_),
+        capacity(capacity_rule(cfg.moe)),
         experts(table, prefix, cfg.qwen_layout(), E_local, cfg.d_model, cfg.moe.expert_size, first_expert, prec_) {
     SY_CHECK(table.at(prefix + "gate.weight").numel == E * C,
              "router weight of layer {} is not [{}, {}]", layer, E, C);
@@ -174,6 +180,8 @@ struct MoeLayer::Impl : Buffers {
     prob_sums_host.assign(static_cast<size_t>(E), 0.f);
     prob_sums_d.assign(static_cast<size_t>(E), 0.0);
     dprobs_host.assign(static_cast<size_t>(E), 0.f);
+    if (capacity.enabled() && capacity.policy == core::DropPolicy::importance)
+      probs_host.assign(static_cast<size_t>(max_tokens * E), 0.f);
     if (cfg.moe.balance.bias_rate > 0) {
       bias_host.assign(static_cast<size_t>(E), 0.f);
       bias = static_cast<float*>(be.alloc(sizeof(float) * static_cast<size_t>(E)));  // zeros
@@ -199,6 +207,7 @@ struct MoeLayer::Impl : Buffers {
                         });
   }
   void shared_forward(const float* x, const float* params, int64_t N);
+  const int32_t* drop_over_capacity(MoeStats& stats, int64_t N);
 };
 
 namespace {
@@ -206,6 +215,26 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 }  // namespace
+
+// Capacity (moe/capacity.h). Host sync: the router's choice idx (and, for importance dropping,
+// probs) to the host, where the expert group's drop rule runs; the kept experts back to `kept`.
+// Counts the routed slots before the drops.
+const int32_t* MoeLayer::Impl::drop_over_capacity(MoeStats& stats, int64_t N) {
+  const int64_t NK = N * K;
+  stats.kept.resize(static_cast<size_t>(NK));
+  be.copy_to_host(stats.kept.data(), idx, sizeof(int32_t) * static_cast<size_t>(NK));
+  if (!probs_host.empty()) be.copy_to_host(probs_host.data(), probs, sizeof(float) * static_cast<size_t>(N * E));
+  std::fill(stats.expert_counts.begin(), stats.expert_counts.end(), 0);
+  stats.routed = 0;
+  for (const int32_t e : stats.kept)
+    if (e >= 0) ++stats.expert_counts[static_cast<size_t>(e)], ++stats.routed;
+  const CapacityResult r = apply_capacity(capacity, stats.kept.data(), probs_host.data(), N, E, K,
+                                          ep.exchange ? &ep.exchange->group() : nullptr);
+  stats.capacity = r.capacity;
+  stats.dropped = r.dropped;
+  be.copy_from_host(kept, stats.kept.data(), sizeof(int32_t) * static_cast<size_t>(NK));
+  return kept;
+}
 
 // Shared expert: sh_h, sh_a, sh_y = ffn(x); sh_logit = x Wsg^T.
 void MoeLayer::Impl::shared_forward(const float* x, const float* params, int64_t N) {
@@ -267,6 +296,8 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
            m.max_tokens);
   const int64_t C = m.C, E = m.E, K = m.K;
   m.last_N = N;
+  stats_.routed = stats_.dropped = stats_.capacity = 0;
+  stats_.kept.clear();
   if (N == 0) {
     std::fill(stats_.expert_counts.begin(), stats_.expert_counts.end(), 0);
     std::fill(m.offsets_host.begin(), m.offsets_host.end(), 0);
@@ -274,16 +305,18 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
     return;
   }
 
-  // route
+  // route; over capacity, drop (the router keeps its choice in idx, dispatch reads kept)
   m.router.forward(be, m.logits, m.probs, m.lse, m.idx, m.gates, x, params, N, m.bias);
-  be.route_plan(m.pos, m.offsets, m.idx, N, E, K);
+  const int32_t* dispatched = m.idx;
+  if (m.capacity.enabled()) dispatched = m.drop_over_capacity(stats_, N);
+  be.route_plan(m.pos, m.offsets, dispatched, N, E, K);
   be.copy_to_host(m.offsets_host.data(), m.offsets, sizeof(int32_t) * static_cast<size_t>(E + 1));
 
   // dispatch -> experts -> combine
   stats_.exchange = {};
   stats_.expert_seconds = 0;
   TokenDispatcher& d = *m.dispatcher;
-  d.plan(RoutingPlan{N, m.idx, m.pos, m.gates, m.offsets_host.data()},
+  d.plan(RoutingPlan{N, dispatched, m.pos, m.gates, m.offsets_host.data()},
          [&m](int64_t rows) { m.ensure_rows(rows); }, stats_.exchange);
   stats_.exchange_plan = d.describe();
   d.dispatch_forward(m.xp, x, stats_.exchange);
@@ -300,9 +333,13 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
   // the output is an activation stored in the compute dtype
   m.prec.store(be, out, N * C);
 
-  // statistics: counts from the plan, P_e via column sums of probs, z via sum of squares of lse
-  for (int64_t e = 0; e < E; ++e)
-    stats_.expert_counts[static_cast<size_t>(e)] = m.offsets_host[e + 1] - m.offsets_host[e];
+  // statistics: counts from the plan (the router's choice: counted before the drops with
+  // capacity), P_e via column sums of probs, z via sum of squares of lse
+  if (!m.capacity.enabled()) {
+    for (int64_t e = 0; e < E; ++e)
+      stats_.expert_counts[static_cast<size_t>(e)] = m.offsets_host[e + 1] - m.offsets_host[e];
+    stats_.routed = m.offsets_host[E];
+  }
   be.zero(m.prob_sums, sizeof(float) * static_cast<size_t>(E));
   be.bias_backward(m.prob_sums, m.probs, N, E);
   be.copy_to_host(m.prob_sums_host.data(), m.prob_sums, sizeof(float) * static_cast<size_t>(E));

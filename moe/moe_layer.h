@@ -1,6 +1,7 @@
 // moe/moe_layer.h: the MoE feed-forward sublayer of one transformer block.
 //   route:    logits = x Wr^T -> softmax | sigmoid (fp32) -> top-k (+ selection bias) -> gates
-//             (optionally renormalised; moe/router.h)
+//             (optionally renormalised; moe/router.h); over capacity, assignments dropped by
+//             position or importance (moe/capacity.h)
 //   dispatch: the routed token copies to the experts, in expert-sorted order (routing plan; a
 //             moe::TokenDispatcher: local, or through parallel::TokenExchange)
 //   experts:  one SwiGLU FFN per expert over its contiguous rows (grouped GEMMs, core/ffn.h)
@@ -33,7 +34,13 @@
 namespace switchyard::moe {
 
 struct MoeStats {
-  std::vector<int64_t> expert_counts;  // [E] routing slots per expert in the last forward
+  // [E] routing slots per expert in the last forward: the router's choice, before any capacity
+  // drop (what the balancing losses, the selection bias and the expert decay follow)
+  std::vector<int64_t> expert_counts;
+  int64_t routed = 0;    // slots the router chose (the sum of expert_counts)
+  int64_t dropped = 0;   // of those, dropped over capacity (moe/capacity.h)
+  int64_t capacity = 0;  // per expert (0: dropless)
+  std::vector<int32_t> kept;  // capacity on: [N*K] each slot's expert after the drops (-1: none)
   double aux_loss = 0;
   double z_loss = 0;
   // expert parallelism: traffic and time of the token exchange (plan, dispatch and combine) of

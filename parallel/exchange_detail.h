@@ -136,6 +136,7 @@ class IndexedExchange : public TokenExchange {
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) final;
   virtual std::unique_ptr<ExchangePlan> plan_from(SourceIndex src) = 0;
   core::Backend& backend() const final { return be_; }
+  Communicator& group() const final { return group_; }
   float* row_scratch(int64_t n) final;
 
  protected:

@@ -43,6 +43,7 @@ class AutoExchange final : public TokenExchange {
   }
   ExchangeAlgorithm algorithm() const override { return ExchangeAlgorithm::automatic; }
   core::Backend& backend() const override { return flat_.backend(); }
+  Communicator& group() const override { return group_; }
   float* row_scratch(int64_t n) override { return flat_.row_scratch(n); }
 
   std::unique_ptr<ExchangePlan> make_plan(const RoutedSlots& slots) override {

@@ -150,6 +150,9 @@ class TokenExchange {
   virtual ExchangeAlgorithm algorithm() const = 0;  // as configured (may be auto)
   // The backend whose kernels pack and sum the rows (core::Backend's token-exchange section).
   virtual core::Backend& backend() const = 0;
+  // The expert group it exchanges over (its host() side carries host values: e.g. the routing
+  // metadata expert capacity needs, moe/capacity.h).
+  virtual Communicator& group() const = 0;
   // At least n floats in the backend's memory, owned by the exchange (grow-only, reused; the next
   // call that asks overwrites them): per-row scratch of the MoE steps below.
   virtual float* row_scratch(int64_t n) = 0;

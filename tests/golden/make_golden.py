@@ -8,12 +8,14 @@ Writes per case:
   DIR/model/config.json, DIR/model/model.safetensors (F32 initial weights, HF names)
   DIR/golden.safetensors:
     tokens I32 [B,T], targets I32 [B,T], logits F32 [B*T,V], loss/ce/aux/z F32 [1],
-    expert_counts I32 [n_moe_layers,E], grad.<param> F32 (every parameter, d loss / d param),
+    expert_counts I32 [n_moe_layers,E] (the router's choice), kept I32 [n_moe_layers,B*T*K] (each slot's
+    expert after the capacity drops, -1: dropped), grad.<param> F32 (every parameter, d loss / d param),
     traj.tokens I32 [S,B,T], traj.targets I32 [S,B,T], traj.loss F32 [S] (total loss of step s, before
     its update), plus traj.ce/traj.aux/traj.z/traj.lr/traj.grad_norm F32 [S] (grad_norm: total L2 norm
     before clipping). traj batch 0 is the golden batch.
     __metadata__: aux_loss_coef, z_loss_coef, lr, min_lr, warmup_steps, steps, weight_decay, beta1,
-    beta2, eps, grad_clip, case, batch, seq_len, seed, dead_expert (layer:expert or "")
+    beta2, eps, grad_clip, case, batch, seq_len, seed, dead_expert (layer:expert or ""),
+    router_scoring, selection_bias, capacity_factor, min_capacity, drop_policy, importance
   DIR/golden_mixed.safetensors: the same golden batch and initial weights through the mixed-precision
     forward (torch_moe.py: precision="bf16" / "fp16" emulates the rounding points of core/precision.h),
     for p in bf16, fp16: "<p>.logits" F32 [B*T,V], "<p>.loss", "<p>.ce", "<p>.aux", "<p>.z" F32 [1],
@@ -40,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_moe as tm  # noqa: E402
 
 B, T, STEPS = 2, 16, 10
+MIN_CAP_GAP = 1e-4  # smallest allowed importance gap at a capacity boundary (probability units)
 MIN_MARGIN = 5e-3  # smallest allowed gap between the k-th and (k+1)-th router logit (any layer, token, step)
 COMMON = dict(vocab_size=64, d_model=32, max_seq_len=32, rope_theta=10000.0, rms_norm_eps=1e-5)
 OPTIM = dict(lr=3e-3, min_lr=3e-4, warmup_steps=3, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
@@ -66,6 +69,23 @@ CASES = OrderedDict(
         model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
                    moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02, z_loss_coef=0.001,
                             router_scoring="sigmoid", selection_bias=[0.05, -0.1, 0.0, 0.08]))),
+    # expert capacity (moe/capacity.h): over-full experts drop by position, or by importance
+    capacity_position=dict(
+        seed=66, dead=None,
+        model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
+                   moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02, z_loss_coef=0.001,
+                            capacity_factor=0.75, min_capacity=4))),
+    capacity_gate=dict(
+        seed=60, dead=None,
+        model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
+                   moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02, z_loss_coef=0.001,
+                            capacity_factor=0.75, min_capacity=4, drop_policy="importance"))),
+    capacity_margin=dict(
+        seed=103, dead=None,
+        model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
+                   moe=dict(n_experts=8, top_k=2, expert_size=24, aux_loss_coef=0.02, z_loss_coef=0.001,
+                            capacity_factor=1.0, min_capacity=2, drop_policy="importance",
+                            importance="margin"))),
     softmax_bias=dict(
         seed=53, dead=None, router_std=1.5,
         model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -138,6 +158,16 @@ def make_batch(gen, V, perm):
     return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
 
 
+def moe_blocks(model):
+    return [b.mlp if hasattr(b, "mlp") else b.block_sparse_moe for b in model.model.layers if b.is_moe]
+
+
+def cap_gap(model):
+    """Smallest importance gap at an over-full expert's capacity boundary in the last forward (inf
+    without importance dropping): far above float32 rounding, so the C++ keeps the same set."""
+    return min([m.last_cap_gap for m in moe_blocks(model)] + [math.inf])
+
+
 def topk_margin(model):
     """Smallest gap between the k-th and (k+1)-th router logit (selection key under a bias or sigmoid
     scoring) over the tokens of the last forward."""
@@ -188,9 +218,13 @@ def run_case(name, case, out_dir):
     out = model(tokens, targets)
     out.loss.backward()
     margin = topk_margin(model)
+    gap = cap_gap(model)
     counts = out.counts
+    kept = torch.stack([m.last_kept.reshape(-1) for m in moe_blocks(model)])
+    if c["moe"]["capacity_factor"] > 0:  # capacity must drop something, else it is untested
+        assert bool((kept < 0).any()), f"{name}: capacity drops nothing"
     if c["moe"]["selection_bias"] is not None:  # the bias must change the routing, else it is untested
-        moes = [b.mlp if hasattr(b, "mlp") else b.block_sparse_moe for b in model.model.layers if b.is_moe]
+        moes = moe_blocks(model)
         saved = [m.bias for m in moes]
         for m in moes:
             m.bias = None
@@ -222,6 +256,7 @@ def run_case(name, case, out_dir):
     g["aux"] = f32(out.aux.reshape(1))
     g["z"] = f32(out.z.reshape(1))
     g["expert_counts"] = counts.to(torch.int32)
+    g["kept"] = kept.to(torch.int32)  # [n_moe_layers, B*T*K] each slot's expert after capacity (-1: dropped)
     for n, gr in model.hf_grads().items():
         g["grad." + n] = f32(gr)
 
@@ -233,6 +268,7 @@ def run_case(name, case, out_dir):
     for s, (tk, tg) in enumerate(batches):
         o, lr, gn = tm.train_step(tmodel, opt, tk, tg, s, STEPS, OPTIM)
         traj_margin = min(traj_margin, topk_margin(tmodel))
+        gap = min(gap, cap_gap(tmodel))
         for k, v in (("loss", o.loss), ("ce", o.ce), ("aux", o.aux), ("z", o.z)):
             traj[k].append(float(v))
         traj["lr"].append(lr)
@@ -240,6 +276,7 @@ def run_case(name, case, out_dir):
     assert abs(traj["loss"][0] - float(out.loss)) < 1e-12
     # every batch must be routed with a clear top-k logit margin so that fp32 and fp64 route alike
     assert min(margin, traj_margin) > MIN_MARGIN, f"{name}: routing tie risk, margin {min(margin, traj_margin)}"
+    assert gap > MIN_CAP_GAP, f"{name}: capacity tie risk, importance gap {gap}"
     g["traj.tokens"] = torch.stack([b[0] for b in batches]).to(torch.int32)
     g["traj.targets"] = torch.stack([b[1] for b in batches]).to(torch.int32)
     for k, v in traj.items():
@@ -252,6 +289,8 @@ def run_case(name, case, out_dir):
         beta2=repr(OPTIM["beta2"]), eps=repr(OPTIM["eps"]), grad_clip=repr(OPTIM["grad_clip"]),
         case=name, batch=str(B), seq_len=str(T), seed=str(case["seed"]), dead_expert=dead,
         router_scoring=c["moe"]["router_scoring"],
+        capacity_factor=repr(float(c["moe"]["capacity_factor"])), min_capacity=str(c["moe"]["min_capacity"]),
+        drop_policy=c["moe"]["drop_policy"], importance=c["moe"]["importance"],
         selection_bias=",".join(repr(float(torch.tensor(b, dtype=torch.float32))) for b in
                                 (c["moe"]["selection_bias"] or [])))
     tm.save_safetensors(os.path.join(out_dir, "golden.safetensors"), g, meta)
@@ -263,10 +302,12 @@ def run_case(name, case, out_dir):
     dt = time.time() - t0
     run_case.last_margin = min(margin, traj_margin)
     cl = ";".join(",".join(str(int(x)) for x in row) for row in counts)
+    dropped = int((kept < 0).sum())
     print(f"{name}: params={sum(p.numel() for p in model.parameters())} loss={float(out.loss):.6f} "
           f"ce={float(out.ce):.6f} aux={float(out.aux):.6f} z={float(out.z):.6f} counts=[{cl}] "
           f"traj {traj['loss'][0]:.4f}->{traj['loss'][-1]:.4f} margin={min(margin, traj_margin):.3g}"
-          + (f" dead_gap={dead_gap:.3g}" if dead else "") + 
+          + (f" dead_gap={dead_gap:.3g}" if dead else "")
+          + (f" dropped={dropped} cap_gap={gap:.3g}" if c["moe"]["capacity_factor"] > 0 else "") +
           f"{extra} ({dt:.2f}s)", flush=True)
 
 
@@ -286,6 +327,7 @@ def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64):
         # the C++ must route alike: a top-k logit gap far above what a one-unit difference of a rounded
         # router input (a rounding-midpoint straddle) can move
         assert margin > MIN_MARGIN, f"{name} {p}: routing tie risk, margin {margin}"
+        assert cap_gap(model) > MIN_CAP_GAP, f"{name} {p}: capacity tie risk, gap {cap_gap(model)}"
         g[f"{p}.logits"] = f32(o.logits)
         for k in ("loss", "ce", "aux", "z"):
             g[f"{p}.{k}"] = f32(getattr(o, k).reshape(1))

@@ -54,7 +54,9 @@ MOE_DEFAULTS = OrderedDict(
     n_experts=8, top_k=2, expert_size=512, normalize_topk=True, shared_expert_size=0,
     aux_loss_coef=0.01, z_loss_coef=0.0,
     # model.moe.router.scoring; a fixed selection bias [E] (every MoE layer; None: none), moe/router.h
-    router_scoring="softmax", selection_bias=None)
+    router_scoring="softmax", selection_bias=None,
+    # model.moe.router capacity (moe/capacity.h): 0 = dropless
+    capacity_factor=0.0, min_capacity=4, drop_policy="position", importance="gate")
 OPTIM_DEFAULTS = OrderedDict(
     lr=1e-3, min_lr=1e-4, warmup_steps=10, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
     grad_clip=1.0, decay_norms=False, decay_biases=False, decay_router=False, decay_embeddings=True)
@@ -277,6 +279,8 @@ class SparseMoe(nn.Module):
         # the fp32 values the C++ holds
         self.bias = None if m["selection_bias"] is None else [
             float(torch.tensor(float(b), dtype=torch.float32)) for b in m["selection_bias"]]
+        self.capacity = (float(m["capacity_factor"]), int(m["min_capacity"]), m["drop_policy"], m["importance"])
+        assert self.capacity[2] in ("position", "importance") and self.capacity[3] in ("gate", "margin")
         names = ("gate_proj", "up_proj", "down_proj") if qwen else ("w1", "w3", "w2")
         self.gate = nn.Linear(C, self.E, bias=False)
         self.experts = nn.ModuleList([SwiGLU(C, m["expert_size"], names) for _ in range(self.E)])
@@ -305,10 +309,12 @@ class SparseMoe(nn.Module):
         topv = s.gather(-1, topi)
         gates = topv / topv.sum(dim=-1, keepdim=True) if self.normalize else topv
         gates = gates.to(x.dtype)
+        keep = self.capacity_keep(topi, p.detach())  # [N, K] bool: assignments within capacity
+        self.last_kept = torch.where(keep, topi, torch.full_like(topi, -1))
         out = torch.zeros_like(x)
         # HF Mixtral style: per expert, gather its tokens, run the FFN, scatter-add the gated output
         for e in range(self.E):
-            tok, slot = torch.where(topi == e)
+            tok, slot = torch.where((topi == e) & keep)
             if tok.numel() == 0:
                 continue
             y = self.experts[e](x.index_select(0, tok)) * gates[tok, slot].unsqueeze(-1)
@@ -321,6 +327,36 @@ class SparseMoe(nn.Module):
         aux = self.E * ((counts.to(p.dtype) / N).detach() * P).sum()
         z = torch.logsumexp(lp, dim=-1).pow(2).mean()
         return out, MoeStats(aux, z, counts)
+
+    def capacity_keep(self, topi, p):
+        """Which assignments an expert keeps under model.moe.router.capacity_factor (written from the
+        rule's words in moe/capacity.h, not from its code): per expert, its first `cap` slots in
+        (token, slot) order, or its `cap` most important ones, ties in that order. Records
+        last_cap_gap: the smallest importance gap between an expert's last kept and first dropped
+        assignment (how far float32 rounding is from changing the kept set)."""
+        N, K = topi.shape
+        factor, min_cap, policy, importance = self.capacity
+        self.last_cap_gap = math.inf
+        if factor <= 0:
+            return torch.ones_like(topi, dtype=torch.bool)
+        cap = max(min_cap, math.ceil(factor * N * K / self.E))
+        if importance == "gate":
+            imp = p.gather(-1, topi)
+        else:
+            srt = p.sort(dim=-1, descending=True).values
+            nxt = srt[:, K] if K < self.E else torch.zeros_like(srt[:, 0])
+            imp = (srt[:, 0] - nxt).unsqueeze(-1).expand(N, K)
+        flat, impf = topi.reshape(-1).tolist(), imp.reshape(-1).tolist()
+        keep = [False] * (N * K)
+        for e in range(self.E):
+            slots = [s for s in range(N * K) if flat[s] == e]
+            if policy == "importance":
+                slots.sort(key=lambda s: (-impf[s], s))
+                if len(slots) > cap:
+                    self.last_cap_gap = min(self.last_cap_gap, impf[slots[cap - 1]] - impf[slots[cap]])
+            for s in slots[:cap]:
+                keep[s] = True
+        return torch.tensor(keep, dtype=torch.bool).view(N, K)
 
 
 class Block(nn.Module):

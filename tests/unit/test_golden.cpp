@@ -78,6 +78,13 @@ sy::launch::LoadedModel load_case_model(const fs::path& dir, const sy::core::for
     loaded.config.moe.router.scoring = sy::core::value_named<sy::core::RouterScoring>(md.at("router_scoring")).value();
   // a fixed bias: the rate only turns it on (tests never take a trainer step that updates it)
   if (md.contains("selection_bias") && !md.at("selection_bias").empty()) loaded.config.moe.balance.bias_rate = 1e-3;
+  if (md.contains("capacity_factor")) {  // moe/capacity.h
+    auto& r = loaded.config.moe.router;
+    r.capacity_factor = meta(g, "capacity_factor");
+    r.min_capacity = static_cast<int64_t>(meta(g, "min_capacity"));
+    r.drop_policy = sy::core::value_named<sy::core::DropPolicy>(md.at("drop_policy")).value();
+    r.importance = sy::core::value_named<sy::core::ImportanceScore>(md.at("importance")).value();
+  }
   return loaded;
 }
 
@@ -132,6 +139,20 @@ TEST_P(Golden, LossLogitsCountsAndEveryGradient) {
   ASSERT_EQ(static_cast<int64_t>(counts.size()), model.num_moe_layers() * E);
   for (size_t l = 0; l < ours.size(); ++l)
     for (int64_t e = 0; e < E; ++e) EXPECT_EQ(ours[l][e], counts[l * E + e]) << "layer " << l << " expert " << e;
+  if (loaded.config.moe.router.capacity_factor > 0) {  // the same assignments dropped, slot by slot
+    const auto kept = i32(g, "kept");
+    const auto NK = static_cast<size_t>(B * T * loaded.config.moe.top_k);
+    ASSERT_EQ(kept.size(), static_cast<size_t>(model.num_moe_layers()) * NK);
+    int64_t dropped = 0;
+    for (int64_t l = 0; l < model.num_moe_layers(); ++l) {
+      const auto& st = model.moe_stats(l);
+      dropped += st.dropped;
+      EXPECT_EQ(st.kept, std::vector<int32_t>(kept.begin() + static_cast<std::ptrdiff_t>(l * NK),
+                                              kept.begin() + static_cast<std::ptrdiff_t>((l + 1) * NK)))
+          << "layer " << l;
+    }
+    EXPECT_GT(dropped, 0);
+  }
 
   model.zero_grads();
   model.backward();
@@ -293,7 +314,8 @@ TEST_P(Golden, MixedPrecisionForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("mixtral_k2", "mixtral_k1", "qwen_shared", "sigmoid_bias",
-                                                             "softmax_bias"));
+                                                             "softmax_bias", "capacity_position",
+                                                             "capacity_gate", "capacity_margin"));
 
 // The same weights stored as BF16 in two shards with an index: the loader converts them and the
 // logits match the reference computed from the bf16-rounded weights.
