@@ -4,6 +4,7 @@
 // of the counts.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -22,14 +23,23 @@ struct LayerBalance {
   double busiest30_share = 0;  // share of the busiest_count(E) busiest experts: 1.0 = all on them
   double max_over_mean = 0;    // busiest expert's counts / mean counts: 1 = balanced, E = one expert
   double load_cv = 0;          // population std / mean of the counts: 0 = balanced
+  double mean_k = 0;           // routed slots per routed token (top-p: adaptive; else top_k)
+  double dropped_fraction = 0; // of the routed slots, dropped over capacity (moe/capacity.h)
 };
 
 LayerBalance layer_balance(std::span<const int64_t> counts);
 // counts: [layer * n_experts + expert], as StepRecord::expert_counts; one entry per MoE layer.
-std::vector<LayerBalance> layer_balances(std::span<const int64_t> counts, int64_t n_experts);
+// dropped: [layer] slots dropped over capacity (empty: none); tokens: the tokens each layer routed
+// (0: mean_k stays 0).
+std::vector<LayerBalance> layer_balances(std::span<const int64_t> counts, int64_t n_experts,
+                                         std::span<const int64_t> dropped = {}, int64_t tokens = 0);
+
+// [min, max] of each run of n values (one per MoE layer): e.g. the selection bias [layer * E + e].
+std::vector<std::array<double, 2>> per_layer_range(std::span<const float> values, int64_t n);
 
 // "busiest30 0.41 (worst 0.52) max/mean 1.80 (worst 2.31)": means over the layers that routed
-// tokens and their worst layer; empty when no layer did (a dense model).
+// tokens and their worst layer, then " k 1.62" (mean experts per token, when known) and
+// " drop 0.041" (when a layer dropped slots); empty when no layer routed (a dense model).
 std::string balance_summary(std::span<const LayerBalance> layers);
 
 }  // namespace switchyard::launch

@@ -30,7 +30,7 @@ void MetricsWriter::write(const nlohmann::json& record) {
 }
 
 nlohmann::json step_json(const StepRecord& r) {
-  const std::vector<LayerBalance> balance = layer_balances(r.expert_counts, r.n_experts);
+  const std::vector<LayerBalance> balance = layer_balances(r.expert_counts, r.n_experts, r.dropped, r.routed_tokens);
   const auto per_layer = [&](auto value) {  // one entry per MoE layer
     nlohmann::json a = nlohmann::json::array();
     for (const LayerBalance& b : balance) a.push_back(value(b));
@@ -50,6 +50,9 @@ nlohmann::json step_json(const StepRecord& r) {
   rec["busiest30_share"] = per_layer([](const LayerBalance& b) { return b.busiest30_share; });
   rec["max_over_mean"] = per_layer([](const LayerBalance& b) { return b.max_over_mean; });
   rec["load_cv"] = per_layer([](const LayerBalance& b) { return b.load_cv; });
+  rec["mean_k"] = per_layer([](const LayerBalance& b) { return b.mean_k; });
+  rec["dropped_fraction"] = per_layer([](const LayerBalance& b) { return b.dropped_fraction; });
+  if (!r.selection_bias.empty()) rec["selection_bias"] = r.selection_bias;  // per MoE layer [min, max]
   if (!r.expert_decay.empty()) rec["expert_decay"] = r.expert_decay;  // per MoE layer [min, max] multiplier
   if (r.loss_scaling) {
     rec["loss_scale"] = r.loss_scale;

@@ -44,14 +44,18 @@ struct StepRecord {
   parallel::ExchangeStats exchange;    // the token exchange of the window (its seconds included)
   int64_t n_experts = 0;
   std::vector<int64_t> expert_counts;  // [MoE layer * n_experts + expert]: routed slots, all ranks
+  std::vector<int64_t> dropped;        // [MoE layer]: slots dropped over capacity, all ranks
+  int64_t routed_tokens = 0;           // tokens each MoE layer routed, all ranks
   std::vector<std::array<double, 2>> expert_decay;  // dynamic expert decay: per MoE layer [min, max] multiplier
+  std::vector<std::array<double, 2>> selection_bias;  // per MoE layer [min, max] after the step (bias on)
   std::optional<StepMemory> memory;    // the first step of a run only
 
   double tokens_per_s() const { return tokens / seconds; }
 };
 
 // The metrics.jsonl record of a step. Per MoE layer (launch/balance_metrics.h): expert_load (each
-// expert's counts as a fraction of the layer's total), busiest30_share, max_over_mean, load_cv.
+// expert's counts as a fraction of the layer's total), busiest30_share, max_over_mean, load_cv,
+// mean_k, dropped_fraction; with them on, expert_decay and selection_bias ([min, max]).
 nlohmann::json step_json(const StepRecord& r);
 // The metrics.jsonl record of an evaluation after `step` steps.
 nlohmann::json eval_json(int64_t step, const EvalResult& e);

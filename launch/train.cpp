@@ -55,7 +55,7 @@ void report_step(TrainContext& ctx, const StepRecord& r, double avg_step_s) {
                r.step, r.loss_scale, ctx.scaler->scale());
   }
   ctx.progress->update(r.step, r.loss, r.lr, r.tokens_per_s(), avg_step_s,
-                       balance_summary(layer_balances(r.expert_counts, r.n_experts)));
+                       balance_summary(layer_balances(r.expert_counts, r.n_experts, r.dropped, r.routed_tokens)));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "launch/balance_metrics.h"
 #include "launch/nonfinite.h"
 #include "optim/lr_schedule.h"
 #include "parallel/watchdog.h"
@@ -101,6 +102,8 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   r.step = step + 1;
   r.n_experts = E;
   r.expert_counts.assign(static_cast<size_t>(model.num_moe_layers() * E), 0);
+  r.dropped.assign(static_cast<size_t>(model.num_moe_layers()), 0);
+  r.routed_tokens = B * T * accum * ranks;
   parallel::set_watchdog_step(r.step);
   const auto t0 = Clock::now();
   if (step == ctx.start_step) backend.reset_peak_memory();
@@ -140,6 +143,7 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
     const auto c = model.expert_counts();
     for (size_t l = 0; l < c.size(); ++l)
       for (int64_t e = 0; e < E; ++e) r.expert_counts[l * E + e] += c[l][static_cast<size_t>(e)];
+    for (int64_t l = 0; l < model.num_moe_layers(); ++l) r.dropped[static_cast<size_t>(l)] += model.moe_stats(l).dropped;
   }
   sums.nonfinite_ranks = local_loss_nonfinite ? 1.0 : 0.0;
   // gradients reduced once per optimizer step (data parallel: every parameter is replicated)
@@ -147,6 +151,7 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   ctx.reducer->finish(model.grads());
   allreduce_sums(sums, *ctx.world);
   ctx.world->allreduce_sum(r.expert_counts.data(), static_cast<int64_t>(r.expert_counts.size()));
+  ctx.world->allreduce_sum(r.dropped.data(), static_cast<int64_t>(r.dropped.size()));
   const auto t_opt = Clock::now();
   // the norm covers every gradient of every rank, so every rank takes the same decision
   const double scaled_norm = ctx.reducer->global_norm(backend, model.grads());
@@ -181,6 +186,8 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
     // micro-batches, all ranks: every rank takes the same step)
     model.update_selection_bias(r.expert_counts);
   }
+  const std::vector<float> bias = model.selection_bias();
+  r.selection_bias = per_layer_range(bias, E);
   const auto t_end = Clock::now();
   r.seconds = seconds_between(t0, t_end);
   r.reduce_s = seconds_between(t_reduce, t_opt);

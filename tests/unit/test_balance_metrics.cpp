@@ -67,6 +67,19 @@ TEST(BalanceMetrics, LayersOfTheStep) {
   EXPECT_TRUE(layer_balances(counts, 0).empty());
 }
 
+TEST(BalanceMetrics, MeanKAndDroppedFraction) {
+  // two layers of four experts, 10 routed tokens: 16 and 12 slots, 4 and 0 of them dropped
+  const std::vector<int64_t> counts = {4, 4, 4, 4, 6, 6, 0, 0}, dropped = {4, 0};
+  const auto layers = layer_balances(counts, 4, dropped, 10);
+  EXPECT_DOUBLE_EQ(layers[0].mean_k, 1.6);
+  EXPECT_DOUBLE_EQ(layers[1].mean_k, 1.2);
+  EXPECT_DOUBLE_EQ(layers[0].dropped_fraction, 0.25);
+  EXPECT_DOUBLE_EQ(layers[1].dropped_fraction, 0.0);
+  EXPECT_EQ(balance_summary(layers), "busiest30 0.75 (worst 1.00) max/mean 1.50 (worst 2.00) k 1.40 drop 0.125");
+  EXPECT_EQ(per_layer_range(std::vector<float>{0.5f, -1.f, 2.f, 0.f, 0.25f, 0.25f}, 3),
+            (std::vector<std::array<double, 2>>{{-1.0, 2.0}, {0.0, 0.25}}));
+}
+
 TEST(BalanceMetrics, SummaryOverLayers) {
   // busiest30 0.5 and 1.0, max/mean 1 and 4; the layer without tokens counts in neither
   const std::vector<LayerBalance> layers =
