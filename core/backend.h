@@ -73,6 +73,11 @@ struct RouterOptions {
   RouterScoring scoring = RouterScoring::softmax;
   bool renormalize = true;
   const float* bias = nullptr;
+  // top_p > 0: adaptive experts per token. Of the K selected slots (descending selection score),
+  // a token keeps the shortest prefix whose probs (the softmax probabilities; sigmoid scoring:
+  // the affinities s_e / sum s) add up to >= top_p, at least one; the other slots get idx -1,
+  // gate 0 (dropped). renormalize then runs over the kept slots only. 0: all K slots kept.
+  float top_p = 0.f;
 };
 
 struct MemoryStats {

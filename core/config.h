@@ -14,7 +14,13 @@ namespace switchyard::core {
 // model.moe.router: how a token's experts are scored and chosen (moe/router.h).
 struct RouterConfig {
   RouterScoring scoring = RouterScoring::softmax;  // sigmoid: DeepSeek-V3 (gates = selected scores)
-  template <class V> void visit(V& v) { v("scoring", scoring); }
+  double top_p = 0.0;  // adaptive experts per token: smallest prefix with probability >= top_p; 0: off
+  int64_t k_max = 0;   // the most experts a token takes when top_p > 0 (its routing slots)
+  template <class V> void visit(V& v) {
+    v("scoring", scoring);
+    v("top_p", top_p);
+    v("k_max", k_max);
+  }
 };
 
 // model.moe.balance: load-balancing state updated by the trainer (moe/router.h).
@@ -45,6 +51,9 @@ struct MoeConfig {
     v("router", router);
     v("balance", balance);
   }
+  // Routing slots per token: k_max under top-p routing, top_k otherwise. Everything that sizes or
+  // indexes the routing plan ([tokens, slots]) uses this, never top_k directly.
+  int64_t slots_per_token() const { return router.top_p > 0 ? router.k_max : top_k; }
 };
 
 struct ModelConfig {

@@ -54,7 +54,9 @@ MOE_DEFAULTS = OrderedDict(
     n_experts=8, top_k=2, expert_size=512, normalize_topk=True, shared_expert_size=0,
     aux_loss_coef=0.01, z_loss_coef=0.0,
     # model.moe.router.scoring; a fixed selection bias [E] (every MoE layer; None: none), moe/router.h
-    router_scoring="softmax", selection_bias=None)
+    router_scoring="softmax", selection_bias=None,
+    # model.moe.router.top_p (0: off) and k_max: adaptive experts per token, moe/router.h
+    router_top_p=0.0, router_k_max=0)
 OPTIM_DEFAULTS = OrderedDict(
     lr=1e-3, min_lr=1e-4, warmup_steps=10, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
     grad_clip=1.0, decay_norms=False, decay_biases=False, decay_router=False, decay_embeddings=True)
@@ -82,6 +84,8 @@ def resolve_config(cfg: dict) -> dict:
     assert out["n_heads"] % out["n_kv_heads"] == 0
     assert out["head_dim"] % 2 == 0
     assert 1 <= moe["top_k"] <= moe["n_experts"]
+    assert 0 <= moe["router_top_p"] <= 1
+    assert moe["router_top_p"] == 0 or 1 <= moe["router_k_max"] <= moe["n_experts"]
     return out
 
 
@@ -274,6 +278,9 @@ class SparseMoe(nn.Module):
         self.E, self.K, self.normalize = m["n_experts"], m["top_k"], bool(m["normalize_topk"])
         self.scoring = m["router_scoring"]
         assert self.scoring in ("softmax", "sigmoid"), self.scoring
+        # top-p: the fp32 value the C++ compares with; slots: k_max under top-p, else top_k
+        self.top_p = float(torch.tensor(float(m["router_top_p"]), dtype=torch.float32))
+        self.slots = m["router_k_max"] if self.top_p > 0 else self.K
         # the fp32 values the C++ holds
         self.bias = None if m["selection_bias"] is None else [
             float(torch.tensor(float(b), dtype=torch.float32)) for b in m["selection_bias"]]
@@ -301,14 +308,22 @@ class SparseMoe(nn.Module):
         key = s.detach() if self.bias is None else s.detach() + torch.tensor(self.bias, dtype=s.dtype)
         self.last_logits = lp.detach()  # for diagnostics (routing margins)
         self.last_keys, self.last_scores = key, s.detach()  # selection keys and scores (routing margins)
-        topi = torch.topk(key, self.K, dim=-1).indices
-        topv = s.gather(-1, topi)
+        topi = torch.topk(key, self.slots, dim=-1).indices
+        # top-p: slot j is kept while the probs of the slots before it (selection order) add up to
+        # less than top_p: the shortest prefix reaching top_p, at least one slot (a constant mask)
+        cum = p.detach().gather(-1, topi).cumsum(dim=-1)
+        self.last_cum = cum
+        keep = torch.ones_like(topi, dtype=torch.bool)
+        if self.top_p > 0:
+            keep[:, 1:] = cum[:, :-1] < self.top_p
+        self.last_kept = keep.sum(dim=-1)
+        topv = s.gather(-1, topi) * keep.to(s.dtype)
         gates = topv / topv.sum(dim=-1, keepdim=True) if self.normalize else topv
         gates = gates.to(x.dtype)
         out = torch.zeros_like(x)
         # HF Mixtral style: per expert, gather its tokens, run the FFN, scatter-add the gated output
         for e in range(self.E):
-            tok, slot = torch.where(topi == e)
+            tok, slot = torch.where((topi == e) & keep)
             if tok.numel() == 0:
                 continue
             y = self.experts[e](x.index_select(0, tok)) * gates[tok, slot].unsqueeze(-1)
@@ -316,7 +331,7 @@ class SparseMoe(nn.Module):
         if self.has_shared:
             out = out + torch.sigmoid(linear(self.shared_expert_gate, x)) * self.shared_expert(x)
         out = rnd(out)  # the layer output: stored in the compute dtype
-        counts = torch.bincount(topi.reshape(-1), minlength=self.E)  # routed slots per expert
+        counts = torch.bincount(topi[keep], minlength=self.E)  # routed (kept) slots per expert
         P = p.mean(dim=0)
         aux = self.E * ((counts.to(p.dtype) / N).detach() * P).sum()
         z = torch.logsumexp(lp, dim=-1).pow(2).mean()
