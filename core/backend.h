@@ -245,7 +245,8 @@ class Backend {
 
   // ---- MoE routing (router scores in fp32, top-k; RouterOptions above) ----
   // logits [N,E] -> probs [N,E], lse [N] (logsumexp of the logits, for the z loss), idx [N,K]
-  // (top-k experts, descending selection score, ties to the lower index), gates [N,K].
+  // (top-k experts, descending selection score, ties to the lower index; top_p > 0: slots past
+  // the cut are -1), gates [N,K] (0 for a -1 slot).
   virtual void router_topk(float* probs, float* lse, int32_t* idx, float* gates,
                            const float* logits, int64_t N, int64_t E, int64_t K,
                            const RouterOptions& opt) = 0;
