@@ -73,6 +73,11 @@ struct RouterOptions {
   RouterScoring scoring = RouterScoring::softmax;
   bool renormalize = true;
   const float* bias = nullptr;
+  // top_p > 0: adaptive experts per token. Of the K selected slots (descending selection score),
+  // a token keeps the shortest prefix whose probs (the softmax probabilities; sigmoid scoring:
+  // the affinities s_e / sum s) add up to >= top_p, at least one; the other slots get idx -1,
+  // gate 0 (dropped). renormalize then runs over the kept slots only. 0: all K slots kept.
+  float top_p = 0.f;
 };
 
 struct MemoryStats {
@@ -240,7 +245,8 @@ class Backend {
 
   // ---- MoE routing (router scores in fp32, top-k; RouterOptions above) ----
   // logits [N,E] -> probs [N,E], lse [N] (logsumexp of the logits, for the z loss), idx [N,K]
-  // (top-k experts, descending selection score, ties to the lower index), gates [N,K].
+  // (top-k experts, descending selection score, ties to the lower index; top_p > 0: slots past
+  // the cut are -1), gates [N,K] (0 for a -1 slot).
   virtual void router_topk(float* probs, float* lse, int32_t* idx, float* gates,
                            const float* logits, int64_t N, int64_t E, int64_t K,
                            const RouterOptions& opt) = 0;

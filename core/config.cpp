@@ -473,6 +473,12 @@ void validate(const ModelConfig& m, const std::string& origin) {
   c.positive(e.n_experts, "model.moe.n_experts");
   c.require(e.top_k >= 1 && e.top_k <= e.n_experts, "model.moe.top_k",
             "must be in [1, model.moe.n_experts = {}], got {}", e.n_experts, e.top_k);
+  c.require(e.router.top_p >= 0 && e.router.top_p <= 1, "model.moe.router.top_p",
+            "must be in [0, 1] (0: off, fixed top_k experts per token), got {}", e.router.top_p);
+  if (e.router.top_p > 0)
+    c.require(e.router.k_max >= 1 && e.router.k_max <= e.n_experts, "model.moe.router.k_max",
+              "must be in [1, model.moe.n_experts = {}] when model.moe.router.top_p > 0 (the most "
+              "experts a token takes), got {}", e.n_experts, e.router.k_max);
   c.positive(e.expert_size, "model.moe.expert_size");
   c.non_negative(e.shared_expert_size, "model.moe.shared_expert_size");
   c.non_negative(e.aux_loss_coef, "model.moe.aux_loss_coef");

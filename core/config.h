@@ -14,6 +14,8 @@ namespace switchyard::core {
 // model.moe.router: how a token's experts are scored and chosen (moe/router.h).
 struct RouterConfig {
   RouterScoring scoring = RouterScoring::softmax;  // sigmoid: DeepSeek-V3 (gates = selected scores)
+  double top_p = 0.0;  // adaptive experts per token: smallest prefix with probability >= top_p; 0: off
+  int64_t k_max = 0;   // the most experts a token takes when top_p > 0 (its routing slots)
   // Expert capacity per micro-batch (moe/capacity.h): max(min_capacity, ceil(capacity_factor *
   // tokens * slots per token / n_experts)), tokens of the whole expert group; 0: dropless.
   double capacity_factor = 0.0;
@@ -22,6 +24,8 @@ struct RouterConfig {
   ImportanceScore importance = ImportanceScore::gate;  // the importance drop_policy: importance ranks by
   template <class V> void visit(V& v) {
     v("scoring", scoring);
+    v("top_p", top_p);
+    v("k_max", k_max);
     v("capacity_factor", capacity_factor);
     v("min_capacity", min_capacity);
     v("drop_policy", drop_policy);
@@ -57,6 +61,9 @@ struct MoeConfig {
     v("router", router);
     v("balance", balance);
   }
+  // Routing slots per token: k_max under top-p routing, top_k otherwise. Everything that sizes or
+  // indexes the routing plan ([tokens, slots]) uses this, never top_k directly.
+  int64_t slots_per_token() const { return router.top_p > 0 ? router.k_max : top_k; }
 };
 
 struct ModelConfig {

@@ -16,10 +16,10 @@ namespace switchyard::core::router_row {
 
 SY_ROUTER_HD inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// One token: l [E] -> p [E], lse, it [K], gt [K].
+// One token: l [E] -> p [E], lse, it [K], gt [K]. top_p > 0: the top-p cut (RouterOptions).
 SY_ROUTER_HD inline void topk(float* p, float* lse, int32_t* it, float* gt, const float* l,
                               int64_t E, int64_t K, bool sigmoid_scoring, bool renormalize,
-                              const float* bias) {
+                              const float* bias, float top_p = 0.f) {
   float mx = l[0];
   for (int64_t e = 1; e < E; ++e) mx = fmaxf(mx, l[e]);
   float sum = 0.f, ssum = 0.f;
@@ -56,9 +56,25 @@ SY_ROUTER_HD inline void topk(float* p, float* lse, int32_t* it, float* gt, cons
   }
   if (bias)
     for (int64_t k = 0; k < K; ++k) gt[k] = p[it[k]];  // gates are scores, never biased
+  if (top_p > 0.f) {
+    // keep the shortest prefix of the selection whose probs reach top_p (at least one slot);
+    // sigmoid: probs are the affinities s / ssum, the values p holds on return
+    const float inv = sigmoid_scoring ? 1.0f / ssum : 1.0f;
+    float cum = 0.f;
+    int64_t k = 0;
+    while (k < K) {
+      cum += sigmoid_scoring ? p[it[k]] * inv : p[it[k]];
+      ++k;
+      if (cum >= top_p) break;
+    }
+    for (; k < K; ++k) {
+      it[k] = -1;
+      gt[k] = 0.f;
+    }
+  }
   if (renormalize) {
     float s = 0.f;
-    for (int64_t k = 0; k < K; ++k) s += gt[k];
+    for (int64_t k = 0; k < K; ++k) s += gt[k];  // cut slots add 0: the sum is the kept set's
     const float is = 1.0f / s;
     for (int64_t k = 0; k < K; ++k) gt[k] *= is;
   }

@@ -28,11 +28,12 @@ using core::Recompute;
 
 // Activation bytes of one micro-batch under a policy: the model's own registrations
 // (moe::Model::register_activations) counted by a layout store, so the plan is what the model
-// allocates. rows_factor: expert rows per rank in units of micro_batch x seq_len x top_k (1: balanced).
+// allocates. rows_factor: expert rows per rank in units of micro_batch x seq_len x routing slots
+// per token (core::MoeConfig::slots_per_token; 1: balanced).
 int64_t activation_bytes(const core::ExperimentConfig& cfg, Recompute policy, int64_t rows_factor = 1) {
   const int64_t N = cfg.train.micro_batch * cfg.train.seq_len;
   core::ActivationStore layout(policy);
-  moe::Model::register_activations(layout, cfg.model, N, N * cfg.model.moe.top_k * rows_factor,
+  moe::Model::register_activations(layout, cfg.model, N, N * cfg.model.moe.slots_per_token() * rows_factor,
                                    cfg.parallel.expert_parallel > 1);
   return layout.bytes();
 }
@@ -51,7 +52,7 @@ PlanEstimate plan(const core::ExperimentConfig& cfg) {
   for (const auto& s : full.specs()) {
     if (s.kind == core::ParamKind::embedding && !(m.tie_embeddings)) continue;  // a lookup
     if (s.kind == core::ParamKind::expert) {
-      if (s.expert < m.moe.top_k) active += s.numel;  // top_k experts' worth
+      if (s.expert < m.moe.slots_per_token()) active += s.numel;  // top_k (top-p: k_max) experts' worth
       continue;
     }
     active += s.numel;

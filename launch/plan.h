@@ -1,7 +1,8 @@
 // launch/plan.h: what a config costs per rank before it runs (`switchyard plan`), and the
 // activation-checkpointing policy `auto` picks.
 //   parameters: total, this rank's share (dense + its experts), active per token (dense + top_k
-//     experts + shared expert, embedding excluded);
+//     experts + shared expert, embedding excluded; under top-p routing k_max experts, the most a
+//     token takes);
 //   FLOPs per token: forward 2 x active linear parameters (LM head included) + causal attention
 //     2 x seq_len x q_width per layer; training = 3 x forward, plus one more forward of the
 //     blocks under full checkpointing;
@@ -11,7 +12,7 @@
 //     counted by a layout store (core/activations.h), so the plan is what the model allocates:
 //     what a policy keeps per layer, plus one copy of what it shares. This backend stores
 //     activations in fp32 whatever the compute dtype. Expert rows assume balanced routing
-//     (micro_batch x seq_len x top_k per rank); under expert parallelism they grow with
+//     (micro_batch x seq_len x top_k per rank; top-p: k_max); under expert parallelism they grow with
 //     imbalance (activation_bytes_worst: x expert_parallel).
 #pragma once
 

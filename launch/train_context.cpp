@@ -240,10 +240,13 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   const std::string per_rank = backend->device() >= 0
                                    ? fmt::format("one GPU each ({} between ranks)", device_world ? device_world->name() : "none")
                                    : fmt::format("{} thread(s)", threads);
-  fmt::print("switchyard train: {} parameters ({} layers, {} experts top-{}), {} rank(s) x {}, expert "
+  const auto& moe = cfg.model.moe;
+  fmt::print("switchyard train: {} parameters ({} layers, {} experts {}), {} rank(s) x {}, expert "
              "parallel {}{}, global batch {} x {} tokens, run folder {}\n",
-             core::make_param_table(cfg.model).total(), cfg.model.n_layers, cfg.model.moe.n_experts,
-             cfg.model.moe.top_k, mpi.size(), per_rank, cfg.parallel.expert_parallel,
+             core::make_param_table(cfg.model).total(), cfg.model.n_layers, moe.n_experts,
+             moe.router.top_p > 0 ? fmt::format("top-p {:g} (k_max {})", moe.router.top_p, moe.router.k_max)
+                                  : fmt::format("top-{}", moe.top_k),
+             mpi.size(), per_rank, cfg.parallel.expert_parallel,
              exchange ? fmt::format(" ({} token exchange)", cfg.parallel.token_exchange) : "",
              B * accum * mpi.size(), T, dir.string());
   fmt::print("switchyard train: precision {}{}{}, activation checkpointing {} ({:.1f} MiB of activations per "

@@ -75,7 +75,7 @@ class Model {
   // Registers every activation buffer of a model with a layout store (core/activations.h),
   // building nothing: the blocks' own, their attention and MoE layers', those outside the blocks.
   // The constructor registers the same list; launch/plan counts it so. expert_rows: the rows of
-  // each MoE layer's expert buffers (max_tokens x top_k under balanced routing).
+  // each MoE layer's expert buffers (max_tokens x slots per token under balanced routing).
   static void register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int64_t max_tokens,
                                    int64_t expert_rows, bool expert_parallel);
   int64_t num_params() const { return table_.total(); }

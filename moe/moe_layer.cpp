@@ -65,7 +65,8 @@ void for_each_row_buffer(Buffers& b, int64_t C, int64_t I, bool expert_parallel,
 void add_buffers(core::ActivationStore& acts, const core::ModelConfig& cfg, int layer, int64_t N,
                  int64_t rows, bool expert_parallel, Buffers& b) {
   using core::Keep;
-  const int64_t C = cfg.d_model, E = cfg.moe.n_experts, K = cfg.moe.top_k, S = cfg.moe.shared_expert_size;
+  const int64_t C = cfg.d_model, E = cfg.moe.n_experts, K = cfg.moe.slots_per_token(),
+                S = cfg.moe.shared_expert_size;
   // sigmoid scoring's backward reads the logits (moe/router.h)
   acts.add(layer, "moe.logits", &b.logits, N * E,
            cfg.moe.router.scoring == core::RouterScoring::sigmoid ? Keep::always : Keep::scratch);
@@ -140,21 +141,22 @@ struct MoeLayer::Impl : Buffers {
         prec(prec_),
         C(cfg.d_model),
         E(cfg.moe.n_experts),
-        K(cfg.moe.top_k),
+        K(cfg.moe.slots_per_token()),
         I(cfg.moe.expert_size),
         S(cfg.moe.shared_expert_size),
         max_tokens(max_tok),
         ep(ep_),
         E_local(core::local_experts(cfg, ep_.rank, std::max(1, ep_.size)).count),
         first_expert(core::local_experts(cfg, ep_.rank, std::max(1, ep_.size)).first),
-        router(cfg.d_model, cfg.moe.n_experts, cfg.moe.top_k, cfg.moe.router.scoring,
-               cfg.moe.normalize_topk, table.at(prefix + "gate.weight").offset, prec_),
+        router(cfg.d_model, cfg.moe.n_experts, cfg.moe.slots_per_token(), cfg.moe.router.scoring,
+               cfg.moe.normalize_topk, static_cast<float>(cfg.moe.router.top_p),
+               table.at(prefix + "gate.weight").offset, prec_),
         capacity(capacity_rule(cfg.moe)),
         experts(table, prefix, cfg.qwen_layout(), E_local, cfg.d_model, cfg.moe.expert_size, first_expert, prec_) {
     SY_CHECK(table.at(prefix + "gate.weight").numel == E * C,
              "router weight of layer {} is not [{}, {}]", layer, E, C);
     SY_CHECK(max_tokens >= 0 && max_tokens * K <= INT32_MAX,
-             "max_tokens {} * top_k {} overflows the int32 routing plan", max_tokens, K);
+             "max_tokens {} * routing slots per token {} overflows the int32 routing plan", max_tokens, K);
     if (S > 0) {
       const auto& g = table.at(prefix + "shared_expert.gate_proj.weight");
       const auto& u = table.at(prefix + "shared_expert.up_proj.weight");

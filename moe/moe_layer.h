@@ -66,7 +66,7 @@ class MoeLayer {
 
   // Registers the activation buffers of layer `layer` (max_tokens tokens) with a layout store
   // (core/activations.h), building no layer: launch/plan counts them so. The constructors register
-  // the same list with expert_rows = max_tokens x top_k (balanced routing; under expert
+  // the same list with expert_rows = max_tokens x slots per token (balanced routing; under expert
   // parallelism the buffers grow when a plan delivers more, up to ep.size times that).
   static void register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int layer,
                                    int64_t max_tokens, int64_t expert_rows, bool expert_parallel);

@@ -6,10 +6,12 @@
 namespace switchyard::moe {
 
 Router::Router(int64_t C, int64_t E, int64_t K, core::RouterScoring scoring, bool renormalize,
-               int64_t w_offset, const core::PrecisionPolicy& prec)
-    : C_(C), E_(E), K_(K), scoring_(scoring), renormalize_(renormalize), w_offset_(w_offset),
-      prec_(prec) {
-  SY_CHECK(E >= 1 && K >= 1 && K <= E, "router: need 1 <= top_k ({}) <= n_experts ({})", K, E);
+               float top_p, int64_t w_offset, const core::PrecisionPolicy& prec)
+    : C_(C), E_(E), K_(K), scoring_(scoring), renormalize_(renormalize), top_p_(top_p),
+      w_offset_(w_offset), prec_(prec) {
+  SY_CHECK(E >= 1 && K >= 1 && K <= E, "router: need 1 <= slots per token ({}) <= n_experts ({})",
+           K, E);
+  SY_CHECK(top_p >= 0.f && top_p <= 1.f, "router: top_p ({}) must be in [0, 1]", top_p);
 }
 
 void Router::forward(core::Backend& be, float* logits, float* probs, float* lse, int32_t* idx,
@@ -19,7 +21,7 @@ void Router::forward(core::Backend& be, float* logits, float* probs, float* lse,
   const float* wr = params + w_offset_;
   // logits [N,E] = x [N,C] Wr^T
   be.gemm(false, true, N, E_, C_, 1.0f, x, C_, wr, C_, 0.0f, logits, E_, prec_.router());
-  be.router_topk(probs, lse, idx, gates, logits, N, E_, K_, {scoring_, renormalize_, bias});
+  be.router_topk(probs, lse, idx, gates, logits, N, E_, K_, {scoring_, renormalize_, bias, top_p_});
 }
 
 void Router::backward(core::Backend& be, float* dx, float* grads, float* dlogits,
@@ -28,7 +30,7 @@ void Router::backward(core::Backend& be, float* dx, float* grads, float* dlogits
                       const float* params, int64_t N) const {
   if (N == 0) return;
   be.router_backward(dlogits, dgates, logits, probs, lse, idx, gates, dprobs_all, z_coef, N, E_,
-                     K_, {scoring_, renormalize_, nullptr});
+                     K_, {scoring_, renormalize_, nullptr, top_p_});
   // dWr [E,C] += dlogits^T x
   be.gemm(true, false, E_, C_, N, 1.0f, dlogits, E_, x, C_, 1.0f, grads + w_offset_, C_,
           prec_.router_wgrad());

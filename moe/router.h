@@ -4,12 +4,19 @@
 //   softmax: p = softmax(logits); select the top-k of p + b; gates = the selected p.
 //   sigmoid (DeepSeek-V3): s = sigmoid(logits); select the top-k of s + b; gates = the selected
 //            s. `probs` then holds the normalised affinities s / sum_e s.
-//   Gates are divided by their sum when model.moe.normalize_topk. Ties go to the lower index.
+//   Top-p (model.moe.router.top_p > 0, adaptive experts per token): K = router.k_max slots are
+//   selected as above; a token keeps the shortest prefix (in selection order) whose probs (the
+//   softmax p; sigmoid: the affinities s / sum_e s) add up to >= top_p, at least 1, at most
+//   k_max. Its other slots are unused: idx -1, gate 0 (dropped by the routing plan). top_p = 0:
+//   all K = top_k slots kept, bit for bit the routing without the option.
+//   Gates are divided by their sum (over the kept slots) when model.moe.normalize_topk. Ties go
+//   to the lower index.
 //   b: the aux-loss-free selection bias [E] (model.moe.balance.bias_rate > 0; else none). It
 //   steers the selection only: no gate value and no gradient sees it. With b = 0 the routing is
 //   bit for bit that of no bias.
 // Backward turns dL/dgates (from combine) plus the aux/z loss terms into dL/dlogits (sigmoid:
-// dlogit = ds * s(1-s), ds from dgates through the renormalisation), then accumulates
+// dlogit = ds * s(1-s), ds from dgates through the renormalisation over the kept slots; the
+// top-p cut itself is piecewise constant, no gradient), then accumulates
 // dWr += dlogits^T x and adds dlogits Wr to dx.
 // Balancing losses (see moe/moe_layer.h):
 //   aux = E * sum_e (count_e / N) * P_e,  P_e = mean_t probs[t,e]  (counts are constants);
@@ -33,11 +40,12 @@ class Router {
  public:
   // w_offset: element offset of the router weight [E, C] in the parameter (and gradient) arena.
   // prec: the router GEMMs read compute-dtype activations against fp32 weights (core/precision.h).
+  // K: routing slots per token (core::MoeConfig::slots_per_token: k_max under top-p, else top_k).
   Router(int64_t C, int64_t E, int64_t K, core::RouterScoring scoring, bool renormalize,
-         int64_t w_offset, const core::PrecisionPolicy& prec = {});
+         float top_p, int64_t w_offset, const core::PrecisionPolicy& prec = {});
 
   int64_t experts() const { return E_; }
-  int64_t top_k() const { return K_; }
+  int64_t top_k() const { return K_; }  // routing slots per token
   core::RouterScoring scoring() const { return scoring_; }
   // Sigmoid scoring reads the forward's logits in backward (they must be kept).
   bool backward_reads_logits() const { return scoring_ == core::RouterScoring::sigmoid; }
@@ -61,6 +69,7 @@ class Router {
   int64_t C_, E_, K_;
   core::RouterScoring scoring_;
   bool renormalize_;
+  float top_p_;
   int64_t w_offset_;
   core::PrecisionPolicy prec_;
 };

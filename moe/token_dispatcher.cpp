@@ -17,7 +17,8 @@ namespace {
 class LocalDispatcher final : public TokenDispatcher {
  public:
   LocalDispatcher(core::Backend& be, const core::ModelConfig& cfg, const core::ActivationStore& acts)
-      : be_(be), acts_(acts), C_(cfg.d_model), E_(cfg.moe.n_experts), K_(cfg.moe.top_k) {}
+      : be_(be), acts_(acts), C_(cfg.d_model), E_(cfg.moe.n_experts),
+        K_(cfg.moe.slots_per_token()) {}
 
   void plan(const RoutingPlan& routing, const std::function<void(int64_t)>& grow,
             parallel::ExchangeStats&) override {
@@ -75,7 +76,7 @@ class ExpertParallelDispatcher final : public TokenDispatcher {
         b_(b),
         ex_(*ep.exchange),
         C_(cfg.d_model),
-        K_(cfg.moe.top_k),
+        K_(cfg.moe.slots_per_token()),
         E_local_(core::local_experts(cfg, ep.rank, ep.size).count) {
     const auto NK = static_cast<size_t>(max_tokens * K_);
     for (auto* v : {&pos_host_, &idx_host_, &order_, &slot_token_, &slot_dest_, &slot_tag_}) v->assign(NK, 0);
@@ -145,8 +146,16 @@ void ExpertParallelDispatcher::plan(const RoutingPlan& routing, const std::funct
   be_.copy_to_host(idx_host_.data(), routing.idx, sizeof(int32_t) * static_cast<size_t>(NK));
   be_.copy_to_host(gates_host_.data(), routing.gates, sizeof(float) * static_cast<size_t>(NK));
   plan_.reset();  // the last plan's backend arrays go while the stream is idle (after the copies)
-  for (int64_t s = 0; s < NK; ++s) order_[static_cast<size_t>(pos_host_[s])] = static_cast<int32_t>(s);
-  for (int64_t p = 0; p < NK; ++p) {
+  // Only routed slots cross: a dropped slot (idx -1: top-p's unused slots, capacity drops) has
+  // pos -1, and route_plan gives the M routed ones the rows 0..M-1.
+  int64_t M = 0;
+  for (int64_t s = 0; s < NK; ++s) {
+    const int32_t p = pos_host_[s];
+    if (p < 0) continue;
+    order_[static_cast<size_t>(p)] = static_cast<int32_t>(s);
+    ++M;
+  }
+  for (int64_t p = 0; p < M; ++p) {
     const int32_t s = order_[p];
     const core::ExpertOwner& o = owner_[static_cast<size_t>(idx_host_[s])];
     slot_token_[p] = static_cast<int32_t>(s / K_);
@@ -154,9 +163,9 @@ void ExpertParallelDispatcher::plan(const RoutingPlan& routing, const std::funct
     slot_tag_[p] = o.local;
     slot_gate_[p] = gates_host_[s];
   }
-  const auto nk = static_cast<size_t>(NK);
-  parallel::RoutedSlots slots{N, {slot_token_.data(), nk}, {slot_dest_.data(), nk},
-                              {slot_gate_.data(), nk}, {slot_tag_.data(), nk},
+  const auto m = static_cast<size_t>(M);
+  parallel::RoutedSlots slots{N, {slot_token_.data(), m}, {slot_dest_.data(), m},
+                              {slot_gate_.data(), m}, {slot_tag_.data(), m},
                               C_ * static_cast<int64_t>(sizeof(float))};
   plan_ = ex_.make_plan(slots);
   traffic += plan_->stats;
@@ -178,7 +187,8 @@ void ExpertParallelDispatcher::combine_backward(float* dye, float* dgates, const
                                                 parallel::ExchangeStats& traffic) {
   const int64_t NK = N_ * K_;
   // dy of the received rows (gate * dout, where the expert output lives) and dgate per slot of
-  // the exchange, then into routing order: dgates[s] = dgate_slots[pos[s]] (one term: a copy)
+  // the exchange, then into routing order: dgates[s] = dgate_slots[pos[s]] (one term: a copy;
+  // 0 for a dropped slot, pos -1)
   traffic += parallel::combine_backward(ex_, *plan_, dout, b_.yr, C_, b_.dyr, b_.dgate_slots);
   be_.dispatch_backward(dgates, b_.dgate_slots, pos_, NK, 1, 1);
   be_.dispatch_forward(dye, b_.dyr, b_.local_pos, rows(), 1, C_);  // local-expert order

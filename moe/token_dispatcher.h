@@ -76,7 +76,7 @@ void for_each_dispatch_buffer(DispatchBuffers& b, bool expert_parallel, int64_t 
   f("moe.dxr", &b.dxr, C, Keep::scratch);
   f("moe.local_pos", &b.local_pos, 1, Keep::always);
 }
-// f(name, slot, count, keep) for each per-slot buffer ([N*K], NK = max tokens * top_k) of the
+// f(name, slot, count, keep) for each per-slot buffer ([N*K], NK = max tokens * slots per token) of the
 // dispatcher (none for the local one).
 template <class F>
 void for_each_dispatch_slot_buffer(DispatchBuffers& b, bool expert_parallel, int64_t NK, F&& f) {

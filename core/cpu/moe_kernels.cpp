@@ -140,7 +140,7 @@ void CpuBackend::router_topk(float* probs, float* lse, int32_t* idx, float* gate
 #pragma omp parallel for schedule(static) if (N * E >= kParallelMin)
   for (int64_t t = 0; t < N; ++t)
     router_row::topk(probs + t * E, lse + t, idx + t * K, gates + t * K, logits + t * E, E, K, sig,
-                     opt.renormalize, opt.bias);
+                     opt.renormalize, opt.bias, opt.top_p);
 }
 
 void CpuBackend::router_backward(float* dlogits, const float* dgates, const float* logits,

@@ -292,7 +292,7 @@ void CudaBackend::router_topk(float* probs, float* lse, int32_t* idx, float* gat
                               const RouterOptions& opt) {
   SY_CHECK(K >= 1 && K <= E, "router_topk: K={} must be in [1, E={}]", K, E);
   SY_LAUNCH(router_topk, probs, lse, idx, gates, logits, N, E, K,
-            opt.scoring == RouterScoring::sigmoid, opt.renormalize, opt.bias);
+            opt.scoring == RouterScoring::sigmoid, opt.renormalize, opt.bias, opt.top_p);
 }
 void CudaBackend::router_backward(float* dlogits, const float* dgates, const float* logits,
                                   const float* probs, const float* lse, const int32_t* idx,

@@ -86,7 +86,7 @@ void sigmoid_gate_backward(float* dy, float* dlogit, const float* dout, const fl
                            const float* y, int64_t rows, int64_t C, cudaStream_t s);
 void router_topk(float* probs, float* lse, int32_t* idx, float* gates, const float* logits,
                  int64_t N, int64_t E, int64_t K, bool sigmoid_scoring, bool renormalize,
-                 const float* bias, cudaStream_t s);
+                 const float* bias, float top_p, cudaStream_t s);
 void router_backward(float* dlogits, const float* dgates, const float* logits, const float* probs,
                      const float* lse, const int32_t* idx, const float* gates,
                      const float* dprobs_all, float z_coef, int64_t N, int64_t E, int64_t K,

@@ -56,10 +56,11 @@ __global__ void sigmoid_gate_backward_kernel(float* dy, float* dlogit, const flo
 // The CPU's loop for one token (core/router_row.h): one thread per token.
 __global__ void router_topk_kernel(float* probs, float* lse, int32_t* idx, float* gates,
                                    const float* logits, int64_t N, int64_t E, int64_t K,
-                                   bool sigmoid_scoring, bool renormalize, const float* bias) {
+                                   bool sigmoid_scoring, bool renormalize, const float* bias,
+                                   float top_p) {
   SY_GRID_STRIDE(t, N) {
     router_row::topk(probs + t * E, lse + t, idx + t * K, gates + t * K, logits + t * E, E, K,
-                     sigmoid_scoring, renormalize, bias);
+                     sigmoid_scoring, renormalize, bias, top_p);
   }
 }
 __global__ void router_backward_kernel(float* dlogits, const float* dgates, const float* logits,
@@ -175,10 +176,10 @@ void sigmoid_gate_backward(float* dy, float* dlogit, const float* dout, const fl
 }
 void router_topk(float* probs, float* lse, int32_t* idx, float* gates, const float* logits,
                  int64_t N, int64_t E, int64_t K, bool sigmoid_scoring, bool renormalize,
-                 const float* bias, cudaStream_t s) {
+                 const float* bias, float top_p, cudaStream_t s) {
   if (N > 0)
     router_topk_kernel<<<blocks_for(N, 128), 128, 0, s>>>(probs, lse, idx, gates, logits, N, E, K,
-                                                          sigmoid_scoring, renormalize, bias);
+                                                          sigmoid_scoring, renormalize, bias, top_p);
 }
 void router_backward(float* dlogits, const float* dgates, const float* logits, const float* probs,
                      const float* lse, const int32_t* idx, const float* gates,

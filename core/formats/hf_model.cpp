@@ -334,6 +334,9 @@ std::string hf_routing_unsupported(const ModelConfig& cfg) {
     what += std::string(what.empty() ? "" : " and ") +
             "the aux-loss-free selection bias (model.moe.balance.bias_rate > 0, DeepSeek-V3's "
             "e_score_correction_bias)";
+  if (cfg.moe.router.top_p > 0)
+    what += std::string(what.empty() ? "" : " and ") +
+            "top-p routing (model.moe.router.top_p > 0: experts per token vary)";
   return what;
 }
 

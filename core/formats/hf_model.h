@@ -44,7 +44,7 @@ void load_hf_weights(const std::string& dir, const ParamTable& table, float* hos
 
 // What the model's routing needs that the mixtral and qwen2_moe layouts cannot express (their
 // routers are a softmax top-k without a selection bias): "" when nothing, else a phrase naming
-// the config keys (sigmoid scoring, the aux-loss-free selection bias). Writers refuse such a
+// the config keys (sigmoid scoring, the aux-loss-free selection bias, top-p routing). Writers refuse such a
 // model rather than change its routing.
 std::string hf_routing_unsupported(const ModelConfig& cfg);
 

@@ -2,7 +2,8 @@
 """Self-check of the PyTorch reference (tests/golden/torch_moe.py). Run: /usr/bin/python3 tests/golden/check_reference.py
 
   1. forward vs an independent numpy float64 loop implementation (RMSNorm, RoPE as explicit pair
-     rotations, GQA by index, causal softmax, routing, SwiGLU experts, shared expert, dense layers),
+     rotations, GQA by index, causal softmax, routing (top-k and top-p), SwiGLU experts, shared
+     expert, dense layers),
      including aux_l = E * sum_e count_e/N * P_e and z_l = mean_t logsumexp^2, and the expert counts
   2. torch.autograd.gradcheck of the total loss w.r.t. every parameter (float64) on tiny models
      (qwen2_moe layout with dense layer / shared expert / qkv bias / unnormalised gates; mixtral layout
@@ -33,6 +34,7 @@ TINY_QWEN = dict(vocab_size=11, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, 
 TINY_MIXTRAL = dict(vocab_size=9, d_model=8, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=8,
                     rope_theta=10000.0, rms_norm_eps=1e-5,
                     moe=dict(n_experts=4, top_k=2, expert_size=5, aux_loss_coef=0.05, z_loss_coef=0.01))
+TINY_TOP_P = dict(TINY_MIXTRAL, moe=dict(TINY_MIXTRAL["moe"], router_top_p=0.5, router_k_max=3))
 TINY_TIED_K1 = dict(vocab_size=9, d_model=8, n_layers=1, n_heads=2, n_kv_heads=2, max_seq_len=8,
                     tie_embeddings=True,
                     moe=dict(n_experts=3, top_k=1, expert_size=4, aux_loss_coef=0.1, z_loss_coef=0.02))
@@ -61,6 +63,7 @@ def np_forward(cfg, W, tokens, targets):
     B, T = tokens.shape
     C, NH, NKV, HD = c["d_model"], c["n_heads"], c["n_kv_heads"], c["head_dim"]
     E, K = m["n_experts"], m["top_k"]
+    tp = float(np.float32(m["router_top_p"]))  # the fp32 value the C++ compares with
     qwen = tm.qwen_layout(c)
     silu = lambda a: a / (1.0 + np.exp(-a))  # noqa: E731
 
@@ -122,7 +125,10 @@ def np_forward(cfg, W, tokens, targets):
             lse[t] = mx + math.log(np.exp(logits[t] - mx).sum())
             pr = np.exp(logits[t] - lse[t])
             probs[t] = pr
-            order = sorted(range(E), key=lambda e: (-pr[e], e))[:K]
+            order = sorted(range(E), key=lambda e: (-pr[e], e))[:K if tp == 0 else m["router_k_max"]]
+            if tp > 0:  # top-p: the shortest prefix whose probabilities reach tp
+                cum = np.cumsum([pr[e] for e in order])
+                order = order[:next((j + 1 for j in range(len(order)) if cum[j] >= tp), len(order))]
             gsum = sum(pr[e] for e in order)
             for e in order:
                 cnt[e] += 1
@@ -148,7 +154,8 @@ def np_forward(cfg, W, tokens, targets):
 
 
 def check_forward():
-    for name, cfg in (("qwen", TINY_QWEN), ("mixtral", TINY_MIXTRAL), ("tied_k1", TINY_TIED_K1)):
+    for name, cfg in (("qwen", TINY_QWEN), ("mixtral", TINY_MIXTRAL), ("tied_k1", TINY_TIED_K1),
+                      ("top_p", TINY_TOP_P)):
         m = build(cfg, 5)
         tok, tgt = batch(cfg, 6, B=2, T=6)
         o = m(tok, tgt)
@@ -157,8 +164,12 @@ def check_forward():
             assert abs(float(getattr(o, k)) - r[k]) < 1e-12, (name, k, float(getattr(o, k)), r[k])
         assert np.abs(o.logits.detach().numpy() - r["logits"]).max() < 1e-12, name
         assert np.array_equal(o.counts.numpy(), r["counts"]), (name, o.counts, r["counts"])
-        assert int(o.counts.sum()) == tm.n_moe_layers(m.cfg) * 12 * m.cfg["moe"]["top_k"]
-    print("forward vs numpy loops: ok (logits, ce, aux, z, counts; 3 configs)")
+        slots = tm.n_moe_layers(m.cfg) * 12
+        if m.cfg["moe"]["router_top_p"] > 0:  # some tokens keep fewer than k_max, some more than one
+            assert slots < int(o.counts.sum()) < slots * m.cfg["moe"]["router_k_max"], (name, o.counts)
+        else:
+            assert int(o.counts.sum()) == slots * m.cfg["moe"]["top_k"]
+    print("forward vs numpy loops: ok (logits, ce, aux, z, counts; 4 configs)")
 
 
 # ---------------------------------------------------------------------------------------------

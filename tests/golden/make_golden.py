@@ -91,6 +91,15 @@ CASES = OrderedDict(
         model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
                    moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02,
                             z_loss_coef=0.001, selection_bias=[0.05, -0.1, 0.0, 0.08]))),
+    # adaptive experts per token: the shortest prefix of the top-4 reaching probability 0.7 (1 to 3
+    # experts per token here). min_margin: its margin (top_p_margin) also counts the cut decisions,
+    # in probability units, where fp32 and fp64 differ by ~1e-6; 32 tokens x 2 layers x 11 forwards
+    # leave no seed with 5e-3 in reach.
+    top_p=dict(
+        seed=85, dead=None, router_std=1.0, min_margin=2e-3,
+        model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
+                   moe=dict(n_experts=8, top_k=2, expert_size=24, aux_loss_coef=0.02, z_loss_coef=0.001,
+                            router_top_p=0.7, router_k_max=4))),
 )
 
 # dead-expert construction (mixtral_k2): every embedding row gets +ALPHA*u (u a random unit vector),
@@ -170,8 +179,10 @@ def cap_gap(model):
 
 def topk_margin(model):
     """Smallest gap between the k-th and (k+1)-th router logit (selection key under a bias or sigmoid
-    scoring) over the tokens of the last forward."""
+    scoring) over the tokens of the last forward. Top-p: top_p_margin."""
     K, E = model.cfg["moe"]["top_k"], model.cfg["moe"]["n_experts"]
+    if model.cfg["moe"]["router_top_p"] > 0:
+        return top_p_margin(model)
     if K == E:
         return math.inf
     m = math.inf
@@ -192,6 +203,30 @@ def topk_margin(model):
         d = sc * (1 - sc) if moe.scoring == "sigmoid" else 2 * sc
         rows = torch.arange(sc.shape[0])
         m = min(m, float(((keys[:, K - 1] - keys[:, K]) / (d[rows, i] + d[rows, j])).min()))
+    return m
+
+
+def top_p_margin(model):
+    """Top-p routing: the smallest of (a) the gaps between adjacent selection keys up to the first
+    unkept slot (which experts are kept and in what order their probs add up), in the logit units of
+    topk_margin, and (b) the gaps |cumulative prob - top_p| at every cut decision, over the tokens
+    of the last forward."""
+    m = math.inf
+    for blk in model.model.layers:
+        if not blk.is_moe:
+            continue
+        moe = blk.mlp if hasattr(blk, "mlp") else blk.block_sparse_moe
+        keys, order = moe.last_keys.sort(dim=-1, descending=True)
+        sc = moe.last_scores
+        d = sc * (1 - sc) if moe.scoring == "sigmoid" else 2 * sc
+        rows = torch.arange(sc.shape[0])
+        for j in range(min(moe.slots, moe.E - 1)):
+            gap = (keys[:, j] - keys[:, j + 1]) / (d[rows, order[:, j]] + d[rows, order[:, j + 1]])
+            live = moe.last_k > j  # slot j kept: its successor's place decides the next step
+            if live.any():
+                m = min(m, float(gap[live].min()))
+        if moe.slots > 1:
+            m = min(m, float((moe.last_cum[:, :-1] - moe.top_p).abs().min()))
     return m
 
 
@@ -275,7 +310,8 @@ def run_case(name, case, out_dir):
         traj["grad_norm"].append(gn)
     assert abs(traj["loss"][0] - float(out.loss)) < 1e-12
     # every batch must be routed with a clear top-k logit margin so that fp32 and fp64 route alike
-    assert min(margin, traj_margin) > MIN_MARGIN, f"{name}: routing tie risk, margin {min(margin, traj_margin)}"
+    min_margin = case.get("min_margin", MIN_MARGIN)
+    assert min(margin, traj_margin) > min_margin, f"{name}: routing tie risk, margin {min(margin, traj_margin)}"
     assert gap > MIN_CAP_GAP, f"{name}: capacity tie risk, importance gap {gap}"
     g["traj.tokens"] = torch.stack([b[0] for b in batches]).to(torch.int32)
     g["traj.targets"] = torch.stack([b[1] for b in batches]).to(torch.int32)
@@ -289,13 +325,14 @@ def run_case(name, case, out_dir):
         beta2=repr(OPTIM["beta2"]), eps=repr(OPTIM["eps"]), grad_clip=repr(OPTIM["grad_clip"]),
         case=name, batch=str(B), seq_len=str(T), seed=str(case["seed"]), dead_expert=dead,
         router_scoring=c["moe"]["router_scoring"],
+        router_top_p=repr(float(c["moe"]["router_top_p"])), router_k_max=str(c["moe"]["router_k_max"]),
         capacity_factor=repr(float(c["moe"]["capacity_factor"])), min_capacity=str(c["moe"]["min_capacity"]),
         drop_policy=c["moe"]["drop_policy"], importance=c["moe"]["importance"],
         selection_bias=",".join(repr(float(torch.tensor(b, dtype=torch.float32))) for b in
                                 (c["moe"]["selection_bias"] or [])))
     tm.save_safetensors(os.path.join(out_dir, "golden.safetensors"), g, meta)
 
-    extra = mixed_variant(name, model, tokens, targets, out_dir, out.logits)
+    extra = mixed_variant(name, model, tokens, targets, out_dir, out.logits, min_margin)
     if name == "mixtral_k2":
         extra += bf16_variant(case, init_state, tokens, targets, out_dir, out.logits)
 
@@ -314,7 +351,7 @@ def run_case(name, case, out_dir):
 MIXED = ("bf16", "fp16")
 
 
-def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64):
+def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64, min_margin=MIN_MARGIN):
     g = OrderedDict()
     meta = OrderedDict(case=name, precisions=",".join(MIXED))
     extra = ""
@@ -326,7 +363,7 @@ def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64):
         assert torch.isfinite(o.logits).all(), f"{name} {p}: non-finite logits"
         # the C++ must route alike: a top-k logit gap far above what a one-unit difference of a rounded
         # router input (a rounding-midpoint straddle) can move
-        assert margin > MIN_MARGIN, f"{name} {p}: routing tie risk, margin {margin}"
+        assert margin > min_margin, f"{name} {p}: routing tie risk, margin {margin}"
         assert cap_gap(model) > MIN_CAP_GAP, f"{name} {p}: capacity tie risk, gap {cap_gap(model)}"
         g[f"{p}.logits"] = f32(o.logits)
         for k in ("loss", "ce", "aux", "z"):

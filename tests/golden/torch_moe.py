@@ -55,6 +55,8 @@ MOE_DEFAULTS = OrderedDict(
     aux_loss_coef=0.01, z_loss_coef=0.0,
     # model.moe.router.scoring; a fixed selection bias [E] (every MoE layer; None: none), moe/router.h
     router_scoring="softmax", selection_bias=None,
+    # model.moe.router.top_p (0: off) and k_max: adaptive experts per token, moe/router.h
+    router_top_p=0.0, router_k_max=0,
     # model.moe.router capacity (moe/capacity.h): 0 = dropless
     capacity_factor=0.0, min_capacity=4, drop_policy="position", importance="gate")
 OPTIM_DEFAULTS = OrderedDict(
@@ -84,6 +86,8 @@ def resolve_config(cfg: dict) -> dict:
     assert out["n_heads"] % out["n_kv_heads"] == 0
     assert out["head_dim"] % 2 == 0
     assert 1 <= moe["top_k"] <= moe["n_experts"]
+    assert 0 <= moe["router_top_p"] <= 1
+    assert moe["router_top_p"] == 0 or 1 <= moe["router_k_max"] <= moe["n_experts"]
     return out
 
 
@@ -276,6 +280,9 @@ class SparseMoe(nn.Module):
         self.E, self.K, self.normalize = m["n_experts"], m["top_k"], bool(m["normalize_topk"])
         self.scoring = m["router_scoring"]
         assert self.scoring in ("softmax", "sigmoid"), self.scoring
+        # top-p: the fp32 value the C++ compares with; slots: k_max under top-p, else top_k
+        self.top_p = float(torch.tensor(float(m["router_top_p"]), dtype=torch.float32))
+        self.slots = m["router_k_max"] if self.top_p > 0 else self.K
         # the fp32 values the C++ holds
         self.bias = None if m["selection_bias"] is None else [
             float(torch.tensor(float(b), dtype=torch.float32)) for b in m["selection_bias"]]
@@ -305,11 +312,20 @@ class SparseMoe(nn.Module):
         key = s.detach() if self.bias is None else s.detach() + torch.tensor(self.bias, dtype=s.dtype)
         self.last_logits = lp.detach()  # for diagnostics (routing margins)
         self.last_keys, self.last_scores = key, s.detach()  # selection keys and scores (routing margins)
-        topi = torch.topk(key, self.K, dim=-1).indices
-        topv = s.gather(-1, topi)
+        topi = torch.topk(key, self.slots, dim=-1).indices
+        # top-p: slot j is kept while the probs of the slots before it (selection order) add up to
+        # less than top_p: the shortest prefix reaching top_p, at least one slot (a constant mask)
+        cum = p.detach().gather(-1, topi).cumsum(dim=-1)
+        self.last_cum = cum
+        routed = torch.ones_like(topi, dtype=torch.bool)
+        if self.top_p > 0:
+            routed[:, 1:] = cum[:, :-1] < self.top_p
+        self.last_k = routed.sum(dim=-1)
+        topv = s.gather(-1, topi) * routed.to(s.dtype)
         gates = topv / topv.sum(dim=-1, keepdim=True) if self.normalize else topv
         gates = gates.to(x.dtype)
-        keep = self.capacity_keep(topi, p.detach())  # [N, K] bool: assignments within capacity
+        # capacity: of the routed slots, those within their expert's capacity (gates stay as routed)
+        keep = routed & self.capacity_keep(topi, routed, p.detach())
         self.last_kept = torch.where(keep, topi, torch.full_like(topi, -1))
         out = torch.zeros_like(x)
         # HF Mixtral style: per expert, gather its tokens, run the FFN, scatter-add the gated output
@@ -322,13 +338,13 @@ class SparseMoe(nn.Module):
         if self.has_shared:
             out = out + torch.sigmoid(linear(self.shared_expert_gate, x)) * self.shared_expert(x)
         out = rnd(out)  # the layer output: stored in the compute dtype
-        counts = torch.bincount(topi.reshape(-1), minlength=self.E)  # routed slots per expert
+        counts = torch.bincount(topi[routed], minlength=self.E)  # routed slots per expert, before capacity
         P = p.mean(dim=0)
         aux = self.E * ((counts.to(p.dtype) / N).detach() * P).sum()
         z = torch.logsumexp(lp, dim=-1).pow(2).mean()
         return out, MoeStats(aux, z, counts)
 
-    def capacity_keep(self, topi, p):
+    def capacity_keep(self, topi, routed, p):
         """Which assignments an expert keeps under model.moe.router.capacity_factor (written from the
         rule's words in moe/capacity.h, not from its code): per expert, its first `cap` slots in
         (token, slot) order, or its `cap` most important ones, ties in that order. Records
@@ -346,7 +362,7 @@ class SparseMoe(nn.Module):
             srt = p.sort(dim=-1, descending=True).values
             nxt = srt[:, K] if K < self.E else torch.zeros_like(srt[:, 0])
             imp = (srt[:, 0] - nxt).unsqueeze(-1).expand(N, K)
-        flat, impf = topi.reshape(-1).tolist(), imp.reshape(-1).tolist()
+        flat, impf = torch.where(routed, topi, -1).reshape(-1).tolist(), imp.reshape(-1).tolist()
         keep = [False] * (N * K)
         for e in range(self.E):
             slots = [s for s in range(N * K) if flat[s] == e]

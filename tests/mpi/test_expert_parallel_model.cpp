@@ -8,7 +8,8 @@
 // expert-parallel gradients and expert counts are bit-identical to those without. On the
 // device-discipline checker (a device-check CPU backend, the process groups behind the checking
 // communicator: the dispatcher's and the exchange's device path) they are bit-identical to the
-// plain CPU + MPI run.
+// plain CPU + MPI run. With top-p routing (slots a token leaves unused are dropped before the
+// exchange) the same equality holds.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -42,17 +43,26 @@ sy::core::ModelConfig small_model() {
   return c;
 }
 
+// small_model() with top-p routing: 3 slots per token, of which a token keeps 1 to 3, so unused
+// slots (idx -1, pos -1) go through the expert-parallel dispatcher's exchange path.
+sy::core::ModelConfig top_p_model() {
+  sy::core::ModelConfig c = small_model();
+  c.moe.router.top_p = 0.4;
+  c.moe.router.k_max = 3;
+  return c;
+}
+
 std::vector<float> host(const sy::moe::Model& m, const float* dev) {
   std::vector<float> v(static_cast<size_t>(m.num_params()));
   m.backend().copy_to_host(v.data(), dev, v.size() * sizeof(float));
   return v;
 }
 
-void check_against_single_process(int E, sy::parallel::ExchangeAlgorithm algo, int ranks_per_node) {
+void check_against_single_process(int E, sy::parallel::ExchangeAlgorithm algo, int ranks_per_node,
+                                  const sy::core::ModelConfig& cfg = small_model()) {
   auto world = sy::parallel::MpiCommunicator::world();
   const int N = world->size(), rank = world->rank();
   sy::parallel::ProcessGroups groups(*world, {E, ranks_per_node});
-  const auto cfg = small_model();
   const int64_t T = 16, B_local = 2, B = B_local * N;
   std::vector<int32_t> tokens(static_cast<size_t>(B * T)), targets(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) {
@@ -67,6 +77,14 @@ void check_against_single_process(int E, sy::parallel::ExchangeAlgorithm algo, i
   full.zero_grads();
   full.backward();
   const auto ref_grads = host(full, full.grads());
+  if (cfg.moe.router.top_p > 0) {  // the test needs tokens with unused slots, and tokens without
+    for (const auto& layer : full.expert_counts()) {
+      int64_t kept = 0;
+      for (int64_t c : layer) kept += c;
+      EXPECT_GT(kept, B * T) << "every token keeps more than one expert";
+      EXPECT_LT(kept, B * T * cfg.moe.router.k_max) << "no token has an unused slot";
+    }
+  }
 
   auto exchange = sy::parallel::make_token_exchange(algo, groups.exchange_groups(), *be);
   sy::moe::Model part(*be, cfg, B_local, T, {exchange.get(), groups.expert().rank(), E});
@@ -186,6 +204,18 @@ TEST(ExpertParallelModel, HierarchicalOnSimulatedNodes) {
   auto world = sy::parallel::MpiCommunicator::world();
   if (world->size() < 4) GTEST_SKIP() << "needs 4 ranks for 2 nodes x 2";
   check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::hierarchical, 2);
+}
+
+TEST(ExpertParallelModel, TopPRoutingFlat) {
+  auto world = sy::parallel::MpiCommunicator::world();
+  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::flat, 0, top_p_model());
+}
+
+TEST(ExpertParallelModel, TopPRoutingHierarchical) {
+  auto world = sy::parallel::MpiCommunicator::world();
+  if (world->size() < 4) GTEST_SKIP() << "needs 4 ranks for 2 nodes x 2";
+  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::hierarchical, 2,
+                               top_p_model());
 }
 
 TEST(ExpertParallelModel, DataAndExpertParallel) {

@@ -608,6 +608,139 @@ TEST_P(Conformance, RouterTopkWithTiesAndBackward) {
   }
 }
 
+// Top-p routing (RouterOptions::top_p) on the backend under test against an independent double
+// reference written here: selection by score + bias (stable), the cut at cumulative probs >= p
+// in selection order (at least 1, at most K = k_max), gates renormalised over the kept slots;
+// backward against central differences of the reference loss in double, the kept set frozen
+// (the cut is piecewise constant). Tokens 0-2 pin k = 1, k = k_max with all scores tied, and a
+// tie for the top.
+struct TopPRef {
+  std::vector<int32_t> idx;
+  std::vector<double> gates, probs, lse;
+};
+
+// Routes token t of logits (double) with the given selection (kept slots, -1 after them), or
+// selects when sel is null; returns L_t = sum dg*g + sum a*probs + z*lse^2.
+double top_p_token(TopPRef& out, const std::vector<double>& l, const std::vector<float>& bias,
+                   int64_t t, int64_t E, int64_t K, const RouterOptions& o, const int32_t* sel,
+                   const std::vector<float>& dg, const std::vector<float>& a, double z) {
+  const bool sig = o.scoring == RouterScoring::sigmoid;
+  const double* lt = l.data() + t * E;
+  double mx = -INFINITY, se = 0, ss = 0;
+  for (int64_t e = 0; e < E; ++e) mx = std::max(mx, lt[e]);
+  for (int64_t e = 0; e < E; ++e) se += std::exp(lt[e] - mx);
+  const double lse = mx + std::log(se);
+  std::vector<double> s(E), prob(E);
+  for (int64_t e = 0; e < E; ++e) ss += s[e] = sig ? 1 / (1 + std::exp(-lt[e])) : std::exp(lt[e] - lse);
+  for (int64_t e = 0; e < E; ++e) prob[e] = sig ? s[e] / ss : s[e];
+  int32_t* it = out.idx.data() + t * K;
+  if (!sel) {
+    std::vector<int32_t> order(E);
+    for (int64_t e = 0; e < E; ++e) order[e] = static_cast<int32_t>(e);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+      return s[x] + (bias.empty() ? 0.0 : bias[x]) > s[y] + (bias.empty() ? 0.0 : bias[y]);
+    });
+    double cum = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      it[k] = cum >= o.top_p ? -1 : order[k];
+      cum += prob[order[k]];
+    }
+  } else {
+    std::copy(sel, sel + K, it);
+  }
+  double kept = 0, L = z * lse * lse;
+  for (int64_t k = 0; k < K; ++k) kept += it[k] >= 0 ? s[it[k]] : 0.0;
+  for (int64_t k = 0; k < K; ++k) {
+    const double g = it[k] < 0 ? 0.0 : s[it[k]] / (o.renormalize ? kept : 1.0);
+    out.gates[t * K + k] = g;
+    L += dg[t * K + k] * g;
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    out.probs[t * E + e] = prob[e];
+    L += a[e] * prob[e];
+  }
+  out.lse[t] = lse;
+  return L;
+}
+
+TEST_P(Conformance, RouterTopPAgainstADoubleReference) {
+  const int64_t N = 24, E = 8, K = 4;
+  const auto sigmoid = RouterScoring::sigmoid, softmax = RouterScoring::softmax;
+  for (const RouterCase c : {RouterCase{E, K, true}, {E, K, false}, {E, K, true, sigmoid},
+                             {E, K, false, sigmoid}, {E, K, true, softmax, true},
+                             {E, K, true, sigmoid, true}}) {
+    SCOPED_TRACE(fmt::format("renormalize {} {} bias {}", c.renormalize, name_of(c.scoring), c.bias));
+    std::vector<float> l = randn(N * E, 170, 1.5f);
+    for (int64_t e = 0; e < E; ++e) l[e] = e == 3 ? 6.f : -6.f;  // token 0: expert 3 alone reaches p
+    for (int64_t e = 0; e < E; ++e) l[E + e] = 0.25f;            // token 1: all tied, needs k_max
+    for (int64_t e = 0; e < E; ++e) l[2 * E + e] = e == 1 || e == 5 ? 3.f : -3.f;  // tie at the top
+    std::vector<float> b;
+    if (c.bias) {
+      b = randn(E, 171, 0.05f);
+      b[1] = b[5] = b[3] = 0.f;  // the pinned tokens keep their selections
+      b[6] = 0.2f;               // expert 6 is favoured: some selection changes
+    }
+    const RouterOptions opt_ref{c.scoring, c.renormalize, nullptr, 0.6f};
+    auto logits = upload(l), bias = upload(b.empty() ? std::vector<float>(E, 0.f) : b);
+    auto probs = poisoned(N * E), lse = poisoned(N), gates = poisoned(N * K);
+    auto idx = poisoned_i(N * K);
+    RouterOptions opt = opt_ref;
+    opt.bias = c.bias ? bias.test : nullptr;
+    be_->router_topk(probs.test, lse.test, idx.test, gates.test, logits.test, N, E, K, opt);
+
+    const std::vector<float> dg = randn(N * K, 172), a = randn(E, 173);
+    const double z = 0.01;
+    const std::vector<double> ld(l.begin(), l.end());
+    TopPRef ref{std::vector<int32_t>(N * K), std::vector<double>(N * K), std::vector<double>(N * E),
+                std::vector<double>(N)};
+    std::vector<int> kept_count(K + 1, 0);
+    for (int64_t t = 0; t < N; ++t) {
+      top_p_token(ref, ld, b, t, E, K, opt_ref, nullptr, dg, a, z);
+      kept_count[std::count_if(ref.idx.begin() + t * K, ref.idx.begin() + (t + 1) * K,
+                               [](int32_t i) { return i >= 0; })]++;
+    }
+    EXPECT_EQ(down(*be_, idx.test, N * K), ref.idx);
+    const auto near = [](const std::vector<float>& got, const std::vector<double>& want) {
+      return rel_l2(got, std::vector<float>(want.begin(), want.end()));
+    };
+    EXPECT_LE(near(down(*be_, gates.test, N * K), ref.gates), kTolF32);
+    EXPECT_LE(near(down(*be_, probs.test, N * E), ref.probs), kTolF32);
+    EXPECT_LE(near(down(*be_, lse.test, N), ref.lse), kTolF32);
+    // pinned tokens (a bias reorders token 1's tie, which keeps all k_max slots either way)
+    const auto slots = [&](int64_t t) {
+      return std::vector<int32_t>(ref.idx.begin() + t * K, ref.idx.begin() + (t + 1) * K);
+    };
+    EXPECT_EQ(slots(0), (std::vector<int32_t>{3, -1, -1, -1}));
+    if (!c.bias) {
+      EXPECT_EQ(slots(1), (std::vector<int32_t>{0, 1, 2, 3}));
+    }
+    EXPECT_EQ(std::count(ref.idx.begin() + K, ref.idx.begin() + 2 * K, -1), 0);
+    EXPECT_EQ(slots(2), (std::vector<int32_t>{1, 5, -1, -1}));
+    EXPECT_GT(kept_count[2] + kept_count[3], 0) << "no token between 1 and k_max experts";
+
+    // backward: dL/dlogits of L = sum_t L_t against central differences (kept set frozen)
+    auto dgates = upload(dg), dprobs_all = upload(a), dl = poisoned(N * E);
+    auto plan_idx = upload(ref.idx);
+    auto plan_gates = upload(down(*be_, gates.test, N * K));
+    be_->router_backward(dl.test, dgates.test, logits.test, probs.test, lse.test, plan_idx.test,
+                         plan_gates.test, dprobs_all.test, static_cast<float>(z), N, E, K, opt);
+    std::vector<float> fd(N * E);
+    TopPRef scratch = ref;
+    for (int64_t i = 0; i < N * E; ++i) {
+      const int64_t t = i / E;
+      std::vector<double> lp = ld, lm = ld;
+      const double h = 1e-6;
+      lp[i] += h;
+      lm[i] -= h;
+      fd[i] = static_cast<float>(
+          (top_p_token(scratch, lp, b, t, E, K, opt_ref, ref.idx.data() + t * K, dg, a, z) -
+           top_p_token(scratch, lm, b, t, E, K, opt_ref, ref.idx.data() + t * K, dg, a, z)) /
+          (2 * h));
+    }
+    EXPECT_LE(rel_l2(down(*be_, dl.test, N * E), fd), 2e-5);
+  }
+}
+
 TEST_P(Conformance, RoutePlanDispatchCombineWithDropsAndEmptyExperts) {
   const int64_t N = 29, E = 6, K = 2, C = 24;
   std::vector<int32_t> ids = random_ints(N * K, 0, static_cast<int32_t>(E - 1), 160);

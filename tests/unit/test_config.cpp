@@ -254,6 +254,36 @@ TEST(Config, RouterScoringAndSelectionBias) {
   EXPECT_HAS(m, "model.moe.router.scoring");
 }
 
+TEST(Config, RouterTopPAndKMax) {
+  const ExperimentConfig d = parse_experiment_config("", "x");
+  EXPECT_EQ(d.model.moe.router.top_p, 0.0);
+  EXPECT_EQ(d.model.moe.router.k_max, 0);
+  EXPECT_EQ(d.model.moe.slots_per_token(), d.model.moe.top_k);
+  ExperimentConfig c = parse_experiment_config(
+      "model:\n  moe:\n    n_experts: 8\n    top_k: 2\n    router:\n      top_p: 0.7\n      k_max: 4\n", "x");
+  EXPECT_DOUBLE_EQ(c.model.moe.router.top_p, 0.7);
+  EXPECT_EQ(c.model.moe.router.k_max, 4);
+  EXPECT_EQ(c.model.moe.top_k, 2);  // the config value stays; the routing has k_max slots
+  EXPECT_EQ(c.model.moe.slots_per_token(), 4);
+  c = parse_experiment_config("", "x", {"model.moe.router.top_p=1", "model.moe.router.k_max=8"});
+  EXPECT_EQ(c.model.moe.slots_per_token(), 8);
+  // k_max is not read while top_p is 0
+  EXPECT_EQ(parse_experiment_config("", "x", {"model.moe.router.k_max=99"}).model.moe.slots_per_token(), 2);
+
+  std::string m = usage_error("model:\n  moe:\n    router:\n      top_p: 1.5\n      k_max: 2\n");
+  EXPECT_HAS(m, "model.moe.router.top_p: must be in [0, 1]");
+  EXPECT_HAS(m, "1.5");
+  m = usage_error("", {"model.moe.router.top_p=-0.1", "model.moe.router.k_max=2"});
+  EXPECT_HAS(m, "model.moe.router.top_p: must be in [0, 1]");
+  m = usage_error("", {"model.moe.router.top_p=0.5"});  // k_max 0
+  EXPECT_HAS(m, "model.moe.router.k_max: must be in [1, model.moe.n_experts = 8]");
+  m = usage_error("", {"model.moe.router.top_p=0.5", "model.moe.router.k_max=9"});
+  EXPECT_HAS(m, "model.moe.router.k_max: must be in [1, model.moe.n_experts = 8]");
+  EXPECT_HAS(m, "got 9");
+  m = usage_error("", {"model.moe.router.top_p=half"});
+  EXPECT_HAS(m, "model.moe.router.top_p");
+}
+
 TEST(Config, AcceptedScalarForms) {
   ExperimentConfig c = parse_experiment_config(
       "model:\n  moe:\n    normalize_topk: False\n  rope_theta: 1e6\n  vocab_size: 0x100\n"

@@ -23,6 +23,15 @@ using launch::parse_byte_size;
 
 using test::usage_error;
 
+TEST(ExportRouting, TopPIsNotExpressibleInTheHfLayouts) {
+  core::ModelConfig c = test::small_moe_model(1);
+  EXPECT_EQ(core::formats::hf_routing_unsupported(c), "");
+  c.moe.router.top_p = 0.5;
+  c.moe.router.k_max = 2;
+  EXPECT_NE(core::formats::hf_routing_unsupported(c).find("top-p routing (model.moe.router.top_p"),
+            std::string::npos);
+}
+
 TEST(ExportShardSize, Units) {
   EXPECT_EQ(parse_byte_size("5GB"), 5000000000ull);
   EXPECT_EQ(parse_byte_size("500MB"), 500000000ull);

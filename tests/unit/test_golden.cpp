@@ -67,8 +67,9 @@ std::vector<float> logits_of(const sy::moe::Model& m) {
 double meta(const sy::core::formats::SafetensorsFile& f, const std::string& key) { return std::stod(f.metadata().at(key)); }
 
 // The case's model through the --init-from loader, with the loss coefficients and the routing the
-// reference used (the Hugging Face config has no sigmoid scoring or selection bias: metadata
-// router_scoring, selection_bias = E comma-separated values for every MoE layer).
+// reference used (the Hugging Face config has no sigmoid scoring, selection bias or top-p: metadata
+// router_scoring, selection_bias = E comma-separated values for every MoE layer, router_top_p and
+// router_k_max).
 sy::launch::LoadedModel load_case_model(const fs::path& dir, const sy::core::formats::SafetensorsFile& g) {
   auto loaded = sy::launch::load_hf_model((dir / "model").string());
   loaded.config.moe.aux_loss_coef = meta(g, "aux_loss_coef");
@@ -76,6 +77,8 @@ sy::launch::LoadedModel load_case_model(const fs::path& dir, const sy::core::for
   const auto& md = g.metadata();
   if (md.contains("router_scoring"))
     loaded.config.moe.router.scoring = sy::core::value_named<sy::core::RouterScoring>(md.at("router_scoring")).value();
+  if (md.contains("router_top_p")) loaded.config.moe.router.top_p = meta(g, "router_top_p");
+  if (md.contains("router_k_max")) loaded.config.moe.router.k_max = static_cast<int64_t>(meta(g, "router_k_max"));
   // a fixed bias: the rate only turns it on (tests never take a trainer step that updates it)
   if (md.contains("selection_bias") && !md.at("selection_bias").empty()) loaded.config.moe.balance.bias_rate = 1e-3;
   if (md.contains("capacity_factor")) {  // moe/capacity.h
@@ -314,7 +317,7 @@ TEST_P(Golden, MixedPrecisionForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("mixtral_k2", "mixtral_k1", "qwen_shared", "sigmoid_bias",
-                                                             "softmax_bias", "capacity_position",
+                                                             "softmax_bias", "top_p", "capacity_position",
                                                              "capacity_gate", "capacity_margin"));
 
 // The same weights stored as BF16 in two shards with an index: the loader converts them and the
