@@ -3,7 +3,9 @@
 // (b) its expert-parallel share (n_experts / E experts per layer, tokens exchanged flat or
 // hierarchically) on its slice of the batch, with the trainer's gradient reduction (dense over all
 // ranks, experts over the expert-data group). Loss and every gradient tensor this rank holds must
-// equal the single-process ones (fp32, 1e-5 relative in norm). Under activation checkpointing
+// equal the single-process ones (fp32, 1e-5 relative in norm). Variants: top-p routing (unused
+// slots cross the dispatcher), expert capacity by position and by importance (gate, margin): each
+// rank's kept slots equal its slice of the single process's, slot for slot. Under activation checkpointing
 // (full: the dispatch exchange runs again in backward with the saved plan; selective) the
 // expert-parallel gradients and expert counts are bit-identical to those without. On the
 // device-discipline checker (a device-check CPU backend, the process groups behind the checking
@@ -52,6 +54,17 @@ sy::core::ModelConfig top_p_model() {
   return c;
 }
 
+// small_model() with expert capacity 0.75 (moe/capacity.h): over-full experts drop, decided over
+// the expert group's tokens, which must be one process's decision over the whole batch.
+sy::core::ModelConfig capacity_model(sy::core::DropPolicy policy, sy::core::ImportanceScore score) {
+  sy::core::ModelConfig c = small_model();
+  c.moe.router.capacity_factor = 0.75;
+  c.moe.router.min_capacity = 1;
+  c.moe.router.drop_policy = policy;
+  c.moe.router.importance = score;
+  return c;
+}
+
 std::vector<float> host(const sy::moe::Model& m, const float* dev) {
   std::vector<float> v(static_cast<size_t>(m.num_params()));
   m.backend().copy_to_host(v.data(), dev, v.size() * sizeof(float));
@@ -96,6 +109,18 @@ void check_against_single_process(int E, sy::parallel::ExchangeAlgorithm algo, i
                 [&](int layer) { reducer.start_bucket(part.grads(), layer); });
   reducer.finish(part.grads());
   const auto grads = host(part, part.grads());
+  if (cfg.moe.router.capacity_factor > 0 && E == N) {  // the same slots dropped, this rank's slice
+    const auto NK = static_cast<std::ptrdiff_t>(B_local * T * cfg.moe.slots_per_token());
+    int64_t dropped = 0;
+    for (int64_t l = 0; l < full.num_moe_layers(); ++l) {
+      const auto& want = full.moe_stats(l).kept;
+      EXPECT_EQ(part.moe_stats(l).kept, std::vector<int32_t>(want.begin() + rank * NK, want.begin() + (rank + 1) * NK))
+          << "layer " << l << " on rank " << rank;
+      EXPECT_EQ(part.moe_stats(l).capacity, full.moe_stats(l).capacity);
+      dropped += full.moe_stats(l).dropped;
+    }
+    EXPECT_GT(dropped, 0) << "the capacity must drop something";
+  }
 
   double loss = r.loss / N;
   world->allreduce_sum(&loss, 1);
@@ -216,6 +241,25 @@ TEST(ExpertParallelModel, TopPRoutingHierarchical) {
   if (world->size() < 4) GTEST_SKIP() << "needs 4 ranks for 2 nodes x 2";
   check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::hierarchical, 2,
                                top_p_model());
+}
+
+TEST(ExpertParallelModel, CapacityPositionFlat) {
+  auto world = sy::parallel::MpiCommunicator::world();
+  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::flat, 0,
+                               capacity_model(sy::core::DropPolicy::position, sy::core::ImportanceScore::gate));
+}
+
+TEST(ExpertParallelModel, CapacityImportanceFlat) {
+  auto world = sy::parallel::MpiCommunicator::world();
+  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::flat, 0,
+                               capacity_model(sy::core::DropPolicy::importance, sy::core::ImportanceScore::gate));
+}
+
+TEST(ExpertParallelModel, CapacityImportanceHierarchical) {
+  auto world = sy::parallel::MpiCommunicator::world();
+  if (world->size() < 4) GTEST_SKIP() << "needs 4 ranks for 2 nodes x 2";
+  check_against_single_process(world->size(), sy::parallel::ExchangeAlgorithm::hierarchical, 2,
+                               capacity_model(sy::core::DropPolicy::importance, sy::core::ImportanceScore::margin));
 }
 
 TEST(ExpertParallelModel, DataAndExpertParallel) {
