@@ -11,6 +11,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "launch/nonfinite.h"
@@ -88,6 +89,36 @@ void warn_activation_budget(TrainContext& ctx, int64_t step) {
              ctx.mpi.rank(), used_mb, step, budget);
 }
 
+// Adds the routing slots of the last forward to counts [n_moe_layers * E].
+void add_expert_counts(std::vector<int64_t>& counts, const moe::Model& model, int64_t E) {
+  const auto c = model.expert_counts();
+  for (size_t l = 0; l < c.size(); ++l)
+    for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
+}
+
+// model.moe.balance.aux_scope global, the routing pre-pass: the forward of every micro-batch of
+// the step (results discarded; routing is deterministic, so the step's own forwards route the
+// same), each MoE layer's counts summed over them and over every rank, handed to the layers.
+// Leaves no statistic of the step touched (each forward resets the layers' stats). Returns this
+// rank's counts, which the step's own forwards must reproduce.
+std::vector<int64_t> set_global_aux_counts(TrainContext& ctx, int64_t step) {
+  moe::Model& model = *ctx.model;
+  const int64_t E = ctx.cfg.model.moe.n_experts, n = model.num_moe_layers() * E;
+  std::vector<int64_t> counts(static_cast<size_t>(n + 1), 0);  // [n]: the tokens routed
+  model.set_global_aux_counts({}, 0, 0);
+  for (int64_t micro = 0; micro < ctx.accum; ++micro) {
+    ctx.sampler->next_batch(step, micro, ctx.B, ctx.tokens.data(), ctx.targets.data());
+    model.forward(ctx.tokens.data(), ctx.targets.data(), ctx.B, ctx.T);
+    add_expert_counts(counts, model, E);
+    counts[static_cast<size_t>(n)] += ctx.B * ctx.T;
+  }
+  std::vector<int64_t> local(counts.begin(), counts.begin() + n);
+  ctx.world->allreduce_sum(counts.data(), n + 1);
+  model.set_global_aux_counts(std::vector<int64_t>(counts.begin(), counts.begin() + n), counts[static_cast<size_t>(n)],
+                              ctx.accum * ctx.mpi.size());
+  return local;
+}
+
 }  // namespace
 
 StepRecord train_step(TrainContext& ctx, int64_t step) {
@@ -111,6 +142,15 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   r.loss_scaling = ctx.scaler->enabled();
   r.loss_scale = ctx.scaler->scale();
   const bool inject = inject_overflow(rank, r.step);
+  // aux_scope global: every micro-batch's aux term needs the whole step's counts (one extra forward)
+  const bool global_aux = cfg.model.moe.balance.aux_scope == core::AuxScope::global &&
+                          cfg.model.moe.aux_loss_coef > 0 && model.num_moe_layers() > 0;
+  std::vector<int64_t> prepass_counts;
+  if (global_aux) {
+    const auto tp = Clock::now();
+    prepass_counts = set_global_aux_counts(ctx, step);
+    r.forward_s += seconds_between(tp, Clock::now());
+  }
   for (int64_t micro = 0; micro < accum; ++micro) {
     ctx.sampler->next_batch(step, micro, B, ctx.tokens.data(), ctx.targets.data());
     const auto tf = Clock::now();
@@ -137,9 +177,12 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
     sums.tokens += static_cast<double>(f.tokens);
     r.exchange += model.exchange_stats();
     r.expert_s += model.expert_seconds();
-    const auto c = model.expert_counts();
-    for (size_t l = 0; l < c.size(); ++l)
-      for (int64_t e = 0; e < E; ++e) r.expert_counts[l * E + e] += c[l][static_cast<size_t>(e)];
+    add_expert_counts(r.expert_counts, model, E);
+  }
+  if (global_aux) {
+    model.set_global_aux_counts({}, 0, 0);
+    if (prepass_counts != r.expert_counts)
+      throw_internal("step {}: the routing pre-pass of aux_scope global routed differently from the step", r.step);
   }
   sums.nonfinite_ranks = local_loss_nonfinite ? 1.0 : 0.0;
   // gradients reduced once per optimizer step (data parallel: every parameter is replicated)

@@ -391,6 +391,15 @@ void Model::set_selection_bias(const std::vector<float>& bias) {
     if (L->is_moe && on) L->moe->set_selection_bias(bias.data() + E * l++);
 }
 
+void Model::set_global_aux_counts(const std::vector<int64_t>& counts, int64_t tokens, int64_t micro_batches) {
+  const int64_t E = cfg_.moe.n_experts;
+  SY_CHECK(counts.empty() || static_cast<int64_t>(counts.size()) == n_moe_ * E,
+           "set_global_aux_counts: {} counts for {} MoE layers of {} experts", counts.size(), n_moe_, E);
+  int64_t l = 0;
+  for (const auto& L : layers_)
+    if (L->is_moe) L->moe->set_aux_counts(counts.empty() ? nullptr : counts.data() + E * l++, tokens, micro_batches);
+}
+
 void Model::update_selection_bias(const std::vector<int64_t>& load) {
   const int64_t E = cfg_.moe.n_experts;
   const double rate = cfg_.moe.balance.bias_rate;

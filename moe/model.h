@@ -108,6 +108,11 @@ class Model {
   // Per MoE layer, the token exchange the last forward used (empty without expert parallelism).
   std::vector<std::string> exchange_plans() const;
   int64_t num_moe_layers() const { return n_moe_; }
+  // model.moe.balance.aux_scope global: hands every MoE layer the step's counts (MoeLayer::
+  // set_aux_counts). counts [n_moe_layers * E] in layer order, summed over the step's micro-batches
+  // and every rank; tokens, the tokens routed there; micro_batches, how many the trainer averages.
+  // Empty counts: back to each micro-batch's own counts.
+  void set_global_aux_counts(const std::vector<int64_t>& counts, int64_t tokens, int64_t micro_batches);
   // The aux-loss-free selection bias of every MoE layer, [n_moe_layers * E] in layer order
   // (empty when model.moe.balance.bias_rate is 0; moe/router.h). update_selection_bias takes one
   // step from load [n_moe_layers * E]: the routing slots of the whole optimizer step, summed over
