@@ -51,10 +51,11 @@ m_one = steps("m_one")
 for s in range(4):
     same = all(m_one[s][k] == ref[s][k] for k in ("loss", "aux_loss", "grad_norm"))
     report(same, f"m_one step {s+1} equals g_one exactly")
-# under micro_batch scope accumulation changes the aux loss and its gradient (what global fixes)
+# under micro_batch scope accumulation changes the aux loss and its gradient beyond the tolerance
+# above (what global fixes)
 m_accum = steps("m_accum")
 r_aux, r_norm = rel(m_accum[0]["aux_loss"], m_one[0]["aux_loss"]), rel(m_accum[0]["grad_norm"], m_one[0]["grad_norm"])
-report(r_aux > 1e-4 and r_norm > 1e-4, f"m_accum differs from m_one at step 1: aux rel {r_aux:.1e}, grad_norm rel {r_norm:.1e}")
+report(r_aux > 1e-5 and r_norm > 1e-5, f"m_accum differs from m_one at step 1: aux rel {r_aux:.1e}, grad_norm rel {r_norm:.1e}")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY
