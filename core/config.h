@@ -20,8 +20,8 @@ struct RouterConfig {
 // model.moe.balance: load-balancing state updated by the trainer (moe/router.h).
 struct BalanceConfig {
   double bias_rate = 0.0;  // aux-loss-free selection bias (DeepSeek-V3); 0: off
-  // global: the aux loss's load fractions over the whole step and every rank (one extra forward
-  // per step; launch/train_step.cpp)
+  // global: the aux loss's load fractions over the whole step and every rank (grad_accum - 1
+  // extra forwards per step; launch/train_step.cpp)
   AuxScope aux_scope = AuxScope::micro_batch;
   template <class V> void visit(V& v) {
     v("bias_rate", bias_rate);

@@ -97,10 +97,11 @@ void add_expert_counts(std::vector<int64_t>& counts, const moe::Model& model, in
 }
 
 // model.moe.balance.aux_scope global, the routing pre-pass: the forward of every micro-batch of
-// the step (results discarded; routing is deterministic, so the step's own forwards route the
-// same), each MoE layer's counts summed over them and over every rank, handed to the layers.
-// Leaves no statistic of the step touched (each forward resets the layers' stats). Returns this
-// rank's counts, which the step's own forwards must reproduce.
+// the step, each MoE layer's counts summed over them and over every rank, handed to the layers.
+// The last micro-batch's forward stays in place (the step runs its backward first, without a new
+// forward); the others' are discarded and redone by the step (routing is deterministic, so they
+// route the same). Leaves no statistic of the step touched (each forward resets the layers'
+// stats). Returns this rank's counts, which the step's forwards must reproduce.
 std::vector<int64_t> set_global_aux_counts(TrainContext& ctx, int64_t step) {
   moe::Model& model = *ctx.model;
   const int64_t E = ctx.cfg.model.moe.n_experts, n = model.num_moe_layers() * E;
@@ -142,7 +143,8 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   r.loss_scaling = ctx.scaler->enabled();
   r.loss_scale = ctx.scaler->scale();
   const bool inject = inject_overflow(rank, r.step);
-  // aux_scope global: every micro-batch's aux term needs the whole step's counts (one extra forward)
+  // aux_scope global: every micro-batch's aux term needs the whole step's counts (accum - 1 extra
+  // forwards; the pre-pass's forward of the last micro-batch is reused and goes first)
   const bool global_aux = cfg.model.moe.balance.aux_scope == core::AuxScope::global &&
                           cfg.model.moe.aux_loss_coef > 0 && model.num_moe_layers() > 0;
   std::vector<int64_t> prepass_counts;
@@ -151,14 +153,16 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
     prepass_counts = set_global_aux_counts(ctx, step);
     r.forward_s += seconds_between(tp, Clock::now());
   }
-  for (int64_t micro = 0; micro < accum; ++micro) {
-    ctx.sampler->next_batch(step, micro, B, ctx.tokens.data(), ctx.targets.data());
+  for (int64_t i = 0; i < accum; ++i) {
+    const bool reuse = global_aux && i == 0;  // the pre-pass's forward of micro-batch accum - 1
+    const int64_t micro = global_aux ? (i + accum - 1) % accum : i;
+    if (!reuse) ctx.sampler->next_batch(step, micro, B, ctx.tokens.data(), ctx.targets.data());
     const auto tf = Clock::now();
-    const auto f = model.forward(ctx.tokens.data(), ctx.targets.data(), B, T);
+    const auto f = reuse ? model.last_forward() : model.forward(ctx.tokens.data(), ctx.targets.data(), B, T);
     const auto tb = Clock::now();
     // the last micro-batch of the window starts each layer's gradient reduction as soon as
     // backward has finished that layer (non-blocking; completed before the optimizer step)
-    const bool last = micro + 1 == accum;
+    const bool last = i + 1 == accum;
     const int last_layer = static_cast<int>(cfg.model.n_layers) - 1;
     model.backward(static_cast<float>(r.loss_scale / static_cast<double>(accum * ranks)),
                    last ? std::function<void(int)>([&](int layer) {

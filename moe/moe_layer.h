@@ -84,7 +84,8 @@ class MoeLayer {
   // every micro-batch of the optimizer step on every rank; tokens, the tokens routed there;
   // micro_batches, how many micro-batches (all ranks) the trainer averages. Until cleared (counts
   // null) forward and backward use aux = E * sum_e (counts_e / tokens) * (sum_{t in micro-batch}
-  // p[t,e]) / (tokens / micro_batches).
+  // p[t,e]) / (tokens / micro_batches). Also recomputes stats().aux_loss of the last forward
+  // (its backward then uses the new counts too).
   void set_aux_counts(const int64_t* counts, int64_t tokens, int64_t micro_batches);
 
   // The aux-loss-free selection bias [E] (moe/router.h): empty when model.moe.balance.bias_rate

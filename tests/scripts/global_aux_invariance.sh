@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # model.moe.balance.aux_scope: global (docs/ARCHITECTURE.md): with the Switch aux loss on, the same
-# global batch split four ways trains the same: one rank with 8 sequences, 2 accumulated
-# micro-batches of 4 (also under full activation checkpointing), two data-parallel ranks with 4
-# each, and two expert-parallel ranks with 4 each: losses and aux losses of 4 steps and the step-1
-# gradient norm agree to 1e-5 relative. With one micro-batch on one rank global is micro_batch
-# exactly. The test can fail: under aux_scope micro_batch the accumulated run differs.
+# global batch split five ways trains the same: one rank with 8 sequences; 2 accumulated
+# micro-batches of 4 (also under full activation checkpointing); two data-parallel ranks with 4
+# each, or with 2 micro-batches of 2 each; two expert-parallel ranks with 4 each. Losses and aux
+# losses of 4 steps and the step-1 gradient norm agree to 1e-5 relative. With one micro-batch on
+# one rank global is micro_batch exactly. The test can fail: under aux_scope micro_batch the
+# accumulated run differs beyond that tolerance.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 COMMON=("${SMALL_MODEL[@]}" --set train.steps=4 --set model.moe.expert_size=64 --set model.moe.aux_loss_coef=0.5
@@ -19,6 +20,7 @@ run g_one 1 global 8 1
 run g_accum 1 global 4 2
 run g_accum_full 1 global 4 2 --set train.activation_checkpointing=full
 run g_dp 2 global 4 1
+run g_dp_accum 2 global 2 2
 run g_ep 2 global 4 1 --set parallel.expert_parallel=2
 run m_one 1 micro_batch 8 1
 run m_accum 1 micro_batch 4 2
@@ -38,7 +40,7 @@ def report(ok, line):
 def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-12)
 ref = steps("g_one")
-for run in ("g_accum", "g_accum_full", "g_dp", "g_ep"):
+for run in ("g_accum", "g_accum_full", "g_dp", "g_dp_accum", "g_ep"):
     got = steps(run)
     for s in range(4):
         for key in ("loss", "aux_loss"):
