@@ -904,7 +904,9 @@ TEST(MoeLayer, GlobalAuxCountsMatchReferenceAndOneMicroBatch) {
   std::vector<float> g_micro(table.total(), 0.f), g_two(table.total(), 0.f), g_one(table.total(), 0.f);
   two_micro_batches(g_micro);  // micro_batch scope: each micro-batch's own counts
   layer.set_aux_counts(counts.data(), Nt, 2);
+  const double recomputed = layer.stats().aux_loss;  // micro-batch 2's forward, under the new counts
   const double aux_two = two_micro_batches(g_two);
+  EXPECT_EQ(recomputed, layer.stats().aux_loss);
   layer.set_aux_counts(nullptr, 0, 0);  // one micro-batch of all the tokens, its own counts
   layer.forward(out.data(), x.data(), params.data(), Nt);
   EXPECT_EQ(layer.stats().expert_counts, counts);
