@@ -89,13 +89,6 @@ void warn_activation_budget(TrainContext& ctx, int64_t step) {
              ctx.mpi.rank(), used_mb, step, budget);
 }
 
-// Adds the routing slots of the last forward to counts [n_moe_layers * E].
-void add_expert_counts(std::vector<int64_t>& counts, const moe::Model& model, int64_t E) {
-  const auto c = model.expert_counts();
-  for (size_t l = 0; l < c.size(); ++l)
-    for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
-}
-
 // model.moe.balance.aux_scope global, the routing pre-pass: the forward of every micro-batch of
 // the step, each MoE layer's counts summed over them and over every rank, handed to the layers.
 // The last micro-batch's forward stays in place (the step runs its backward first, without a new
@@ -110,7 +103,9 @@ std::vector<int64_t> set_global_aux_counts(TrainContext& ctx, int64_t step) {
   for (int64_t micro = 0; micro < ctx.accum; ++micro) {
     ctx.sampler->next_batch(step, micro, ctx.B, ctx.tokens.data(), ctx.targets.data());
     model.forward(ctx.tokens.data(), ctx.targets.data(), ctx.B, ctx.T);
-    add_expert_counts(counts, model, E);
+    const auto c = model.expert_counts();
+    for (size_t l = 0; l < c.size(); ++l)
+      for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
     counts[static_cast<size_t>(n)] += ctx.B * ctx.T;
   }
   std::vector<int64_t> local(counts.begin(), counts.begin() + n);
@@ -181,7 +176,9 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
     sums.tokens += static_cast<double>(f.tokens);
     r.exchange += model.exchange_stats();
     r.expert_s += model.expert_seconds();
-    add_expert_counts(r.expert_counts, model, E);
+    const auto c = model.expert_counts();
+    for (size_t l = 0; l < c.size(); ++l)
+      for (int64_t e = 0; e < E; ++e) r.expert_counts[l * E + e] += c[l][static_cast<size_t>(e)];
   }
   if (global_aux) {
     model.set_global_aux_counts({}, 0, 0);
