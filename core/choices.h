@@ -7,6 +7,7 @@
 //   Device             train.device               cpu | cuda
 //   ExpertDecayMode    optim.expert_decay.mode    static | dynamic
 //   ExpertDecayTarget  optim.expert_decay.apply_to   experts | router | both
+//   AuxScope           model.moe.balance.aux_scope    micro_batch | global
 #pragma once
 
 #include <fmt/format.h>
@@ -48,6 +49,10 @@ enum class ImportanceScore : uint8_t { gate, margin };
 enum class ExpertDecayMode : uint8_t { fixed, dynamic };
 // What the dynamic multiplier of expert e scales: its weights, its router row, or both.
 enum class ExpertDecayTarget : uint8_t { experts, router, both };
+
+// model.moe.balance.aux_scope: the load fractions of the Switch aux loss come from one
+// micro-batch on one rank, or from the whole optimizer step over every rank (moe/moe_layer.h).
+enum class AuxScope : uint8_t { micro_batch, global };
 
 // The names table of an enum: EnumNames<E>::table lists every value with its name.
 template <class E> struct EnumNames;
@@ -92,6 +97,11 @@ template <> struct EnumNames<ExpertDecayTarget> {
   static constexpr std::array<std::pair<ExpertDecayTarget, std::string_view>, 3> table{
       {{ExpertDecayTarget::experts, "experts"}, {ExpertDecayTarget::router, "router"},
        {ExpertDecayTarget::both, "both"}}};
+};
+
+template <> struct EnumNames<AuxScope> {
+  static constexpr std::array<std::pair<AuxScope, std::string_view>, 2> table{
+      {{AuxScope::micro_batch, "micro_batch"}, {AuxScope::global, "global"}}};
 };
 
 template <class E>

@@ -36,7 +36,13 @@ struct RouterConfig {
 // model.moe.balance: load-balancing state updated by the trainer (moe/router.h).
 struct BalanceConfig {
   double bias_rate = 0.0;  // aux-loss-free selection bias (DeepSeek-V3); 0: off
-  template <class V> void visit(V& v) { v("bias_rate", bias_rate); }
+  // global: the aux loss's load fractions over the whole step and every rank (grad_accum - 1
+  // extra forwards per step; launch/train_step.cpp)
+  AuxScope aux_scope = AuxScope::micro_batch;
+  template <class V> void visit(V& v) {
+    v("bias_rate", bias_rate);
+    v("aux_scope", aux_scope);
+  }
 };
 
 struct MoeConfig {

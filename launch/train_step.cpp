@@ -11,6 +11,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "launch/balance_metrics.h"
@@ -89,6 +90,32 @@ void warn_activation_budget(TrainContext& ctx, int64_t step) {
              ctx.mpi.rank(), used_mb, step, budget);
 }
 
+// model.moe.balance.aux_scope global, the routing pre-pass: the forward of every micro-batch of
+// the step, each MoE layer's counts summed over them and over every rank, handed to the layers.
+// The last micro-batch's forward stays in place (the step runs its backward first, without a new
+// forward); the others' are discarded and redone by the step (routing is deterministic, so they
+// route the same). Leaves no statistic of the step touched (each forward resets the layers'
+// stats). Returns this rank's counts, which the step's forwards must reproduce.
+std::vector<int64_t> set_global_aux_counts(TrainContext& ctx, int64_t step) {
+  moe::Model& model = *ctx.model;
+  const int64_t E = ctx.cfg.model.moe.n_experts, n = model.num_moe_layers() * E;
+  std::vector<int64_t> counts(static_cast<size_t>(n + 1), 0);  // [n]: the tokens routed
+  model.set_global_aux_counts({}, 0, 0);
+  for (int64_t micro = 0; micro < ctx.accum; ++micro) {
+    ctx.sampler->next_batch(step, micro, ctx.B, ctx.tokens.data(), ctx.targets.data());
+    model.forward(ctx.tokens.data(), ctx.targets.data(), ctx.B, ctx.T);
+    const auto c = model.expert_counts();
+    for (size_t l = 0; l < c.size(); ++l)
+      for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
+    counts[static_cast<size_t>(n)] += ctx.B * ctx.T;
+  }
+  std::vector<int64_t> local(counts.begin(), counts.begin() + n);
+  ctx.world->allreduce_sum(counts.data(), n + 1);
+  model.set_global_aux_counts(std::vector<int64_t>(counts.begin(), counts.begin() + n), counts[static_cast<size_t>(n)],
+                              ctx.accum * ctx.mpi.size());
+  return local;
+}
+
 }  // namespace
 
 StepRecord train_step(TrainContext& ctx, int64_t step) {
@@ -114,14 +141,26 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   r.loss_scaling = ctx.scaler->enabled();
   r.loss_scale = ctx.scaler->scale();
   const bool inject = inject_overflow(rank, r.step);
-  for (int64_t micro = 0; micro < accum; ++micro) {
-    ctx.sampler->next_batch(step, micro, B, ctx.tokens.data(), ctx.targets.data());
+  // aux_scope global: every micro-batch's aux term needs the whole step's counts (accum - 1 extra
+  // forwards; the pre-pass's forward of the last micro-batch is reused and goes first)
+  const bool global_aux = cfg.model.moe.balance.aux_scope == core::AuxScope::global &&
+                          cfg.model.moe.aux_loss_coef > 0 && model.num_moe_layers() > 0;
+  std::vector<int64_t> prepass_counts;
+  if (global_aux) {
+    const auto tp = Clock::now();
+    prepass_counts = set_global_aux_counts(ctx, step);
+    r.forward_s += seconds_between(tp, Clock::now());
+  }
+  for (int64_t i = 0; i < accum; ++i) {
+    const bool reuse = global_aux && i == 0;  // the pre-pass's forward of micro-batch accum - 1
+    const int64_t micro = global_aux ? (i + accum - 1) % accum : i;
+    if (!reuse) ctx.sampler->next_batch(step, micro, B, ctx.tokens.data(), ctx.targets.data());
     const auto tf = Clock::now();
-    const auto f = model.forward(ctx.tokens.data(), ctx.targets.data(), B, T);
+    const auto f = reuse ? model.last_forward() : model.forward(ctx.tokens.data(), ctx.targets.data(), B, T);
     const auto tb = Clock::now();
     // the last micro-batch of the window starts each layer's gradient reduction as soon as
     // backward has finished that layer (non-blocking; completed before the optimizer step)
-    const bool last = micro + 1 == accum;
+    const bool last = i + 1 == accum;
     const int last_layer = static_cast<int>(cfg.model.n_layers) - 1;
     model.backward(static_cast<float>(r.loss_scale / static_cast<double>(accum * ranks)),
                    last ? std::function<void(int)>([&](int layer) {
@@ -144,6 +183,11 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
     for (size_t l = 0; l < c.size(); ++l)
       for (int64_t e = 0; e < E; ++e) r.expert_counts[l * E + e] += c[l][static_cast<size_t>(e)];
     for (int64_t l = 0; l < model.num_moe_layers(); ++l) r.dropped[static_cast<size_t>(l)] += model.moe_stats(l).dropped;
+  }
+  if (global_aux) {
+    model.set_global_aux_counts({}, 0, 0);
+    if (prepass_counts != r.expert_counts)
+      throw_internal("step {}: the routing pre-pass of aux_scope global routed differently from the step", r.step);
   }
   sums.nonfinite_ranks = local_loss_nonfinite ? 1.0 : 0.0;
   // gradients reduced once per optimizer step (data parallel: every parameter is replicated)

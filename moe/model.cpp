@@ -202,8 +202,6 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
     prec.store(be_, L.ln2, N * C);
     if (L.is_moe) {
       L.moe->forward(bufs_.dtmp, L.ln2, P, N);
-      r.aux += L.moe->stats().aux_loss;
-      r.z += L.moe->stats().z_loss;
     } else {
       core::ffn_forward(be_, bufs_.dtmp, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down,
                         prec);
@@ -233,12 +231,24 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   }
   r.tokens = counted_;
   r.ce = counted_ ? sum / static_cast<double>(counted_) : 0.0;
+  last_ = r;
+  add_balance_losses(last_);
+  return last_;
+}
+
+// aux and z: the means over the MoE layers of their last forward's values; loss = ce + both weighted.
+void Model::add_balance_losses(ForwardResult& r) const {
+  r.aux = r.z = 0;
+  for (const auto& L : layers_)
+    if (L->is_moe) {
+      r.aux += L->moe->stats().aux_loss;
+      r.z += L->moe->stats().z_loss;
+    }
   if (n_moe_ > 0) {
     r.aux /= static_cast<double>(n_moe_);
     r.z /= static_cast<double>(n_moe_);
   }
   r.loss = r.ce + cfg_.moe.aux_loss_coef * r.aux + cfg_.moe.z_loss_coef * r.z;
-  return r;
 }
 
 void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_ready) {
@@ -396,6 +406,16 @@ void Model::set_selection_bias(const std::vector<float>& bias) {
   int64_t l = 0;
   for (const auto& L : layers_)
     if (L->is_moe && on) L->moe->set_selection_bias(bias.data() + E * l++);
+}
+
+void Model::set_global_aux_counts(const std::vector<int64_t>& counts, int64_t tokens, int64_t micro_batches) {
+  const int64_t E = cfg_.moe.n_experts;
+  SY_CHECK(counts.empty() || static_cast<int64_t>(counts.size()) == n_moe_ * E,
+           "set_global_aux_counts: {} counts for {} MoE layers of {} experts", counts.size(), n_moe_, E);
+  int64_t l = 0;
+  for (const auto& L : layers_)
+    if (L->is_moe) L->moe->set_aux_counts(counts.empty() ? nullptr : counts.data() + E * l++, tokens, micro_batches);
+  add_balance_losses(last_);
 }
 
 void Model::update_selection_bias(const std::vector<int64_t>& load) {

@@ -110,6 +110,14 @@ class Model {
   // Per MoE layer, the token exchange the last forward used (empty without expert parallelism).
   std::vector<std::string> exchange_plans() const;
   int64_t num_moe_layers() const { return n_moe_; }
+  // model.moe.balance.aux_scope global: hands every MoE layer the step's counts (MoeLayer::
+  // set_aux_counts). counts [n_moe_layers * E] in layer order, summed over the step's micro-batches
+  // and every rank; tokens, the tokens routed there; micro_batches, how many the trainer averages.
+  // Empty counts: back to each micro-batch's own counts. The last forward's aux loss (and its
+  // backward) follow the new counts: last_forward() has it.
+  void set_global_aux_counts(const std::vector<int64_t>& counts, int64_t tokens, int64_t micro_batches);
+  // What the last forward() returned, its aux loss under the current counts.
+  const ForwardResult& last_forward() const { return last_; }
   // The aux-loss-free selection bias of every MoE layer, [n_moe_layers * E] in layer order
   // (empty when model.moe.balance.bias_rate is 0; moe/router.h). update_selection_bias takes one
   // step from load [n_moe_layers * E]: the routing slots of the whole optimizer step, summed over
@@ -137,6 +145,7 @@ class Model {
                           std::vector<std::unique_ptr<Layer>>& layers, Buffers& bufs,
                           const std::function<void(int)>& attention, const std::function<void(int)>& moe);
   void recompute_block(Layer& L, const float* P, int64_t B, int64_t T);
+  void add_balance_losses(ForwardResult& r) const;
   void refresh_compute_weights();
   // The weights the GEMMs read: the compute copy under mixed precision, the master weights else.
   const float* compute_weights() const { return opts_.precision.mixed() ? compute_.data() : params_.data(); }
@@ -154,6 +163,7 @@ class Model {
   Buffers bufs_;  // bound by acts_
   int64_t B_ = 0, T_ = 0;
   int64_t counted_ = 0;
+  ForwardResult last_;
 };
 
 }  // namespace switchyard::moe

@@ -122,6 +122,18 @@ struct MoeLayer::Impl : Buffers {
   std::vector<float> dprobs_host;     // [E]
   std::vector<float> probs_host;      // [N,E] capacity with importance dropping only
   int64_t last_N = -1;                // tokens of the last forward (backward must match)
+  // aux_scope global: the step's counts [E] and the aux loss's denominators (empty: per micro-batch)
+  std::vector<int64_t> aux_counts;
+  double aux_count_tokens = 0, aux_prob_tokens = 0;
+  struct AuxTerms {
+    const std::vector<int64_t>& counts;
+    double count_tokens, prob_tokens;
+  };
+  // the aux loss's counts and denominators: the step's, else those of a forward of N tokens
+  AuxTerms aux_terms(const std::vector<int64_t>& own, int64_t N) const {
+    if (aux_counts.empty()) return {own, static_cast<double>(N), static_cast<double>(N)};
+    return {aux_counts, aux_count_tokens, aux_prob_tokens};
+  }
   // the aux-loss-free selection bias [E] (model.moe.balance.bias_rate > 0): a host copy, the
   // one the trainer updates and checkpoints save, and the backend's copy router_topk reads
   std::vector<float> bias_host;
@@ -284,6 +296,22 @@ void MoeLayer::update_selection_bias(const int64_t* load, double rate) {
   m.be.copy_from_host(m.bias, m.bias_host.data(), sizeof(float) * static_cast<size_t>(m.E));
 }
 
+void MoeLayer::set_aux_counts(const int64_t* counts, int64_t tokens, int64_t micro_batches) {
+  Impl& m = *impl_;
+  m.aux_counts.clear();
+  if (counts) {
+    SY_CHECK(tokens > 0 && micro_batches > 0, "set_aux_counts: {} tokens over {} micro-batches", tokens,
+             micro_batches);
+    m.aux_counts.assign(counts, counts + m.E);
+    m.aux_count_tokens = static_cast<double>(tokens);
+    m.aux_prob_tokens = static_cast<double>(tokens) / static_cast<double>(micro_batches);
+  }
+  if (m.last_N > 0) {  // the last forward's aux loss under the new counts (its prob sums are kept)
+    const auto a = m.aux_terms(stats_.expert_counts, m.last_N);
+    stats_.aux_loss = aux_loss(a.counts, a.count_tokens, m.prob_sums_d, a.prob_tokens);
+  }
+}
+
 void MoeLayer::register_activations(core::ActivationStore& layout, const core::ModelConfig& cfg, int layer,
                                     int64_t max_tokens, int64_t expert_rows, bool expert_parallel) {
   SY_CHECK(layout.is_layout(), "MoeLayer::register_activations: a layout store only");
@@ -346,7 +374,8 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
   be.bias_backward(m.prob_sums, m.probs, N, E);
   be.copy_to_host(m.prob_sums_host.data(), m.prob_sums, sizeof(float) * static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) m.prob_sums_d[static_cast<size_t>(e)] = m.prob_sums_host[e];
-  stats_.aux_loss = aux_loss(stats_.expert_counts, m.prob_sums_d, N);
+  const auto a = m.aux_terms(stats_.expert_counts, N);
+  stats_.aux_loss = aux_loss(a.counts, a.count_tokens, m.prob_sums_d, a.prob_tokens);
   stats_.z_loss = be.sum_squares(m.lse, N) / static_cast<double>(N);
 }
 
@@ -396,7 +425,8 @@ void MoeLayer::backward(float* dx, const float* dout, const float* x, const floa
   // router: dgates + aux term (dL/dprobs shared by all tokens) + z term
   const float* dprobs_all = nullptr;
   if (d_aux != 0.f) {
-    aux_loss_dprobs(m.dprobs_host, stats_.expert_counts, N, d_aux);
+    const auto a = m.aux_terms(stats_.expert_counts, N);
+    aux_loss_dprobs(m.dprobs_host, a.counts, a.count_tokens, a.prob_tokens, d_aux);
     be.copy_from_host(m.dprobs_all, m.dprobs_host.data(), sizeof(float) * static_cast<size_t>(E));
     dprobs_all = m.dprobs_all;
   }

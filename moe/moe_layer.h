@@ -15,6 +15,9 @@
 //   aux = E * sum_e (count_e / N) * P_e,   count_e = routing slots that chose e, P_e = mean_t p[t,e]
 //         (p: softmax probabilities, or the normalised sigmoid affinities; moe/router.h)
 //   z   = mean_t logsumexp(logits[t,:])^2
+//   aux_scope global (set_aux_counts): count_e and N are those of the whole optimizer step over
+//         every rank, P_e the micro-batch's prob sums over the step's mean micro-batch size, so
+//         the mean of the step's micro-batch values is the step's global aux loss.
 // The model weights them (coef / number of MoE layers); backward receives those weights.
 #pragma once
 
@@ -83,6 +86,14 @@ class MoeLayer {
                 int64_t N, float d_aux, float d_z);
 
   const MoeStats& stats() const { return stats_; }
+
+  // model.moe.balance.aux_scope global (launch/train_step.cpp): counts [E], the routing slots of
+  // every micro-batch of the optimizer step on every rank; tokens, the tokens routed there;
+  // micro_batches, how many micro-batches (all ranks) the trainer averages. Until cleared (counts
+  // null) forward and backward use aux = E * sum_e (counts_e / tokens) * (sum_{t in micro-batch}
+  // p[t,e]) / (tokens / micro_batches). Also recomputes stats().aux_loss of the last forward
+  // (its backward then uses the new counts too).
+  void set_aux_counts(const int64_t* counts, int64_t tokens, int64_t micro_batches);
 
   // The aux-loss-free selection bias [E] (moe/router.h): empty when model.moe.balance.bias_rate
   // is 0. set_ copies E values in (a resume); update_ takes one step from load [E], the routing

@@ -39,22 +39,24 @@ void Router::backward(core::Backend& be, float* dx, float* grads, float* dlogits
           prec_.router_dgrad());
 }
 
-double aux_loss(const std::vector<int64_t>& counts, const std::vector<double>& prob_sums,
-                int64_t N) {
-  if (N == 0) return 0.0;
+double aux_loss(const std::vector<int64_t>& counts, double count_tokens,
+                const std::vector<double>& prob_sums, double prob_tokens) {
+  if (count_tokens == 0 || prob_tokens == 0) return 0.0;
   const double E = static_cast<double>(counts.size());
   double s = 0;
   for (size_t e = 0; e < counts.size(); ++e)
-    s += static_cast<double>(counts[e]) / N * (prob_sums[e] / N);
+    s += static_cast<double>(counts[e]) / count_tokens * (prob_sums[e] / prob_tokens);
   return E * s;
 }
 
-void aux_loss_dprobs(std::vector<float>& out, const std::vector<int64_t>& counts, int64_t N,
-                     double d_aux) {
+void aux_loss_dprobs(std::vector<float>& out, const std::vector<int64_t>& counts,
+                     double count_tokens, double prob_tokens, double d_aux) {
   out.resize(counts.size());
   const double E = static_cast<double>(counts.size());
+  const bool none = count_tokens == 0 || prob_tokens == 0;
   for (size_t e = 0; e < counts.size(); ++e)
-    out[e] = N == 0 ? 0.f : static_cast<float>(d_aux * E * static_cast<double>(counts[e]) / N / N);
+    out[e] = none ? 0.f
+                  : static_cast<float>(d_aux * E * static_cast<double>(counts[e]) / count_tokens / prob_tokens);
 }
 
 void update_selection_bias(float* bias, const int64_t* load, int64_t E, double rate) {

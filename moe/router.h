@@ -19,7 +19,8 @@
 // top-p cut itself is piecewise constant, no gradient), then accumulates
 // dWr += dlogits^T x and adds dlogits Wr to dx.
 // Balancing losses (see moe/moe_layer.h):
-//   aux = E * sum_e (count_e / N) * P_e,  P_e = mean_t probs[t,e]  (counts are constants);
+//   aux = E * sum_e (count_e / N) * P_e,  P_e = mean_t probs[t,e]  (counts are constants;
+//         under aux_scope global count_e and N are those of the whole step, moe/moe_layer.h);
 //         probs are the softmax, or under sigmoid scoring the normalised affinities s / sum_e s
 //         (DeepSeek-V3's sequence-wise aux loss uses these), so P sums to 1 in both.
 //   z   = mean_t lse_t^2, lse = logsumexp of the logits under either scoring.
@@ -74,12 +75,15 @@ class Router {
   core::PrecisionPolicy prec_;
 };
 
-// aux = E * sum_e (counts[e] / N) * (prob_sums[e] / N); prob_sums[e] = sum_t probs[t,e].
-double aux_loss(const std::vector<int64_t>& counts, const std::vector<double>& prob_sums,
-                int64_t N);
-// dL/dprobs[t,e] of d_aux * aux, the same for every token: d_aux * E * counts[e] / N / N.
-void aux_loss_dprobs(std::vector<float>& out, const std::vector<int64_t>& counts, int64_t N,
-                     double d_aux);
+// aux = E * sum_e (counts[e] / count_tokens) * (prob_sums[e] / prob_tokens); prob_sums[e] =
+// sum_t probs[t,e]. One micro-batch of N tokens: count_tokens = prob_tokens = N. Global scope
+// (moe/moe_layer.h): counts and count_tokens of the whole step, prob_tokens its mean micro-batch.
+double aux_loss(const std::vector<int64_t>& counts, double count_tokens,
+                const std::vector<double>& prob_sums, double prob_tokens);
+// dL/dprobs[t,e] of d_aux * aux, the same for every token:
+// d_aux * E * counts[e] / count_tokens / prob_tokens.
+void aux_loss_dprobs(std::vector<float>& out, const std::vector<int64_t>& counts,
+                     double count_tokens, double prob_tokens, double d_aux);
 
 // One step of the aux-loss-free bias: bias[e] += rate * sign(mean(load) - load[e]) for the E
 // experts (load: routing slots of the whole step, summed over every rank).

@@ -284,6 +284,18 @@ TEST(Config, RouterTopPAndKMax) {
   EXPECT_HAS(m, "model.moe.router.top_p");
 }
 
+TEST(Config, AuxScope) {
+  EXPECT_EQ(parse_experiment_config("", "x").model.moe.balance.aux_scope, core::AuxScope::micro_batch);
+  ExperimentConfig c = parse_experiment_config("model:\n  moe:\n    balance:\n      aux_scope: global\n", "x");
+  EXPECT_EQ(c.model.moe.balance.aux_scope, core::AuxScope::global);
+  c = parse_experiment_config("", "x", {"model.moe.balance.aux_scope=micro_batch"});
+  EXPECT_EQ(c.model.moe.balance.aux_scope, core::AuxScope::micro_batch);
+  std::string m = usage_error("model:\n  moe:\n    balance:\n      aux_scope: step\n");
+  EXPECT_HAS(m, "model.moe.balance.aux_scope: 'step' is not one of micro_batch, global");
+  m = usage_error("", {"model.moe.balance.aux_scope=world"});
+  EXPECT_HAS(m, "model.moe.balance.aux_scope");
+}
+
 TEST(Config, AcceptedScalarForms) {
   ExperimentConfig c = parse_experiment_config(
       "model:\n  moe:\n    normalize_topk: False\n  rope_theta: 1e6\n  vocab_size: 0x100\n"

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -864,6 +865,95 @@ TEST(MoeLayer, UniformRouterTiesAndAuxLoss) {
   EXPECT_NEAR(layer.stats().aux_loss, 2.0, 1e-6);
   EXPECT_NEAR(layer.stats().z_loss, std::log(4.0) * std::log(4.0), 1e-5);
   EXPECT_THROW(layer.forward(out.data(), x.data(), params.data(), kN + 1), Error);
+}
+
+// aux_scope global at the layer (MoeLayer::set_aux_counts): two micro-batches of different sizes,
+// each weighted 1/2 as the trainer weights them, with the step's counts give the step's aux loss
+// E sum_e (counts_e / Nt) * (sum_t p[t,e] / Nt) (counts constant) and its router gradient, against
+// a double reference with central differences, and equal one micro-batch of all the tokens. Under
+// the micro-batch scope the same two micro-batches give another gradient (the test can fail).
+TEST(MoeLayer, GlobalAuxCountsMatchReferenceAndOneMicroBatch) {
+  const core::ModelConfig cfg = layer_config(LayerCase{2, 0, true, false});
+  const core::ParamTable table = core::make_param_table(cfg);
+  auto be = cpu();
+  const std::vector<float> params = randn(table.total(), 11, 0.5f);
+  constexpr int64_t N1 = kN, N2 = 9, Nt = N1 + N2;
+  const std::vector<float> x = randn(Nt * kC, 12);  // micro-batch 1: rows [0, N1), 2: [N1, Nt)
+  const std::pair<int64_t, int64_t> micro[] = {{0, N1}, {N1, N2}};
+  const double coef = 0.7;
+  const auto& wr = table.at("model.layers.1.block_sparse_moe.gate.weight");
+  moe::MoeLayer layer(*be, cfg, table, kLayer, Nt);
+  std::vector<float> out(Nt * kC), dx(Nt * kC);
+  const std::vector<float> dout(Nt * kC, 0.f);  // the aux loss alone
+  // the step's counts, from forwards of both micro-batches (the trainer's pre-pass)
+  std::vector<int64_t> counts(kE, 0);
+  for (auto [first, n] : micro) {
+    layer.forward(out.data(), x.data() + first * kC, params.data(), n);
+    for (int64_t e = 0; e < kE; ++e) counts[e] += layer.stats().expert_counts[e];
+  }
+  auto two_micro_batches = [&](std::vector<float>& grads) {
+    double aux = 0;
+    for (auto [first, n] : micro) {
+      layer.forward(out.data(), x.data() + first * kC, params.data(), n);
+      aux += layer.stats().aux_loss / 2;
+      layer.backward(dx.data(), dout.data(), x.data() + first * kC, params.data(), grads.data(), n,
+                     static_cast<float>(coef / 2), 0.f);
+    }
+    return aux;
+  };
+  std::vector<float> g_micro(table.total(), 0.f), g_two(table.total(), 0.f), g_one(table.total(), 0.f);
+  two_micro_batches(g_micro);  // micro_batch scope: each micro-batch's own counts
+  layer.set_aux_counts(counts.data(), Nt, 2);
+  const double recomputed = layer.stats().aux_loss;  // micro-batch 2's forward, under the new counts
+  const double aux_two = two_micro_batches(g_two);
+  EXPECT_EQ(recomputed, layer.stats().aux_loss);
+  layer.set_aux_counts(nullptr, 0, 0);  // one micro-batch of all the tokens, its own counts
+  layer.forward(out.data(), x.data(), params.data(), Nt);
+  EXPECT_EQ(layer.stats().expert_counts, counts);
+  const double aux_one = layer.stats().aux_loss;
+  layer.backward(dx.data(), dout.data(), x.data(), params.data(), g_one.data(), Nt, static_cast<float>(coef), 0.f);
+
+  // double reference over the router weight w, counts held constant
+  std::vector<double> w(params.begin() + wr.offset, params.begin() + wr.offset + wr.numel);
+  auto ref_aux = [&]() {
+    double s = 0;
+    for (int64_t t = 0; t < Nt; ++t) {
+      double l[kE], mx = -1e300, z = 0;
+      for (int64_t e = 0; e < kE; ++e) {
+        l[e] = 0;
+        for (int64_t c = 0; c < kC; ++c) l[e] += w[e * kC + c] * x[t * kC + c];
+        mx = std::max(mx, l[e]);
+      }
+      for (int64_t e = 0; e < kE; ++e) z += std::exp(l[e] - mx);
+      for (int64_t e = 0; e < kE; ++e)
+        s += static_cast<double>(counts[e]) / Nt * (std::exp(l[e] - mx) / z / Nt);
+    }
+    return kE * s;
+  };
+  const double aux_ref = ref_aux();
+  EXPECT_NEAR(aux_two, aux_ref, 1e-5 * aux_ref);
+  EXPECT_NEAR(aux_one, aux_ref, 1e-5 * aux_ref);
+  std::vector<double> fd;
+  std::vector<int64_t> coords;
+  for (int64_t i = 0; i < wr.numel; ++i) {
+    const double h = 1e-5, w0 = w[i];
+    w[i] = w0 + h;
+    const double up = ref_aux();
+    w[i] = w0 - h;
+    const double dn = ref_aux();
+    w[i] = w0;
+    fd.push_back(coef * (up - dn) / (2 * h));
+    coords.push_back(wr.offset + i);
+  }
+  expect_grad_close(fd, g_two, coords, 1e-3, 1e-4, "global aux dWr, two micro-batches");
+  expect_grad_close(fd, g_one, coords, 1e-3, 1e-4, "aux dWr, one micro-batch");
+  double scale = 0, differs = 0;
+  for (double v : fd) scale = std::max(scale, std::abs(v));
+  for (int64_t i = 0; i < table.total(); ++i) {
+    ASSERT_NEAR(g_two[i], g_one[i], 1e-5 * std::abs(g_one[i]) + 1e-6 * scale) << i;
+    differs = std::max(differs, std::abs(static_cast<double>(g_micro[i]) - g_one[i]));
+  }
+  EXPECT_GT(differs, 1e-2 * scale) << "micro-batch scope should differ from one micro-batch";
 }
 
 }  // namespace
