@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """The balancing experiment's table and plot (scripts/exp_balance.sh runs the variants).
 
-  scripts/exp_balance.py RUNS_DIR D_MODEL EXPERT_SIZE [--markdown FILE] [--svg FILE]
+  scripts/exp_balance.py RUNS_DIR D_MODEL EXPERT_SIZE VARIANT... [--markdown FILE] [--svg FILE]
 
-RUNS_DIR holds one run folder per variant (<letter>_<name>/metrics.jsonl). Per variant, over the
+RUNS_DIR holds one run folder per variant (RUNS_DIR/VARIANT/metrics.jsonl). Per variant, over the
 last 20% of the steps: the busiest-30% share (mean over steps and layers, and the worst layer's
 mean), max/mean, dropped fraction and mean experts per token; the final validation loss; expert
 FLOPs per token (forward, the slots actually computed: 2 * 3 * d_model * expert_size * mean k *
@@ -104,12 +104,11 @@ def main():
     ap.add_argument("runs")
     ap.add_argument("d_model", type=int)
     ap.add_argument("expert_size", type=int)
+    ap.add_argument("variants", nargs="+")
     ap.add_argument("--markdown")
     ap.add_argument("--svg")
     a = ap.parse_args()
-    names = sorted(d for d in os.listdir(a.runs) if os.path.isfile(os.path.join(a.runs, d, "metrics.jsonl")))
-    if not names:
-        sys.exit(f"exp_balance: no run folders with metrics.jsonl under {a.runs}")
+    names = a.variants
     rows = [summarize(n, *load(os.path.join(a.runs, n)), a.d_model, a.expert_size) for n in names]
     text = table(rows)
     print(text)

@@ -12,7 +12,7 @@
 # Prints the table of scripts/exp_balance.py and writes docs/exp_balance.md (the table) and
 # docs/exp_balance.svg (busiest-30% share per step); docs/RESULTS.md discusses them.
 #
-#   scripts/exp_balance.sh [STEPS]        # default 400 steps, 2 ranks (RANKS=...)
+#   scripts/exp_balance.sh [STEPS]        # default 600 steps, 2 ranks (RANKS=...), ~15 min on 2 cores
 #   VARIANTS="b_aux g_cap_importance" scripts/exp_balance.sh 100   # a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ source scripts/env.sh
 source scripts/corpus.sh
 ensure_corpus
 
-STEPS=${1:-400}
+STEPS=${1:-600}
 RANKS=${RANKS:-2}
 OUT=${EXP_DIR:-runs/exp_balance}
 D_MODEL=128
@@ -53,4 +53,5 @@ for v in $NAMES; do
   mpirun -np "$RANKS" --bind-to none build/switchyard train --config configs/tiny.yaml --run-dir "$OUT/$v" \
     --overwrite "${SHAPE[@]}" ${VARIANT[$v]} | tail -n 2
 done
-/usr/bin/python3 scripts/exp_balance.py "$OUT" $D_MODEL $EXPERT_SIZE --markdown docs/exp_balance.md --svg docs/exp_balance.svg
+# shellcheck disable=SC2086  # the variant names are words
+/usr/bin/python3 scripts/exp_balance.py "$OUT" $D_MODEL $EXPERT_SIZE $NAMES --markdown docs/exp_balance.md --svg docs/exp_balance.svg
