@@ -39,17 +39,24 @@ int run_eval(const EvalOptions& opts) {
   } else if (split.empty()) {
     split = "valid";
   }
-  const std::string dir = opts.init_from.empty() ? resolve_model_dir(opts.checkpoint) : opts.init_from;
-  LoadedModel loaded = load_hf_model(dir);
+  ModelSource loaded;
+  if (opts.init_from.empty()) {
+    loaded = load_model_source(opts.checkpoint, "eval --checkpoint");
+  } else {
+    LoadedModel m = load_hf_model(opts.init_from);
+    loaded = {m.config, std::move(m.params), {}, m.dir};
+  }
+  const std::string& dir = loaded.from;
   require_finite_weights(loaded.config, loaded.params, dir, opts.allow_nonfinite);
   const int64_t T = opts.seq_len > 0 ? opts.seq_len : loaded.config.max_seq_len;
   if (T > loaded.config.max_seq_len)
-    throw_usage("eval: --seq-len {} exceeds the model's max_seq_len {} ({}/config.json)", T,
+    throw_usage("eval: --seq-len {} exceeds the model's max_seq_len {} (the model in {})", T,
                 loaded.config.max_seq_len, dir);
   auto source = data::open_token_source(opts.data, split);
   auto backend = core::make_backend(opts.device, opts.threads, 0, "eval --device");
   moe::Model model(*backend, loaded.config, opts.batch, T);
   model.set_params_from_host(loaded.params.data());
+  if (!loaded.selection_bias.empty()) model.set_selection_bias(loaded.selection_bias);
   std::FILE* dump = nullptr;
   if (!opts.dump_logits.empty() && !(dump = std::fopen(opts.dump_logits.c_str(), "wbx")))  // x: never over a file
     throw_usage("eval --dump-logits {}: cannot create it: {}{}", opts.dump_logits, std::strerror(errno),

@@ -6,6 +6,7 @@
 
 #include "data/token_source.h"
 #include "moe/model.h"
+#include "parallel/communicator.h"
 
 namespace switchyard::launch {
 
@@ -19,8 +20,14 @@ struct EvalResult {
 // batches of up to `batch` windows; max_windows <= 0 means all of them. Only the cross-entropy
 // counts (balancing losses are a training signal, not part of the evaluation loss).
 // on_logits (optional) gets the logits of each batch (backend memory, [rows, vocab]) in window order.
+// world (optional, collective over it): the batches are split over its ranks (batch i on rank
+// i % size) and the result summed over them, so each window is evaluated once, and under expert
+// parallelism with capacity the expert group holds distinct windows as in training. Every rank
+// runs the same number of forwards (they are collective under expert parallelism): one without a
+// batch in the last round evaluates the first window again and does not count it.
 using LogitsCallback = std::function<void(const float* logits, int64_t rows)>;
 EvalResult evaluate(moe::Model& model, const data::TokenSource& source, int64_t seq_len,
-                    int64_t batch, int64_t max_windows, const LogitsCallback& on_logits = {});
+                    int64_t batch, int64_t max_windows, const LogitsCallback& on_logits = {},
+                    parallel::Communicator* world = nullptr);
 
 }  // namespace switchyard::launch

@@ -49,11 +49,6 @@ uint64_t parse_byte_size(const std::string& text) {
 
 namespace {
 
-struct Source {
-  core::ModelConfig model;
-  std::vector<float> params;  // make_param_table(model) order
-  std::string from;           // the folder read
-};
 
 // Every export layout (Hugging Face mixtral / qwen2_moe, GGUF llama / qwen2moe) routes by a
 // softmax top-k without a bias: a model that needs more is refused, never exported with its
@@ -65,25 +60,6 @@ void require_expressible_routing(const core::ModelConfig& m, const std::string& 
                 "layout is written yet)", from, m.qwen_layout() ? "qwen2_moe" : "mixtral", format, what);
 }
 
-Source load_source(const std::string& dir) {
-  const fs::path p(dir);
-  if (!fs::is_directory(p))
-    throw_usage("export --checkpoint {}: no such folder (expected a checkpoint folder step-NNNNNN, a checkpoint "
-                "directory with `latest`, or a run folder written by `switchyard train`)", dir);
-  std::string ckpt;
-  if (fs::exists(p / "manifest.json") || fs::exists(p / "latest")) ckpt = resolve_checkpoint(dir);
-  else if (fs::exists(p / "checkpoints" / "latest")) ckpt = resolve_checkpoint((p / "checkpoints").string());
-  if (!ckpt.empty()) {
-    CheckpointParams c = load_checkpoint_params(ckpt);
-    return {c.config.model, std::move(c.params), ckpt};
-  }
-  if (fs::exists(p / "model" / "config.json") || fs::exists(p / "config.json")) {
-    LoadedModel m = load_hf_model(resolve_model_dir(dir));
-    return {m.config, std::move(m.params), m.dir};
-  }
-  throw_usage("export --checkpoint {}: no checkpoint there (no manifest.json, `latest`, checkpoints/latest) and "
-              "no model (no config.json, model/config.json)", dir);
-}
 
 std::string byte_token(int b) { return fmt::format("<0x{:02X}>", b); }
 
@@ -180,10 +156,10 @@ int run_export(const ExportOptions& opts) {
       throw_usage("export --format gguf --out {}: no folder {}", opts.out, out.parent_path().string());
     check_gguf_target(out, opts.overwrite);
     require_writable_folder(out.has_parent_path() ? out.parent_path() : fs::path("."), "export --out's folder");
-    const Source src = load_source(opts.checkpoint);
-    require_expressible_routing(src.model, src.from, "gguf");
-    require_finite_weights(src.model, src.params, src.from, opts.allow_nonfinite);
-    const auto [count, size] = export_gguf(src.model, src.params, out.string(), opts.dtype);
+    const ModelSource src = load_model_source(opts.checkpoint, "export --checkpoint");
+    require_expressible_routing(src.config, src.from, "gguf");
+    require_finite_weights(src.config, src.params, src.from, opts.allow_nonfinite);
+    const auto [count, size] = export_gguf(src.config, src.params, out.string(), opts.dtype);
     fmt::print("{}\n", ojson{{"out", out.string()}, {"format", "gguf"}, {"tensors", count}, {"size", size},
                              {"dtype", std::string(core::name_of(opts.dtype))}, {"source", src.from}}.dump());
     return 0;
@@ -206,14 +182,14 @@ int run_export(const ExportOptions& opts) {
   const std::string eval_split = int8 && data::token_file_has_split(opts.eval_data, "valid") ? "valid" : "train";
   if (int8) data::open_token_source(opts.eval_data, eval_split);
 
-  const Source src = load_source(opts.checkpoint);
-  require_expressible_routing(src.model, src.from, "hf");
-  require_finite_weights(src.model, src.params, src.from, opts.allow_nonfinite);
-  if (int8 && opts.eval_seq_len > src.model.max_seq_len)
+  const ModelSource src = load_model_source(opts.checkpoint, "export --checkpoint");
+  require_expressible_routing(src.config, src.from, "hf");
+  require_finite_weights(src.config, src.params, src.from, opts.allow_nonfinite);
+  if (int8 && opts.eval_seq_len > src.config.max_seq_len)
     throw_usage("export --eval-seq-len {} exceeds the model's max_seq_len {} ({})", opts.eval_seq_len,
-                src.model.max_seq_len, src.from);
-  const core::ParamTable table = core::make_param_table(src.model);
-  const std::vector<formats::HfTensor> tensors = formats::hf_tensors(src.model, table, src.params.data());
+                src.config.max_seq_len, src.from);
+  const core::ParamTable table = core::make_param_table(src.config);
+  const std::vector<formats::HfTensor> tensors = formats::hf_tensors(src.config, table, src.params.data());
 
   // What the files hold: each tensor in --dtype, or (int8) its I8 data then its F32 scales.
   struct Entry {
@@ -284,14 +260,14 @@ int run_export(const ExportOptions& opts) {
     }
     const ojson index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     formats::write_text_durable((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-    nlohmann::json config = formats::hf_config_json(src.model, opts.dtype);
+    nlohmann::json config = formats::hf_config_json(src.config, opts.dtype);
     if (int8) config["quantization_config"] = int8_quantization_config();
     formats::write_text_durable((tmp / "config.json").string(), config.dump(2) + "\n");
     const ojson gen = {{"eos_token_id", 0}, {"pad_token_id", 0}, {"bos_token_id", nullptr}};
     formats::write_text_durable((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
-    formats::write_text_durable((tmp / "tokenizer.json").string(), tokenizer_json(src.model.vocab_size).dump(2) + "\n");
+    formats::write_text_durable((tmp / "tokenizer.json").string(), tokenizer_json(src.config.vocab_size).dump(2) + "\n");
     formats::write_text_durable((tmp / "tokenizer_config.json").string(),
-                    tokenizer_config_json(src.model.max_seq_len).dump(2) + "\n");
+                    tokenizer_config_json(src.config.max_seq_len).dump(2) + "\n");
     const ojson special = {{"eos_token", byte_token(0)}, {"pad_token", byte_token(0)}};
     formats::write_text_durable((tmp / "special_tokens_map.json").string(), special.dump(2) + "\n");
     install(tmp, out);
@@ -299,11 +275,11 @@ int run_export(const ExportOptions& opts) {
     fs::remove_all(tmp, ec);
     throw;
   }
-  if (src.model.vocab_size < 256)
+  if (src.config.vocab_size < 256)
     fmt::print(stderr, "export: warning: vocab_size {} < 256: bytes >= {} have no token in tokenizer.json\n",
-               src.model.vocab_size, src.model.vocab_size);
+               src.config.vocab_size, src.config.vocab_size);
   if (int8)
-    fmt::print("{}\n", int8_eval_report(src.model, src.params, out.string(), opts.eval_data, eval_split,
+    fmt::print("{}\n", int8_eval_report(src.config, src.params, out.string(), opts.eval_data, eval_split,
                                         opts.eval_windows,
                                         opts.eval_seq_len).dump());
   fmt::print("{}\n", ojson{{"out", out.string()}, {"shards", shards.size()}, {"total_size", total},

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/formats/hf_model.h"
+#include "launch/checkpoint.h"
 #include "launch/outputs.h"
 #include "launch/plan.h"
 
@@ -40,6 +41,27 @@ void save_hf_model(const std::string& dir, const core::ModelConfig& cfg, const c
   require_writable_folder(dir, "the run's weights folder");
   core::formats::write_hf_model(dir, cfg, table, host_params);
   mark_folder(dir, kWriterWeights, entries);
+}
+
+ModelSource load_model_source(const std::string& folder, const std::string& what) {
+  namespace fs = std::filesystem;
+  const fs::path p(folder);
+  if (!fs::is_directory(p))
+    throw_usage("{} {}: no such folder (expected a checkpoint folder step-NNNNNN, a checkpoint directory with "
+                "`latest`, or a run folder written by `switchyard train`)", what, folder);
+  std::string ckpt;
+  if (fs::exists(p / "manifest.json") || fs::exists(p / "latest")) ckpt = resolve_checkpoint(folder);
+  else if (fs::exists(p / "checkpoints" / "latest")) ckpt = resolve_checkpoint((p / "checkpoints").string());
+  if (!ckpt.empty()) {
+    CheckpointParams c = load_checkpoint_params(ckpt);
+    return {c.config.model, std::move(c.params), std::move(c.selection_bias), ckpt};
+  }
+  if (fs::exists(p / "model" / "config.json") || fs::exists(p / "config.json")) {
+    LoadedModel m = load_hf_model(resolve_model_dir(folder));
+    return {m.config, std::move(m.params), {}, m.dir};
+  }
+  throw_usage("{} {}: no checkpoint there (no manifest.json, `latest`, checkpoints/latest) and no model (no "
+              "config.json, model/config.json)", what, folder);
 }
 
 }  // namespace switchyard::launch

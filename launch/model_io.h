@@ -22,6 +22,19 @@ LoadedModel load_hf_model(const std::string& dir);
 // A run folder written by `switchyard train` (its model/ subfolder) or a Hugging Face folder.
 std::string resolve_model_dir(const std::string& folder);
 
+// What eval and export read a model from, `folder` being: a checkpoint (a step folder, a
+// checkpoint directory with `latest`, or a run folder's checkpoints/latest: the run's config, its
+// weights and its selection bias) or else a Hugging Face folder (a run folder's model/, or the
+// folder itself). A run whose routing no Hugging Face layout expresses (sigmoid scoring, a bias,
+// top-p) has only its checkpoints. `what` names the option in errors ("eval --checkpoint").
+struct ModelSource {
+  core::ModelConfig config;
+  std::vector<float> params;          // make_param_table(config) order
+  std::vector<float> selection_bias;  // [MoE layers * E]; empty without one
+  std::string from;                   // the folder read
+};
+ModelSource load_model_source(const std::string& folder, const std::string& what);
+
 // Writes dir/config.json and dir/model.safetensors (f32; core::formats::write_hf_model) into the
 // run's weights folder, replacing only what an earlier save wrote there, and marks the folder.
 void save_hf_model(const std::string& dir, const core::ModelConfig& cfg,

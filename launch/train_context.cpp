@@ -273,7 +273,7 @@ void TrainContext::save(int64_t step) {
 
 void TrainContext::evaluate(int64_t step) {
   if (!valid_src) return;
-  const EvalResult e = launch::evaluate(*model, *valid_src, T, B, cfg.train.eval_windows);
+  const EvalResult e = launch::evaluate(*model, *valid_src, T, B, cfg.train.eval_windows, {}, world.get());
   if (rank0) {
     fmt::print("eval step {}: loss {:.4f} over {} tokens\n", step, e.loss, e.tokens);
     metrics->write(eval_json(step, e));

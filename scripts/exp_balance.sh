@@ -9,6 +9,7 @@
 #   f_cap_position capacity factor 1.0, drops by position (+ aux 1e-2)
 #   g_cap_importance capacity factor 1.0, drops the least important (gate) first (+ aux 1e-2)
 #   h_top_p        top-p 0.7 with at most 4 experts per token (+ aux 1e-2)
+#   i_top_p_04     top-p 0.4, at most 4 (+ aux 1e-2): beyond the list, the FLOPs side of top-p
 # Prints the table of scripts/exp_balance.py and writes docs/exp_balance.md (the table) and
 # docs/exp_balance.svg (busiest-30% share per step); docs/RESULTS.md discusses them.
 #
@@ -42,8 +43,9 @@ declare -A VARIANT=(
   [f_cap_position]="${AUX[*]} --set model.moe.router.capacity_factor=1.0 --set model.moe.router.drop_policy=position"
   [g_cap_importance]="${AUX[*]} --set model.moe.router.capacity_factor=1.0 --set model.moe.router.drop_policy=importance"
   [h_top_p]="${AUX[*]} --set model.moe.router.top_p=0.7 --set model.moe.router.k_max=4"
+  [i_top_p_04]="${AUX[*]} --set model.moe.router.top_p=0.4 --set model.moe.router.k_max=4"
 )
-NAMES=${VARIANTS:-a_none b_aux c_aux_global d_bias e_bias_decay f_cap_position g_cap_importance h_top_p}
+NAMES=${VARIANTS:-a_none b_aux c_aux_global d_bias e_bias_decay f_cap_position g_cap_importance h_top_p i_top_p_04}
 export OMP_NUM_THREADS=$(( SWITCHYARD_CORES / RANKS > 0 ? SWITCHYARD_CORES / RANKS : 1 ))
 mkdir -p "$OUT"
 for v in $NAMES; do

@@ -4,11 +4,16 @@
 # latter on 2 simulated nodes x 2) give the same losses for 5 steps and the same gradient norm at
 # step 1 (fp32, 1e-5 relative), and np=4 E=2 (2 data x 2 expert) likewise. The weights saved at the
 # end (gathered from the expert ranks) load back on one process. aux_loss_coef is 0: the Switch
-# loss of a micro-batch is not additive over micro-batches (see docs/ARCHITECTURE.md).
+# loss of a micro-batch is not additive over micro-batches (see docs/ARCHITECTURE.md). The final
+# evaluation (5 windows in batches of the micro-batch, split over the ranks: np=4 has ranks with
+# only a stand-in forward) gives np=1's validation loss.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
+head -n 300 "$TMP/a.txt" >"$TMP/train.txt" && tail -n 100 "$TMP/a.txt" >"$TMP/valid.txt"  # two documents
+"$SY" prepare --input "$TMP/train.txt" "$TMP/valid.txt" --output "$TMP/tokv.h5" --valid-fraction 0.25 >/dev/null
 COMMON=("${SMALL_MODEL[@]}" --set train.steps=5 --set model.moe.n_experts=8
-        --set model.moe.expert_size=32 --set model.moe.aux_loss_coef=0)
+        --set model.moe.expert_size=32 --set model.moe.aux_loss_coef=0
+        --set data.train="$TMP/tokv.h5" --set train.eval_windows=5)
 run() {  # name np micro_batch expert_parallel exchange ranks_per_node
   mpirun -np "$2" --bind-to none "$SY" train "${COMMON[@]}" --set train.micro_batch="$3" \
     --set parallel.expert_parallel="$4" --set parallel.token_exchange="$5" \
@@ -26,6 +31,8 @@ import json, sys
 tmp = sys.argv[1]
 def steps(run):
     return [json.loads(l) for l in open(f"{tmp}/{run}/metrics.jsonl") if '"loss"' in l]
+def evals(run):
+    return [json.loads(l) for l in open(f"{tmp}/{run}/metrics.jsonl") if '"eval_loss"' in l][-1]
 ref = steps("one")
 passed = failed = 0
 def check(what, a, b, tol=1e-5):
@@ -40,6 +47,9 @@ for run in ("ep2_flat", "ep4_flat", "ep4_hier", "dp2_ep2_hier"):
     for s in range(5):
         check(f"{run} step {s+1} loss", got[s]["loss"], ref[s]["loss"])
     check(f"{run} step 1 grad_norm", got[0]["grad_norm"], ref[0]["grad_norm"])
+    check(f"{run} eval_loss", evals(run)["eval_loss"], evals("one")["eval_loss"])
+    if evals(run)["eval_tokens"] != evals("one")["eval_tokens"] or evals("one")["eval_tokens"] != 5 * 32:
+        failed += 1; print("FAIL eval_tokens", run, evals(run)["eval_tokens"], evals("one")["eval_tokens"])
 hier = steps("ep4_hier")
 inter = sum(s["exchange_bytes_inter"] for s in hier)
 print(f"ep4_hier inter-node exchange bytes over 5 steps: {inter}")

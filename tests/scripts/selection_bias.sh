@@ -6,7 +6,10 @@
 # (b) resume: a 6-step run saved at step 3 and resumed gives steps 4-6 bit-identical losses and the
 #     same final bias (the manifest's selection_bias);
 # (c) expert parallel: np 2 E=2 (each rank half the batch) ends with the bias of np 1, losses within 1e-5;
-# (d) export refuses the model with one usage line naming what the layout cannot express.
+# (d) export refuses the model with one usage line naming what the layout cannot express;
+# (e) `eval --checkpoint` evaluates it from its checkpoint (it has no model/ folder) with the
+#     checkpoint's bias: the same checkpoint with the bias zeroed in its manifest routes, and so
+#     evaluates, differently.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 BASE=("${SMALL_MODEL[@]}" --set train.steps=6 --set model.moe.n_experts=8 --set model.moe.expert_size=32
@@ -35,6 +38,16 @@ test "$(wc -l <"$TMP/export.log")" = 1
 grep -q "cannot express sigmoid router scoring (model.moe.router.scoring) and the aux-loss-free selection bias" \
   "$TMP/export.log"
 test ! -e "$TMP/export"
+EVAL=(--data "$TOK" --split train --seq-len 32 --max-windows 8 --threads 1)
+"$SY" eval --checkpoint "$TMP/one" "${EVAL[@]}" >"$TMP/eval.json"
+mkdir -p "$TMP/zeroed" && cp -r "$TMP/one/checkpoints/step-000006" "$TMP/zeroed/"
+/usr/bin/python3 - "$TMP/zeroed/step-000006/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["selection_bias"] = [0.0] * len(m["selection_bias"])
+json.dump(m, open(sys.argv[1], "w"), indent=1)
+PY
+"$SY" eval --checkpoint "$TMP/zeroed/step-000006" "${EVAL[@]}" >"$TMP/eval_zeroed.json"
 
 /usr/bin/python3 - "$TMP" <<'PY'
 import json, sys
@@ -65,6 +78,9 @@ e = losses("ep2")
 for s in range(1, 7):
     rel = abs(e[s] - a[s]) / abs(a[s])
     check(f"(c) np 2 E=2 step {s} loss", rel < 1e-5, f"rel {rel:.1e}")
+ev, ez = (json.load(open(f"{tmp}/{n}.json"))["loss"] for n in ("eval", "eval_zeroed"))
+check("(e) eval --checkpoint of a checkpoint-only run", ev == ev and 0 < ev < 10, ev)
+check("(e) eval applies the checkpoint's bias", ev != ez, f"{ev!r} vs zeroed {ez!r}")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY

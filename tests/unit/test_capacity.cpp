@@ -103,10 +103,12 @@ struct ModelRun {
   std::vector<sy::moe::MoeStats> stats;
 };
 
-ModelRun run_model(const sy::core::ModelConfig& cfg) {
+ModelRun run_model(const sy::core::ModelConfig& cfg, sy::core::Recompute recompute = sy::core::Recompute::none) {
   auto be = sy::core::make_cpu_backend(1);
   const int64_t B = 2, T = 16;
-  sy::moe::Model m(*be, cfg, B, T);
+  sy::moe::ModelOptions opts;
+  opts.recompute = recompute;
+  sy::moe::Model m(*be, cfg, B, T, {}, opts);
   m.init_random(3);
   std::vector<int32_t> tok(static_cast<size_t>(B * T)), tgt(tok.size());
   for (size_t i = 0; i < tok.size(); ++i) {
@@ -163,6 +165,21 @@ TEST(Capacity, DropsChangeTheOutputNotTheRoutersChoice) {
     }
     EXPECT_GT(dropped, 0);
     EXPECT_NE(tight.loss, dropless.loss);
+  }
+}
+
+// Activation checkpointing replays the forward's kept set (the `kept` plan buffer is always
+// kept): full and selective recomputation give the gradients of none, bit for bit.
+TEST(Capacity, CheckpointingReplaysTheDrops) {
+  for (const DropPolicy p : {DropPolicy::position, DropPolicy::importance}) {
+    const ModelRun none = run_model(model_with(0.5, p));
+    for (const auto r : {sy::core::Recompute::full, sy::core::Recompute::selective}) {
+      const ModelRun got = run_model(model_with(0.5, p), r);
+      EXPECT_EQ(0, std::memcmp(got.grads.data(), none.grads.data(), got.grads.size() * sizeof(float)))
+          << sy::core::name_of(r);
+      EXPECT_EQ(got.loss, none.loss);
+      for (size_t l = 0; l < got.stats.size(); ++l) EXPECT_EQ(got.stats[l].kept, none.stats[l].kept);
+    }
   }
 }
 
