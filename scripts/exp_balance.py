@@ -1,18 +1,23 @@
 #!/usr/bin/python3
 """The balancing experiment's table and plot (scripts/exp_balance.sh runs the variants).
 
-  scripts/exp_balance.py RUNS_DIR D_MODEL EXPERT_SIZE VARIANT... [--markdown FILE] [--svg FILE]
+  scripts/exp_balance.py RUNS_DIR D_MODEL EXPERT_SIZE STEP_TOKENS VARIANT... [--markdown FILE] [--svg FILE]
 
 RUNS_DIR holds one run folder per variant (RUNS_DIR/VARIANT/metrics.jsonl). Per variant, over the
 last 20% of the steps: the busiest-30% share (mean over steps and layers, and the worst layer's
 mean), max/mean, dropped fraction and mean experts per token; the final validation loss; expert
 FLOPs per token (forward, the slots actually computed: 2 * 3 * d_model * expert_size * mean k *
 (1 - dropped)); tokens/s (median over the steps). The plot: the busiest-30% share (mean over
-layers) per step, one line per variant, as a dependency-free SVG.
+layers) per step, one line per variant, as a dependency-free SVG. Below the table: the
+busiest-30% share that perfectly balanced routing shows at this step size (each token picks k
+distinct experts uniformly at random: the sampling noise of one step's counts), the floor no
+balancing method can go under in this measurement.
 """
 import argparse
 import json
+import math
 import os
+import random
 import statistics
 import sys
 
@@ -52,6 +57,21 @@ def summarize(name, steps, evals, d_model, expert_size):
     )
 
 
+def noise_floor(n_experts, tokens, k, draws=200):
+    """Mean busiest-30% share of one step's counts when every token picks k distinct experts
+    uniformly: what a perfectly balanced router measures."""
+    rng = random.Random(0)
+    top = max(1, math.ceil(3 * n_experts / 10))
+    total = 0.0
+    for _ in range(draws):
+        c = [0] * n_experts
+        for _ in range(tokens):
+            for e in rng.sample(range(n_experts), k):
+                c[e] += 1
+        total += sum(sorted(c, reverse=True)[:top]) / (tokens * k)
+    return total / draws
+
+
 COLUMNS = [("variant", "variant", "{}"), ("valid_loss", "valid loss", "{:.4f}"),
            ("busiest30", "busiest-30% share", "{:.3f}"), ("busiest30_worst", "worst layer", "{:.3f}"),
            ("max_over_mean", "max/mean", "{:.2f}"), ("dropped", "dropped", "{:.3f}"),
@@ -89,7 +109,7 @@ def svg(rows, floor):
         x = x0 + (x1 - x0) * i / 4
         out.append(f'<text x="{px(x):.1f}" y="{H - B + 16}" text-anchor="middle">{x:.0f}</text>')
     out.append(f'<line x1="{L}" y1="{py(floor):.1f}" x2="{W - R}" y2="{py(floor):.1f}" stroke="gray" '
-               f'stroke-dasharray="4 3"/><text x="{W - R + 4}" y="{py(floor) + 4:.1f}" fill="gray">perfect</text>')
+               f'stroke-dasharray="4 3"/><text x="{W - R + 4}" y="{py(floor) + 4:.1f}" fill="gray">noise floor</text>')
     for i, r in enumerate(rows):
         c = colors[i % len(colors)]
         pts = " ".join(f"{px(s):.1f},{py(v):.1f}" for s, v in r["curve"])
@@ -104,6 +124,7 @@ def main():
     ap.add_argument("runs")
     ap.add_argument("d_model", type=int)
     ap.add_argument("expert_size", type=int)
+    ap.add_argument("step_tokens", type=int, help="tokens per optimizer step over all ranks")
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--markdown")
     ap.add_argument("--svg")
@@ -111,13 +132,18 @@ def main():
     names = a.variants
     rows = [summarize(n, *load(os.path.join(a.runs, n)), a.d_model, a.expert_size) for n in names]
     text = table(rows)
+    first = load(os.path.join(a.runs, names[0]))[0][-1]
+    n_exp, k = len(first["expert_load"][0]), round(first["mean_k"][0])
+    tokens = a.step_tokens
+    floor = noise_floor(n_exp, tokens, k)
+    text += (f"\n\nPerfect balance: busiest-30% share {-(-3 * n_exp // 10) / n_exp:.4f} in expectation; "
+             f"{floor:.4f} measured on one step's counts ({int(tokens)} tokens x {k} experts of {n_exp}, "
+             f"each token's experts drawn uniformly: the sampling-noise floor of this column).")
     print(text)
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write(text + "\n")
     if a.svg:
-        n_exp = len(load(os.path.join(a.runs, names[0]))[0][0]["expert_load"][0])
-        floor = -(-3 * n_exp // 10) / n_exp  # ceil(3E/10)/E: the share of perfect balance
         with open(a.svg, "w") as f:
             f.write(svg(rows, floor))
 

@@ -27,9 +27,10 @@ RANKS=${RANKS:-2}
 OUT=${EXP_DIR:-runs/exp_balance}
 D_MODEL=128
 EXPERT_SIZE=128
+SEQ=128 MICRO=8 ACCUM=2  # tokens per step: RANKS x ACCUM x MICRO x SEQ
 SHAPE=(--set model.d_model=$D_MODEL --set model.n_layers=4 --set model.n_heads=4 --set model.n_kv_heads=2
        --set model.moe.n_experts=16 --set model.moe.top_k=2 --set model.moe.expert_size=$EXPERT_SIZE
-       --set train.seq_len=128 --set train.micro_batch=8 --set train.grad_accum=2
+       --set train.seq_len=$SEQ --set train.micro_batch=$MICRO --set train.grad_accum=$ACCUM
        --set train.steps="$STEPS" --set optim.warmup_steps=$(( STEPS / 10 )) --set train.log_interval=50
        --set train.eval_interval="$STEPS" --set train.eval_windows=64
        --set parallel.expert_parallel="$RANKS" --set checkpoint.interval=0)
@@ -56,4 +57,4 @@ for v in $NAMES; do
     --overwrite "${SHAPE[@]}" ${VARIANT[$v]} | tail -n 2
 done
 # shellcheck disable=SC2086  # the variant names are words
-/usr/bin/python3 scripts/exp_balance.py "$OUT" $D_MODEL $EXPERT_SIZE $NAMES --markdown docs/exp_balance.md --svg docs/exp_balance.svg
+/usr/bin/python3 scripts/exp_balance.py "$OUT" $D_MODEL $EXPERT_SIZE $(( RANKS * ACCUM * MICRO * SEQ )) $NAMES --markdown docs/exp_balance.md --svg docs/exp_balance.svg
