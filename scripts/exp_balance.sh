@@ -10,8 +10,9 @@
 #   g_cap_importance capacity factor 1.0, drops the least important (gate) first (+ aux 1e-2)
 #   h_top_p        top-p 0.7 with at most 4 experts per token (+ aux 1e-2)
 #   i_top_p_04     top-p 0.4, at most 4 (+ aux 1e-2): beyond the issue's list, the FLOPs side of top-p
-# Prints the table of scripts/exp_balance.py and writes docs/exp_balance.md (the table) and
-# docs/exp_balance.svg (busiest-30% share per step); docs/RESULTS.md discusses them.
+# Prints the table of scripts/exp_balance.py and writes it (exp_balance.md) and the plot of the
+# busiest-30% share per step (exp_balance.svg) into the runs' folder; a run of every variant into
+# the default folder also updates docs/exp_balance.md and .svg, which docs/RESULTS.md discusses.
 #
 #   scripts/exp_balance.sh [STEPS]        # default 600 steps, 2 ranks (RANKS=...), ~15 min on 2 cores
 #   VARIANTS="b_aux g_cap_importance" scripts/exp_balance.sh 100   # a subset
@@ -57,4 +58,6 @@ for v in $NAMES; do
     --overwrite "${SHAPE[@]}" ${VARIANT[$v]} | tail -n 2
 done
 # shellcheck disable=SC2086  # the variant names are words
-/usr/bin/python3 scripts/exp_balance.py "$OUT" $D_MODEL $EXPERT_SIZE $(( RANKS * ACCUM * MICRO * SEQ )) $NAMES --markdown docs/exp_balance.md --svg docs/exp_balance.svg
+/usr/bin/python3 scripts/exp_balance.py "$OUT" $D_MODEL $EXPERT_SIZE $(( RANKS * ACCUM * MICRO * SEQ )) $NAMES \
+  --markdown "$OUT/exp_balance.md" --svg "$OUT/exp_balance.svg"
+if [ -z "${VARIANTS:-}" ] && [ -z "${EXP_DIR:-}" ]; then cp "$OUT/exp_balance.md" "$OUT/exp_balance.svg" docs/; fi
