@@ -28,7 +28,8 @@ void require_regular_file(const std::string& path) {
   auto st = fs::status(path, ec);
   if (ec || !fs::exists(st)) {
     throw_usage("{}: no such file; make a token file with `switchyard prepare` (text files -> HDF5) "
-                "or point the data path at an existing llm.c .bin shard", path);
+                "or point the data path at an existing llm.c .bin shard or Megatron dataset (PREFIX, with "
+                "PREFIX.idx + PREFIX.bin)", path);
   }
   if (fs::is_directory(st)) {
     throw_usage("{} is a folder, not a token file; give the HDF5 file written by `switchyard prepare` "

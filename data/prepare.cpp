@@ -4,12 +4,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <set>
 #include <system_error>
 
 #include "core/error.h"
 #include "data/hdf5_tokens.h"
+#include "data/megatron_dataset.h"
 
 namespace switchyard::data {
 
@@ -138,7 +140,28 @@ bool read_whole_file(const fs::path& p, std::string& out) {
   return !in.bad();
 }
 
-void write_document(Hdf5TokenWriter& w, const std::string& split, const std::string& bytes) {
+// The writers of one output format: the HDF5 file, or the Megatron train and valid datasets.
+struct Sink {
+  std::unique_ptr<Hdf5TokenWriter> hdf5;
+  std::unique_ptr<MegatronDatasetWriter> train, valid;
+
+  MegatronDatasetWriter& megatron(const std::string& split) { return split == "valid" ? *valid : *train; }
+  void append(const std::string& split, const int32_t* t, int64_t n) {
+    if (hdf5) hdf5->append(split, t, n);
+    else megatron(split).append(t, n);
+  }
+  void end_document(const std::string& split) {
+    if (hdf5) hdf5->end_document(split);
+    else megatron(split).end_document();
+  }
+  void finish() {
+    if (hdf5) return hdf5->finish();
+    train->finish();
+    if (valid) valid->finish();
+  }
+};
+
+void write_document(Sink& w, const std::string& split, const std::string& bytes) {
   constexpr size_t kChunk = 1 << 16;
   std::vector<int32_t> buf;
   buf.reserve(std::min(bytes.size(), kChunk) + 1);
@@ -153,7 +176,21 @@ void write_document(Hdf5TokenWriter& w, const std::string& split, const std::str
   w.end_document(split);
 }
 
+std::string megatron_prefix_of_output(const std::string& output) {
+  const fs::path p(output);
+  return p.extension() == ".bin" || p.extension() == ".idx" ? fs::path(p).replace_extension().string() : output;
+}
+
 }  // namespace
+
+std::vector<std::string> prepare_output_files(const std::string& output, PrepareFormat format,
+                                              double valid_fraction) {
+  if (format == PrepareFormat::hdf5) return {output};
+  const std::string prefix = megatron_prefix_of_output(output);
+  std::vector<std::string> files = {prefix + ".bin", prefix + ".idx"};
+  if (valid_fraction > 0) files.insert(files.end(), {prefix + "_valid.bin", prefix + "_valid.idx"});
+  return files;
+}
 
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& output,
                             double valid_fraction, const PrepareOptions& options) {
@@ -188,10 +225,24 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
 
   // 2. Read, classify and write. The last document is held back so that it can move to an
   //    otherwise empty split at the end.
-  std::error_code oec;
-  const fs::path output_canon = fs::weakly_canonical(output, oec);
+  std::set<fs::path> outputs;  // canonical; never read as documents
+  for (const std::string& f : prepare_output_files(output, options.format, valid_fraction)) {
+    std::error_code oec;
+    fs::path c = fs::weakly_canonical(f, oec);
+    if (!oec) outputs.insert(c);
+  }
   std::set<fs::path> seen_files;
-  Hdf5TokenWriter writer(output, 256, Hdf5TokenWriter::Options{});
+  Sink writer;
+  const bool megatron = options.format == PrepareFormat::megatron;
+  if (megatron) {
+    const auto files = prepare_output_files(output, options.format, valid_fraction);
+    const auto prefix = [](const std::string& bin) { return bin.substr(0, bin.size() - 4); };
+    const int dtype = megatron_dtype_for_vocab(256);
+    writer.train = std::make_unique<MegatronDatasetWriter>(prefix(files[0]), dtype);
+    if (files.size() > 2) writer.valid = std::make_unique<MegatronDatasetWriter>(prefix(files[2]), dtype);
+  } else {
+    writer.hdf5 = std::make_unique<Hdf5TokenWriter>(output, 256, Hdf5TokenWriter::Options{});
+  }
   const double threshold = valid_fraction * 1000.0;
   struct Pending {
     std::string bytes;
@@ -218,7 +269,7 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
       walker.skip(c.path, "unreadable", stats.skipped_other);
       continue;
     }
-    if (!oec && canon == output_canon) {
+    if (outputs.count(canon)) {
       walker.skip(c.path, "output", stats.skipped_other);
       continue;
     }
@@ -248,6 +299,11 @@ PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::s
   if (!pending) {
     throw_usage("prepare: no text documents found in the inputs ({} files seen: {} binary, {} empty, {} other "
                 "skipped)", stats.files_seen, stats.skipped_binary, stats.skipped_empty, stats.skipped_other);
+  }
+  if (megatron && valid_fraction > 0 && assigned_train + assigned_valid < 2) {
+    throw_usage("prepare --format megatron: only one text document, but --valid-fraction {} needs one for {} "
+                "as well; pass --valid-fraction 0 or give more documents", valid_fraction,
+                prepare_output_files(output, options.format, valid_fraction)[3]);
   }
   if (valid_fraction > 0 && assigned_train + assigned_valid >= 2) {
     if (assigned_valid == 0) pending->split = "valid";

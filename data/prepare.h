@@ -1,5 +1,5 @@
-// data/prepare.h: text files -> an HDF5 token file (data/hdf5_tokens.h), the `switchyard prepare`
-// command's library half.
+// data/prepare.h: text files -> an HDF5 token file (data/hdf5_tokens.h) or a Megatron indexed
+// dataset (data/megatron_dataset.h), the `switchyard prepare` command's library half.
 //
 // Tokenizer "bytes": tokens 1..255 are the bytes of a document, token 0 ends each document (NUL
 // never occurs in text: files containing it are skipped as binary). vocab_size = 256.
@@ -12,7 +12,13 @@
 
 namespace switchyard::data {
 
+enum class PrepareFormat {
+  hdf5,      // one file, splits "train" and "valid"
+  megatron,  // PREFIX.bin + .idx; the validation documents in PREFIX_valid.bin + .idx (no splits)
+};
+
 struct PrepareOptions {
+  PrepareFormat format = PrepareFormat::hdf5;
   // Called for every file that is not made a document: (path, reason), reason one of "binary"
   // (contains NUL or is not valid UTF-8), "empty", "unreadable", "not a regular file",
   // "duplicate" (the same file reached twice through symlinks), "output" (the output itself).
@@ -37,6 +43,12 @@ struct PrepareStats {
   std::string summary(const std::string& output) const;
 };
 
+// The files prepare_corpus writes for `output`: hdf5: {output}; megatron: PREFIX.bin, PREFIX.idx
+// and, when valid_fraction > 0, PREFIX_valid.bin, PREFIX_valid.idx, where PREFIX is `output`
+// without a ".bin" / ".idx" ending. The train dataset's file comes first.
+std::vector<std::string> prepare_output_files(const std::string& output, PrepareFormat format,
+                                              double valid_fraction);
+
 // FNV-1a 64-bit hash of a string (used on a document's relative path to choose its split).
 uint64_t fnv1a64(const std::string& s);
 
@@ -55,6 +67,9 @@ bool is_text_document(const std::string& bytes);
 // one split would be empty, the last document moves there.
 // valid_fraction must be in [0, 1). Writes `output` atomically (temporary file, then rename;
 // parent folders are created). No text document at all is a usage error.
+// Megatron format: a dataset has no splits, so the "valid" documents go to a second dataset,
+// PREFIX_valid (prepare_output_files); with valid_fraction > 0 a single document is a usage error
+// (both datasets need one, and an empty Megatron dataset is not readable).
 PrepareStats prepare_corpus(const std::vector<std::string>& inputs, const std::string& output,
                             double valid_fraction, const PrepareOptions& options = {});
 

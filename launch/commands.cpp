@@ -1,6 +1,7 @@
 #include "launch/commands.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <omp.h>
 
 #include <cerrno>
@@ -14,6 +15,7 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "data/hdf5_tokens.h"
+#include "data/megatron_dataset.h"
 #include "data/prepare.h"
 #include "data/token_source.h"
 #include "launch/evaluate.h"
@@ -31,10 +33,11 @@ int run_eval(const EvalOptions& opts) {
   if (opts.max_windows < 0) throw_usage("eval: --max-windows must be >= 0 (0: all), got {}", opts.max_windows);
   if (opts.threads < 0) throw_usage("eval: --threads must be >= 0 (0: OMP_NUM_THREADS or all cores), got {}", opts.threads);
   std::string split = opts.split;
-  if (data::detect_token_file_format(opts.data) == data::TokenFileFormat::llmc) {
+  const auto data_format = data::detect_token_file_format(opts.data);
+  if (data_format == data::TokenFileFormat::llmc || data_format == data::TokenFileFormat::megatron) {
     if (!split.empty())
-      throw_usage("eval --split {}: {} is an llm.c shard, which has no splits (it is evaluated whole); drop --split",
-                  split, opts.data);
+      throw_usage("eval --split {}: {} is {}, which has no splits (it is evaluated whole); drop --split", split,
+                  opts.data, data_format == data::TokenFileFormat::llmc ? "an llm.c shard" : "a Megatron dataset");
     split = "train";  // the whole shard
   } else if (split.empty()) {
     split = "valid";
@@ -77,24 +80,43 @@ int run_eval(const EvalOptions& opts) {
   return 0;
 }
 
-int run_prepare(const PrepareCommandOptions& opts) {
-  // never replace what `prepare` did not write: an existing --output only with --overwrite, and
-  // only when it is a Switchyard token file
-  std::error_code ec;
-  if (std::filesystem::exists(std::filesystem::symlink_status(opts.output, ec))) {
-    if (!opts.overwrite)
-      throw_usage("prepare --output {}: exists; pass --overwrite to replace it, or choose another --output",
-                  opts.output);
-    bool ours = false;
-    try {
-      ours = std::filesystem::is_regular_file(opts.output) &&
-             data::detect_token_file_format(opts.output) == data::TokenFileFormat::hdf5 &&
-             !data::hdf5_token_splits(opts.output).empty();
-    } catch (const Error&) {
+namespace {
+
+// Whether `file`, one of the files prepare would write, is recognisably a token file of `format`:
+// an HDF5 token file with our attributes, or one file of a valid Megatron .bin/.idx pair.
+bool written_by_prepare(const std::string& file, data::PrepareFormat format) {
+  try {
+    if (!std::filesystem::is_regular_file(file)) return false;
+    if (format == data::PrepareFormat::megatron) {
+      data::MegatronDataset{file};  // the pair checks out (a lone .bin or .idx does not)
+      return true;
     }
-    if (!ours)
-      throw_usage("prepare --output {}: exists and is not a token file written by `switchyard prepare`; not "
-                  "replacing it: choose another --output", opts.output);
+    return data::detect_token_file_format(file) == data::TokenFileFormat::hdf5 &&
+           !data::hdf5_token_splits(file).empty();
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+int run_prepare(const PrepareCommandOptions& opts) {
+  const auto format = opts.format == "megatron" ? data::PrepareFormat::megatron : data::PrepareFormat::hdf5;
+  if (opts.format != "hdf5" && opts.format != "megatron")
+    throw_usage("prepare --format {}: unknown; use hdf5 or megatron", opts.format);
+  const auto files = data::prepare_output_files(opts.output, format, opts.valid_fraction);
+  // never replace what `prepare` did not write: an existing output file only with --overwrite, and
+  // only when it is a Switchyard token file (megatron: part of a valid .bin/.idx pair)
+  for (const std::string& file : files) {
+    std::error_code ec;
+    if (!std::filesystem::exists(std::filesystem::symlink_status(file, ec))) continue;
+    if (!opts.overwrite)
+      throw_usage("prepare --output {}: {} exists; pass --overwrite to replace it, or choose another --output",
+                  opts.output, file);
+    if (!written_by_prepare(file, format))
+      throw_usage("prepare --output {}: {} exists and is not a {} written by `switchyard prepare`; not "
+                  "replacing it: choose another --output", opts.output, file,
+                  format == data::PrepareFormat::megatron ? "valid Megatron .bin/.idx pair" : "token file");
   }
   data::PrepareOptions po;
   int64_t reported = 0;
@@ -102,8 +124,9 @@ int run_prepare(const PrepareCommandOptions& opts) {
     if (reason != "binary" && reason != "empty" && reported++ < 5)
       fmt::print(stderr, "prepare: skipped {} ({})\n", path, reason);
   };
+  po.format = format;
   const auto stats = data::prepare_corpus(opts.inputs, opts.output, opts.valid_fraction, po);
-  fmt::print("{}\n", stats.summary(opts.output));
+  fmt::print("{}\n", stats.summary(fmt::format("{}", fmt::join(files, " + "))));
   return 0;
 }
 

@@ -29,7 +29,8 @@ struct PrepareCommandOptions {
   std::vector<std::string> inputs;
   std::string output;
   double valid_fraction = 0.05;
-  bool overwrite = false;  // replace an existing token file written by `prepare`
+  std::string format = "hdf5";  // or "megatron": PREFIX.bin + PREFIX.idx (+ PREFIX_valid.*)
+  bool overwrite = false;       // replace an existing token file written by `prepare`
 };
 int run_prepare(const PrepareCommandOptions& opts);
 

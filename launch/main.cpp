@@ -2,7 +2,7 @@
 //   train    launch/train.h      the training loop (YAML config, --set overrides, --init-from,
 //                                --resume from a checkpoint, launch/checkpoint.h)
 //   eval     launch/commands.h   mean token loss over consecutive windows of a token file
-//   prepare  launch/commands.h   text files -> HDF5 token file (data/prepare.h)
+//   prepare  launch/commands.h   text files -> HDF5 token file or Megatron dataset (data/prepare.h)
 //   export   launch/export.h     checkpoint -> Hugging Face layout (sharded safetensors, tokenizer;
 //                                --quantize int8), or GGUF for llama.cpp (launch/export_gguf.h)
 //   plan     launch/plan.h       parameters, FLOPs and memory per rank of a config, and the
@@ -70,7 +70,9 @@ int main(int argc, char** argv) {
   auto* e = app.add_subcommand("eval", "Mean token loss over consecutive non-overlapping windows");
   e->add_option("--init-from", eval.init_from, "Hugging Face model folder");
   e->add_option("--checkpoint", eval.checkpoint, "Run folder written by `switchyard train`");
-  e->add_option("--data", eval.data, "Token file (HDF5 from `switchyard prepare`, or llm.c .bin)")->required();
+  e->add_option("--data", eval.data,
+                "Token file (HDF5 from `switchyard prepare`, llm.c .bin, or Megatron PREFIX / PREFIX.bin)")
+      ->required();
   e->add_option("--split", eval.split, "Split of an HDF5 token file: train or valid (default valid)")->check(CLI::IsMember({"train", "valid"}));
   e->add_option("--seq-len", eval.seq_len, "Window length N (windows of N+1 tokens; default: model max_seq_len)");
   e->add_option("--batch", eval.batch, "Windows per forward pass");
@@ -101,11 +103,20 @@ int main(int argc, char** argv) {
   x->add_option("--eval-seq-len", exp.eval_seq_len, "Window length for the report (default: model max_seq_len)");
 
   sy::launch::PrepareCommandOptions prep;
-  auto* p = app.add_subcommand("prepare", "Turn text files into a byte-level HDF5 token file");
+  auto* p = app.add_subcommand("prepare", "Turn text files into a byte-level token file (HDF5 or Megatron .bin/.idx)");
   p->add_option("--input", prep.inputs, "Files or folders (walked recursively)")->required()->expected(1, -1);
-  p->add_option("--output", prep.output, "Output HDF5 file (must not exist unless --overwrite)")->required();
-  p->add_flag("--overwrite", prep.overwrite, "Replace an existing token file written by prepare (nothing else)");
-  p->add_option("--valid-fraction", prep.valid_fraction, "Fraction of documents for the validation split");
+  p->add_option("--output", prep.output,
+                "Output HDF5 file, or with --format megatron the PREFIX of PREFIX.bin + PREFIX.idx (a .bin/.idx "
+                "ending is dropped); must not exist unless --overwrite")->required();
+  p->add_option("--format", prep.format,
+                "hdf5 (default: one file, splits train and valid) or megatron (Megatron-LM / GPT-NeoX indexed "
+                "dataset, uint16 tokens, one sequence per document; no splits: the validation documents go to "
+                "PREFIX_valid.bin + PREFIX_valid.idx)")
+      ->check(CLI::IsMember({"hdf5", "megatron"}));
+  p->add_flag("--overwrite", prep.overwrite,
+              "Replace existing output written by prepare (a readable token file of that format; nothing else)");
+  p->add_option("--valid-fraction", prep.valid_fraction,
+                "Fraction of documents for the validation split (megatron: for PREFIX_valid; 0: none)");
 
   sy::launch::PlanOptions plan;
   auto* pl = app.add_subcommand("plan", "Parameters, FLOPs per token and memory per rank of a config, per "
