@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Randomised bad input, every file type Switchyard reads: a YAML config, an HDF5 token file, an
-# llm.c shard, a checkpoint (manifest.json, a rank's HDF5 file, `latest`), a Hugging Face model
+# llm.c shard, a Megatron dataset (.idx and .bin), a checkpoint (manifest.json, a rank's HDF5 file, `latest`), a Hugging Face model
 # folder (config.json, model.safetensors). Each case mutates one file of a working set (flipped
 # bytes, truncation, appended garbage, deleted / duplicated / rewritten YAML lines) and runs the
 # command that reads it under a 30 s timeout. Every outcome must be success (exit 0) or one clear
@@ -24,6 +24,7 @@ hdr = [0] * 256; hdr[0], hdr[1], hdr[2] = 20240520, 1, 2000
 open(sys.argv[1], "wb").write(struct.pack("<256i", *hdr) + bytes((i * 7) % 250 for i in range(4000)))
 PY
 cp "$TOK" "$W/tok.h5"
+"$SY" prepare --input "$TMP/a.txt" --output "$W/meg" --format megatron --valid-fraction 0 >/dev/null
 
 /usr/bin/python3 - "$SY" "$W" "$TMP/cases" "$SEED" "$SECONDS_BUDGET" "${SMALL_MODEL[@]}" <<'PY'
 import os, random, shutil, subprocess, sys, time
@@ -43,6 +44,8 @@ targets = [
                                        "--set", "train.seq_len=32", "--run-dir", f"{c}/out"]),
     ("tok.h5", "bytes", lambda c: train(f"{c}/tok.h5", "--run-dir", f"{c}/out")),
     ("shard.bin", "bytes", lambda c: train(f"{c}/shard.bin", "--run-dir", f"{c}/out")),
+    ("meg.idx", "bytes", lambda c: train(f"{c}/meg", "--run-dir", f"{c}/out")),
+    ("meg.bin", "bytes", lambda c: train(f"{c}/meg.bin", "--run-dir", f"{c}/out")),
     ("run/checkpoints/step-000002/manifest.json", "yaml",
      lambda c: train(f"{work}/tok.h5", "--set", "train.steps=3", "--run-dir", f"{c}/out", "--resume",
                      f"{c}/run/checkpoints/step-000002")),
