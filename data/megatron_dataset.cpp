@@ -72,8 +72,9 @@ bool has_index_magic(const std::string& p) {
   return in.gcount() == 9 && std::memcmp(b, kMegatronMagic, 9) == 0;
 }
 
-// Maps a whole regular file read-only; an empty file maps to nullptr. Usage errors name the file.
-const char* map_read_only(const std::string& path, int64_t& bytes) {
+// Maps a whole regular file read-only into (bytes, data); an empty file maps to nullptr. Usage errors name
+// the file.
+void map_read_only(const std::string& path, int64_t& bytes, const char*& data) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw_usage("cannot open {}: {}", path, std::strerror(errno));
   struct stat st {};
@@ -82,13 +83,13 @@ const char* map_read_only(const std::string& path, int64_t& bytes) {
     ::close(fd);
     throw_usage("cannot stat {}: {}", path, std::strerror(e));
   }
-  bytes = st.st_size;
   void* m = nullptr;
-  if (bytes > 0) m = ::mmap(nullptr, static_cast<size_t>(bytes), PROT_READ, MAP_SHARED, fd, 0);
+  if (st.st_size > 0) m = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
   const int e = errno;
   ::close(fd);  // the map keeps the file
   if (m == MAP_FAILED) throw_usage("cannot map {} into memory: {}", path, std::strerror(e));
-  return static_cast<const char*>(m);
+  bytes = st.st_size;
+  data = static_cast<const char*>(m);
 }
 
 template <typename T>
@@ -129,31 +130,31 @@ MegatronDataset::MegatronDataset(const std::string& path) {
     throw_usage("{}: no such file; a Megatron dataset is a pair PREFIX.idx + PREFIX.bin (give the prefix or "
                 "either file), and the index of {} is missing", idx, path);
   }
-  idx_ = map_read_only(idx, idx_bytes_);
-  const int64_t magic_bytes = std::min<int64_t>(idx_bytes_, 9);
-  if (idx_bytes_ == 0 || std::memcmp(idx_, kMegatronMagic, static_cast<size_t>(magic_bytes)) != 0) {
+  map_read_only(idx, idx_.bytes, idx_.data);
+  const int64_t magic_bytes = std::min<int64_t>(idx_.bytes, 9);
+  if (idx_.bytes == 0 || std::memcmp(idx_.data, kMegatronMagic, static_cast<size_t>(magic_bytes)) != 0) {
     throw_usage("{} is not a Megatron index: {} (expected the magic \"MMIDIDX\\x00\\x00\"); give the .idx "
                 "written by Megatron-LM / GPT-NeoX preprocessing",
-                idx, idx_bytes_ == 0 ? std::string("the file is empty")
-                                     : "it starts with bytes " + hex_bytes(idx_, magic_bytes));
+                idx, idx_.bytes == 0 ? std::string("the file is empty")
+                                     : "it starts with bytes " + hex_bytes(idx_.data, magic_bytes));
   }
-  if (idx_bytes_ < kMegatronHeaderBytes) {
+  if (idx_.bytes < kMegatronHeaderBytes) {
     throw_usage("{} is truncated: {} bytes, shorter than the {}-byte Megatron index header; {}", idx,
-                idx_bytes_, kMegatronHeaderBytes, kRemake);
+                idx_.bytes, kMegatronHeaderBytes, kRemake);
   }
-  const uint64_t version = load<uint64_t>(idx_ + 9);
+  const uint64_t version = load<uint64_t>(idx_.data + 9);
   if (version != kMegatronVersion) {
     throw_usage("{}: Megatron index version {} is not supported (only version {}); {}", idx, version,
                 kMegatronVersion, kRemake);
   }
-  dtype_code_ = static_cast<unsigned char>(idx_[17]);
+  dtype_code_ = static_cast<unsigned char>(idx_.data[17]);
   token_bytes_ = megatron_dtype_bytes(dtype_code_);
   if (token_bytes_ == 0) {
     throw_usage("{}: unknown token dtype code {} (known: 1 uint8, 2 int8, 3 int16, 4 int32, 5 int64, 6 float64, "
                 "7 float32, 8 uint16); {}", idx, dtype_code_, kRemake);
   }
-  const uint64_t s = load<uint64_t>(idx_ + 18), e = load<uint64_t>(idx_ + 26);
-  const uint64_t room = static_cast<uint64_t>(idx_bytes_ - kMegatronHeaderBytes);
+  const uint64_t s = load<uint64_t>(idx_.data + 18), e = load<uint64_t>(idx_.data + 26);
+  const uint64_t room = static_cast<uint64_t>(idx_.bytes - kMegatronHeaderBytes);
   // sizes checked before multiplying, so a huge count cannot overflow
   if (s > room / 12 || e > room / 8 || 12 * s + 8 * e > room) {
     throw_usage("{} is truncated: its header says {} sequences and {} document-index entries, which need {} "
@@ -164,9 +165,9 @@ MegatronDataset::MegatronDataset(const std::string& path) {
   sequences_ = static_cast<int64_t>(s);
   entries_ = static_cast<int64_t>(e);
   const int64_t expected = kMegatronHeaderBytes + 12 * sequences_ + 8 * entries_;
-  if (idx_bytes_ != expected && idx_bytes_ != expected + sequences_) {  // + int8 modes: multimodal
+  if (idx_.bytes != expected && idx_.bytes != expected + sequences_) {  // + int8 modes: multimodal
     throw_usage("{}: {} bytes, but {} sequences and {} document-index entries make {} bytes (trailing "
-                "bytes); {}", idx, idx_bytes_, sequences_, entries_, expected, kRemake);
+                "bytes); {}", idx, idx_.bytes, sequences_, entries_, expected, kRemake);
   }
   if (sequences_ == 0) throw_usage("{}: the dataset is empty (0 sequences); give a dataset with tokens", idx);
   if (entries_ == 0) {
@@ -177,18 +178,18 @@ MegatronDataset::MegatronDataset(const std::string& path) {
   if (!is_file(bin)) {
     throw_usage("{}: no such file; the Megatron index {} needs its token file next to it (PREFIX.bin)", bin, idx);
   }
-  bin_ = map_read_only(bin, bin_bytes_);
-  const char* lengths = idx_ + kMegatronHeaderBytes;
+  map_read_only(bin, bin_.bytes, bin_.data);
+  const char* lengths = idx_.data + kMegatronHeaderBytes;
   const char* pointers = lengths + 4 * sequences_;
   int64_t end = 0;  // byte where the previous sequence ends
   for (int64_t i = 0; i < sequences_; ++i) {
     const int32_t len = load<int32_t>(lengths + 4 * i);
     const int64_t ptr = load<int64_t>(pointers + 8 * i);
     if (len < 0) throw_usage("{}: sequence {} has a negative length {}; {}", idx, i, len, kRemake);
-    if (ptr < 0 || ptr > bin_bytes_ || int64_t{len} * token_bytes_ > bin_bytes_ - ptr) {
+    if (ptr < 0 || ptr > bin_.bytes || int64_t{len} * token_bytes_ > bin_.bytes - ptr) {
       throw_usage("{}: sequence {} (byte {}, {} tokens of {} bytes) runs past the end of {} ({} bytes): the "
                   ".bin is truncated or belongs to another index; {}",
-                  idx, i, ptr, len, token_bytes_, bin, bin_bytes_, kRemake);
+                  idx, i, ptr, len, token_bytes_, bin, bin_.bytes, kRemake);
     }
     if (ptr != end) {
       throw_usage("{}: sequence {} starts at byte {} of {}, but the sequences before it end at byte {}; "
@@ -197,9 +198,9 @@ MegatronDataset::MegatronDataset(const std::string& path) {
     }
     end = ptr + int64_t{len} * token_bytes_;
   }
-  if (end != bin_bytes_) {
+  if (end != bin_.bytes) {
     throw_usage("{}: {} bytes, but its index {} describes {} bytes of {} tokens (trailing bytes); the .bin and "
-                ".idx do not belong together; {}", bin, bin_bytes_, idx, end, megatron_dtype_name(dtype_code_),
+                ".idx do not belong together; {}", bin, bin_.bytes, idx, end, megatron_dtype_name(dtype_code_),
                 kRemake);
   }
   tokens_ = end / token_bytes_;
@@ -226,9 +227,8 @@ MegatronDataset::MegatronDataset(const std::string& path) {
   }
 }
 
-MegatronDataset::~MegatronDataset() {
-  if (idx_) ::munmap(const_cast<char*>(idx_), static_cast<size_t>(idx_bytes_));
-  if (bin_) ::munmap(const_cast<char*>(bin_), static_cast<size_t>(bin_bytes_));
+MegatronDataset::Map::~Map() {
+  if (data) ::munmap(const_cast<char*>(data), static_cast<size_t>(bytes));
 }
 
 namespace {
@@ -264,7 +264,7 @@ void convert(const char* p, int64_t begin, int64_t count, int32_t* out, const Me
 void MegatronDataset::read(int64_t begin, int64_t count, int32_t* out) const {
   SY_CHECK(begin >= 0 && count >= 0 && begin + count <= tokens_, "read [{}, {}) outside {} with {} tokens", begin,
            begin + count, describe(), tokens_);
-  const char* p = bin_ + begin * token_bytes_;
+  const char* p = bin_.data + begin * token_bytes_;
   switch (dtype_code_) {
     case megatron_dtype_uint8: return convert<uint8_t>(p, begin, count, out, *this);
     case megatron_dtype_int8: return convert<int8_t>(p, begin, count, out, *this);
@@ -284,13 +284,13 @@ std::string MegatronDataset::describe() const {
 
 std::vector<int64_t> MegatronDataset::document_index() const {
   std::vector<int64_t> v(static_cast<size_t>(entries_));
-  std::memcpy(v.data(), idx_ + kMegatronHeaderBytes + 12 * sequences_, v.size() * sizeof(int64_t));
+  std::memcpy(v.data(), idx_.data + kMegatronHeaderBytes + 12 * sequences_, v.size() * sizeof(int64_t));
   return v;
 }
 
 std::vector<int64_t> MegatronDataset::sequence_offsets() const {
   std::vector<int64_t> v(static_cast<size_t>(sequences_ + 1));
-  const char* pointers = idx_ + kMegatronHeaderBytes + 4 * sequences_;
+  const char* pointers = idx_.data + kMegatronHeaderBytes + 4 * sequences_;
   for (int64_t i = 0; i < sequences_; ++i) v[static_cast<size_t>(i)] = load<int64_t>(pointers + 8 * i) / token_bytes_;
   v.back() = tokens_;  // the open check made the sequences back to back
   return v;

@@ -60,7 +60,7 @@ class MegatronDataset final : public TokenSource {
  public:
   // `path`: the prefix, PREFIX.idx or PREFIX.bin.
   explicit MegatronDataset(const std::string& path);
-  ~MegatronDataset() override;
+  ~MegatronDataset() override = default;
   MegatronDataset(const MegatronDataset&) = delete;
   MegatronDataset& operator=(const MegatronDataset&) = delete;
 
@@ -90,10 +90,16 @@ class MegatronDataset final : public TokenSource {
   int dtype_code_ = 0;
   int token_bytes_ = 0;
   int64_t sequences_ = 0, entries_ = 0, tokens_ = 0;
-  const char* idx_ = nullptr;  // the .idx map
-  int64_t idx_bytes_ = 0;
-  const char* bin_ = nullptr;  // the .bin map
-  int64_t bin_bytes_ = 0;
+  // A read-only memory map, unmapped by its destructor (also when the constructor throws).
+  struct Map {
+    const char* data = nullptr;
+    int64_t bytes = 0;
+    Map() = default;
+    Map(const Map&) = delete;
+    Map& operator=(const Map&) = delete;
+    ~Map();
+  };
+  Map idx_, bin_;  // the .idx and .bin maps
 };
 
 // The dtype `prepare --format megatron` writes for a vocabulary: uint16 when every id fits
