@@ -116,7 +116,8 @@ int main(int argc, char** argv) {
   p->add_flag("--overwrite", prep.overwrite,
               "Replace existing output written by prepare (a readable token file of that format; nothing else)");
   p->add_option("--valid-fraction", prep.valid_fraction,
-                "Fraction of documents for the validation split (megatron: for PREFIX_valid; 0: none)");
+                "Fraction of documents for the validation split (megatron: > 0 writes PREFIX_valid and needs "
+                "two documents or more; 0: none)");
 
   sy::launch::PlanOptions plan;
   auto* pl = app.add_subcommand("plan", "Parameters, FLOPs per token and memory per rank of a config, per "

@@ -8,7 +8,8 @@
 #  - the ownership rule: an existing pair is replaced only with --overwrite and only when it is a
 #    valid Megatron pair; a lone foreign PREFIX.bin is never replaced;
 #  - `switchyard train` with data.train / data.valid pointing at the prefixes runs and evaluates,
-#    and `eval --data` takes the prefix or the .bin.
+#    and `eval --data` takes the .idx (and refuses --split: no splits);
+#  - a broken index through `train`: exit 2, one line naming the .idx.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 REF="$SRC/tests/scripts/lib/megatron_ref.py"
@@ -86,4 +87,16 @@ evals = [r for r in recs if "eval_loss" in r]
 assert len(steps) >= 3 and all(math.isfinite(r["loss"]) for r in steps), steps
 assert evals and all(math.isfinite(r["eval_loss"]) and r["eval_tokens"] > 0 for r in evals), evals
 PY
+
+# 5. a broken dataset through the command line: exit 2 and one line naming the file
+cp "$TMP/meg/corpus.bin" "$TMP/meg/broken.bin"
+/usr/bin/python3 -c 'import sys; b = bytearray(open(sys.argv[1], "rb").read()); b[9] = 2; open(sys.argv[2], "wb").write(b)' \
+  "$TMP/meg/corpus.idx" "$TMP/meg/broken.idx"
+expect_exit2 "index version 2" "$TMP/meg/broken.idx: Megatron index version 2" \
+  "$SY" train "${SMALL_MODEL[@]}" --set data.train="$TMP/meg/broken" --set train.steps=1 --run-dir "$TMP/run2"
+[ "$(grep -c . "$TMP/err")" -eq 1 ] || { cat "$TMP/err"; fail "more than one error line"; }
+expect_exit2 "eval --split" "no splits" "$SY" eval --checkpoint "$TMP/run" --data "$TMP/meg/corpus" --split valid
+"$SY" eval --checkpoint "$TMP/run" --data "$TMP/meg/corpus_valid.idx" --max-windows 2 > "$TMP/eval.json" ||
+  fail "eval on a Megatron .idx path"
+grep -q '"loss"' "$TMP/eval.json" || fail "eval output: $(cat "$TMP/eval.json")"
 echo "megatron_dataset: ok"
