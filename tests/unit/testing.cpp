@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <numeric>
 #include <random>
 
 namespace switchyard::test {
@@ -53,6 +54,46 @@ std::filesystem::path temp_dir(const std::string& name) {
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p;
+}
+
+std::vector<double> fd_grad(std::vector<float>& v, const std::vector<int64_t>& coords, float eps,
+                            const std::function<double()>& f) {
+  std::vector<double> g;
+  for (int64_t i : coords) {
+    const float v0 = v[i];
+    v[i] = v0 + eps;
+    const float up = v[i];
+    const double fp = f();
+    v[i] = v0 - eps;
+    const float dn = v[i];
+    const double fm = f();
+    v[i] = v0;
+    g.push_back((fp - fm) / (static_cast<double>(up) - dn));
+  }
+  return g;
+}
+
+std::vector<int64_t> all_coords(int64_t n) {
+  std::vector<int64_t> c(static_cast<size_t>(n));
+  std::iota(c.begin(), c.end(), 0);
+  return c;
+}
+
+void expect_grad_close(const std::vector<double>& fd, const std::vector<float>& analytic,
+                       const std::vector<int64_t>& coords, double rtol, double atol_frac,
+                       const std::string& what) {
+  double scale = 0;
+  for (double v : fd) scale = std::max(scale, std::abs(v));
+  const double atol = atol_frac * std::max(scale, 1e-6);
+  int bad = 0;
+  for (size_t j = 0; j < coords.size(); ++j) {
+    const double a = analytic[static_cast<size_t>(coords[j])], b = fd[j];
+    if (!(std::abs(a - b) <= atol + rtol * std::abs(b))) {
+      if (++bad <= 5)
+        ADD_FAILURE() << what << ": coordinate " << coords[j] << " analytic " << a << " fd " << b;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << coords.size() << " gradients differ";
 }
 
 }  // namespace switchyard::test

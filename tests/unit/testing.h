@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -25,6 +26,18 @@ namespace switchyard::test {
 std::vector<float> randn(int64_t n, uint64_t seed, float stddev = 1.0f);
 // Largest |a-b| / max(|b|, floor) over the elements (relative error with an absolute floor).
 double max_rel_error(const float* a, const float* b, int64_t n, double floor = 1e-3);
+
+// Central finite differences of f at every coordinate in `coords` of v (float inputs, double
+// loss; the step is the float-rounded +-eps actually taken).
+std::vector<double> fd_grad(std::vector<float>& v, const std::vector<int64_t>& coords, float eps,
+                            const std::function<double()>& f);
+// 0, 1, ..., n-1.
+std::vector<int64_t> all_coords(int64_t n);
+// |a - b| <= atol + rtol * |b| for each pair (analytic at coords[j] against fd[j]); atol is
+// atol_frac of the largest |fd|. Reports the first 5 that differ.
+void expect_grad_close(const std::vector<double>& fd, const std::vector<float>& analytic,
+                       const std::vector<int64_t>& coords, double rtol, double atol_frac,
+                       const std::string& what);
 
 // A buffer in a backend's memory holding a copy of `host`, read back by host(); released with it.
 template <class T>
