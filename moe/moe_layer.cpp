@@ -221,7 +221,7 @@ struct MoeLayer::Impl : Buffers {
                         });
   }
   void shared_forward(const float* x, const float* params, int64_t N);
-  const int32_t* drop_over_capacity(MoeStats& stats, int64_t N);
+  const int32_t* capacity_drops(MoeStats& stats, int64_t N);
 };
 
 namespace {
@@ -233,7 +233,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // Capacity (moe/capacity.h). Host sync: the router's choice idx (and, for importance dropping,
 // probs) to the host, where the expert group's drop rule runs; the kept experts back to `kept`.
 // Counts the routed slots before the drops.
-const int32_t* MoeLayer::Impl::drop_over_capacity(MoeStats& stats, int64_t N) {
+const int32_t* MoeLayer::Impl::capacity_drops(MoeStats& stats, int64_t N) {
   const int64_t NK = N * K;
   stats.kept.resize(static_cast<size_t>(NK));
   be.copy_to_host(stats.kept.data(), idx, sizeof(int32_t) * static_cast<size_t>(NK));
@@ -338,7 +338,7 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
   // route; over capacity, drop (the router keeps its choice in idx, dispatch reads kept)
   m.router.forward(be, m.logits, m.probs, m.lse, m.idx, m.gates, x, params, N, m.bias);
   const int32_t* dispatched = m.idx;
-  if (m.capacity.enabled()) dispatched = m.drop_over_capacity(stats_, N);
+  if (m.capacity.enabled()) dispatched = m.capacity_drops(stats_, N);
   be.route_plan(m.pos, m.offsets, dispatched, N, E, K);
   be.copy_to_host(m.offsets_host.data(), m.offsets, sizeof(int32_t) * static_cast<size_t>(E + 1));
 
@@ -346,7 +346,8 @@ void MoeLayer::forward(float* out, const float* x, const float* params, int64_t 
   stats_.exchange = {};
   stats_.expert_seconds = 0;
   TokenDispatcher& d = *m.dispatcher;
-  d.plan(RoutingPlan{N, dispatched, m.pos, m.gates, m.offsets_host.data()},
+  d.plan(RoutingPlan{N, dispatched, m.pos, m.gates, m.offsets_host.data(),
+                     stats_.kept.empty() ? nullptr : stats_.kept.data()},
          [&m](int64_t rows) { m.ensure_rows(rows); }, stats_.exchange);
   stats_.exchange_plan = d.describe();
   d.dispatch_forward(m.xp, x, stats_.exchange);

@@ -60,7 +60,7 @@ class LocalDispatcher final : public TokenDispatcher {
 // local-expert order (local_pos) for the grouped GEMMs. combine runs the mirror.
 //
 // Host <-> backend copies, all in plan() (once per layer and micro-batch, forward only):
-//   to the host    pos, idx, gates [N*K]: the exchange's slots and plan are built on the host
+//   to the host    pos, idx (unless the layer holds it: capacity), gates [N*K]: the exchange's slots and plan are built on the host
 //                  (its make_plan then exchanges counts and metadata on the host, and uploads the
 //                  plan's index arrays to the backend itself)
 //   to the backend local_pos [R], computed on the host from the plan's recv_tag
@@ -143,7 +143,10 @@ void ExpertParallelDispatcher::plan(const RoutingPlan& routing, const std::funct
   pos_ = routing.pos;
   // Host sync: the routing plan to the host, where the exchange's slots are built.
   be_.copy_to_host(pos_host_.data(), routing.pos, sizeof(int32_t) * static_cast<size_t>(NK));
-  be_.copy_to_host(idx_host_.data(), routing.idx, sizeof(int32_t) * static_cast<size_t>(NK));
+  if (routing.idx_host)  // the layer's host copy (capacity): no second copy from the backend
+    std::copy(routing.idx_host, routing.idx_host + NK, idx_host_.begin());
+  else
+    be_.copy_to_host(idx_host_.data(), routing.idx, sizeof(int32_t) * static_cast<size_t>(NK));
   be_.copy_to_host(gates_host_.data(), routing.gates, sizeof(float) * static_cast<size_t>(NK));
   plan_.reset();  // the last plan's backend arrays go while the stream is idle (after the copies)
   // Only routed slots cross: a dropped slot (idx -1: top-p's unused slots, capacity drops) has

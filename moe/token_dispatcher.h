@@ -39,13 +39,15 @@ struct ExpertParallel {
 
 // The routing plan of the last forward: the layer's buffers, kept under every checkpointing
 // policy. idx [N,K], pos [N*K], gates [N,K] in the backend's memory; expert_offsets_host [E+1]:
-// the host copy of the plan's expert offsets (the layer reads the counts from it).
+// the host copy of the plan's expert offsets (the layer reads the counts from it); idx_host: a host
+// copy of idx [N,K] when the layer already holds one (capacity's kept experts), else null.
 struct RoutingPlan {
   int64_t N = 0;
   const int32_t* idx = nullptr;
   const int32_t* pos = nullptr;
   const float* gates = nullptr;
   const int32_t* expert_offsets_host = nullptr;
+  const int32_t* idx_host = nullptr;
 };
 
 // The buffers of the expert-parallel dispatcher, bound by the layer's activation store: per row
