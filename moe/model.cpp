@@ -163,8 +163,12 @@ void Model::params_to_host(float* host) const {
   be_.copy_to_host(host, params_.data(), static_cast<size_t>(table_.total()) * sizeof(float));
 }
 
-ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T) {
+ForwardResult Model::forward(const Batch& batch) {
+  const int32_t* tokens = batch.tokens;
+  const int32_t* targets = batch.targets;
+  const int64_t B = batch.B, T = batch.T;
   const int64_t N = B * T, C = cfg_.d_model, V = cfg_.vocab_size;
+  SY_CHECK(batch.doc_start == nullptr, "model forward: packed rows (doc_start) are not wired yet");
   if (N > max_tokens_ || T > cfg_.max_seq_len)
     throw_internal("model forward: batch {}x{} exceeds the allocated {} tokens or max_seq_len {}",
                    B, T, max_tokens_, cfg_.max_seq_len);
@@ -220,17 +224,31 @@ ForwardResult Model::forward(const int32_t* tokens, const int32_t* targets, int6
   be_.gemm(false, true, N, V, C, 1.0f, bufs_.lnf, C, w_head, C, 0.0f, bufs_.logits, V, prec.stored_activation());
   be_.cross_entropy_forward(bufs_.losses, bufs_.logits, bufs_.targets, N, V);
 
-  std::vector<float> losses(static_cast<size_t>(N));
-  be_.copy_to_host(losses.data(), bufs_.losses, losses.size() * sizeof(float));
-  double sum = 0;
+  token_losses_.resize(static_cast<size_t>(N));
+  be_.copy_to_host(token_losses_.data(), bufs_.losses, token_losses_.size() * sizeof(float));
+  double sum = 0, wsum = 0;
   counted_ = 0;
   for (int64_t i = 0; i < N; ++i) {
-    if (targets[i] < 0) continue;
-    sum += losses[static_cast<size_t>(i)];
+    if (targets[i] < 0) {
+      token_losses_[static_cast<size_t>(i)] = 0.f;
+      continue;
+    }
+    const double w = batch.weights ? batch.weights[i] : 1.0;
+    if (!(w >= 0) || !std::isfinite(w))
+      throw_internal("model forward: loss weight {} at position {} is not a finite value >= 0", w, i);
+    sum += w * token_losses_[static_cast<size_t>(i)];
+    wsum += w;
     ++counted_;
   }
   r.tokens = counted_;
-  r.ce = counted_ ? sum / static_cast<double>(counted_) : 0.0;
+  r.weight_sum = wsum;
+  r.ce_sum = sum;
+  r.ce = wsum > 0 ? sum / wsum : 0.0;
+  // the CE part's denominator: its gradient is w_i / denominator for each counted position
+  ce_denominator_ = batch.ce_norm > 0 ? 1.0 / batch.ce_norm : wsum;
+  loss_weights_.assign(static_cast<size_t>(N), 0.f);
+  for (int64_t i = 0; i < N; ++i)
+    if (targets[i] >= 0) loss_weights_[static_cast<size_t>(i)] = batch.weights ? batch.weights[i] : 1.f;
   last_ = r;
   add_balance_losses(last_);
   return last_;
@@ -259,8 +277,12 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
   const float* P = compute_weights();
   float* G = grads_.data();
 
-  // d(mean CE)/d(loss_i) = 1/counted for counted targets (the CE kernel ignores the others)
-  std::vector<float> dloss(static_cast<size_t>(N), counted_ ? grad_scale / static_cast<float>(counted_) : 0.f);
+  // d(CE part)/d(loss_i) = w_i / denominator for counted targets (the CE kernel ignores the
+  // others); unweighted that is grad_scale / counted
+  std::vector<float> dloss(static_cast<size_t>(N), 0.f);
+  const float denom = static_cast<float>(ce_denominator_);
+  if (denom > 0)
+    for (int64_t i = 0; i < N; ++i) dloss[static_cast<size_t>(i)] = grad_scale * loss_weights_[static_cast<size_t>(i)] / denom;
   be_.copy_from_host(bufs_.dloss, dloss.data(), dloss.size() * sizeof(float));
   be_.cross_entropy_backward(bufs_.dlogits, bufs_.logits, bufs_.targets, bufs_.dloss, N, V);
 

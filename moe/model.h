@@ -31,6 +31,24 @@ struct ForwardResult {
   double aux = 0;   // mean over MoE layers of aux_l
   double z = 0;     // mean over MoE layers of z_l
   int64_t tokens = 0;  // targets counted (targets < 0 are ignored)
+  double weight_sum = 0;  // sum of the counted targets' loss weights (= tokens without weights)
+  double ce_sum = 0;      // sum over counted targets of weight * cross-entropy (ce = ce_sum / weight_sum)
+};
+
+// One micro-batch: host arrays of B*T entries, row-major (row b = one sequence of T positions).
+struct Batch {
+  const int32_t* tokens = nullptr;
+  const int32_t* targets = nullptr;  // < 0: no loss at that position
+  // Loss weight per position (>= 0, finite); null: 1 everywhere. A weight 0 counts no loss.
+  const float* weights = nullptr;
+  // Packed rows (data.packing): per position, the position in its row where its document begins
+  // (0 <= doc_start[b*T+t] <= t, constant over a document). RoPE positions restart there and
+  // attention never looks before it. Null: every row is one causal sequence from position 0.
+  const int32_t* doc_start = nullptr;
+  // The cross-entropy part of the loss is ce_norm * sum_i w_i ce_i; 0: 1 / sum_i w_i (the mean over
+  // this micro-batch). The trainer sets it to normalise by the whole step's weight over all ranks.
+  double ce_norm = 0;
+  int64_t B = 0, T = 0;
 };
 
 // How the model computes: GEMM/attention dtype (fp32 master weights always) and which
@@ -86,8 +104,15 @@ class Model {
   void set_params_from_host(const float* host);  // table().total() floats
   void params_to_host(float* host) const;
 
-  // tokens, targets: host arrays [B*T]. Keeps the activations for backward().
-  ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
+  // Keeps the activations for backward(). ForwardResult::ce is the weighted mean over the
+  // micro-batch whatever batch.ce_norm says; the gradient follows ce_norm.
+  ForwardResult forward(const Batch& batch);
+  // tokens, targets: host arrays [B*T], every weight 1.
+  ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T) {
+    return forward(Batch{tokens, targets, nullptr, nullptr, 0, B, T});
+  }
+  // Cross-entropy of each position of the last forward, [B*T] on the host (0 where target < 0).
+  const std::vector<float>& token_losses() const { return token_losses_; }
   // Adds grad_scale * d(loss)/d(params) to grads() for the last forward; under activation
   // checkpointing each block is recomputed from its saved input first (replaying its routing
   // plan). grad_scale carries the loss scale and the 1/micro-batches factor. on_grads_ready (optional)
@@ -163,6 +188,9 @@ class Model {
   Buffers bufs_;  // bound by acts_
   int64_t B_ = 0, T_ = 0;
   int64_t counted_ = 0;
+  std::vector<float> token_losses_;  // [B*T] of the last forward
+  std::vector<float> loss_weights_;  // [B*T] of the last forward: its weights, 0 where no target
+  double ce_denominator_ = 0;        // the CE part of the last forward = sum w_i ce_i / this
   ForwardResult last_;
 };
 
