@@ -8,6 +8,7 @@
 //   ExpertDecayMode    optim.expert_decay.mode    static | dynamic
 //   ExpertDecayTarget  optim.expert_decay.apply_to   experts | router | both
 //   AuxScope           model.moe.balance.aux_scope    micro_batch | global
+//   SampleUnit         data.sample                    window | document
 #pragma once
 
 #include <fmt/format.h>
@@ -53,6 +54,10 @@ enum class ExpertDecayTarget : uint8_t { experts, router, both };
 // model.moe.balance.aux_scope: the load fractions of the Switch aux loss come from one
 // micro-batch on one rank, or from the whole optimizer step over every rank (moe/moe_layer.h).
 enum class AuxScope : uint8_t { micro_batch, global };
+
+// data.sample: a training sample is a random window of the token stream (crossing documents), or
+// a document (a chunk of train.seq_len + 1 tokens of a longer one; data/samples.h).
+enum class SampleUnit : uint8_t { window, document };
 
 // The names table of an enum: EnumNames<E>::table lists every value with its name.
 template <class E> struct EnumNames;
@@ -102,6 +107,11 @@ template <> struct EnumNames<ExpertDecayTarget> {
 template <> struct EnumNames<AuxScope> {
   static constexpr std::array<std::pair<AuxScope, std::string_view>, 2> table{
       {{AuxScope::micro_batch, "micro_batch"}, {AuxScope::global, "global"}}};
+};
+
+template <> struct EnumNames<SampleUnit> {
+  static constexpr std::array<std::pair<SampleUnit, std::string_view>, 2> table{
+      {{SampleUnit::window, "window"}, {SampleUnit::document, "document"}}};
 };
 
 template <class E>

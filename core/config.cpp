@@ -169,6 +169,28 @@ void read_value(const YAML::Node& n, E& out, const Origin& o, const std::string&
 template <Section T>
 void read_value(const YAML::Node& n, T& section, const Origin& o, const std::string& path);
 
+// data.train: a path, or a list whose items are a path or a mapping {path, weight}.
+void read_value(const YAML::Node& n, DataSources& out, const Origin& o, const std::string& path) {
+  if (n.IsNull() || n.IsScalar()) {
+    std::string file;
+    read_value(n, file, o, path);
+    out = file;
+    return;
+  }
+  if (!n.IsSequence()) type_error(o, path, n, "a token file path, or a list of {path, weight} (a blend)");
+  if (n.size() == 0) type_error(o, path, n, "a token file path, or a non-empty list of {path, weight}");
+  out.items.clear();
+  for (size_t i = 0; i < n.size(); ++i) {
+    const YAML::Node item = n[i];
+    const std::string at = fmt::format("{}[{}]", path, i);
+    DataSource src;
+    if (item.IsMap()) read_value(item, src, o, at);
+    else read_value(item, src.path, o, at);
+    if (src.path.empty()) type_error(o, at + ".path", item, "a token file path");
+    out.items.push_back(src);
+  }
+}
+
 // Reads the keys of one mapping into a section: unknown and duplicate keys are errors; absent
 // keys keep their defaults.
 struct YamlReader {
@@ -333,6 +355,14 @@ struct YamlWriter {
       out += fmt::format("{}{}: {}\n", pad, key, field ? "true" : "false");
     } else if constexpr (std::is_same_v<T, std::string>) {
       out += fmt::format("{}{}: {}\n", pad, key, quote(field));
+    } else if constexpr (std::is_same_v<T, DataSources>) {
+      if (!field.blend() && (field.empty() || field.items[0].weight == 1.0)) {
+        out += fmt::format("{}{}: {}\n", pad, key, quote(field.empty() ? std::string() : field.items[0].path));
+      } else {
+        out += fmt::format("{}{}:\n", pad, key);
+        for (const auto& src : field.items)
+          out += fmt::format("{}  - {{path: {}, weight: {}}}\n", pad, quote(src.path), format_double(src.weight));
+      }
     } else if constexpr (NamedEnum<T>) {
       out += fmt::format("{}{}: {}\n", pad, key, quote(std::string(name_of(field))));
     } else {
@@ -497,6 +527,36 @@ void validate(const ModelConfig& m, const std::string& origin) {
             static_cast<double>(kMaxParams));
 }
 
+void validate(const DataConfig& d, const Checker& c) {
+  for (size_t i = 0; i < d.train.items.size(); ++i)
+    c.require(d.train.items[i].weight > 0 && std::isfinite(d.train.items[i].weight),
+              fmt::format("data.train[{}].weight", i), "must be positive (the share of draws from {}), got {}",
+              d.train.items[i].path, d.train.items[i].weight);
+  const bool document = d.sample == SampleUnit::document;
+  c.require(document || !d.packing, "data.packing", "packs whole documents: it needs data.sample: document");
+  c.require(document || !d.mining.enabled, "data.mining.enabled",
+            "scores samples: it needs data.sample: document (a window is not a sample that comes back)");
+  c.require(document || !d.noise.enabled, "data.noise.enabled",
+            "scores samples: it needs data.sample: document (a window is not a sample that comes back)");
+  c.require(d.stats_ema >= 0 && d.stats_ema < 1, "data.stats_ema", "must be in [0, 1), got {}", d.stats_ema);
+  const MiningConfig& m = d.mining;
+  c.non_negative(m.warmup_steps, "data.mining.warmup_steps");
+  c.positive(m.min_visits, "data.mining.min_visits");
+  c.non_negative(m.threshold, "data.mining.threshold");
+  c.non_negative(m.strength, "data.mining.strength");
+  c.require(std::isfinite(m.max_weight) && m.max_weight >= 1, "data.mining.max_weight", "must be >= 1, got {}",
+            m.max_weight);
+  const NoiseConfig& n = d.noise;
+  c.non_negative(n.warmup_steps, "data.noise.warmup_steps");
+  c.positive(n.min_visits, "data.noise.min_visits");
+  c.non_negative(n.threshold, "data.noise.threshold");
+  c.non_negative(n.max_slope, "data.noise.max_slope");
+  c.require(n.sample_weight > 0 && n.sample_weight <= 1, "data.noise.sample_weight", "must be in (0, 1], got {}",
+            n.sample_weight);
+  c.require(n.loss_weight >= 0 && n.loss_weight <= 1, "data.noise.loss_weight", "must be in [0, 1], got {}",
+            n.loss_weight);
+}
+
 void validate(const ExperimentConfig& cfg, const std::string& origin) {
   const Checker c{origin};
   c.require(!cfg.run.name.empty(), "run.name", "must not be empty");
@@ -539,6 +599,7 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.non_negative(t.eval_interval, "train.eval_interval");
   c.non_negative(t.eval_windows, "train.eval_windows");
   c.non_negative(cfg.checkpoint.interval, "checkpoint.interval");
+  validate(cfg.data, c);
   c.positive(cfg.checkpoint.keep_last, "checkpoint.keep_last");
 
   const OptimConfig& o = cfg.optim;

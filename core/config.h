@@ -234,13 +234,92 @@ struct TrainConfig {
   }
 };
 
+// data.train: one token file, or a blend of several: a YAML list of {path, weight} (a bare path in
+// the list weighs 1). Each source is drawn with probability weight / sum of weights.
+struct DataSource {
+  std::string path;
+  double weight = 1.0;
+  bool operator==(const DataSource&) const = default;
+  template <class V> void visit(V& v) {
+    v("path", path);
+    v("weight", weight);
+  }
+};
+struct DataSources {
+  std::vector<DataSource> items;
+  DataSources() = default;
+  DataSources(std::string path) { *this = std::move(path); }  // NOLINT: a single file reads as a path
+  DataSources& operator=(std::string path) {
+    items.clear();
+    if (!path.empty()) items.push_back({std::move(path), 1.0});
+    return *this;
+  }
+  bool empty() const { return items.empty(); }
+  bool blend() const { return items.size() > 1; }
+  bool operator==(const DataSources&) const = default;
+  bool operator==(const std::string& path) const { return *this == DataSources(path); }
+};
+
+// data.mining: hard examples (high loss that still falls) are drawn more often (data/sample_stats.h).
+struct MiningConfig {
+  bool enabled = false;
+  int64_t warmup_steps = 50;   // uniform sampling before this many steps
+  int64_t min_visits = 2;      // a sample is scored after this many visits
+  double threshold = 0.25;     // hard: excess loss (nats over the step's median sample) above this, falling
+  double strength = 2.0;       // draw weight 1 + strength * excess loss, ...
+  double max_weight = 4.0;     // ... at most this
+
+  template <class V> void visit(V& v) {
+    v("enabled", enabled);
+    v("warmup_steps", warmup_steps);
+    v("min_visits", min_visits);
+    v("threshold", threshold);
+    v("strength", strength);
+    v("max_weight", max_weight);
+  }
+};
+
+// data.noise: noisy examples (loss high above the rest and not falling) are drawn less and their
+// loss is down-weighted (data/sample_stats.h).
+struct NoiseConfig {
+  bool enabled = false;
+  int64_t warmup_steps = 50;   // no sample is flagged before this many steps
+  int64_t min_visits = 2;      // a sample is scored after this many visits
+  double threshold = 1.0;      // noisy: excess loss (nats over the step's median sample) above this ...
+  double max_slope = 0.05;     // ... while it falls by less than this (nats per visit)
+  double sample_weight = 0.05; // draw weight of a noisy sample
+  double loss_weight = 0.1;    // loss weight of a noisy sample (the step's weights are renormalised)
+
+  template <class V> void visit(V& v) {
+    v("enabled", enabled);
+    v("warmup_steps", warmup_steps);
+    v("min_visits", min_visits);
+    v("threshold", threshold);
+    v("max_slope", max_slope);
+    v("sample_weight", sample_weight);
+    v("loss_weight", loss_weight);
+  }
+};
+
 struct DataConfig {
-  std::string train;              // HDF5 token file (switchyard prepare) or llm.c .bin shard
+  DataSources train;              // a token file (HDF5, llm.c shard, Megatron .bin/.idx) or a blend
   std::string valid;              // optional; empty: the validation split of `train` if it has one
+  SampleUnit sample = SampleUnit::window;  // window | document (data/samples.h)
+  bool packing = false;           // document: pack whole documents into each row (attention kept apart)
+  bool prefetch = true;           // a thread prepares the next step's micro-batches during this step
+  double stats_ema = 0.5;         // per-sample statistics: EMA factor per visit
+  MiningConfig mining;
+  NoiseConfig noise;
 
   template <class V> void visit(V& v) {
     v("train", train);
     v("valid", valid);
+    v("sample", sample);
+    v("packing", packing);
+    v("prefetch", prefetch);
+    v("stats_ema", stats_ema);
+    v("mining", mining);
+    v("noise", noise);
   }
 };
 

@@ -41,7 +41,7 @@ class Hdf5TokenSource final : public TokenSource {
   const std::string& split() const;
   const std::string& tokenizer() const;
   int64_t documents() const;                  // D (doc_offsets has D+1 entries)
-  std::vector<int64_t> doc_offsets() const;   // read on demand, D+1 entries
+  std::vector<int64_t> doc_offsets() const override;   // read on demand, D+1 entries
 
  private:
   struct Impl;

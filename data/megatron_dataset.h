@@ -79,7 +79,7 @@ class MegatronDataset final : public TokenSource {
   int64_t documents() const { return entries_ - 1; }  // D
   // Token offsets of the documents, D + 1 entries: 0, ..., size(); document d = tokens
   // [doc_offsets[d], doc_offsets[d+1]). The shape of Hdf5TokenSource::doc_offsets. Built on demand.
-  std::vector<int64_t> doc_offsets() const;
+  std::vector<int64_t> doc_offsets() const override;
   // The document index as stored: D + 1 sequence indices, 0, ..., S.
   std::vector<int64_t> document_index() const;
   // Token offsets of the sequences, S + 1 entries: 0, ..., size().

@@ -78,6 +78,11 @@ int64_t WindowSampler::window_start(int64_t g) const {
       scale_to(splitmix64_at(seed_ ^ kDataDomain, static_cast<uint64_t>(g)), static_cast<uint64_t>(n_starts_)));
 }
 
+void WindowSampler::read_sample(int64_t g, int32_t* tokens, int32_t* targets) const {
+  std::vector<int32_t> window;
+  read_window(window_start(g), window, tokens, targets);
+}
+
 void WindowSampler::next_batch(int64_t step, int64_t micro, int64_t B, int32_t* tokens, int32_t* targets) const {
   SY_CHECK(step >= 0 && micro >= 0 && micro < n_micro_ && B >= 1, "step {} micro {} of {} B {}", step, micro,
            n_micro_, B);

@@ -54,6 +54,8 @@ class WindowSampler : public TokenWindows {
   int64_t global_index(int64_t step, int64_t micro, int64_t B, int64_t i) const;
   // First token position of the window of global sample g.
   int64_t window_start(int64_t g) const;
+  // The window of global sample g into tokens[seq_len], targets[seq_len].
+  void read_sample(int64_t g, int32_t* tokens, int32_t* targets) const;
 
  private:
   uint64_t seed_;

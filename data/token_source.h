@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace switchyard::data {
 
@@ -32,6 +33,9 @@ class TokenSource {
   virtual int64_t vocab_hint() const = 0;
   // The file the stream is read from.
   virtual const std::string& path() const = 0;
+  // Token offsets of its documents, D + 1 entries 0, ..., size(): document d = tokens
+  // [off[d], off[d+1]). Empty when the format keeps no document index (llm.c shards).
+  virtual std::vector<int64_t> doc_offsets() const { return {}; }
 };
 
 enum class TokenFileFormat { hdf5, llmc, megatron, unknown };

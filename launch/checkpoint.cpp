@@ -26,6 +26,7 @@
 #include "core/formats/durable.h"
 #include "core/formats/hdf5.h"
 #include "core/params.h"
+#include "launch/data_checkpoint.h"
 #include "launch/outputs.h"
 #include "launch/plan.h"
 #include "parallel/watchdog.h"
@@ -199,7 +200,8 @@ std::string checkpoint_folder_name(int64_t step) { return fmt::format("step-{:06
 
 std::string save_checkpoint(const std::string& root_str, int64_t step, const core::ExperimentConfig& cfg,
                             const moe::Model& model, const optim::AdamW& adamw, parallel::ProcessGroups& groups,
-                            const optim::LossScalerState* scaler, const optim::ExpertDecay* expert_decay) {
+                            const optim::LossScalerState* scaler, const optim::ExpertDecay* expert_decay,
+                            const data::TrainData* data) {
   const fs::path root(root_str);
   const int rank = groups.world().rank();
   const std::string name = checkpoint_folder_name(step);
@@ -230,6 +232,7 @@ std::string save_checkpoint(const std::string& root_str, int64_t step, const cor
     write_rank_file(tmp / file_name_of_rank(rank), model.table(), rank == 0, {params.data(), m.data(), v.data()});
     test_hold(step, "files");  // kill point 1: files in the temporary folder, no manifest yet
   }
+  if (data) save_data_state(tmp.string(), *data, groups.world().host());
   save_barrier(groups.world());
 
   if (rank == 0) {

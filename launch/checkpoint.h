@@ -16,6 +16,8 @@
 //                   > 0 `selection_bias`: every MoE layer's aux-loss-free bias, [MoE layers * E] in
 //                   layer order (moe/router.h; every rank holds the same, so rank 0's is saved;
 //                   JSON numbers give the fp32 values back exactly).
+//   data.h5         data.sample: document only: the per-sample statistics and every rank's draw
+//                   state (launch/data_checkpoint.h), written by rank 0 before the manifest.
 // The root also holds `latest` (one line: the folder name of the newest complete checkpoint), and
 // the ownership marker of launch/outputs.h listing kCheckpointEntries.
 //
@@ -38,6 +40,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "data/train_data.h"
 #include "moe/model.h"
 #include "optim/adamw.h"
 #include "optim/expert_decay.h"
@@ -57,7 +60,8 @@ inline const std::vector<std::string> kCheckpointEntries = {"latest*", "step-*"}
 std::string save_checkpoint(const std::string& root, int64_t step, const core::ExperimentConfig& cfg,
                             const moe::Model& model, const optim::AdamW& adamw,
                             parallel::ProcessGroups& groups, const optim::LossScalerState* scaler = nullptr,
-                            const optim::ExpertDecay* expert_decay = nullptr);
+                            const optim::ExpertDecay* expert_decay = nullptr,
+                            const data::TrainData* data = nullptr);
 
 // A checkpoint folder (has manifest.json) as is, or a checkpoint root: the folder `latest` names.
 std::string resolve_checkpoint(const std::string& path);

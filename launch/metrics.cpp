@@ -54,6 +54,15 @@ nlohmann::json step_json(const StepRecord& r) {
   rec["dropped_fraction"] = per_layer([](const LayerBalance& b) { return b.dropped_fraction; });
   if (!r.selection_bias.empty()) rec["selection_bias"] = r.selection_bias;  // per MoE layer [min, max]
   if (!r.expert_decay.empty()) rec["expert_decay"] = r.expert_decay;  // per MoE layer [min, max] multiplier
+  rec["data_wait_ms"] = r.data_wait_s * 1e3;
+  if (r.data) {
+    const StepData& d = *r.data;
+    rec["data"] = {{"samples", d.samples},       {"effective_samples", d.effective_samples},
+                   {"noisy_drawn", d.noisy_drawn}, {"noisy_share", d.noisy_share},
+                   {"hard_share", d.hard_share},   {"weight_min", d.weight_min},
+                   {"weight_max", d.weight_max},   {"median_loss", d.median_loss},
+                   {"padding", d.padding}};
+  }
   if (r.loss_scaling) {
     rec["loss_scale"] = r.loss_scale;
     rec["skipped"] = r.skipped;

@@ -27,6 +27,18 @@ struct StepMemory {
   double rss_peak = 0;         // peak resident memory of the process
 };
 
+// What the data layer did in a step (data.sample: document), over every rank.
+struct StepData {
+  int64_t samples = 0;          // samples trained on (visits)
+  double effective_samples = 0; // (sum of loss weights)^2 / sum of squared loss weights
+  double noisy_drawn = 0;       // share of the step's samples flagged noisy when drawn
+  double noisy_share = 0;       // share of all samples flagged noisy (the weights the draws used)
+  double hard_share = 0;        // share of all samples flagged hard
+  double weight_min = 1, weight_max = 1;  // draw weights over all samples
+  double median_loss = 0;       // the median sample loss (the excess loss is measured from it)
+  double padding = 0;           // share of positions with no target (this rank)
+};
+
 // One optimizer step (launch/train_step.h). Losses are means over the micro-batches of every
 // rank; timings, traffic and memory are this rank's.
 struct StepRecord {
@@ -49,13 +61,16 @@ struct StepRecord {
   std::vector<std::array<double, 2>> expert_decay;  // dynamic expert decay: per MoE layer [min, max] multiplier
   std::vector<std::array<double, 2>> selection_bias;  // per MoE layer [min, max] after the step (bias on)
   std::optional<StepMemory> memory;    // the first step of a run only
+  double data_wait_s = 0;              // time the step waited for its micro-batches (prefetch: ~0)
+  std::optional<StepData> data;        // data.sample: document only
 
   double tokens_per_s() const { return tokens / seconds; }
 };
 
 // The metrics.jsonl record of a step. Per MoE layer (launch/balance_metrics.h): expert_load (each
 // expert's counts as a fraction of the layer's total), busiest30_share, max_over_mean, load_cv,
-// mean_k, dropped_fraction; with them on, expert_decay and selection_bias ([min, max]).
+// mean_k, dropped_fraction; with them on, expert_decay and selection_bias ([min, max]); data_wait_ms;
+// in document mode a "data" object (StepData's fields).
 nlohmann::json step_json(const StepRecord& r);
 // The metrics.jsonl record of an evaluation after `step` steps.
 nlohmann::json eval_json(int64_t step, const EvalResult& e);

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/formats/hf_model.h"
 #include "launch/checkpoint.h"
+#include "launch/data_checkpoint.h"
 #include "launch/evaluate.h"
 #include "launch/model_io.h"
 #include "launch/nonfinite.h"
@@ -166,13 +167,11 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   accum = cfg.train.grad_accum;
 
   // ---- data ----
-  train_src = data::open_token_source(cfg.data.train, "train");
+  data = std::make_unique<data::TrainData>(cfg, mpi.rank(), mpi.size(), B);
+  // validation: data.valid, else the first training file's own validation split if it has one
+  const std::string& first_train = cfg.data.train.items.at(0).path;
   if (!cfg.data.valid.empty()) valid_src = data::open_token_source(cfg.data.valid, "valid");
-  else if (data::token_file_has_split(cfg.data.train, "valid")) valid_src = data::open_token_source(cfg.data.train, "valid");
-  sampler = std::make_unique<data::WindowSampler>(*train_src, T, cfg.model.vocab_size,
-                                                  static_cast<uint64_t>(cfg.train.seed), mpi.rank(), mpi.size(), accum);
-  tokens.resize(static_cast<size_t>(B * T));
-  targets.resize(tokens.size());
+  else if (data::token_file_has_split(first_train, "valid")) valid_src = data::open_token_source(first_train, "valid");
 
   // ---- process groups and the token exchange (expert parallelism) ----
   // over NCCL when the backend is on a GPU (gradients and tokens travel in its memory)
@@ -218,6 +217,13 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
       expert_decay->set_loads(ck.expert_decay_loads);
       adamw->set_decay_multipliers(expert_decay->multipliers());
     }
+    if (data->documents()) {  // the per-sample statistics and the draws resume exactly
+      data::DataState ds = load_data_state(folder);
+      if (ds.steps != ck.step)
+        throw_usage("{}/{}: holds the data state of step {}, the checkpoint is of step {}; the folder is damaged",
+                    folder, kDataStateFile, ds.steps, ck.step);
+      data->restore(ds, folder + "/" + kDataStateFile);
+    }
     if (ck.step > cfg.train.steps)
       throw_usage("{}: the checkpoint is at step {}, past train.steps = {}; raise train.steps to continue",
                   folder, ck.step, cfg.train.steps);
@@ -262,7 +268,7 @@ void TrainContext::save(int64_t step) {
   if (step == last_saved) return;
   require_finite_params(*model, step, *world);  // a diverged state is never saved
   const std::string where = save_checkpoint(ckpt_root.string(), step, cfg, *model, *adamw, *groups,
-                                            scaler->enabled() ? &scaler->state() : nullptr, expert_decay.get());
+                                            scaler->enabled() ? &scaler->state() : nullptr, expert_decay.get(), data.get());
   last_saved = step;
   if (rank0) {
     progress->finish();

@@ -14,7 +14,7 @@
 
 #include "core/backend.h"
 #include "core/config.h"
-#include "data/sampler.h"
+#include "data/train_data.h"
 #include "data/token_source.h"
 #include "launch/metrics.h"
 #include "launch/param_sharding.h"
@@ -63,9 +63,8 @@ class TrainContext {
   std::unique_ptr<optim::LossScaler> scaler;
   int64_t B = 0, T = 0, accum = 0;  // micro-batch, sequence length, micro-batches per step
 
-  std::unique_ptr<data::TokenSource> train_src, valid_src;  // valid_src: null without a validation split
-  std::unique_ptr<data::WindowSampler> sampler;
-  std::vector<int32_t> tokens, targets;  // one micro-batch
+  std::unique_ptr<data::TrainData> data;              // data.train: sources, sampling, statistics, prefetch
+  std::unique_ptr<data::TokenSource> valid_src;        // null without a validation split
 
   std::unique_ptr<parallel::MpiCommunicator> world;  // host values: metrics, agreements, stop signals
   std::unique_ptr<parallel::Communicator> device_world;  // the backend's memory (NCCL); null: world

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -67,12 +68,67 @@ int64_t resident_peak_bytes() {
 struct WindowSums {
   double loss = 0, ce = 0, aux = 0, z = 0, tokens = 0;
   double nonfinite_ranks = 0;  // this rank: 1 when a loss of its window was inf/NaN
+  double ce_sum = 0;           // sum of loss weight * cross-entropy over the window's targets
 };
 
 void allreduce_sums(WindowSums& s, parallel::Communicator& world) {
-  std::array<double, 6> packed = {s.loss, s.ce, s.aux, s.z, s.tokens, s.nonfinite_ranks};
+  std::array<double, 7> packed = {s.loss, s.ce, s.aux, s.z, s.tokens, s.nonfinite_ranks, s.ce_sum};
   world.allreduce_sum(packed.data(), static_cast<int64_t>(packed.size()));
-  s = {packed[0], packed[1], packed[2], packed[3], packed[4], packed[5]};
+  s = {packed[0], packed[1], packed[2], packed[3], packed[4], packed[5], packed[6]};
+}
+
+moe::Batch batch_of(const data::MicroBatch& mb, double ce_norm) {
+  return moe::Batch{mb.tokens.data(), mb.targets.data(), mb.weights.empty() ? nullptr : mb.weights.data(),
+                    mb.doc_start.empty() ? nullptr : mb.doc_start.data(), ce_norm, mb.B, mb.T};
+}
+
+// Every rank's sample visits of the step, in rank order (the same list on every rank).
+std::vector<data::SampleLoss> gather_visits(const std::vector<data::SampleLoss>& local, parallel::Communicator& world) {
+  int64_t most = static_cast<int64_t>(local.size());
+  world.allreduce_max(&most, 1);
+  std::vector<int64_t> send(static_cast<size_t>(3 * most), -1), recv(send.size() * static_cast<size_t>(world.size()));
+  for (size_t i = 0; i < local.size(); ++i) {
+    send[3 * i] = local[i].sample;
+    send[3 * i + 1] = std::bit_cast<int32_t>(local[i].loss);
+    send[3 * i + 2] = std::bit_cast<int32_t>(local[i].weight);
+  }
+  world.allgather(send.data(), recv.data(), 3 * most);
+  std::vector<data::SampleLoss> all;
+  for (size_t i = 0; i + 2 < recv.size(); i += 3)
+    if (recv[i] >= 0)
+      all.push_back({recv[i], std::bit_cast<float>(static_cast<int32_t>(recv[i + 1])),
+                     std::bit_cast<float>(static_cast<int32_t>(recv[i + 2]))});
+  return all;
+}
+
+// Document mode, after the step: the statistics take every rank's visits; what the step's data was.
+StepData record_data(TrainContext& ctx, const data::StepBatches& batches,
+                     const std::vector<data::SampleLoss>& local, int64_t step) {
+  const std::vector<data::SampleLoss> all = gather_visits(local, *ctx.world);
+  StepData d;
+  d.median_loss = ctx.data->record(all, step);
+  d.samples = static_cast<int64_t>(all.size());
+  double w = 0, w2 = 0;
+  for (const auto& v : all) w += v.weight, w2 += static_cast<double>(v.weight) * v.weight;
+  d.effective_samples = w2 > 0 ? w * w / w2 : 0;
+  int64_t noisy = 0;  // every rank drew with the same weights, so it knows every sample's flag
+  if (batches.weights && !batches.weights->noisy.empty())
+    for (const auto& v : all) noisy += batches.weights->noisy[static_cast<size_t>(v.sample)];
+  d.noisy_drawn = all.empty() ? 0 : static_cast<double>(noisy) / static_cast<double>(all.size());
+  const double S = static_cast<double>(ctx.data->index()->size());
+  if (const auto& dw = batches.weights) {
+    d.noisy_share = static_cast<double>(dw->noisy_count) / S;
+    d.hard_share = static_cast<double>(dw->hard_count) / S;
+    d.weight_min = dw->min_weight;
+    d.weight_max = dw->max_weight;
+  }
+  int64_t pad = 0, n = 0;
+  for (const auto& mb : batches.micro) {
+    for (int32_t t : mb.targets) pad += t < 0;
+    n += static_cast<int64_t>(mb.targets.size());
+  }
+  d.padding = n ? static_cast<double>(pad) / static_cast<double>(n) : 0;
+  return d;
 }
 
 // Expert parallelism: skewed routing grows the expert-row buffers past the plan's balanced
@@ -96,14 +152,13 @@ void warn_activation_budget(TrainContext& ctx, int64_t step) {
 // forward); the others' are discarded and redone by the step (routing is deterministic, so they
 // route the same). Leaves no statistic of the step touched (each forward resets the layers'
 // stats). Returns this rank's counts, which the step's forwards must reproduce.
-std::vector<int64_t> set_global_aux_counts(TrainContext& ctx, int64_t step) {
+std::vector<int64_t> set_global_aux_counts(TrainContext& ctx, const data::StepBatches& batches, double ce_norm) {
   moe::Model& model = *ctx.model;
   const int64_t E = ctx.cfg.model.moe.n_experts, n = model.num_moe_layers() * E;
   std::vector<int64_t> counts(static_cast<size_t>(n + 1), 0);  // [n]: the tokens routed
   model.set_global_aux_counts({}, 0, 0);
   for (int64_t micro = 0; micro < ctx.accum; ++micro) {
-    ctx.sampler->next_batch(step, micro, ctx.B, ctx.tokens.data(), ctx.targets.data());
-    model.forward(ctx.tokens.data(), ctx.targets.data(), ctx.B, ctx.T);
+    model.forward(batch_of(batches.micro[static_cast<size_t>(micro)], ce_norm));
     const auto c = model.expert_counts();
     for (size_t l = 0; l < c.size(); ++l)
       for (int64_t e = 0; e < E; ++e) counts[l * E + e] += c[l][static_cast<size_t>(e)];
@@ -141,6 +196,18 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   r.loss_scaling = ctx.scaler->enabled();
   r.loss_scale = ctx.scaler->scale();
   const bool inject = inject_overflow(rank, r.step);
+  const data::StepBatches batches = ctx.data->take(step);
+  r.data_wait_s = batches.wait_s;
+  // document mode: the cross-entropy is normalised by the whole step's loss weight over every
+  // rank (a mean weight of 1 per counted target), not per micro-batch; windows keep the mean of
+  // the micro-batch means (every micro-batch counts B * T targets)
+  double ce_norm = 0, step_weight = 0;
+  if (ctx.data->documents()) {
+    for (const auto& mb : batches.micro) step_weight += mb.weight_sum();
+    ctx.world->allreduce_sum(&step_weight, 1);
+    ce_norm = step_weight > 0 ? static_cast<double>(accum * ranks) / step_weight : 0;
+  }
+  std::vector<data::SampleLoss> visits;
   // aux_scope global: every micro-batch's aux term needs the whole step's counts (accum - 1 extra
   // forwards; the pre-pass's forward of the last micro-batch is reused and goes first)
   const bool global_aux = cfg.model.moe.balance.aux_scope == core::AuxScope::global &&
@@ -148,15 +215,19 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   std::vector<int64_t> prepass_counts;
   if (global_aux) {
     const auto tp = Clock::now();
-    prepass_counts = set_global_aux_counts(ctx, step);
+    prepass_counts = set_global_aux_counts(ctx, batches, ce_norm);
     r.forward_s += seconds_between(tp, Clock::now());
   }
   for (int64_t i = 0; i < accum; ++i) {
     const bool reuse = global_aux && i == 0;  // the pre-pass's forward of micro-batch accum - 1
     const int64_t micro = global_aux ? (i + accum - 1) % accum : i;
-    if (!reuse) ctx.sampler->next_batch(step, micro, B, ctx.tokens.data(), ctx.targets.data());
+    const data::MicroBatch& mb = batches.micro[static_cast<size_t>(micro)];
     const auto tf = Clock::now();
-    const auto f = reuse ? model.last_forward() : model.forward(ctx.tokens.data(), ctx.targets.data(), B, T);
+    const auto f = reuse ? model.last_forward() : model.forward(batch_of(mb, ce_norm));
+    if (ctx.data->documents()) {
+      const auto v = data::sample_losses(mb, model.token_losses());
+      visits.insert(visits.end(), v.begin(), v.end());
+    }
     const auto tb = Clock::now();
     // the last micro-batch of the window starts each layer's gradient reduction as soon as
     // backward has finished that layer (non-blocking; completed before the optimizer step)
@@ -177,6 +248,7 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
     if (!std::isfinite(f.loss)) local_loss_nonfinite = true;
     sums.loss += f.loss; sums.ce += f.ce; sums.aux += f.aux; sums.z += f.z;
     sums.tokens += static_cast<double>(f.tokens);
+    sums.ce_sum += f.ce_sum;
     r.exchange += model.exchange_stats();
     r.expert_s += model.expert_seconds();
     const auto c = model.expert_counts();
@@ -241,6 +313,11 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   const double n_mb = static_cast<double>(accum * ranks);
   r.loss = sums.loss / n_mb;
   r.ce = sums.ce / n_mb;
+  if (ctx.data->documents() && step_weight > 0) {  // the weighted mean over the step (what the gradient follows)
+    r.loss += sums.ce_sum / step_weight - r.ce;
+    r.ce = sums.ce_sum / step_weight;
+  }
+  if (ctx.data->documents()) r.data = record_data(ctx, batches, visits, step);
   r.aux = sums.aux / n_mb;
   r.z = sums.z / n_mb;
   r.tokens = sums.tokens;
