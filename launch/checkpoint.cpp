@@ -401,20 +401,28 @@ LoadedCheckpoint load_checkpoint(const std::string& folder_str, moe::Model& mode
   return out;
 }
 
+std::pair<core::ExperimentConfig, int64_t> load_checkpoint_config(const std::string& folder_str) {
+  const fs::path folder(folder_str);
+  const json man = read_manifest(folder);
+  const std::string manifest_path = (folder / "manifest.json").string();
+  std::string yaml;
+  int64_t step = 0;
+  try {
+    step = man.at("step").get<int64_t>();
+    yaml = man.at("config").get<std::string>();
+  } catch (const json::exception& e) {
+    throw_usage("{}: malformed checkpoint manifest: {}", manifest_path, e.what());
+  }
+  return {core::parse_experiment_config(yaml, manifest_path + " (config)"), step};
+}
+
 CheckpointParams load_checkpoint_params(const std::string& folder_str) {
   const fs::path folder(folder_str);
   const json man = read_manifest(folder);
   const std::string manifest_path = (folder / "manifest.json").string();
   CheckpointParams out;
   out.folder = folder.string();
-  std::string yaml;
-  try {
-    out.step = man.at("step").get<int64_t>();
-    yaml = man.at("config").get<std::string>();
-  } catch (const json::exception& e) {
-    throw_usage("{}: malformed checkpoint manifest: {}", manifest_path, e.what());
-  }
-  out.config = core::parse_experiment_config(yaml, manifest_path + " (config)");
+  std::tie(out.config, out.step) = load_checkpoint_config(folder_str);
   const core::ParamTable table = core::make_param_table(out.config.model);
   require_host_memory(4.0 * static_cast<double>(table.total()), fmt::format("the model of {}", manifest_path),
                       "is this the right checkpoint?");

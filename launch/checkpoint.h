@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/config.h"
@@ -89,5 +90,8 @@ struct CheckpointParams {
   std::vector<float> selection_bias;  // [MoE layers * E]; empty when the run had none
 };
 CheckpointParams load_checkpoint_params(const std::string& folder);
+
+// The resolved config a checkpoint folder was written with (its manifest's), and its step.
+std::pair<core::ExperimentConfig, int64_t> load_checkpoint_config(const std::string& folder);
 
 }  // namespace switchyard::launch

@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "launch/bench.h"
 #include "launch/commands.h"
+#include "launch/data_report.h"
 #include "launch/export.h"
 #include "launch/plan.h"
 #include "launch/train.h"
@@ -119,6 +120,14 @@ int main(int argc, char** argv) {
                 "Fraction of documents for the validation split (megatron: > 0 writes PREFIX_valid and needs "
                 "two documents or more; 0: none)");
 
+  sy::launch::DataReportOptions report;
+  auto* dr = app.add_subcommand("data-report", "What a document-mode run learned about its samples: the ones "
+                                               "scored most noisy and most hard, with a text preview");
+  dr->add_option("--checkpoint", report.checkpoint,
+                 "Checkpoint folder (step-NNNNNN), checkpoint directory (its `latest`) or run folder")->required();
+  dr->add_option("--top", report.top, "Samples listed per kind (default 10)");
+  dr->add_option("--json", report.json, "Also write every sample's statistics and scores to this JSON file");
+
   sy::launch::PlanOptions plan;
   auto* pl = app.add_subcommand("plan", "Parameters, FLOPs per token and memory per rank of a config, per "
                                         "activation-checkpointing policy");
@@ -154,6 +163,7 @@ int main(int argc, char** argv) {
     if (*p) return sy::launch::run_prepare(prep);
     if (*x) return sy::launch::run_export(exp);
     if (*pl) return sy::launch::run_plan(plan);
+    if (*dr) return sy::launch::run_data_report(report);
     if (*bg) return sy::launch::run_bench_gemm(bench_threads, bench_repeats);
     if (*bo) return sy::launch::run_bench_ops(ops);
   } catch (const sy::Error& err) {
