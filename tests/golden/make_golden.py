@@ -8,7 +8,8 @@ Writes per case:
   DIR/model/config.json, DIR/model/model.safetensors (F32 initial weights, HF names)
   DIR/golden.safetensors:
     tokens I32 [B,T], targets I32 [B,T], doc_start I32 [B,T] (packed cases only: where each position's
-    document begins in its row; every batch, trajectory included, is packed so), logits F32 [B*T,V], loss/ce/aux/z F32 [1],
+    document begins in its row; every batch, trajectory included, is packed so), logits F32 [B*T,V],
+    loss/ce/aux/z F32 [1],
     expert_counts I32 [n_moe_layers,E] (the router's choice), kept I32 [n_moe_layers,B*T*K] (each slot's
     expert after the capacity drops, -1: dropped), grad.<param> F32 (every parameter, d loss / d param),
     traj.tokens I32 [S,B,T], traj.targets I32 [S,B,T], traj.loss F32 [S] (total loss of step s, before
@@ -194,7 +195,8 @@ def check_packed(name, model, tokens, doc_start, logits):
             starts = sorted(set(doc_start[b].tolist())) + [T]
             for t0, t1 in zip(starts[:-1], starts[1:]):
                 alone = model(tokens[b:b + 1, t0:t1]).logits
-                assert torch.allclose(packed[b, t0:t1], alone, rtol=0, atol=1e-10), f"{name}: document {b}:{t0}"
+                assert torch.allclose(packed[b, t0:t1], alone, rtol=0, atol=1e-10), \
+                    f"{name}: document {b}:{t0}"
         unpacked = model(tokens).logits
         assert float((unpacked - logits).abs().max()) > 1e-3, f"{name}: packing changes nothing"
 
