@@ -99,12 +99,13 @@ void AttentionLayer::attend(const float* x, const float* params) {
 }
 
 void AttentionLayer::forward(float* out, const float* x, const float* params, int64_t B,
-                             int64_t T) {
+                             int64_t T, const int32_t* doc_start) {
   const int64_t N = B * T;
   SY_CHECK(B > 0 && T > 0 && N <= max_tokens_, "attention forward: B*T = {}*{} exceeds {}", B, T,
            max_tokens_);
   shape_.B = B;
   shape_.T = T;
+  shape_.doc_start = doc_start;
   const int64_t QW = shape_.q_width();
   attend(x, params);
   be_.gemm(false, true, N, C_, QW, 1.0f, buf_.att, QW, params + off_wo_, QW, 0.0f, out, C_,
@@ -112,11 +113,13 @@ void AttentionLayer::forward(float* out, const float* x, const float* params, in
 }
 
 void AttentionLayer::backward(float* dx, const float* dout, const float* x, const float* params,
-                              float* grads, int64_t B, int64_t T) {
+                              float* grads, int64_t B, int64_t T, const int32_t* doc_start) {
   const int64_t N = B * T;
   SY_CHECK(B == shape_.B && T == shape_.T,
            "attention backward: shape {}x{} differs from the last forward {}x{}", B, T, shape_.B,
            shape_.T);
+  SY_CHECK(doc_start == shape_.doc_start,
+           "attention backward: document starts differ from the last forward's");
   const int64_t W = shape_.qkv_width(), QW = shape_.q_width();
   const float* wqkv = params + off_wqkv_;
   const float* wo = params + off_wo_;

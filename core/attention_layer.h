@@ -36,10 +36,13 @@ class AttentionLayer {
   static void register_activations(ActivationStore& layout, const ModelConfig& cfg, int layer,
                                    int64_t max_tokens);
 
-  // params / grads: the arena bases (tensors are found by the table's offsets).
-  void forward(float* out, const float* x, const float* params, int64_t B, int64_t T);
+  // params / grads: the arena bases (tensors are found by the table's offsets). doc_start: packed
+  // rows, [B*T] in the backend's memory or null (AttentionShape::doc_start); backward takes the
+  // one its forward had.
+  void forward(float* out, const float* x, const float* params, int64_t B, int64_t T,
+               const int32_t* doc_start = nullptr);
   void backward(float* dx, const float* dout, const float* x, const float* params, float* grads,
-                int64_t B, int64_t T);
+                int64_t B, int64_t T, const int32_t* doc_start = nullptr);
 
  private:
   struct Buffers {
@@ -52,7 +55,7 @@ class AttentionLayer {
   void attend(const float* x, const float* params);  // qkv, RoPE, attention into the saved buffers
   Backend& be_;
   PrecisionPolicy prec_;
-  AttentionShape shape_;  // B and T filled per call
+  AttentionShape shape_;  // B, T and doc_start filled per call
   float theta_;
   int64_t C_, max_tokens_;
   int64_t off_wqkv_, off_bqkv_ /* -1: no bias */, off_wo_;

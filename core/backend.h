@@ -27,8 +27,15 @@
 namespace switchyard::core {
 
 // Packed attention input: one row per token of width (NH + 2*NKV) * HD, holding q | k | v.
+// doc_start (optional, device memory, [B*T]): rows packed with several documents. For position t of
+// row b, doc_start[b*T+t] is the position in the row where its document begins: 0 <= value <= t,
+// and either t (a document begins at t) or the value at t-1 (documents are contiguous). RoPE then
+// rotates by t - doc_start[b*T+t] and attention lets query t see keys doc_start[b*T+t] <= j <= t
+// (a block-diagonal causal mask). Null: plain causal rows from position 0 (bitwise as before).
+// The kernels do not check the values (the model validates them on the host).
 struct AttentionShape {
   int64_t B = 0, T = 0, NH = 0, NKV = 0, HD = 0;
+  const int32_t* doc_start = nullptr;
   int64_t qkv_width() const { return (NH + 2 * NKV) * HD; }
   int64_t q_width() const { return NH * HD; }
 };
@@ -210,11 +217,12 @@ class Backend {
                                            int64_t N, int64_t C) = 0;
 
   // ---- rotary embedding (rotate-half convention) on the q and k parts of a packed qkv buffer, in
-  // place; position of row b*T+t is t. backward applies the inverse rotation to dqkv in place. ----
+  // place; position of row b*T+t is t (t - s.doc_start[b*T+t] with packed rows). backward applies
+  // the inverse rotation to dqkv in place. ----
   virtual void rope_forward(float* qkv, const AttentionShape& s, float theta) = 0;
   virtual void rope_backward(float* dqkv, const AttentionShape& s, float theta) = 0;
 
-  // ---- causal grouped-query attention, scale 1/sqrt(HD) ----
+  // ---- causal grouped-query attention, scale 1/sqrt(HD); block-diagonal causal with s.doc_start ----
   // qkv [B*T, qkv_width] packed q|k|v; out [B*T, NH*HD]; lse [B, NH, T] (log-sum-exp of the scaled
   // scores, saved for backward). Query head h uses kv head h / (NH/NKV).
   virtual void attention_forward(float* out, float* lse, const float* qkv,

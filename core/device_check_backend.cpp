@@ -181,19 +181,23 @@ void DeviceCheckBackend::rmsnorm_backward_accumulate(float* dx, float* dw, const
 }
 void DeviceCheckBackend::rope_forward(float* qkv, const AttentionShape& s, float theta) {
   auto c = call("rope_forward");
-  c.device("qkv", qkv, floats(s.B * s.T, s.qkv_width())).open();
+  c.device("qkv", qkv, floats(s.B * s.T, s.qkv_width()))
+      .device("doc_start", s.doc_start, ints(s.B * s.T))
+      .open();
   inner_->rope_forward(qkv, s, theta);
 }
 void DeviceCheckBackend::rope_backward(float* dqkv, const AttentionShape& s, float theta) {
   auto c = call("rope_backward");
-  c.device("dqkv", dqkv, floats(s.B * s.T, s.qkv_width())).open();
+  c.device("dqkv", dqkv, floats(s.B * s.T, s.qkv_width()))
+      .device("doc_start", s.doc_start, ints(s.B * s.T))
+      .open();
   inner_->rope_backward(dqkv, s, theta);
 }
 void DeviceCheckBackend::attention_forward(float* out, float* lse, const float* qkv, const AttentionShape& s) {
   const int64_t BT = s.B * s.T;
   auto c = call("attention_forward");
   c.device("out", out, floats(BT, s.q_width())).device("lse", lse, floats(BT, s.NH))
-      .device("qkv", qkv, floats(BT, s.qkv_width()))
+      .device("qkv", qkv, floats(BT, s.qkv_width())).device("doc_start", s.doc_start, ints(BT))
       .open();
   inner_->attention_forward(out, lse, qkv, s);
 }
@@ -203,7 +207,7 @@ void DeviceCheckBackend::attention_backward(float* dqkv, const float* dout, cons
   auto c = call("attention_backward");
   c.device("dqkv", dqkv, floats(BT, s.qkv_width())).device("dout", dout, floats(BT, s.q_width()))
       .device("out", out, floats(BT, s.q_width())).device("lse", lse, floats(BT, s.NH))
-      .device("qkv", qkv, floats(BT, s.qkv_width()))
+      .device("qkv", qkv, floats(BT, s.qkv_width())).device("doc_start", s.doc_start, ints(BT))
       .open();
   inner_->attention_backward(dqkv, dout, out, lse, qkv, s);
 }

@@ -95,6 +95,7 @@ void Model::add_buffers(core::ActivationStore& acts, const core::ModelConfig& cf
   acts.add(-1, "head.losses", &b.losses, N, Keep::always);
   acts.add(-1, "head.tokens", &b.tokens, N, Keep::always);
   acts.add(-1, "head.targets", &b.targets, N, Keep::always);
+  acts.add(-1, "head.doc_start", &b.doc_start, N, Keep::always);
   acts.add(-1, "head.dlogits", &b.dlogits, N * V, Keep::scratch);
   acts.add(-1, "head.dloss", &b.dloss, N, Keep::scratch);
   acts.add(-1, "block.dresid", &b.dresid, N * C, Keep::scratch);
@@ -163,12 +164,25 @@ void Model::params_to_host(float* host) const {
   be_.copy_to_host(host, params_.data(), static_cast<size_t>(table_.total()) * sizeof(float));
 }
 
+// Packed rows' document starts (Batch::doc_start), checked on the host: in each row, position t's
+// value is t (a document begins) or position t-1's (the document goes on); so 0 <= value <= t and
+// non-decreasing. The kernels rely on it and check nothing (core/backend.h).
+static void check_doc_start(const int32_t* doc_start, int64_t B, int64_t T) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t i = b * T + t, d = doc_start[i];
+      if (d != t && (t == 0 || d != doc_start[i - 1]))
+        throw_internal("model forward: doc_start {} at row {} position {} is neither {} (a document "
+                       "begins) nor the previous position's value (the document goes on)",
+                       d, b, t, t);
+    }
+}
+
 ForwardResult Model::forward(const Batch& batch) {
   const int32_t* tokens = batch.tokens;
   const int32_t* targets = batch.targets;
   const int64_t B = batch.B, T = batch.T;
   const int64_t N = B * T, C = cfg_.d_model, V = cfg_.vocab_size;
-  SY_CHECK(batch.doc_start == nullptr, "model forward: packed rows (doc_start) are not wired yet");
   if (N > max_tokens_ || T > cfg_.max_seq_len)
     throw_internal("model forward: batch {}x{} exceeds the allocated {} tokens or max_seq_len {}",
                    B, T, max_tokens_, cfg_.max_seq_len);
@@ -183,6 +197,12 @@ ForwardResult Model::forward(const Batch& batch) {
   for (int64_t i = 0; i < N; ++i)
     if (tokens[i] < 0 || tokens[i] >= V)
       throw_usage("token {} at position {} is outside the model's vocabulary [0, {})", tokens[i], i, V);
+  doc_start_ = nullptr;
+  if (batch.doc_start) {
+    check_doc_start(batch.doc_start, B, T);
+    be_.copy_from_host(bufs_.doc_start, batch.doc_start, static_cast<size_t>(N) * sizeof(int32_t));
+    doc_start_ = bufs_.doc_start;
+  }
 
   const float* w_final_norm = P + table_.at("model.norm.weight").offset;
   be_.embedding_forward(layers_.empty() ? bufs_.x_final : layers_[0]->x_in, bufs_.tokens,
@@ -201,7 +221,7 @@ ForwardResult Model::forward(const Batch& batch) {
   }
   for (size_t li = 0; li < layers_.size(); ++li) {
     Layer& L = *layers_[li];
-    L.attn->forward(bufs_.dtmp, L.ln1, P, B, T);
+    L.attn->forward(bufs_.dtmp, L.ln1, P, B, T, doc_start_);
     be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, bufs_.dtmp, P + L.off_ln2, N, C, eps);
     prec.store(be_, L.ln2, N * C);
     if (L.is_moe) {
@@ -310,7 +330,7 @@ void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_
     be_.rmsnorm_backward_accumulate(bufs_.dresid, G + L.off_ln2, bufs_.dln, L.x_mid, P + L.off_ln2, L.rstd2,
                                     N, C);
     // x_mid = x_in + attn(ln1(x_in))
-    L.attn->backward(bufs_.dln, bufs_.dresid, L.ln1, P, G, B_, T_);
+    L.attn->backward(bufs_.dln, bufs_.dresid, L.ln1, P, G, B_, T_, doc_start_);
     // d x_in = d x_mid + ln1's input gradient
     be_.rmsnorm_backward_accumulate(bufs_.dresid, G + L.off_ln1, bufs_.dln, L.x_in, P + L.off_ln1, L.rstd1,
                                     N, C);
@@ -330,7 +350,7 @@ void Model::recompute_block(Layer& L, const float* P, int64_t B, int64_t T) {
   be_.rmsnorm_forward(L.ln1, L.rstd1, L.x_in, P + L.off_ln1, N, C, eps);
   prec.store(be_, L.ln1, N * C);
   if (opts_.recompute == core::Recompute::full) {
-    L.attn->forward(bufs_.dtmp, L.ln1, P, B, T);
+    L.attn->forward(bufs_.dtmp, L.ln1, P, B, T, doc_start_);
     be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, bufs_.dtmp, P + L.off_ln2, N, C, eps);
     prec.store(be_, L.ln2, N * C);
     if (L.is_moe)

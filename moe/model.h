@@ -42,8 +42,9 @@ struct Batch {
   // Loss weight per position (>= 0, finite); null: 1 everywhere. A weight 0 counts no loss.
   const float* weights = nullptr;
   // Packed rows (data.packing): per position, the position in its row where its document begins
-  // (0 <= doc_start[b*T+t] <= t, constant over a document). RoPE positions restart there and
-  // attention never looks before it. Null: every row is one causal sequence from position 0.
+  // (0 <= doc_start[b*T+t] <= t, constant over a document; documents are contiguous, so each value
+  // is t or the previous position's). RoPE positions restart there and attention never looks
+  // before it. Null: every row is one causal sequence from position 0.
   const int32_t* doc_start = nullptr;
   // The cross-entropy part of the loss is ce_norm * sum_i w_i ce_i; 0: 1 / sum_i w_i (the mean over
   // this micro-batch). The trainer sets it to normalise by the whole step's weight over all ranks.
@@ -163,6 +164,7 @@ class Model {
     float *dlogits = nullptr, *dresid = nullptr, *dtmp = nullptr, *dln = nullptr;
     float* dloss = nullptr;
     int32_t *tokens = nullptr, *targets = nullptr;
+    int32_t* doc_start = nullptr;  // packed rows' document starts (Batch::doc_start)
   };
   // The model's activation buffers in registration order: per block (`layers`, one per layer) its
   // own and its layers' (attention(l), then moe(l) in an MoE block), then those outside the blocks.
@@ -187,6 +189,7 @@ class Model {
   std::vector<std::unique_ptr<Layer>> layers_;
   Buffers bufs_;  // bound by acts_
   int64_t B_ = 0, T_ = 0;
+  const int32_t* doc_start_ = nullptr;  // the last forward's: bufs_.doc_start or null (unpacked)
   int64_t counted_ = 0;
   std::vector<float> token_losses_;  // [B*T] of the last forward
   std::vector<float> loss_weights_;  // [B*T] of the last forward: its weights, 0 where no target

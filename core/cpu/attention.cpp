@@ -10,6 +10,9 @@
 // One task per (batch, kv head) owns that kv head's dK/dV (no races). When that gives too few
 // tasks for the threads, tasks are single q heads (G = 1), and backward writes per-head dK/dV
 // partials that are summed over the group afterwards.
+// Packed rows (AttentionShape::doc_start): query t also masks the keys before its document's start,
+// and a block's GEMMs start at the earliest document start of its rows (keys before it are never
+// visible to the block); without doc_start that start is 0 and the kernels are the plain causal ones.
 // Inside the OpenMP regions oneDNN's sgemm runs single-threaded.
 #include <dnnl.h>
 #include <omp.h>
@@ -120,6 +123,7 @@ struct GroupView {
   int64_t ldo;
   const float* lse;     // backward only
   int64_t G;
+  const int32_t* doc;   // the batch's T document starts (null: every row one document)
 };
 
 // Per-thread scratch of the group kernels, for up to G*kRows stacked query rows.
@@ -152,6 +156,20 @@ inline void stack_rows(float* __restrict dst, const float* __restrict src, int64
                   static_cast<size_t>(HD) * sizeof(float));
 }
 
+// The first key any query row r0..r1-1 can see: 0 without packed rows.
+inline int64_t first_key(const int32_t* doc, int64_t r0, int64_t r1) {
+  return doc ? *std::min_element(doc + r0, doc + r1) : 0;
+}
+
+// Query row t sees keys [doc[t], t], i.e. [doc[t] - c0, n) with n = t+1-c0 relative to the block's
+// first key c0. Sets the score row s to -inf outside them up to np = pad_lanes(n); returns np.
+inline int64_t mask_row(float* s, const int32_t* doc, int64_t t, int64_t c0) {
+  const int64_t n = t + 1 - c0, np = pad_lanes(n);
+  if (doc && doc[t] > c0) std::fill(s, s + (doc[t] - c0), -INFINITY);
+  std::fill(s + n, s + np, -INFINITY);
+  return np;
+}
+
 // Forward of a group of G q heads sharing one kv head: writes their o rows and lse. The query
 // rows of a block of kRows positions are stacked over the G heads, so S = Q K^T and O = P V are
 // one GEMM each per block. The softmax normalisation 1/sum is applied to the HD-wide output rows,
@@ -160,22 +178,22 @@ void group_forward(std::atomic<int>& err, float* o, int64_t ldo, float* lse, con
                    int64_t T, int64_t HD, float scale, const GroupScratch& w) {
   const int64_t G = h.G;
   for (int64_t r0 = 0; r0 < T; r0 += kRows) {
-    const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0, M = G * m;  // keys 0..r1 visible
-    const int64_t lds = pad_lanes(r1);
+    const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0, M = G * m;
+    const int64_t c0 = first_key(h.doc, r0, r1), kn = r1 - c0;  // keys c0..r1 visible
+    const int64_t lds = pad_lanes(kn);
     stack_rows(w.Qs, h.q, h.ld, r0, m, G, HD);
-    sgemm(err, 'N', 'T', M, r1, HD, scale, w.Qs, HD, h.k, h.ld, 0.0f, w.S, lds);
+    sgemm(err, 'N', 'T', M, kn, HD, scale, w.Qs, HD, h.k + c0 * h.ld, h.ld, 0.0f, w.S, lds);
     for (int64_t R = 0; R < M; ++R) {
       const int64_t j = R / m, i = R % m;
       float* s = w.S + R * lds;
-      const int64_t n = r0 + i + 1, np = pad_lanes(n);  // causal: keys < n
-      std::fill(s + n, s + np, -INFINITY);
+      const int64_t np = mask_row(s, h.doc, r0 + i, c0);
       const float mx = padded_max(s, np);
       const float sum = padded_exp_sum(s, np, mx);
-      if (np < r1) std::fill(s + np, s + r1, 0.0f);
+      if (np < kn) std::fill(s + np, s + kn, 0.0f);
       w.row[R] = 1.0f / sum;
       lse[j * T + r0 + i] = mx + std::log(sum);
     }
-    sgemm(err, 'N', 'N', M, HD, r1, 1.0f, w.S, lds, h.v, h.ld, 0.0f, w.Ys, HD);
+    sgemm(err, 'N', 'N', M, HD, kn, 1.0f, w.S, lds, h.v + c0 * h.ld, h.ld, 0.0f, w.Ys, HD);
     for (int64_t R = 0; R < M; ++R) {
       const int64_t j = R / m, i = R % m;
       const float* y = w.Ys + R * HD;
@@ -196,19 +214,21 @@ void group_backward(std::atomic<int>& err, float* dq, int64_t ld_dq, float* dk, 
   const int64_t G = h.G;
   for (int64_t r0 = 0; r0 < T; r0 += kRows) {
     const int64_t r1 = std::min(T, r0 + kRows), m = r1 - r0, M = G * m;
-    const int64_t ldp = pad_lanes(r1);
+    const int64_t c0 = first_key(h.doc, r0, r1), kn = r1 - c0;  // keys c0..r1 visible
+    const int64_t ldp = pad_lanes(kn);
+    const float* k = h.k + c0 * h.ld;
+    const float* v = h.v + c0 * h.ld;
     float *P = w.S, *dP = w.dP, *Qs = w.Qs, *dOs = w.Ys, *dQs = w.Zs;
     stack_rows(Qs, h.q, h.ld, r0, m, G, HD);
     stack_rows(dOs, h.dO, h.ldo, r0, m, G, HD);
-    // P = exp(S - lse) on the causal part, 0 elsewhere
-    sgemm(err, 'N', 'T', M, r1, HD, scale, Qs, HD, h.k, h.ld, 0.0f, P, ldp);
+    // P = exp(S - lse) on the visible part, 0 elsewhere
+    sgemm(err, 'N', 'T', M, kn, HD, scale, Qs, HD, k, h.ld, 0.0f, P, ldp);
     for (int64_t R = 0; R < M; ++R) {
       const int64_t j = R / m, i = R % m;
       float* p = P + R * ldp;
-      const int64_t n = r0 + i + 1, np = pad_lanes(n);
-      std::fill(p + n, p + np, -INFINITY);
+      const int64_t np = mask_row(p, h.doc, r0 + i, c0);
       padded_exp(p, np, h.lse[j * T + r0 + i]);
-      if (np < r1) std::fill(p + np, p + r1, 0.0f);
+      if (np < kn) std::fill(p + np, p + kn, 0.0f);
       // D = dot(dO, O) of this row
       const float* doi = dOs + R * HD;
       const float* oi = h.o + (r0 + i) * h.ldo + j * HD;
@@ -217,25 +237,25 @@ void group_backward(std::atomic<int>& err, float* dq, int64_t ld_dq, float* dk, 
       for (int64_t c = 0; c < HD; ++c) D += doi[c] * oi[c];
       w.row[R] = D;
     }
-    // dV[0:r1] += P^T dO
-    sgemm(err, 'T', 'N', r1, HD, M, 1.0f, P, ldp, dOs, HD, 1.0f, dv, ld_dkv);
+    // dV[c0:r1] += P^T dO
+    sgemm(err, 'T', 'N', kn, HD, M, 1.0f, P, ldp, dOs, HD, 1.0f, dv + c0 * ld_dkv, ld_dkv);
     // dP = dO V^T
-    sgemm(err, 'N', 'T', M, r1, HD, 1.0f, dOs, HD, h.v, h.ld, 0.0f, dP, ldp);
+    sgemm(err, 'N', 'T', M, kn, HD, 1.0f, dOs, HD, v, h.ld, 0.0f, dP, ldp);
     // dS = P * (dP - D), stored over dP (P is 0 on the masked part)
     for (int64_t R = 0; R < M; ++R) {
       const int64_t i = R % m;
       const float D = w.row[R];
       const float* p = P + R * ldp;
       float* ds = dP + R * ldp;
-      const int64_t np = pad_lanes(r0 + i + 1);
-      if (np > r1) std::fill(ds + r1, ds + np, 0.0f);  // not written by the gemm
+      const int64_t np = pad_lanes(r0 + i + 1 - c0);
+      if (np > kn) std::fill(ds + kn, ds + np, 0.0f);  // not written by the gemm
       for (int64_t jj = 0; jj < np; jj += kLanes)
         for (int64_t c = 0; c < kLanes; ++c) ds[jj + c] = p[jj + c] * (ds[jj + c] - D);
-      if (np < r1) std::fill(ds + np, ds + r1, 0.0f);
+      if (np < kn) std::fill(ds + np, ds + kn, 0.0f);
     }
-    // dQ = scale * dS K[0:r1] (stacked, then scattered);  dK[0:r1] += scale * dS^T Q
-    sgemm(err, 'N', 'N', M, HD, r1, scale, dP, ldp, h.k, h.ld, 0.0f, dQs, HD);
-    sgemm(err, 'T', 'N', r1, HD, M, scale, dP, ldp, Qs, HD, 1.0f, dk, ld_dkv);
+    // dQ = scale * dS K[c0:r1] (stacked, then scattered);  dK[c0:r1] += scale * dS^T Q
+    sgemm(err, 'N', 'N', M, HD, kn, scale, dP, ldp, k, h.ld, 0.0f, dQs, HD);
+    sgemm(err, 'T', 'N', kn, HD, M, scale, dP, ldp, Qs, HD, 1.0f, dk + c0 * ld_dkv, ld_dkv);
     for (int64_t R = 0; R < M; ++R) {
       const int64_t j = R / m, i = R % m;
       std::memcpy(dq + (r0 + i) * ld_dq + j * HD, dQs + R * HD,
@@ -263,12 +283,14 @@ Dims checked_dims(const AttentionShape& s) {
           1.0f / std::sqrt(static_cast<float>(s.HD))};
 }
 
-// The q, k, v columns of q heads h0 .. h0+G-1 of batch b (one kv head) inside qkv [B, T, W].
-GroupView group_view(const float* qkv, const Dims& d, int64_t b, int64_t h0, int64_t G) {
+// The q, k, v columns of q heads h0 .. h0+G-1 of batch b (one kv head) inside qkv [B, T, W], and
+// the batch's document starts (doc_start [B, T] or null).
+GroupView group_view(const float* qkv, const int32_t* doc_start, const Dims& d, int64_t b,
+                     int64_t h0, int64_t G) {
   const int64_t g = h0 / d.group;
   const float* base = qkv + b * d.T * d.W;
   return GroupView{base + h0 * d.HD, base + d.QW + g * d.HD, base + d.QW + (d.NKV + g) * d.HD, d.W,
-                   nullptr, nullptr, 0, nullptr, G};
+                   nullptr, nullptr, 0, nullptr, G, doc_start ? doc_start + b * d.T : nullptr};
 }
 
 }  // namespace
@@ -294,7 +316,7 @@ void CpuBackend::attention_forward(float* out, float* lse, const float* qkv,
   for (int64_t task = 0; task < B * (NH / G); ++task) {
     const int64_t b = task / (NH / G), h0 = (task % (NH / G)) * G;
     group_forward(err, out + b * T * QW + h0 * HD, QW, lse + (b * NH + h0) * T,
-                  group_view(qkv, d, b, h0, G), T, HD, scale,
+                  group_view(qkv, s.doc_start, d, b, h0, G), T, HD, scale,
                   GroupScratch(scratch.data() + omp_get_thread_num() * per_thread, G, T, HD));
   }
   if (err.load()) throw_internal("attention_forward: dnnl_sgemm failed");
@@ -308,7 +330,7 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
   const int64_t threads = omp_get_max_threads();
   std::atomic<int> err{0};
   auto view = [&](int64_t b, int64_t h0, int64_t G) {  // plus the forward's o, lse and dO
-    GroupView v = group_view(qkv, d, b, h0, G);
+    GroupView v = group_view(qkv, s.doc_start, d, b, h0, G);
     v.o = out + b * T * QW + h0 * HD;
     v.dO = dout + b * T * QW + h0 * HD;
     v.ldo = QW;

@@ -87,7 +87,8 @@ const RopeTable& rope_table(int64_t T, int64_t HD, float theta) {
   return tab;
 }
 
-// Rotates the q and k heads of every row of qkv by +angle (sign = 1) or -angle (sign = -1).
+// Rotates the q and k heads of every row of qkv by +angle (sign = 1) or -angle (sign = -1); the
+// position of row r is r % T, less its document's start with packed rows.
 void rope_apply(float* qkv, const AttentionShape& s, float theta, float sign) {
   SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
   const int64_t N = s.B * s.T;
@@ -96,10 +97,12 @@ void rope_apply(float* qkv, const AttentionShape& s, float theta, float sign) {
   const int64_t half = s.HD / 2, W = s.qkv_width(), heads = s.NH + s.NKV, T = s.T, HD = s.HD;
   const float* cos_tab = tab.cos.data();
   const float* sin_tab = tab.sin.data();
+  const int32_t* doc = s.doc_start;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < N; ++r) {
-    const float* c = cos_tab + (r % T) * half;
-    const float* sn = sin_tab + (r % T) * half;
+    const int64_t pos = r % T - (doc ? doc[r] : 0);
+    const float* c = cos_tab + pos * half;
+    const float* sn = sin_tab + pos * half;
     float* row = qkv + r * W;
     for (int64_t h = 0; h < heads; ++h) {
       float* x1 = row + h * HD;

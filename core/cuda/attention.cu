@@ -16,6 +16,10 @@
 //               dkv per (key tile, kv head, batch), over the group's q heads and the query tiles
 //                   at or after the key tile:  dv += P^T dO, dk += scale dS^T Q
 //   with P = exp(scale q.k - lse), dS = P * (dO.v - D).
+// Packed rows (doc_start, AttentionShape): query t sees keys doc_start[t] <= j <= t. doc_start is
+// non-decreasing along a row, so a query tile's earliest visible key is its first row's doc_start:
+// forward and dq start at the key tile holding it, dkv stops at the first query tile whose first
+// doc_start lies past its key rows. Without doc_start every bound is the causal one.
 #include <cfloat>
 
 #include "core/cuda/common.cuh"
@@ -69,7 +73,18 @@ __device__ __forceinline__ void store_row(float* dst, const float (&acc)[NC], fl
 struct Geo {
   int64_t T, NH, NKV, HD, W, QW, group;  // W: qkv row width, QW: q (and out) row width
   float scale;
+  const int32_t* doc_start;  // [B*T] or null
 };
+
+// Where the document of row t of batch b begins (0 without packed rows).
+__device__ __forceinline__ int64_t doc_of(const Geo& g, int64_t b, int64_t t) {
+  return g.doc_start ? g.doc_start[b * g.T + t] : 0;
+}
+
+// The first key tile (a multiple of kTile) holding a key visible to query rows q0.. of batch b.
+__device__ __forceinline__ int64_t first_key_tile(const Geo& g, int64_t b, int64_t q0) {
+  return doc_of(g, b, q0) / kTile * kTile;
+}
 
 // ---------------------------------------------------------------- forward
 
@@ -97,8 +112,13 @@ attention_forward_kernel(float* out, float* lse, const float* qkv, Geo g) {
     l[r] = 0.0f;
     for (int i = 0; i < NC; ++i) o[r][i] = 0.0f;
   }
+  int64_t lo[kRowsPerWarp];  // each own row's first visible key
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t qi = q0 + warp * kRowsPerWarp + r;
+    lo[r] = qi < T ? doc_of(g, b, qi) : 0;
+  }
   const int64_t q_end = q0 + kOwnRows < T ? q0 + kOwnRows : T;  // keys < q_end are visible
-  for (int64_t k0 = 0; k0 < q_end; k0 += kTile) {
+  for (int64_t k0 = first_key_tile(g, b, q0); k0 < q_end; k0 += kTile) {
     __syncthreads();  // the previous tile is no longer read
     load_tile(Ks, ldk, kp, g.W, k0, kTile, T, HD);
     load_tile(Vs, HD, vp, g.W, k0, kTile, T, HD);
@@ -106,11 +126,13 @@ attention_forward_kernel(float* out, float* lse, const float* qkv, Geo g) {
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int row = warp * kRowsPerWarp + r;
       const int64_t qi = q0 + row;
-      if (qi >= T || k0 > qi) continue;  // warp-uniform: no visible key in this tile
+      // warp-uniform: no visible key in this tile
+      if (qi >= T || k0 > qi || k0 + kTile <= lo[r]) continue;
       const int64_t j = k0 + lane;
-      const float s = j <= qi ? g.scale * dot(Qs + row * HD, Ks + lane * ldk, HD) : -INFINITY;
-      const float m_new = fmaxf(m[r], warp_max(s));  // finite: key k0 <= qi is visible
-      const float p = j <= qi ? expf(s - m_new) : 0.0f;
+      const bool seen = j <= qi && j >= lo[r];
+      const float s = seen ? g.scale * dot(Qs + row * HD, Ks + lane * ldk, HD) : -INFINITY;
+      const float m_new = fmaxf(m[r], warp_max(s));  // finite: a key of the tile is visible
+      const float p = seen ? expf(s - m_new) : 0.0f;
       const float alpha = expf(m[r] - m_new);      // 0 on the first tile (m = -inf)
       l[r] = l[r] * alpha + warp_sum(p);
       m[r] = m_new;
@@ -177,8 +199,13 @@ attention_dq_kernel(float* dqkv, const float* dout, const float* lse, const floa
   float dq[kRowsPerWarp][NC];
   for (int r = 0; r < kRowsPerWarp; ++r)
     for (int i = 0; i < NC; ++i) dq[r][i] = 0.0f;
+  int64_t lo[kRowsPerWarp];  // each own row's first visible key
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t qi = q0 + warp * kRowsPerWarp + r;
+    lo[r] = qi < T ? doc_of(g, b, qi) : 0;
+  }
   const int64_t q_end = q0 + kOwnRows < T ? q0 + kOwnRows : T;
-  for (int64_t k0 = 0; k0 < q_end; k0 += kTile) {
+  for (int64_t k0 = first_key_tile(g, b, q0); k0 < q_end; k0 += kTile) {
     __syncthreads();
     load_tile(Ks, ldk, kp, g.W, k0, kTile, T, HD);
     load_tile(Vs, ldk, vp, g.W, k0, kTile, T, HD);
@@ -186,10 +213,10 @@ attention_dq_kernel(float* dqkv, const float* dout, const float* lse, const floa
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int row = warp * kRowsPerWarp + r;
       const int64_t qi = q0 + row;
-      if (qi >= T || k0 > qi) continue;  // warp-uniform
+      if (qi >= T || k0 > qi || k0 + kTile <= lo[r]) continue;  // warp-uniform
       const int64_t j = k0 + lane;
       float ds = 0.0f;
-      if (j <= qi) {
+      if (j <= qi && j >= lo[r]) {
         const float p = expf(g.scale * dot(Qs + row * HD, Ks + lane * ldk, HD) - lse_h[qi]);
         ds = p * (dot(dOs + row * HD, Vs + lane * ldk, HD) - D_h[qi]);
       }
@@ -239,6 +266,9 @@ attention_dkv_kernel(float* dqkv, const float* dout, const float* lse, const flo
     const float* lse_h = lse + (b * g.NH + h) * T;
     const float* D_h = D + (b * g.NH + h) * T;
     for (int64_t q0 = k0 / kTile * kTile; q0 < T; q0 += kTile) {  // queries >= k0 see the tile
+      // block-uniform: this query tile's and every later one's documents begin after the key rows
+      const int64_t q0_doc = doc_of(g, b, q0);
+      if (q0_doc >= k0 + kOwnRows) break;
       __syncthreads();
       load_tile(Qs, ldq, rows + h * HD, g.W, q0, kTile, T, HD);
       load_tile(dOs, ldq, dout + b * T * g.QW + h * HD, g.QW, q0, kTile, T, HD);
@@ -248,13 +278,15 @@ attention_dkv_kernel(float* dqkv, const float* dout, const float* lse, const flo
         D_s[threadIdx.x] = t < T ? D_h[t] : 0.0f;
       }
       __syncthreads();
+      const int64_t lane_doc = q0 + lane < T ? doc_of(g, b, q0 + lane) : 0;  // lane's query
       for (int r = 0; r < kRowsPerWarp; ++r) {
         const int row = warp * kRowsPerWarp + r;
         const int64_t kj = k0 + row;
-        if (kj >= T || q0 + kTile - 1 < kj) continue;  // warp-uniform: no query sees key kj
+        // warp-uniform: no query of the tile sees key kj
+        if (kj >= T || q0 + kTile - 1 < kj || q0_doc > kj) continue;
         const int64_t qi = q0 + lane;
         float p = 0.0f, ds = 0.0f;
-        if (qi < T && qi >= kj) {
+        if (qi < T && qi >= kj && lane_doc <= kj) {
           p = expf(g.scale * dot(Qs + lane * ldq, Ks + row * HD, HD) - lse_s[lane]);
           ds = p * (dot(dOs + lane * ldq, Vs + row * HD, HD) - D_s[lane]);
         }
@@ -281,9 +313,9 @@ attention_dkv_kernel(float* dqkv, const float* dout, const float* lse, const flo
   }
 }
 
-Geo geo(int64_t T, int64_t NH, int64_t NKV, int64_t HD) {
+Geo geo(int64_t T, int64_t NH, int64_t NKV, int64_t HD, const int32_t* doc_start) {
   return Geo{T,          NH, NKV, HD, (NH + 2 * NKV) * HD, NH * HD, NH / NKV,
-             1.0f / sqrtf(static_cast<float>(HD))};
+             1.0f / sqrtf(static_cast<float>(HD)), doc_start};
 }
 
 size_t forward_smem(int64_t HD) {
@@ -329,18 +361,18 @@ size_t attention_smem_bytes(int64_t HD) {
   return f > q ? (f > kv ? f : kv) : (q > kv ? q : kv);
 }
 
-void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t NH,
-                       int64_t NKV, int64_t HD, cudaStream_t s) {
+void attention_forward(float* out, float* lse, const float* qkv, const int32_t* doc_start,
+                       int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD, cudaStream_t s) {
   if (B == 0 || T == 0) return;
   launch_nc<Forward>(HD, tiles_grid(T, NH, B), forward_smem(HD), s, out, lse, qkv,
-                     geo(T, NH, NKV, HD));
+                     geo(T, NH, NKV, HD, doc_start));
 }
 
 void attention_backward(float* dqkv, float* D, const float* dout, const float* out,
-                        const float* lse, const float* qkv, int64_t B, int64_t T, int64_t NH,
-                        int64_t NKV, int64_t HD, cudaStream_t s) {
+                        const float* lse, const float* qkv, const int32_t* doc_start, int64_t B,
+                        int64_t T, int64_t NH, int64_t NKV, int64_t HD, cudaStream_t s) {
   if (B == 0 || T == 0) return;
-  const Geo g = geo(T, NH, NKV, HD);
+  const Geo g = geo(T, NH, NKV, HD, doc_start);
   attention_rowdot_kernel<<<blocks_for(B * T * NH * 32), kThreads, 0, s>>>(D, dout, out, B, g);
   launch_nc<Dq>(HD, tiles_grid(T, NH, B), dq_smem(HD), s, dqkv, dout, lse,
                 static_cast<const float*>(D), qkv, g);

@@ -218,11 +218,11 @@ void CudaBackend::rmsnorm_backward_accumulate(float* dx, float* dw, const float*
 }
 void CudaBackend::rope_forward(float* qkv, const AttentionShape& s, float theta) {
   SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
-  SY_LAUNCH(rope, qkv, s.B, s.T, s.NH, s.NKV, s.HD, theta, 1.0f);
+  SY_LAUNCH(rope, qkv, s.doc_start, s.B, s.T, s.NH, s.NKV, s.HD, theta, 1.0f);
 }
 void CudaBackend::rope_backward(float* dqkv, const AttentionShape& s, float theta) {
   SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
-  SY_LAUNCH(rope, dqkv, s.B, s.T, s.NH, s.NKV, s.HD, theta, -1.0f);
+  SY_LAUNCH(rope, dqkv, s.doc_start, s.B, s.T, s.NH, s.NKV, s.HD, theta, -1.0f);
 }
 // The shapes the attention kernels take: a usage error for a bad shape, an internal one for a
 // head dim or grid beyond the kernels' or the device's limits.
@@ -247,7 +247,7 @@ void CudaBackend::attention_forward(float* out, float* lse, const float* qkv,
                                     const AttentionShape& s) {
   use_device();
   check_attention(s);
-  SY_LAUNCH(attention_forward, out, lse, qkv, s.B, s.T, s.NH, s.NKV, s.HD);
+  SY_LAUNCH(attention_forward, out, lse, qkv, s.doc_start, s.B, s.T, s.NH, s.NKV, s.HD);
 }
 void CudaBackend::attention_backward(float* dqkv, const float* dout, const float* out,
                                      const float* lse, const float* qkv, const AttentionShape& s) {
@@ -255,7 +255,7 @@ void CudaBackend::attention_backward(float* dqkv, const float* dout, const float
   check_attention(s);
   if (s.B == 0 || s.T == 0) return;
   auto* D = static_cast<float*>(scratch(3, static_cast<size_t>(s.B * s.NH * s.T) * sizeof(float)));
-  SY_LAUNCH(attention_backward, dqkv, D, dout, out, lse, qkv, s.B, s.T, s.NH, s.NKV, s.HD);
+  SY_LAUNCH(attention_backward, dqkv, D, dout, out, lse, qkv, s.doc_start, s.B, s.T, s.NH, s.NKV, s.HD);
 }
 // Targets are in device memory, so the CPU's range check is not made here: a target >= V gives a
 // NaN loss (and NaN gradients), which the trainer's non-finite check reports.

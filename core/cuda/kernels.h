@@ -56,25 +56,27 @@ void rmsnorm_forward(float* sum, float* out, float* rstd, const float* a, const 
                      const float* w, int64_t N, int64_t C, float eps, cudaStream_t s);
 void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
                       const float* rstd, int64_t N, int64_t C, bool accumulate, cudaStream_t s);
-// sign +1: rotate by +angle (forward), -1: the inverse (backward).
-void rope(float* qkv, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD, float theta,
-          float sign, cudaStream_t s);
+// sign +1: rotate by +angle (forward), -1: the inverse (backward). doc_start [B*T] or null
+// (AttentionShape::doc_start).
+void rope(float* qkv, const int32_t* doc_start, int64_t B, int64_t T, int64_t NH, int64_t NKV,
+          int64_t HD, float theta, float sign, cudaStream_t s);
 void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t N,
                            int64_t V, cudaStream_t s);
 void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,
                             const float* dloss, int64_t N, int64_t V, cudaStream_t s);
 
-// ---- attention.cu: causal grouped-query attention (fp32, flash style) ----
+// ---- attention.cu: causal grouped-query attention (fp32, flash style); doc_start [B*T] or null:
+// the block-diagonal causal mask of packed rows (AttentionShape::doc_start) ----
 // The largest head dim the kernels take, and the dynamic shared memory (bytes) the largest of
 // them needs for head dim HD (CudaBackend checks both against the device before launching).
 int64_t attention_max_head_dim();
 size_t attention_smem_bytes(int64_t HD);
-void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t NH,
-                       int64_t NKV, int64_t HD, cudaStream_t s);
+void attention_forward(float* out, float* lse, const float* qkv, const int32_t* doc_start,
+                       int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD, cudaStream_t s);
 // D: scratch of B*NH*T floats (rowsum(dout*out), computed first).
 void attention_backward(float* dqkv, float* D, const float* dout, const float* out,
-                        const float* lse, const float* qkv, int64_t B, int64_t T, int64_t NH,
-                        int64_t NKV, int64_t HD, cudaStream_t s);
+                        const float* lse, const float* qkv, const int32_t* doc_start, int64_t B,
+                        int64_t T, int64_t NH, int64_t NKV, int64_t HD, cudaStream_t s);
 
 // ---- moe.cu: SwiGLU, sigmoid gate, router, routing plan, dispatch/combine ----
 void swiglu_forward(float* out, const float* h, int64_t rows, int64_t I, cudaStream_t s);

@@ -7,7 +7,9 @@
 Writes per case:
   DIR/model/config.json, DIR/model/model.safetensors (F32 initial weights, HF names)
   DIR/golden.safetensors:
-    tokens I32 [B,T], targets I32 [B,T], logits F32 [B*T,V], loss/ce/aux/z F32 [1],
+    tokens I32 [B,T], targets I32 [B,T], doc_start I32 [B,T] (packed cases only: where each position's
+    document begins in its row; every batch, trajectory included, is packed so), logits F32 [B*T,V],
+    loss/ce/aux/z F32 [1],
     expert_counts I32 [n_moe_layers,E] (the router's choice), kept I32 [n_moe_layers,B*T*K] (each slot's
     expert after the capacity drops, -1: dropped), grad.<param> F32 (every parameter, d loss / d param),
     traj.tokens I32 [S,B,T], traj.targets I32 [S,B,T], traj.loss F32 [S] (total loss of step s, before
@@ -29,6 +31,7 @@ mixed-precision forward too, rounded to bf16/fp16 where the C++ rounds).
 """
 import argparse
 import copy
+import itertools
 import math
 import os
 import shutil
@@ -100,6 +103,12 @@ CASES = OrderedDict(
         model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
                    moe=dict(n_experts=8, top_k=2, expert_size=24, aux_loss_coef=0.02, z_loss_coef=0.001,
                             router_top_p=0.7, router_k_max=4))),
+    # packed rows (moe::Batch::doc_start): documents of these lengths in each row, RoPE positions
+    # restarting at each and attention block-diagonal causal
+    packed=dict(
+        seed=49, dead=None, docs=[[5, 7, 4], [9, 1, 6]],
+        model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
+                   moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02, z_loss_coef=0.001))),
 )
 
 # dead-expert construction (mixtral_k2): every embedding row gets +ALPHA*u (u a random unit vector),
@@ -165,6 +174,31 @@ def make_batch(gen, V, perm):
         rnd = torch.randint(0, V, (B,), generator=gen)
         seq[:, t + 1] = torch.where(jump, rnd, perm[seq[:, t]])
     return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+
+
+def doc_start_of(docs):
+    """doc_start [B, T] int64 of rows packed with documents of the given lengths (None: unpacked)."""
+    if docs is None:
+        return None
+    assert len(docs) == B and all(sum(row) == T for row in docs), docs
+    return torch.tensor([[t0 for t0, n in zip([0] + list(itertools.accumulate(row))[:-1], row)
+                          for _ in range(n)] for row in docs], dtype=torch.int64)
+
+
+def check_packed(name, model, tokens, doc_start, logits):
+    """The reference's packed rows give each document's logits alone, and differ from the unpacked
+    forward (else the case would test nothing)."""
+    with torch.no_grad():
+        V = logits.shape[-1]
+        packed = logits.view(B, T, V)
+        for b in range(B):
+            starts = sorted(set(doc_start[b].tolist())) + [T]
+            for t0, t1 in zip(starts[:-1], starts[1:]):
+                alone = model(tokens[b:b + 1, t0:t1]).logits
+                assert torch.allclose(packed[b, t0:t1], alone, rtol=0, atol=1e-10), \
+                    f"{name}: document {b}:{t0}"
+        unpacked = model(tokens).logits
+        assert float((unpacked - logits).abs().max()) > 1e-3, f"{name}: packing changes nothing"
 
 
 def moe_blocks(model):
@@ -248,10 +282,13 @@ def run_case(name, case, out_dir):
     perm = torch.randperm(V, generator=gen)
     batches = [make_batch(gen, V, perm) for _ in range(STEPS)]
     tokens, targets = batches[0]
+    doc_start = doc_start_of(case.get("docs"))
 
     # ---- golden forward/backward at the initial weights
-    out = model(tokens, targets)
+    out = model(tokens, targets, doc_start=doc_start)
     out.loss.backward()
+    if doc_start is not None:
+        check_packed(name, model, tokens, doc_start, out.logits.detach())
     margin = topk_margin(model)
     gap = cap_gap(model)
     counts = out.counts
@@ -264,7 +301,7 @@ def run_case(name, case, out_dir):
         for m in moes:
             m.bias = None
         with torch.no_grad():
-            unbiased = model(tokens, targets).counts
+            unbiased = model(tokens, targets, doc_start=doc_start).counts
         for m, b in zip(moes, saved):
             m.bias = b
         assert not torch.equal(unbiased, counts), f"{name}: the selection bias changes no expert count"
@@ -285,6 +322,8 @@ def run_case(name, case, out_dir):
     g = OrderedDict()
     g["tokens"] = tokens.to(torch.int32)
     g["targets"] = targets.to(torch.int32)
+    if doc_start is not None:
+        g["doc_start"] = doc_start.to(torch.int32)
     g["logits"] = f32(out.logits)
     g["loss"] = f32(out.loss.reshape(1))
     g["ce"] = f32(out.ce.reshape(1))
@@ -301,7 +340,7 @@ def run_case(name, case, out_dir):
     traj = {k: [] for k in ("loss", "ce", "aux", "z", "lr", "grad_norm")}
     traj_margin = math.inf
     for s, (tk, tg) in enumerate(batches):
-        o, lr, gn = tm.train_step(tmodel, opt, tk, tg, s, STEPS, OPTIM)
+        o, lr, gn = tm.train_step(tmodel, opt, tk, tg, s, STEPS, OPTIM, doc_start=doc_start)
         traj_margin = min(traj_margin, topk_margin(tmodel))
         gap = min(gap, cap_gap(tmodel))
         for k, v in (("loss", o.loss), ("ce", o.ce), ("aux", o.aux), ("z", o.z)):
@@ -332,7 +371,7 @@ def run_case(name, case, out_dir):
                                 (c["moe"]["selection_bias"] or [])))
     tm.save_safetensors(os.path.join(out_dir, "golden.safetensors"), g, meta)
 
-    extra = mixed_variant(name, model, tokens, targets, out_dir, out.logits, min_margin)
+    extra = mixed_variant(name, model, tokens, targets, out_dir, out.logits, min_margin, doc_start)
     if name == "mixtral_k2":
         extra += bf16_variant(case, init_state, tokens, targets, out_dir, out.logits)
 
@@ -351,13 +390,13 @@ def run_case(name, case, out_dir):
 MIXED = ("bf16", "fp16")
 
 
-def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64, min_margin=MIN_MARGIN):
+def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64, min_margin=MIN_MARGIN, doc_start=None):
     g = OrderedDict()
     meta = OrderedDict(case=name, precisions=",".join(MIXED))
     extra = ""
     for p in MIXED:
         with torch.no_grad():
-            o = model(tokens, targets, precision=p)
+            o = model(tokens, targets, precision=p, doc_start=doc_start)
         margin = topk_margin(model)
         gap = float((o.logits - logits_fp64).norm() / logits_fp64.norm())
         assert torch.isfinite(o.logits).all(), f"{name} {p}: non-finite logits"

@@ -5,6 +5,8 @@ Written from the model definition (not from the C++ code):
   block:  h = x + attn(rmsnorm1(x)); out = h + ffn(rmsnorm2(h))
   attn:   q/k/v linear (bias if qkv_bias), RoPE rotate-half, GQA (q head h uses kv head h // (NH/NKV)),
           causal softmax(q k^T / sqrt(HD)) v, o_proj (no bias)
+          packed rows (forward(..., doc_start=[B, T])): RoPE position t - doc_start[b, t], and query t
+          sees keys doc_start[b, t] <= j <= t only (block-diagonal causal)
   ffn:    dense SwiGLU for l < first_dense_layers, else MoE (softmax router, top-k by probability,
           optional renormalisation, SwiGLU experts, optional sigmoid-gated shared expert)
   loss:   mean CE + aux_coef * mean_l aux_l + z_coef * mean_l z_l   (means over MoE layers)
@@ -214,11 +216,14 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def rope_cos_sin(T, HD, theta, dtype, device=None):
+def rope_cos_sin(T, HD, theta, dtype, device=None, pos=None):
+    """cos, sin [T, HD] of positions 0..T-1, or [*pos.shape, HD] of the positions `pos`."""
     inv_freq = theta ** (-torch.arange(0, HD, 2, dtype=torch.float64) / HD)  # theta^(-2i/HD)
-    pos = torch.arange(T, dtype=torch.float64)
-    freqs = torch.outer(pos, inv_freq)  # [T, HD/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [T, HD]
+    if pos is None:
+        freqs = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)  # [T, HD/2]
+    else:
+        freqs = pos.to(torch.float64)[..., None] * inv_freq  # [*pos.shape, HD/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [..., HD]
     return emb.cos().to(dtype=dtype, device=device), emb.sin().to(dtype=dtype, device=device)
 
 
@@ -232,7 +237,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(C, self.NKV * self.HD, bias=b)
         self.o_proj = nn.Linear(self.NH * self.HD, C, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, allowed=None):
+        """cos, sin [T, HD] or [B, 1, T, HD]; allowed: [B, 1, T, T] keys each query sees (None: causal)."""
         B, T, _ = x.shape
         q = linear(self.q_proj, x).view(B, T, self.NH, self.HD).transpose(1, 2)   # [B, NH, T, HD]
         k = linear(self.k_proj, x).view(B, T, self.NKV, self.HD).transpose(1, 2)  # [B, NKV, T, HD]
@@ -245,8 +251,9 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         att = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.HD))
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        att = att.masked_fill(~causal, float("-inf"))
+        if allowed is None:
+            allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = att.masked_fill(~allowed, float("-inf"))
         att = torch.softmax(att, dim=-1)
         y = torch.matmul(att, v)  # [B, NH, T, HD]
         # the attention output is stored rounded (in the forward a no-op: o_proj rounds its operand)
@@ -390,9 +397,9 @@ class Block(nn.Module):
         else:
             self.block_sparse_moe = SparseMoe(c, qwen=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, allowed=None):
         B, T, C = x.shape
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed)
         hn = self.post_attention_layernorm(h).reshape(B * T, C)
         if not self.is_moe:
             return h + self.mlp(hn).view(B, T, C), None
@@ -429,22 +436,33 @@ class MoeTransformer(nn.Module):
             f"{set(mine.items()) ^ set(want.items())}")
         self.table = table
 
-    def forward(self, tokens, targets=None, precision=None):
+    def forward(self, tokens, targets=None, precision=None, doc_start=None):
         """tokens, targets [B, T] int64. Returns Output(loss, ce, aux_mean, z_mean, logits [B*T, V],
         counts [n_moe_layers, E] int64). loss/ce are None without targets. precision: None, or "bf16" /
-        "fp16" to emulate the mixed-precision forward (module docstring)."""
+        "fp16" to emulate the mixed-precision forward (module docstring). doc_start [B, T] int64: packed
+        rows, where each position's document begins in its row (module docstring); None: one sequence
+        per row."""
         with compute_precision(precision):
-            return self._forward(tokens, targets)
+            return self._forward(tokens, targets, doc_start)
 
-    def _forward(self, tokens, targets):
+    def _forward(self, tokens, targets, doc_start=None):
         c = self.cfg
         B, T = tokens.shape
         assert T <= c["max_seq_len"]
         x = rnd(self.model.embed_tokens(tokens))  # rows of the rounded embedding
-        cos, sin = rope_cos_sin(T, c["head_dim"], c["rope_theta"], x.dtype, x.device)
+        allowed = None
+        if doc_start is None:
+            cos, sin = rope_cos_sin(T, c["head_dim"], c["rope_theta"], x.dtype, x.device)
+        else:
+            t = torch.arange(T, device=tokens.device)
+            ds = doc_start.to(tokens.device)
+            cos, sin = rope_cos_sin(T, c["head_dim"], c["rope_theta"], x.dtype, x.device,
+                                    pos=(t[None, :] - ds)[:, None, :])  # [B, 1, T, HD]
+            j = t[None, None, :]  # keys
+            allowed = ((j <= t[None, :, None]) & (j >= ds[:, :, None]))[:, None]  # [B, 1, T, T]
         auxes, zs, counts = [], [], []
         for blk in self.model.layers:
-            x, st = blk(x, cos, sin)
+            x, st = blk(x, cos, sin, allowed)
             if st is not None:
                 auxes.append(st.aux)
                 zs.append(st.z)
@@ -541,16 +559,17 @@ def lr_at(step: int, total_steps: int, o: dict) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def train_step(model, opt, tokens, targets, step, total_steps, ocfg):
+def train_step(model, opt, tokens, targets, step, total_steps, ocfg, doc_start=None):
     """One optimizer step. Returns (Output of the forward before the update, lr used, total grad
     L2 norm before clipping). Clipping is torch.nn.utils.clip_grad_norm_: grads are scaled by
-    min(1, grad_clip / (norm + 1e-6)). Unused parameters get zero gradients (see below)."""
+    min(1, grad_clip / (norm + 1e-6)). Unused parameters get zero gradients (see below). doc_start:
+    packed rows (MoeTransformer.forward)."""
     o = resolve_optim(ocfg)
     lr = lr_at(step, total_steps, o)
     for gr in opt.param_groups:
         gr["lr"] = lr
     opt.zero_grad(set_to_none=True)
-    out = model(tokens, targets)
+    out = model(tokens, targets, doc_start=doc_start)
     out.loss.backward()
     # a parameter that took no part (an expert that got no tokens) gets a zero gradient, not None:
     # like a flat gradient buffer, every parameter then takes the step (weight decay, moment decay)

@@ -4,7 +4,8 @@
 // trajectory. Here the weights come in through the --init-from loader (launch::load_hf_model) and
 // every tensor is compared in fp32. The backend is SWITCHYARD_TEST_BACKEND's (tests/unit/testing.h):
 // the CPU here, the GPU under scripts/gpu_check.sh. The mixed-precision forward (bf16, fp16) is compared with the
-// reference's emulation of the same rounding points (golden_mixed.safetensors).
+// reference's emulation of the same rounding points (golden_mixed.safetensors). The `packed` case
+// runs rows packed with several documents (moe::Batch::doc_start) through all of it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -105,13 +106,22 @@ void set_case_state(sy::moe::Model& model, const sy::launch::LoadedModel& loaded
   model.set_selection_bias(all);
 }
 
-// The reference's batch: tokens and targets [B, T].
+// The reference's batch: tokens and targets [B, T], and doc_start [B, T] of a packed case (every
+// batch of the case, the trajectory's too, is packed so; empty: unpacked).
 struct Batch {
   std::vector<int32_t> tokens, targets;
   int64_t B, T;
+  std::vector<int32_t> doc_start;
+  // Micro-batch `step` of a [steps, B, T] tokens/targets pair (0: the golden batch).
+  sy::moe::Batch at(const std::vector<int32_t>& tok, const std::vector<int32_t>& tgt, int64_t step = 0) const {
+    return sy::moe::Batch{tok.data() + step * B * T, tgt.data() + step * B * T, nullptr,
+                          doc_start.empty() ? nullptr : doc_start.data(), 0, B, T};
+  }
+  sy::moe::Batch golden() const { return at(tokens, targets); }
 };
 Batch reference_batch(const sy::core::formats::SafetensorsFile& g) {
-  return {i32(g, "tokens"), i32(g, "targets"), g.at("tokens").shape[0], g.at("tokens").shape[1]};
+  return {i32(g, "tokens"), i32(g, "targets"), g.at("tokens").shape[0], g.at("tokens").shape[1],
+          g.find("doc_start") ? i32(g, "doc_start") : std::vector<int32_t>{}};
 }
 
 class Golden : public ::testing::TestWithParam<std::string> {};
@@ -124,12 +134,13 @@ TEST_P(Golden, LossLogitsCountsAndEveryGradient) {
   ASSERT_TRUE(fs::exists(dir / "golden.safetensors")) << "run tests/golden/make_golden.py first: " << dir;
   sy::core::formats::SafetensorsFile g((dir / "golden.safetensors").string());
   auto loaded = load_case_model(dir, g);
-  const auto [tokens, targets, B, T] = reference_batch(g);
+  const Batch batch = reference_batch(g);
+  const int64_t B = batch.B, T = batch.T;
 
   auto be = sy::test::test_backend();
   sy::moe::Model model(*be, loaded.config, B, T);
   set_case_state(model, loaded, g);
-  const auto r = model.forward(tokens.data(), targets.data(), B, T);
+  const auto r = model.forward(batch.golden());
   EXPECT_NEAR(r.loss, f32(g, "loss")[0], kTol * std::abs(f32(g, "loss")[0]));
   EXPECT_NEAR(r.ce, f32(g, "ce")[0], kTol * std::abs(f32(g, "ce")[0]));
   EXPECT_NEAR(r.aux, f32(g, "aux")[0], kTol * std::abs(f32(g, "aux")[0]) + 1e-9);
@@ -194,7 +205,10 @@ TEST_P(Golden, TenStepAdamWTrajectory) {
   const int64_t S = static_cast<int64_t>(meta(g, "steps"));
   const auto tokens = i32(g, "traj.tokens"), targets = i32(g, "traj.targets");
   const auto ref_loss = f32(g, "traj.loss"), ref_norm = f32(g, "traj.grad_norm"), ref_lr = f32(g, "traj.lr");
-  const int64_t B = g.at("traj.tokens").shape[1], T = g.at("traj.tokens").shape[2];
+  const Batch batch = reference_batch(g);
+  const int64_t B = batch.B, T = batch.T;
+  ASSERT_EQ(g.at("traj.tokens").shape[1], B);
+  ASSERT_EQ(g.at("traj.tokens").shape[2], T);
 
   auto be = sy::test::test_backend();
   sy::moe::Model model(*be, loaded.config, B, T);
@@ -202,7 +216,7 @@ TEST_P(Golden, TenStepAdamWTrajectory) {
   sy::optim::AdamW adamw(*be, model.table(), oc);
   for (int64_t s = 0; s < S; ++s) {
     model.zero_grads();
-    const auto r = model.forward(tokens.data() + s * B * T, targets.data() + s * B * T, B, T);
+    const auto r = model.forward(batch.at(tokens, targets, s));
     model.backward();
     const double norm = sy::optim::grad_norm(*be, model.grads(), model.num_params());
     const double lr = sy::optim::lr_at(oc, s, S);
@@ -266,7 +280,8 @@ TEST_P(Golden, MixedPrecisionForward) {
   sy::core::formats::SafetensorsFile g((dir / "golden.safetensors").string());
   sy::core::formats::SafetensorsFile gm((dir / "golden_mixed.safetensors").string());
   auto loaded = load_case_model(dir, g);
-  const auto [tokens, targets, B, T] = reference_batch(g);
+  const Batch batch = reference_batch(g);
+  const int64_t B = batch.B, T = batch.T;
   const int64_t N = B * T, V = loaded.config.vocab_size, E = loaded.config.moe.n_experts;
   const auto logits_fp32 = f32(g, "logits");
 
@@ -282,7 +297,7 @@ TEST_P(Golden, MixedPrecisionForward) {
     opts.precision = sy::core::PrecisionPolicy{sy::core::value_named<sy::core::Dtype>(p).value()};
     sy::moe::Model model(*be, loaded.config, B, T, {}, opts);
     set_case_state(model, loaded, g);
-    const auto r = model.forward(tokens.data(), targets.data(), B, T);
+    const auto r = model.forward(batch.golden());
 
     const auto counts = i32(gm, p + ".expert_counts");
     const auto ours = model.expert_counts();
@@ -318,7 +333,7 @@ TEST_P(Golden, MixedPrecisionForward) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("mixtral_k2", "mixtral_k1", "qwen_shared", "sigmoid_bias",
                                                              "softmax_bias", "top_p", "capacity_position",
-                                                             "capacity_gate", "capacity_margin"));
+                                                             "capacity_gate", "capacity_margin", "packed"));
 
 // The same weights stored as BF16 in two shards with an index: the loader converts them and the
 // logits match the reference computed from the bf16-rounded weights.
@@ -327,11 +342,11 @@ TEST(GoldenLoader, Bf16ShardedCheckpoint) {
   ASSERT_TRUE(fs::exists(dir / "golden_bf16_logits.safetensors")) << dir;
   sy::core::formats::SafetensorsFile g((dir / "golden_bf16_logits.safetensors").string());
   auto loaded = sy::launch::load_hf_model((dir / "model_bf16_sharded").string());
-  const auto [tokens, targets, B, T] = reference_batch(g);
+  const Batch batch = reference_batch(g);
   auto be = sy::test::test_backend();
-  sy::moe::Model model(*be, loaded.config, B, T);
+  sy::moe::Model model(*be, loaded.config, batch.B, batch.T);
   model.set_params_from_host(loaded.params.data());
-  model.forward(tokens.data(), targets.data(), B, T);
+  model.forward(batch.golden());
   EXPECT_LT(norm_rel(logits_of(model).data(), f32(g, "logits")), kTol);
 }
 
