@@ -109,6 +109,12 @@ CASES = OrderedDict(
         seed=49, dead=None, docs=[[5, 7, 4], [9, 1, 6]],
         model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
                    moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02, z_loss_coef=0.001))),
+    # per-position loss weights (moe::Batch::weights: noise weighting) and padding (targets -1):
+    # ce = sum(w * ce_i) / sum(w) over the positions with a target
+    weighted=dict(
+        seed=52, dead=None, loss_weights=True,
+        model=dict(COMMON, n_layers=2, n_heads=4, n_kv_heads=2,
+                   moe=dict(n_experts=4, top_k=2, expert_size=40, aux_loss_coef=0.02, z_loss_coef=0.001))),
 )
 
 # dead-expert construction (mixtral_k2): every embedding row gets +ALPHA*u (u a random unit vector),
@@ -174,6 +180,20 @@ def make_batch(gen, V, perm):
         rnd = torch.randint(0, V, (B,), generator=gen)
         seq[:, t + 1] = torch.where(jump, rnd, perm[seq[:, t]])
     return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+
+
+def loss_weights_of(case, batches):
+    """Weighted cases: weights [B, T] in [0, 2) with some zeros, and the last 3 targets of row 1 set
+    to -1 in every batch (padding). None otherwise."""
+    if not case.get("loss_weights"):
+        return None
+    gen = torch.Generator().manual_seed(case["seed"] + 11)
+    w = torch.rand(B, T, generator=gen, dtype=torch.float64) * 2
+    w[0, ::5] = 0
+    w = w.float().double()  # values an fp32 weight holds exactly
+    for _, tg in batches:
+        tg[1, -3:] = -1
+    return w
 
 
 def doc_start_of(docs):
@@ -281,12 +301,17 @@ def run_case(name, case, out_dir):
     gen = torch.Generator().manual_seed(case["seed"] + 7)
     perm = torch.randperm(V, generator=gen)
     batches = [make_batch(gen, V, perm) for _ in range(STEPS)]
+    weights = loss_weights_of(case, batches)
     tokens, targets = batches[0]
     doc_start = doc_start_of(case.get("docs"))
 
     # ---- golden forward/backward at the initial weights
-    out = model(tokens, targets, doc_start=doc_start)
+    out = model(tokens, targets, doc_start=doc_start, loss_weights=weights)
     out.loss.backward()
+    if weights is not None:  # the weights must matter, else the case tests nothing
+        with torch.no_grad():
+            plain = model(tokens, targets.clamp(min=0), doc_start=doc_start).ce
+        assert abs(float(plain) - float(out.ce)) > 1e-3, f"{name}: the weights change nothing"
     if doc_start is not None:
         check_packed(name, model, tokens, doc_start, out.logits.detach())
     margin = topk_margin(model)
@@ -324,6 +349,8 @@ def run_case(name, case, out_dir):
     g["targets"] = targets.to(torch.int32)
     if doc_start is not None:
         g["doc_start"] = doc_start.to(torch.int32)
+    if weights is not None:
+        g["loss_weights"] = weights.float()
     g["logits"] = f32(out.logits)
     g["loss"] = f32(out.loss.reshape(1))
     g["ce"] = f32(out.ce.reshape(1))
@@ -340,7 +367,7 @@ def run_case(name, case, out_dir):
     traj = {k: [] for k in ("loss", "ce", "aux", "z", "lr", "grad_norm")}
     traj_margin = math.inf
     for s, (tk, tg) in enumerate(batches):
-        o, lr, gn = tm.train_step(tmodel, opt, tk, tg, s, STEPS, OPTIM, doc_start=doc_start)
+        o, lr, gn = tm.train_step(tmodel, opt, tk, tg, s, STEPS, OPTIM, doc_start=doc_start, loss_weights=weights)
         traj_margin = min(traj_margin, topk_margin(tmodel))
         gap = min(gap, cap_gap(tmodel))
         for k, v in (("loss", o.loss), ("ce", o.ce), ("aux", o.aux), ("z", o.z)):
@@ -371,7 +398,7 @@ def run_case(name, case, out_dir):
                                 (c["moe"]["selection_bias"] or [])))
     tm.save_safetensors(os.path.join(out_dir, "golden.safetensors"), g, meta)
 
-    extra = mixed_variant(name, model, tokens, targets, out_dir, out.logits, min_margin, doc_start)
+    extra = mixed_variant(name, model, tokens, targets, out_dir, out.logits, min_margin, doc_start, weights)
     if name == "mixtral_k2":
         extra += bf16_variant(case, init_state, tokens, targets, out_dir, out.logits)
 
@@ -390,13 +417,14 @@ def run_case(name, case, out_dir):
 MIXED = ("bf16", "fp16")
 
 
-def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64, min_margin=MIN_MARGIN, doc_start=None):
+def mixed_variant(name, model, tokens, targets, out_dir, logits_fp64, min_margin=MIN_MARGIN, doc_start=None,
+                  weights=None):
     g = OrderedDict()
     meta = OrderedDict(case=name, precisions=",".join(MIXED))
     extra = ""
     for p in MIXED:
         with torch.no_grad():
-            o = model(tokens, targets, precision=p, doc_start=doc_start)
+            o = model(tokens, targets, precision=p, doc_start=doc_start, loss_weights=weights)
         margin = topk_margin(model)
         gap = float((o.logits - logits_fp64).norm() / logits_fp64.norm())
         assert torch.isfinite(o.logits).all(), f"{name} {p}: non-finite logits"

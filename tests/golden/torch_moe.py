@@ -436,16 +436,17 @@ class MoeTransformer(nn.Module):
             f"{set(mine.items()) ^ set(want.items())}")
         self.table = table
 
-    def forward(self, tokens, targets=None, precision=None, doc_start=None):
+    def forward(self, tokens, targets=None, precision=None, doc_start=None, loss_weights=None):
         """tokens, targets [B, T] int64. Returns Output(loss, ce, aux_mean, z_mean, logits [B*T, V],
         counts [n_moe_layers, E] int64). loss/ce are None without targets. precision: None, or "bf16" /
         "fp16" to emulate the mixed-precision forward (module docstring). doc_start [B, T] int64: packed
         rows, where each position's document begins in its row (module docstring); None: one sequence
-        per row."""
+        per row. loss_weights [B, T]: ce = sum(w * ce_i) / sum(w) over positions with a target >= 0
+        (targets < 0 count nothing); None: the plain mean."""
         with compute_precision(precision):
-            return self._forward(tokens, targets, doc_start)
+            return self._forward(tokens, targets, doc_start, loss_weights)
 
-    def _forward(self, tokens, targets, doc_start=None):
+    def _forward(self, tokens, targets, doc_start=None, loss_weights=None):
         c = self.cfg
         B, T = tokens.shape
         assert T <= c["max_seq_len"]
@@ -478,7 +479,13 @@ class MoeTransformer(nn.Module):
                torch.zeros(0, c["moe"]["n_experts"], dtype=torch.int64))
         ce = loss = None
         if targets is not None:
-            ce = F.cross_entropy(logits, targets.reshape(-1))
+            if loss_weights is None:
+                ce = F.cross_entropy(logits, targets.reshape(-1))
+            else:
+                tg = targets.reshape(-1)
+                per = F.cross_entropy(logits, tg.clamp(min=0), reduction="none")
+                w = loss_weights.reshape(-1).to(per.dtype) * (tg >= 0).to(per.dtype)
+                ce = (w * per).sum() / w.sum()
             loss = ce + c["moe"]["aux_loss_coef"] * aux + c["moe"]["z_loss_coef"] * z
         return Output(loss, ce, aux, z, logits, cnt)
 
@@ -559,17 +566,17 @@ def lr_at(step: int, total_steps: int, o: dict) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def train_step(model, opt, tokens, targets, step, total_steps, ocfg, doc_start=None):
+def train_step(model, opt, tokens, targets, step, total_steps, ocfg, doc_start=None, loss_weights=None):
     """One optimizer step. Returns (Output of the forward before the update, lr used, total grad
     L2 norm before clipping). Clipping is torch.nn.utils.clip_grad_norm_: grads are scaled by
     min(1, grad_clip / (norm + 1e-6)). Unused parameters get zero gradients (see below). doc_start:
-    packed rows (MoeTransformer.forward)."""
+    packed rows, loss_weights: weighted cross-entropy (MoeTransformer.forward)."""
     o = resolve_optim(ocfg)
     lr = lr_at(step, total_steps, o)
     for gr in opt.param_groups:
         gr["lr"] = lr
     opt.zero_grad(set_to_none=True)
-    out = model(tokens, targets, doc_start=doc_start)
+    out = model(tokens, targets, doc_start=doc_start, loss_weights=loss_weights)
     out.loss.backward()
     # a parameter that took no part (an expert that got no tokens) gets a zero gradient, not None:
     # like a flat gradient buffer, every parameter then takes the step (weight decay, moment decay)

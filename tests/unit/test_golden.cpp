@@ -112,16 +112,19 @@ struct Batch {
   std::vector<int32_t> tokens, targets;
   int64_t B, T;
   std::vector<int32_t> doc_start;
+  std::vector<float> weights;  // a weighted case's per-position loss weights (every batch); empty: none
   // Micro-batch `step` of a [steps, B, T] tokens/targets pair (0: the golden batch).
   sy::moe::Batch at(const std::vector<int32_t>& tok, const std::vector<int32_t>& tgt, int64_t step = 0) const {
-    return sy::moe::Batch{tok.data() + step * B * T, tgt.data() + step * B * T, nullptr,
+    return sy::moe::Batch{tok.data() + step * B * T, tgt.data() + step * B * T,
+                          weights.empty() ? nullptr : weights.data(),
                           doc_start.empty() ? nullptr : doc_start.data(), 0, B, T};
   }
   sy::moe::Batch golden() const { return at(tokens, targets); }
 };
 Batch reference_batch(const sy::core::formats::SafetensorsFile& g) {
   return {i32(g, "tokens"), i32(g, "targets"), g.at("tokens").shape[0], g.at("tokens").shape[1],
-          g.find("doc_start") ? i32(g, "doc_start") : std::vector<int32_t>{}};
+          g.find("doc_start") ? i32(g, "doc_start") : std::vector<int32_t>{},
+          g.find("loss_weights") ? f32(g, "loss_weights") : std::vector<float>{}};
 }
 
 class Golden : public ::testing::TestWithParam<std::string> {};
@@ -333,7 +336,8 @@ TEST_P(Golden, MixedPrecisionForward) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, Golden, ::testing::Values("mixtral_k2", "mixtral_k1", "qwen_shared", "sigmoid_bias",
                                                              "softmax_bias", "top_p", "capacity_position",
-                                                             "capacity_gate", "capacity_margin", "packed"));
+                                                             "capacity_gate", "capacity_margin", "packed",
+                                                             "weighted"));
 
 // The same weights stored as BF16 in two shards with an index: the loader converts them and the
 // logits match the reference computed from the bf16-rounded weights.
