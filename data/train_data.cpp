@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <chrono>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
+#include "core/formats/hdf5.h"
 
 namespace switchyard::data {
 
@@ -28,6 +31,16 @@ TrainData::TrainData(const core::ExperimentConfig& cfg, int rank, int world, int
       seed_(static_cast<uint64_t>(cfg.train.seed)),
       documents_(cfg.data.sample == core::SampleUnit::document) {
   SY_CHECK(!cfg_.train.empty(), "data.train is empty");
+  // a second thread may read HDF5 only where the library is thread-safe (else: inline, said once)
+  const bool any_hdf5 = std::any_of(cfg_.train.items.begin(), cfg_.train.items.end(), [](const auto& src) {
+    return detect_token_file_format(src.path) == TokenFileFormat::hdf5;
+  });
+  if (cfg_.prefetch && any_hdf5 && !core::formats::hdf5_threadsafe()) {
+    cfg_.prefetch = false;
+    if (rank == 0)
+      fmt::print(stderr, "switchyard train: note: this HDF5 library is not thread-safe, so data.prefetch is off "
+                         "(a Megatron .bin/.idx dataset is read without HDF5)\n");
+  }
   double total = 0;
   for (const auto& src : cfg_.train.items) total += src.weight;
   std::vector<const TokenSource*> raw;

@@ -26,6 +26,11 @@ void hdf5_prepare() {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
 }
 
+bool hdf5_threadsafe() {
+  hbool_t safe = false;
+  return H5is_library_threadsafe(&safe) >= 0 && safe;
+}
+
 std::string disk_full_note() {
   return errno == ENOSPC ? "; no space left on the device: free space and run again (what was written before is intact)"
                          : "";

@@ -23,6 +23,10 @@ bool has_hdf5_signature(const std::string& path);
 // itself, so that cleanup is turned off (effective only before the library's first use).
 void hdf5_prepare();
 
+// Whether the HDF5 library in use was built thread-safe (Debian's is): only then may a second
+// thread (the data prefetch) call it while another does.
+bool hdf5_threadsafe();
+
 // Owns one hid_t and closes it with the matching H5*close function.
 class H5Handle {
  public:
