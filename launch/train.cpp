@@ -54,8 +54,11 @@ void report_step(TrainContext& ctx, const StepRecord& r, double avg_step_s) {
     fmt::print("switchyard train: step {} skipped: gradient overflow at loss scale {:g}; scale now {:g}\n",
                r.step, r.loss_scale, ctx.scaler->scale());
   }
-  ctx.progress->update(r.step, r.loss, r.lr, r.tokens_per_s(), avg_step_s,
-                       balance_summary(layer_balances(r.expert_counts, r.n_experts, r.dropped, r.routed_tokens)));
+  std::string summary = balance_summary(layer_balances(r.expert_counts, r.n_experts, r.dropped, r.routed_tokens));
+  if (r.data && (ctx.cfg.data.noise.enabled || ctx.cfg.data.mining.enabled))  // the data layer's flags
+    summary += fmt::format("{}noisy {:.1f}% hard {:.1f}%", summary.empty() ? "" : " | ", 100 * r.data->noisy_share,
+                           100 * r.data->hard_share);
+  ctx.progress->update(r.step, r.loss, r.lr, r.tokens_per_s(), avg_step_s, summary);
 }
 
 }  // namespace
