@@ -30,7 +30,9 @@ SampleStats::SampleStats(int64_t samples, const core::DataConfig& cfg)
       first_(visits_.size(), 0),
       ema_(visits_.size(), 0),
       excess_(visits_.size(), 0),
-      slope_(visits_.size(), 0) {}
+      slope_(visits_.size(), 0),
+      draw_w_(visits_.size(), 1.f),
+      flags_(visits_.size(), 0) {}
 
 double SampleStats::update(const std::vector<SampleLoss>& visits) {
   std::vector<float> losses;
@@ -55,6 +57,7 @@ double SampleStats::update(const std::vector<SampleLoss>& visits) {
       excess_[i] = f2h(b * prev + (1 - b) * excess);
     }
     if (visits_[i] < 0xFFFF) ++visits_[i];
+    if (scored_) rescore(i);
   }
   return median;
 }
@@ -64,7 +67,10 @@ bool SampleStats::mining_on(int64_t step) const { return cfg_.mining.enabled && 
 
 SampleScore SampleStats::score(int64_t s, int64_t step) const {
   SY_CHECK(s >= 0 && s < size(), "sample {} of {}", s, size());
-  const auto i = static_cast<size_t>(s);
+  return score_with(static_cast<size_t>(s), noise_on(step), mining_on(step));
+}
+
+SampleScore SampleStats::score_with(size_t i, bool noise, bool mining) const {
   SampleScore r;
   r.visits = visits_[i];
   r.first = h2f(first_[i]);
@@ -73,8 +79,8 @@ SampleScore SampleStats::score(int64_t s, int64_t step) const {
   r.slope = h2f(slope_[i]);
   const auto& n = cfg_.noise;
   const auto& m = cfg_.mining;
-  r.noisy = noise_on(step) && r.visits >= n.min_visits && r.excess > n.threshold && r.slope > -n.max_slope;
-  r.hard = mining_on(step) && !r.noisy && r.visits >= m.min_visits && r.excess > m.threshold && r.slope <= 0;
+  r.noisy = noise && r.visits >= n.min_visits && r.excess > n.threshold && r.slope > -n.max_slope;
+  r.hard = mining && !r.noisy && r.visits >= m.min_visits && r.excess > m.threshold && r.slope <= 0;
   if (r.noisy) {
     r.draw_weight = static_cast<float>(n.sample_weight);
     r.loss_weight = static_cast<float>(n.loss_weight);
@@ -84,28 +90,57 @@ SampleScore SampleStats::score(int64_t s, int64_t step) const {
   return r;
 }
 
-std::shared_ptr<const DrawWeights> SampleStats::draw_weights(int64_t step, const std::vector<double>& base) const {
+void SampleStats::rescore(size_t i) {
+  const SampleScore sc = score_with(i, gate_noise_, gate_mining_);
+  const bool noisy = sc.noisy, hard = sc.hard;
+  noisy_count_ += static_cast<int64_t>(noisy) - static_cast<int64_t>(flags_[i] & 1);
+  hard_count_ += static_cast<int64_t>(hard) - static_cast<int64_t>((flags_[i] >> 1) & 1);
+  flags_[i] = static_cast<uint8_t>(noisy | (hard << 1));
+  draw_w_[i] = sc.draw_weight;
+}
+
+std::shared_ptr<const DrawWeights> SampleStats::draw_weights(int64_t step, const std::vector<double>& base) {
   SY_CHECK(base.empty() || static_cast<int64_t>(base.size()) == size(), "{} base weights for {} samples",
            base.size(), size());
-  if (base.empty() && !noise_on(step) && !mining_on(step)) return nullptr;
+  const bool noise = noise_on(step), mining = mining_on(step);
+  if (!noise && !mining) {
+    scored_ = false;
+    if (base.empty()) return nullptr;
+    if (!base_only_) {  // the blend's weights alone never change
+      auto w = std::make_shared<DrawWeights>();
+      w->cumulative.resize(base.size());
+      double sum = 0;
+      for (size_t s = 0; s < base.size(); ++s) w->cumulative[s] = sum += base[s];
+      base_only_ = w;
+    }
+    return base_only_;
+  }
+  if (!scored_ || noise != gate_noise_ || mining != gate_mining_) {  // a warmup ended (or a table was loaded)
+    gate_noise_ = noise;
+    gate_mining_ = mining;
+    std::fill(flags_.begin(), flags_.end(), 0);
+    noisy_count_ = hard_count_ = 0;
+    for (size_t i = 0; i < visits_.size(); ++i) rescore(i);
+    scored_ = true;
+  }
   auto w = std::make_shared<DrawWeights>();
   w->cumulative.resize(visits_.size());
-  w->noisy.assign(visits_.size(), 0);
+  w->noisy.resize(visits_.size());
   w->noisy_loss_weight = static_cast<float>(cfg_.noise.loss_weight);
-  w->min_weight = w->max_weight = 1;
+  w->noisy_count = noisy_count_;
+  w->hard_count = hard_count_;
+  float lo = draw_w_.empty() ? 1.f : draw_w_[0], hi = lo;
   double sum = 0;
-  bool first = true;
-  for (int64_t s = 0; s < size(); ++s) {
-    const SampleScore sc = score(s, step);
-    w->noisy[static_cast<size_t>(s)] = sc.noisy ? 1 : 0;
-    w->noisy_count += sc.noisy;
-    w->hard_count += sc.hard;
-    w->min_weight = first ? sc.draw_weight : std::min(w->min_weight, sc.draw_weight);
-    w->max_weight = first ? sc.draw_weight : std::max(w->max_weight, sc.draw_weight);
-    first = false;
-    sum += (base.empty() ? 1.0 : base[static_cast<size_t>(s)]) * sc.draw_weight;
-    w->cumulative[static_cast<size_t>(s)] = sum;
+  for (size_t s = 0; s < visits_.size(); ++s) {
+    const float d = draw_w_[s];
+    lo = std::min(lo, d);
+    hi = std::max(hi, d);
+    sum += (base.empty() ? 1.0 : base[s]) * d;
+    w->cumulative[s] = sum;
+    w->noisy[s] = flags_[s] & 1;
   }
+  w->min_weight = lo;
+  w->max_weight = hi;
   return w;
 }
 
@@ -132,6 +167,7 @@ void SampleStats::from_table(const std::vector<uint16_t>& t, const std::string& 
     excess_[i] = t[i * 5 + 3];
     slope_[i] = t[i * 5 + 4];
   }
+  scored_ = false;  // every score is redone at the next draw_weights
 }
 
 }  // namespace switchyard::data

@@ -41,8 +41,9 @@ struct SampleScore {
   float draw_weight = 1, loss_weight = 1;
 };
 
-// What a step's draws use: per sample the draw weight's cumulative sum (empty: every sample alike)
-// and the noisy flags (empty: none). Immutable once built; shared with the prefetch thread.
+// What a step's draws use: per sample the draw weight's cumulative sum and the noisy flags (empty:
+// none). Immutable once built; shared with the prefetch thread; checkpoints keep the one of the
+// step before (launch/data_checkpoint.h).
 struct DrawWeights {
   std::vector<double> cumulative;  // [S], cumulative[s] = sum of draw weights of samples 0..s
   std::vector<uint8_t> noisy;      // [S]
@@ -60,9 +61,11 @@ class SampleStats {
   // sample loss of the step (the excess is measured from it).
   double update(const std::vector<SampleLoss>& visits);
   SampleScore score(int64_t s, int64_t step) const;
-  // The weights of draws from this table once it holds `step` steps; base: the blend's weight of each sample (empty:
-  // 1 each). Null when every sample weighs the same and none is noisy (uniform draws).
-  std::shared_ptr<const DrawWeights> draw_weights(int64_t step, const std::vector<double>& base) const;
+  // The weights of draws from this table once it holds `step` steps (steps do not go back); base:
+  // the blend's weight of each sample (empty: 1 each). Null when every sample weighs the same and
+  // none is noisy (uniform draws). Cost: one pass of prefix sums; the scores themselves are kept
+  // per sample and redone only for the samples update() visited (and for all when a warmup ends).
+  std::shared_ptr<const DrawWeights> draw_weights(int64_t step, const std::vector<double>& base);
 
   // The table as a [S, 5] uint16 array (visits, first, ema, excess, slope as fp16 bits), for checkpoints.
   std::vector<uint16_t> to_table() const;
@@ -72,8 +75,17 @@ class SampleStats {
  private:
   bool noise_on(int64_t step) const;
   bool mining_on(int64_t step) const;
+  SampleScore score_with(size_t i, bool noise, bool mining) const;
+  // Sample i's draw weight and flags under the gates in force (gate_noise_, gate_mining_).
+  void rescore(size_t i);
   core::DataConfig cfg_;
   std::vector<uint16_t> visits_, first_, ema_, excess_, slope_;
+  // the scores of the gates last applied: draw weight and flags (bit 0 noisy, bit 1 hard) per sample
+  std::vector<float> draw_w_;
+  std::vector<uint8_t> flags_;
+  int64_t noisy_count_ = 0, hard_count_ = 0;
+  bool gate_noise_ = false, gate_mining_ = false, scored_ = false;  // scored_: draw_w_ and flags_ are current
+  std::shared_ptr<const DrawWeights> base_only_;  // the blend's weights alone (no gate on), built once
 };
 
 }  // namespace switchyard::data

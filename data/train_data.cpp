@@ -68,9 +68,8 @@ TrainData::TrainData(const core::ExperimentConfig& cfg, int rank, int world, int
     }
   }
   stats_ = std::make_unique<SampleStats>(index_->size(), cfg_);
-  lagged_ = std::make_unique<SampleStats>(*stats_);
   batcher_ = std::make_unique<DocumentBatcher>(*index_, raw, vocab_, seed_, rank_, world_, cfg_.packing);
-  refresh_weights();
+  weights_now_ = weights_lagged_ = stats_->draw_weights(0, base_);
 }
 
 TrainData::~TrainData() {
@@ -78,11 +77,6 @@ TrainData::~TrainData() {
     settle();
   } catch (...) {  // the run is already ending with the error that matters
   }
-}
-
-void TrainData::refresh_weights() {
-  weights_now_ = stats_->draw_weights(steps_, base_);
-  weights_lagged_ = steps_ > 0 ? lagged_->draw_weights(steps_ - 1, base_) : weights_now_;
 }
 
 StepBatches TrainData::build(int64_t step, std::shared_ptr<const DrawWeights> weights) {
@@ -127,13 +121,13 @@ StepBatches TrainData::take(int64_t step) {
     pending_.reset();
   } else {
     SY_CHECK(!pending_, "data for step {} taken while step {} was being prepared", step, pending_step_);
-    // step s draws with the table of steps 1 .. s-1: after record(s-1), the lagged one
+    // step s (0-based) draws with the table of steps 0 .. s-2: the lagged weights
     sb = build(step, weights_lagged_);
   }
   sb.wait_s = seconds_since(t0);
   last_state_ = sb.state_after;
   pending_step_ = -1;
-  if (cfg_.prefetch && step + 1 < steps_total_) {  // step s+1 draws with the table of steps 1 .. s: record(s-1) is the newest
+  if (cfg_.prefetch && step + 1 < steps_total_) {  // step s+1: the table of steps 0 .. s-1, the newest
     pending_step_ = step + 1;
     pending_.emplace(std::async(std::launch::async, [this, next = step + 1, w = weights_now_] { return build(next, w); }));
   }
@@ -148,10 +142,10 @@ void TrainData::settle() {
 double TrainData::record(const std::vector<SampleLoss>& visits, int64_t step) {
   SY_CHECK(documents_, "record() in window mode");
   SY_CHECK(step == steps_, "record for step {} after {} steps", step, steps_);
-  *lagged_ = *stats_;
   const double median = stats_->update(visits);
   steps_ = step + 1;
-  refresh_weights();
+  weights_lagged_ = weights_now_;
+  weights_now_ = stats_->draw_weights(steps_, base_);
   return median;
 }
 
@@ -160,7 +154,7 @@ DataState TrainData::state() const {
   s.steps = steps_;
   if (!documents_) return s;
   s.table = stats_->to_table();
-  if (steps_ > 0) s.lagged = lagged_->to_table();
+  s.lagged = weights_lagged_;
   s.ranks = {last_state_};
   return s;
 }
@@ -172,8 +166,9 @@ void TrainData::restore(const DataState& s, const std::string& what) {
     pending_.reset();
   }
   stats_->from_table(s.table, what);
-  if (s.steps > 0) lagged_->from_table(s.lagged, what);
-  else *lagged_ = *stats_;
+  if (s.lagged && static_cast<int64_t>(s.lagged->cumulative.size()) != index_->size())
+    throw_usage("{}: draw weights of {} samples, but this run's data has {}; resume with the same data.train, "
+                "data.sample and train.seq_len", what, s.lagged->cumulative.size(), index_->size());
   steps_ = s.steps;
   pending_step_ = -1;
   if (static_cast<int>(s.ranks.size()) == world_) {
@@ -188,7 +183,13 @@ void TrainData::restore(const DataState& s, const std::string& what) {
       throw_usage("{}: the saved draw state names sample {}, but this run's data has {}; resume with the same "
                   "data.train, data.sample and train.seq_len", what, r, index_->size());
   batcher_->set_state(last_state_);
-  refresh_weights();
+  weights_now_ = stats_->draw_weights(steps_, base_);
+  weights_lagged_ = nullptr;
+  if (s.lagged) {  // the loss weight of a noisy sample is the config's
+    auto w = std::make_shared<DrawWeights>(*s.lagged);
+    w->noisy_loss_weight = static_cast<float>(cfg_.noise.loss_weight);
+    weights_lagged_ = std::move(w);
+  }
 }
 
 }  // namespace switchyard::data

@@ -42,7 +42,7 @@ struct StepBatches {
 struct DataState {
   int64_t steps = 0;                  // steps recorded
   std::vector<uint16_t> table;        // SampleStats::to_table after `steps` steps
-  std::vector<uint16_t> lagged;       // ... after steps - 1 (empty when steps == 0)
+  std::shared_ptr<const DrawWeights> lagged;  // the draw weights of the table after steps - 1 (null: uniform)
   std::vector<DrawState> ranks;       // each rank's draw state after `steps` steps
 };
 
@@ -76,7 +76,6 @@ class TrainData {
 
  private:
   StepBatches build(int64_t step, std::shared_ptr<const DrawWeights> weights);
-  void refresh_weights();
   core::DataConfig cfg_;
   int rank_, world_;
   int64_t B_, T_, accum_, steps_total_, vocab_;
@@ -87,10 +86,11 @@ class TrainData {
   std::vector<std::unique_ptr<WindowSampler>> windows_;
   std::unique_ptr<SampleIndex> index_;
   std::vector<double> base_;  // document blends: per-sample base weight; else empty
-  std::unique_ptr<SampleStats> stats_, lagged_;
+  std::unique_ptr<SampleStats> stats_;
   std::unique_ptr<DocumentBatcher> batcher_;
   int64_t steps_ = 0;
-  std::shared_ptr<const DrawWeights> weights_now_, weights_lagged_;  // from stats_, lagged_
+  // the draw weights of the table now (after steps_ steps) and of the one before
+  std::shared_ptr<const DrawWeights> weights_now_, weights_lagged_;
   DrawState last_state_;
   std::optional<std::future<StepBatches>> pending_;
   int64_t pending_step_ = -1;

@@ -107,7 +107,16 @@ void save_data_state(const std::string& folder, const data::TrainData& data, par
   write_attr(root.get(), "world_size", world.size(), file);
   const auto S5 = std::vector<hsize_t>{static_cast<hsize_t>(S), 5};
   write_dataset(f.get(), "stats", mine.table, S5, H5T_STD_U16LE, H5T_NATIVE_UINT16, file);
-  if (mine.steps > 0) write_dataset(f.get(), "stats_lagged", mine.lagged, S5, H5T_STD_U16LE, H5T_NATIVE_UINT16, file);
+  if (const auto& w = mine.lagged) {
+    const auto S1 = std::vector<hsize_t>{static_cast<hsize_t>(S)};
+    write_dataset(f.get(), "lagged_cumulative", w->cumulative, S1, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, file);
+    std::vector<uint8_t> noisy = w->noisy;
+    noisy.resize(static_cast<size_t>(S), 0);
+    write_dataset(f.get(), "lagged_noisy", noisy, S1, H5T_STD_U8LE, H5T_NATIVE_UINT8, file);
+    const std::vector<double> summary = {static_cast<double>(w->noisy_count), static_cast<double>(w->hard_count),
+                                         w->min_weight, w->max_weight};
+    write_dataset(f.get(), "lagged_summary", summary, {4}, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, file);
+  }
   std::vector<int64_t> drawn, pools;
   for (int r = 0; r < world.size(); ++r) {
     const auto* row = all.data() + static_cast<size_t>(r) * static_cast<size_t>(pool + 1);
@@ -141,7 +150,17 @@ data::DataState load_data_state(const std::string& folder) {
   if (s.steps < 0 || S < 0 || world < 1)
     throw_usage("{}: damaged attributes (steps {}, samples {}, world_size {})", file, s.steps, S, world);
   s.table = read_dataset<uint16_t>(f.get(), "stats", H5T_NATIVE_UINT16, S * 5, file);
-  if (s.steps > 0) s.lagged = read_dataset<uint16_t>(f.get(), "stats_lagged", H5T_NATIVE_UINT16, S * 5, file);
+  if (H5Lexists(f.get(), "lagged_cumulative", H5P_DEFAULT) > 0) {
+    auto w = std::make_shared<data::DrawWeights>();
+    w->cumulative = read_dataset<double>(f.get(), "lagged_cumulative", H5T_NATIVE_DOUBLE, S, file);
+    w->noisy = read_dataset<uint8_t>(f.get(), "lagged_noisy", H5T_NATIVE_UINT8, S, file);
+    const auto summary = read_dataset<double>(f.get(), "lagged_summary", H5T_NATIVE_DOUBLE, 4, file);
+    w->noisy_count = static_cast<int64_t>(summary[0]);
+    w->hard_count = static_cast<int64_t>(summary[1]);
+    w->min_weight = static_cast<float>(summary[2]);
+    w->max_weight = static_cast<float>(summary[3]);
+    s.lagged = std::move(w);
+  }
   const auto drawn = read_dataset<int64_t>(f.get(), "drawn", H5T_NATIVE_INT64, world, file);
   const auto pools = read_dataset<int64_t>(f.get(), "pool", H5T_NATIVE_INT64, -1, file);
   if (pools.size() % static_cast<size_t>(world) != 0)

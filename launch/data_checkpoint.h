@@ -5,7 +5,10 @@
 //   /              attributes: format = "switchyard-data-state", version = 1 (int64),
 //                  steps (int64: steps recorded), samples (int64: S), world_size (int64)
 //   /stats         uint16 [S, 5]: data::SampleStats::to_table() after `steps` steps
-//   /stats_lagged  uint16 [S, 5]: the same after steps - 1 (absent when steps = 0)
+//   /lagged_cumulative  float64 [S]: the draw weights' cumulative sums of the table after
+//                  steps - 1 (data::DrawWeights; absent when those draws were uniform)
+//   /lagged_noisy  uint8 [S]: its noisy flags; /lagged_summary float64 [4]: its noisy and hard
+//                  counts, smallest and largest draw weight
 //   /drawn         int64 [world_size]: each rank's draws taken
 //   /pool          int64 [world_size, P]: each rank's packing pool (draw order), -1 padded
 // Each dataset carries a `crc32c` attribute (uint32, over its bytes). Errors reading it are usage

@@ -304,6 +304,7 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
   }
   const std::vector<float> bias = model.selection_bias();
   r.selection_bias = per_layer_range(bias, E);
+  if (ctx.data->documents()) r.data = record_data(ctx, batches, visits, step);  // in the step's time
   const auto t_end = Clock::now();
   r.seconds = seconds_between(t0, t_end);
   r.reduce_s = seconds_between(t_reduce, t_opt);
@@ -317,7 +318,7 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
     r.loss += sums.ce_sum / step_weight - r.ce;
     r.ce = sums.ce_sum / step_weight;
   }
-  if (ctx.data->documents()) r.data = record_data(ctx, batches, visits, step);
+
   r.aux = sums.aux / n_mb;
   r.z = sums.z / n_mb;
   r.tokens = sums.tokens;
