@@ -1,7 +1,9 @@
 // data/sample_stats.h: what the run has learned about each sample (data.sample: document), and
 // the draw and loss weights that hard-example mining and noise weighting derive from it.
 //
-// Per sample, 10 bytes (fp16 values): visits (uint16, saturating), the loss of the first visit,
+// Memory per sample: 10 bytes of statistics (what checkpoints keep), 5 of scores (draw weight,
+// flags), and 9 in each of the two DrawWeights a run holds (~33 bytes: 10 million samples in
+// 330 MB). The statistics, fp16 values: visits (uint16, saturating), the loss of the first visit,
 // an EMA of the loss, an EMA of the excess loss (the sample's mean token loss minus the median
 // sample loss of the step that visited it: what is left once the model's progress as a whole is
 // taken out) and an EMA of the excess's change per visit (the slope: < 0 while the model is still
