@@ -70,14 +70,15 @@ DocumentBatcher::DocumentBatcher(const SampleIndex& index, const std::vector<con
 
 int64_t DocumentBatcher::sample_of_draw(int64_t g, const DrawWeights* w) const {
   const int64_t S = index_.size();
-  if (!w) {
-    const int64_t epoch = g / S;
-    return permute_index(g % S, S, splitmix64_at(seed_ ^ kPermuteDomain, static_cast<uint64_t>(epoch)));
-  }
+  const int64_t round = g / S;
+  const uint64_t key = splitmix64_at(seed_ ^ kPermuteDomain, static_cast<uint64_t>(round));
+  const int64_t slot = permute_index(g % S, S, key);
+  if (!w) return slot;
+  // systematic sampling: the round's S draws take the points (slot + offset) / S of the weights'
+  // cumulative distribution, in the permuted order; under equal weights exactly the permutation
   SY_CHECK(static_cast<int64_t>(w->cumulative.size()) == S, "{} weights for {} samples", w->cumulative.size(), S);
-  const double total = w->cumulative.back();
-  const double u = static_cast<double>(splitmix64_at(seed_ ^ kDrawDomain, static_cast<uint64_t>(g)) >> 11) *
-                   0x1.0p-53 * total;
+  const double offset = static_cast<double>(splitmix64_at(key ^ kDrawDomain, 0) >> 11) * 0x1.0p-53;
+  const double u = (static_cast<double>(slot) + offset) / static_cast<double>(S) * w->cumulative.back();
   const auto it = std::upper_bound(w->cumulative.begin(), w->cumulative.end(), u);
   return std::min<int64_t>(it - w->cumulative.begin(), S - 1);
 }

@@ -1,12 +1,15 @@
 // data/batcher.h: micro-batches of samples (data.sample: document), one row per sample or packed.
 //
 // Draws. Rank r's k-th draw is global draw g = k * world + r, so the ranks' draws never share a
-// number. Without weights (one source, no reweighting yet) draw g takes sample
-// permutation_e(g mod S), e = g div S: a keyed bijection of [0, S) per epoch (a Feistel network
-// with cycle walking, keyed by seed and epoch), so every sample comes once per epoch and the ranks
-// draw disjoint samples. With weights (a blend, mining, noise: data/sample_stats.h) draw g takes
-// the sample whose cumulative weight interval holds u(g) * total, u(g) from splitmix64 of
-// (seed, g): independent draws, with replacement.
+// number. Draws come in rounds of S (the number of samples): draw g is point
+// permutation_e(g mod S) of round e = g div S, a keyed bijection of [0, S) per round (a Feistel
+// network with cycle walking, keyed by seed and round). Without weights (one source, no
+// reweighting yet) that point is the sample: every sample once per round, the ranks' draws
+// disjoint. With weights (a blend, mining, noise: data/sample_stats.h) it is systematic
+// sampling: point p takes the sample whose cumulative weight interval holds (p + o_e) / S of the
+// total (o_e in [0, 1) per round), so in a round a sample of probability q comes floor or ceil of
+// S * q times (weights fixed over the round) instead of a Poisson number of times, in permuted
+// order; equal weights give exactly the permutation.
 //
 // Rows. Without packing, each row is one draw: positions [0, n-1) of a sample of n tokens, the
 // rest padding (token 0, target -1). With data.packing, draws wait in a pool; each micro-batch

@@ -116,7 +116,8 @@ TEST(Draws, UniformEpochsAreDisjointOverRanks) {
   }
 }
 
-// Weighted draws follow the weights (a fixed seed: a deterministic check with a wide margin).
+// Weighted draws follow the weights, and per round of S draws each sample comes floor or ceil of
+// S * its probability times (systematic sampling); equal weights give the permutation.
 TEST(Draws, WeightedDrawsFollowTheWeights) {
   const MemorySource src(std::vector<int64_t>(4, 4));
   const SampleIndex idx({&src}, 8);
@@ -128,6 +129,24 @@ TEST(Draws, WeightedDrawsFollowTheWeights) {
   for (int g = 0; g < n; ++g) freq[static_cast<size_t>(b.sample_of_draw(g, &w))] += 1.0 / n;
   const std::vector<double> want = {0.2, 0.1, 0.6, 0.1};
   for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(freq[i], want[i], 0.01) << i;
+  // 40 samples with weights 1..40: every round gives each floor/ceil of 40 * w / 820 draws
+  const MemorySource many(std::vector<int64_t>(40, 4));
+  const SampleIndex big({&many}, 8);
+  sy::data::DrawWeights w40, equal;
+  double sum = 0;
+  for (int s = 0; s < 40; ++s) w40.cumulative.push_back(sum += s + 1), equal.cumulative.push_back(s + 1.0);
+  sy::data::DocumentBatcher bb(big, {&many}, 256, 9, 0, 1, false);
+  for (int64_t round = 0; round < 50; ++round) {
+    std::vector<int> count(40, 0);
+    for (int64_t j = 0; j < 40; ++j) ++count[static_cast<size_t>(bb.sample_of_draw(round * 40 + j, &w40))];
+    for (int s = 0; s < 40; ++s) {
+      const double expect = 40.0 * (s + 1) / 820.0;
+      EXPECT_GE(count[static_cast<size_t>(s)], std::floor(expect)) << "round " << round << " sample " << s;
+      EXPECT_LE(count[static_cast<size_t>(s)], std::ceil(expect)) << "round " << round << " sample " << s;
+    }
+    for (int64_t j = 0; j < 40; ++j)
+      EXPECT_EQ(bb.sample_of_draw(round * 40 + j, &equal), bb.sample_of_draw(round * 40 + j, nullptr));
+  }
 }
 
 // Without packing: each row is one sample (inputs, shifted targets, the rest padding).
