@@ -22,7 +22,8 @@
       Prints the table: clean validation loss, share of corrupted documents among the draws of the
       last quarter (visits at the end minus visits at 3/4, per sample), the ROC-AUC of the noise
       score against the mask (the weighted run's excess loss per document, all kinds and per kind),
-      tokens/s; below it the noisy flags against the mask and the settings. The plot: the clean
+      tokens/s (--extra LABEL=RUN_DIR adds other runs of the same data as rows: settings tried);
+      below it the noisy flags against the mask and the settings. The plot: the clean
       validation loss of both runs per evaluation, and the weighted run's per-document noise score
       by kind (clean and each corruption).
 """
@@ -35,7 +36,6 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "scripts", "lib"))
-import megatron_ref  # noqa: E402  (the independent Megatron writer)
 from exp_balance import load as load_metrics  # noqa: E402  (metrics.jsonl: step and eval records)
 
 KINDS = ("random", "shuffled", "foreign")
@@ -97,6 +97,7 @@ def corrupt(doc, kind, rng, foreign):
 
 
 def write_split(prefix, docs):
+    import megatron_ref  # the independent Megatron writer (needs numpy; `make` only)
     seqs = [list(d) + [0] for d in docs]
     megatron_ref.write_dataset(prefix, 8, seqs, list(range(len(seqs) + 1)))
 
@@ -193,10 +194,10 @@ def corrupted_share(q3, end, kinds):
     return bad / total if total else float("nan"), total
 
 
-def summarize(runs_dir, name, kinds):
-    steps, evals = load_metrics(os.path.join(runs_dir, name))
-    s3, q3 = load_report(os.path.join(runs_dir, name, "report_q3.json"))
-    s4, end = load_report(os.path.join(runs_dir, name, "report_end.json"))
+def summarize(run_dir, name, kinds):
+    steps, evals = load_metrics(run_dir)
+    s3, q3 = load_report(os.path.join(run_dir, "report_q3.json"))
+    s4, end = load_report(os.path.join(run_dir, "report_end.json"))
     share, draws = corrupted_share(q3, end, kinds)
     scores = doc_scores(end)
     clean = [v for d, (v, _) in scores.items() if str(d) not in kinds]
@@ -329,8 +330,9 @@ def cmd_report(a):
     with open(a.mask) as f:
         mask = json.load(f)
     kinds = mask["kinds"]
-    rows = [summarize(a.runs, n, kinds) for n in RUNS]
-    text = table(rows) + "\n\n" + details(rows, mask)
+    rows = [summarize(os.path.join(a.runs, n), n, kinds) for n in RUNS]
+    extra = [summarize(d, label, kinds) for label, d in (e.split("=", 1) for e in a.extra)]
+    text = table(rows + extra) + "\n\n" + details(rows, mask)
     print(text)
     for path, body in ((a.markdown, text + "\n"), (a.svg, svg(rows) if a.svg else "")):
         if path:
@@ -352,6 +354,8 @@ def main():
     r.add_argument("mask")
     r.add_argument("--markdown")
     r.add_argument("--svg")
+    r.add_argument("--extra", action="append", default=[], metavar="LABEL=RUN_DIR",
+                   help="another run (its folder with report_q3.json and report_end.json) as a row of the table")
     a = ap.parse_args()
     if a.cmd == "make":
         cmd_make(a)

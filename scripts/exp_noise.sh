@@ -41,10 +41,10 @@ WARM=$(( STEPS / 8 ))
 declare -A VARIANT=(
   [uniform]="--set data.noise.enabled=false --set data.mining.enabled=false"
   [weighted]="--set data.noise.enabled=true --set data.noise.warmup_steps=$WARM --set data.noise.min_visits=2
-              --set data.noise.threshold=1.0 --set data.noise.max_slope=0.05 --set data.noise.sample_weight=0.05
+              --set data.noise.threshold=1.5 --set data.noise.max_slope=0.5 --set data.noise.sample_weight=0.02
               --set data.noise.loss_weight=0.1
               --set data.mining.enabled=true --set data.mining.warmup_steps=$WARM --set data.mining.min_visits=2
-              --set data.mining.threshold=0.25 --set data.mining.strength=2 --set data.mining.max_weight=4"
+              --set data.mining.threshold=0.5 --set data.mining.strength=1 --set data.mining.max_weight=2"
 )
 NAMES=${VARIANTS:-uniform weighted}
 export OMP_NUM_THREADS=1
