@@ -348,7 +348,7 @@ def main():
     m.add_argument("--seed", type=int, default=14)
     m.add_argument("--corrupt", type=float, default=0.23)
     m.add_argument("--valid", type=float, default=0.05)
-    m.add_argument("--max-bytes", type=int, default=1024, help="cut each document to this many bytes; 0: whole")
+    m.add_argument("--max-bytes", type=int, default=2048, help="cut each document to this many bytes; 0: whole")
     r = sub.add_parser("report")
     r.add_argument("runs")
     r.add_argument("mask")

@@ -14,9 +14,10 @@
 # The runs go side by side, one rank and one thread each (small GEMMs gain little from a second
 # thread; this way both runs see the same machine and their tokens/s compare).
 #
-#   scripts/exp_noise.sh [STEPS]            # default 1600 steps, ~15 min on 2 cores
+#   scripts/exp_noise.sh [STEPS]            # default 1600 steps, ~13 min on 2 cores
 #   VARIANTS=weighted EXTRA="--set data.noise.threshold=0.8" EXP_DIR=runs/try scripts/exp_noise.sh
-#                                           # one run, other settings (the report needs both runs)
+#                                           # one run, other settings (EXTRA goes to every run
+#                                           # named; the report needs both runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x build/switchyard ] || bash scripts/setup.sh
@@ -32,9 +33,9 @@ mkdir -p "$OUT"
 
 SHAPE=(--set model.d_model=128 --set model.n_layers=4 --set model.n_heads=4 --set model.n_kv_heads=2
        --set model.moe.n_experts=8 --set model.moe.top_k=2 --set model.moe.expert_size=128
-       --set train.seq_len=$SEQ --set train.micro_batch=$MICRO --set train.grad_accum=$ACCUM
-       --set train.steps="$STEPS" --set optim.warmup_steps=$(( STEPS / 20 )) --set train.log_interval=100
-       --set train.eval_interval=$(( STEPS / 8 )) --set train.eval_windows=0
+       --set train.seq_len="$SEQ" --set train.micro_batch="$MICRO" --set train.grad_accum="$ACCUM"
+       --set train.steps="$STEPS" --set optim.warmup_steps="$(( STEPS / 20 ))" --set train.log_interval=100
+       --set train.eval_interval="$(( STEPS / 8 ))" --set train.eval_windows=0
        --set data.train="$DATA" --set data.valid="${DATA}_valid" --set data.sample=document
        --set checkpoint.interval="$Q3" --set checkpoint.keep_last=10)
 WARM=$(( STEPS / 8 ))
@@ -51,9 +52,8 @@ export OMP_NUM_THREADS=1
 pids=()
 for v in $NAMES; do
   [ -n "${VARIANT[$v]+x}" ] || { echo "exp_noise: unknown variant $v (${!VARIANT[*]})" >&2; exit 2; }
+  echo "== $v: $(xargs <<< "${VARIANT[$v]}") ${EXTRA:-} (log: $OUT/$v.log)"
   # shellcheck disable=SC2086  # the variant's options are words
-  echo "== $v:" $(echo ${VARIANT[$v]}) ${EXTRA:-} "(log: $OUT/$v.log)"
-  # shellcheck disable=SC2086
   build/switchyard train --config configs/tiny.yaml --run-dir "$OUT/$v" --overwrite "${SHAPE[@]}" ${VARIANT[$v]} \
     ${EXTRA:-} > "$OUT/$v.log" 2>&1 &
   pids+=($!)
