@@ -5,6 +5,9 @@
 # configs/tiny.yaml, data.sample: document; prints a table and the ratio, run next to each other.
 #
 #   scripts/bench_prefetch.sh [STEPS]          # default 60 steps per run
+#   EXTRA="--set model.d_model=64 --set model.n_layers=2" scripts/bench_prefetch.sh   # a smaller model
+#   ORDER="false true" ...                      # the other run first (the second run of a pair
+#                                               # tends to be faster here: run both orders)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x build/switchyard ] || bash scripts/setup.sh
@@ -15,11 +18,11 @@ STEPS=${1:-60}
 OUT=${BENCH_DIR:-runs/bench_prefetch}
 mkdir -p "$OUT"
 evict() { /usr/bin/python3 -c "import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)" "$1"; }
-for pf in true false; do
+for pf in ${ORDER:-true false}; do
   evict "$CORPUS"
   build/switchyard train --config configs/tiny.yaml --run-dir "$OUT/prefetch_$pf" --overwrite \
     --set train.steps="$STEPS" --set train.eval_interval=0 --set data.sample=document \
-    --set data.prefetch=$pf --set checkpoint.interval=0 >"$OUT/prefetch_$pf.log"
+    --set data.prefetch=$pf --set checkpoint.interval=0 ${EXTRA:-} >"$OUT/prefetch_$pf.log"
 done
 /usr/bin/python3 - "$OUT" <<'PY'
 import json, statistics, sys
