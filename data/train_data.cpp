@@ -174,6 +174,10 @@ void TrainData::restore(const DataState& s, const std::string& what) {
   if (static_cast<int>(s.ranks.size()) == world_) {
     last_state_ = s.ranks[static_cast<size_t>(rank_)];
   } else {  // another number of ranks: each rank starts a fresh stream past every saved draw
+    if (rank_ == 0)
+      fmt::print(stderr, "switchyard train: note: {} was written by {} rank(s), this run has {}: the statistics "
+                         "resume, the draws continue on fresh streams (not the uninterrupted run's order)\n",
+                 what, s.ranks.size(), world_);
     int64_t drawn = 0;
     for (const auto& r : s.ranks) drawn = std::max(drawn, r.drawn);
     last_state_ = DrawState{drawn * static_cast<int64_t>(s.ranks.size()) / world_ + 1, {}};

@@ -2,6 +2,7 @@
 # The data layer end to end (data/train_data.h, launch/data_checkpoint.h, launch/data_report.h):
 # (a) data.sample: document with packing, mining and noise weighting on 2 ranks resumes from a
 #     checkpoint bit for bit (losses and data metrics), and data.prefetch false trains the same;
+#     on 1 rank it resumes with a note that the draws continue on fresh streams;
 # (b) blends: data.train as a list of {path, weight} trains in window and document mode;
 # (c) data-report lists the samples and writes every sample to --json;
 # (d) bad input, each one clear error with exit code 2: a blend weight <= 0, a missing blend file,
@@ -49,6 +50,10 @@ assert any(full[s]["data"]["noisy_share"] > 0 or full[s]["data"]["hard_share"] >
     "nothing was ever flagged: the scores are not exercised"
 print("resume and prefetch: identical over 8 steps; step 8:", d)
 PY
+
+# on another number of ranks the statistics resume and the draws go on fresh streams, said once
+"$SY" train "${DOC[@]}" --run-dir "$TMP/one_rank" --resume "$TMP/full/checkpoints/step-000004" 2>"$TMP/one_rank.err" >/dev/null
+grep -q "fresh streams" "$TMP/one_rank.err" || { echo "FAIL: no note about the draws"; cat "$TMP/one_rank.err"; exit 1; }
 
 # ---- (b) blends
 cat > "$TMP/blend.yaml" <<EOF
