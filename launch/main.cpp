@@ -8,6 +8,7 @@
 //   plan     launch/plan.h       parameters, FLOPs and memory per rank of a config, and the
 //                                activation checkpointing `auto` picks
 //   bench    launch/bench.h      measured GEMM peak of the backend
+//   generate launch/generate.h   text sampled from a byte-level model (greedy or temperature/top-p)
 // Library code throws switchyard::Error; only this file ends the process. With several MPI ranks a
 // failing rank prints its error with its rank and aborts the whole job (no rank hangs).
 #include <fmt/format.h>
@@ -24,6 +25,7 @@
 #include "launch/commands.h"
 #include "launch/data_report.h"
 #include "launch/export.h"
+#include "launch/generate.h"
 #include "launch/plan.h"
 #include "launch/train.h"
 #include "parallel/mpi_context.h"
@@ -83,6 +85,20 @@ int main(int argc, char** argv) {
   e->add_flag("--allow-nonfinite", eval.allow_nonfinite, "Evaluate weights that hold inf/NaN (refused by default)");
   e->add_option("--dump-logits", eval.dump_logits,
                 "Also write the logits (fp32 little-endian [windows*seq_len, vocab]) to this file");
+
+  sy::launch::GenerateOptions gen;
+  auto* g = app.add_subcommand("generate", "Continue a prompt with text sampled from a byte-level model");
+  g->add_option("--init-from", gen.init_from, "Hugging Face model folder");
+  g->add_option("--checkpoint", gen.checkpoint,
+                "Checkpoint folder (step-NNNNNN), checkpoint directory (its `latest`) or run folder");
+  g->add_option("--prompt", gen.prompt, "Text to continue (its bytes are the tokens)")->required();
+  g->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate at most (default 64; fewer at an end of document)");
+  g->add_option("--temperature", gen.temperature, "Softmax temperature (default 1; 0: greedy)");
+  g->add_option("--top-p", gen.top_p, "Sample among the most probable tokens holding this mass, in (0, 1] (default 1)");
+  g->add_option("--seed", gen.seed, "Seed of the draws (default 0)");
+  add_choice(g, "--device", gen.device, "Where to compute: cpu (default) or cuda (the first GPU)");
+  g->add_option("--threads", gen.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+  g->add_flag("--allow-nonfinite", gen.allow_nonfinite, "Use weights that hold inf/NaN (refused by default)");
 
   sy::launch::ExportOptions exp;
   auto* x = app.add_subcommand("export", "Write a checkpoint in the Hugging Face layout (transformers, vLLM)");
@@ -161,6 +177,7 @@ int main(int argc, char** argv) {
     if (*t) return sy::launch::run_train(train, mpi);
     if (*e) return sy::launch::run_eval(eval);
     if (*p) return sy::launch::run_prepare(prep);
+    if (*g) return sy::launch::run_generate(gen);
     if (*x) return sy::launch::run_export(exp);
     if (*pl) return sy::launch::run_plan(plan);
     if (*dr) return sy::launch::run_data_report(report);
