@@ -112,6 +112,28 @@ void AttentionLayer::forward(float* out, const float* x, const float* params, in
            prec_.stored_activation());  // out = att Wo^T
 }
 
+void AttentionLayer::decode(float* out, const float* x, const float* params, float* cache, int64_t pos,
+                            int64_t n) {
+  const int64_t T = pos + n, W = shape_.qkv_width(), QW = shape_.q_width();
+  SY_CHECK(pos >= 0 && n > 0 && T <= max_tokens_, "attention decode: positions {}..{} exceed {}", pos, T,
+           max_tokens_);
+  float* fresh = cache + pos * W;
+  be_.gemm(false, true, n, W, C_, 1.0f, x, C_, params + off_wqkv_, C_, 0.0f, fresh, W,
+           prec_.stored_activation());  // the new rows' qkv = x Wqkv^T, as attend()
+  if (off_bqkv_ >= 0) be_.add_bias(fresh, params + off_bqkv_, n, W);
+  be_.copy(buf_.qkv, cache, static_cast<size_t>(T * W) * sizeof(float));
+  shape_.B = 1;
+  shape_.T = T;
+  shape_.doc_start = nullptr;
+  be_.rope_forward(buf_.qkv, shape_, theta_);
+  prec_.store(be_, buf_.qkv, T * W);
+  be_.attention_forward(buf_.att, buf_.lse, buf_.qkv, shape_);
+  const float* att = buf_.att + pos * QW;
+  prec_.store(be_, buf_.att + pos * QW, n * QW);
+  be_.gemm(false, true, n, C_, QW, 1.0f, att, QW, params + off_wo_, QW, 0.0f, out, C_,
+           prec_.stored_activation());  // out = att Wo^T
+}
+
 void AttentionLayer::backward(float* dx, const float* dout, const float* x, const float* params,
                               float* grads, int64_t B, int64_t T, const int32_t* doc_start) {
   const int64_t N = B * T;

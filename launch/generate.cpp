@@ -48,16 +48,21 @@ Generation generate_tokens(moe::Model& model, std::vector<int32_t> context, int6
                            const SamplingOptions& s) {
   SY_CHECK(!context.empty(), "generate_tokens: empty context");
   core::Backend& be = model.backend();
-  const int64_t V = model.config().vocab_size, max_T = model.config().max_seq_len;
+  const int64_t V = model.config().vocab_size, cap = model.decode_capacity();
   std::vector<float> row(static_cast<size_t>(V));
-  std::vector<int32_t> targets;  // all -1: no loss anywhere
   Generation g;
   const auto t0 = std::chrono::steady_clock::now();
+  model.decode_reset();
   for (int64_t step = 0; step < max_new; ++step) {
-    const int64_t T = std::min<int64_t>(static_cast<int64_t>(context.size()), max_T);
-    targets.assign(static_cast<size_t>(T), -1);
-    model.forward(context.data() + context.size() - T, targets.data(), 1, T);
-    be.copy_to_host(row.data(), model.logits() + (T - 1) * V, row.size() * sizeof(float));
+    const auto size = static_cast<int64_t>(context.size());
+    if (size <= cap) {  // the prompt at the first step, then the newest token
+      const int64_t have = model.decode_length();
+      model.decode(context.data() + have, size - have);
+    } else {  // past the window every position moves: its last cap tokens from position 0 again
+      model.decode_reset();
+      model.decode(context.data() + size - cap, cap);
+    }
+    be.copy_to_host(row.data(), model.logits() + (model.logits_rows() - 1) * V, row.size() * sizeof(float));
     const int32_t next = sample_token(row, s, static_cast<uint64_t>(step));
     if (next == 0) {
       g.ended = true;
@@ -107,7 +112,7 @@ int run_generate(const GenerateOptions& opts) {
   fmt::print("{}\n", text);
   std::fflush(stdout);
   const auto n = static_cast<int64_t>(g.tokens.size());
-  fmt::print(stderr, "generate: {} new tokens{} in {:.3f} s ({:.1f} tokens/s, {}, recomputing the context per token)\n",
+  fmt::print(stderr, "generate: {} new tokens{} in {:.3f} s ({:.1f} tokens/s, {}, KV cache)\n",
              n, g.ended ? " (then end of document)" : "", g.seconds,
              g.seconds > 0 ? static_cast<double>(n + (g.ended ? 1 : 0)) / g.seconds : 0.0,
              opts.temperature == 0 ? std::string("greedy")

@@ -2,9 +2,8 @@
 // token = byte, token 0 ends a document), greedy (temperature 0) or with temperature and top-p
 // from a seeded counter RNG (core/rng.h), and the decoding rate in tokens/s.
 //
-// Decoding today recomputes the whole context for each new token (Model::forward over one row);
-// a KV-cached incremental forward is the planned replacement (docs/ARCHITECTURE.md, "Sampling
-// text"). Its tokens must stay the same: the greedy test compares them with PyTorch's.
+// Decoding runs through the model's KV cache (Model::decode): the prompt in one pass, then one
+// token per step (docs/ARCHITECTURE.md, "Sampling text").
 #pragma once
 
 #include <cstdint>
@@ -49,8 +48,8 @@ struct Generation {
   double seconds = 0;           // decoding time (every forward and draw)
 };
 // Appends up to max_new tokens to `context` (tokens of the model's vocabulary, not empty), stopping
-// after a token 0. The model must hold one row of min(max_seq_len, context + max_new) tokens; past
-// max_seq_len the context is its last max_seq_len tokens.
+// after a token 0. The model holds decode_capacity() positions (build it with one row of
+// min(max_seq_len, context + max_new)); past them the context is its last decode_capacity() tokens.
 Generation generate_tokens(moe::Model& model, std::vector<int32_t> context, int64_t max_new,
                            const SamplingOptions& s);
 

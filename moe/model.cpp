@@ -182,16 +182,14 @@ ForwardResult Model::forward(const Batch& batch) {
   const int32_t* tokens = batch.tokens;
   const int32_t* targets = batch.targets;
   const int64_t B = batch.B, T = batch.T;
-  const int64_t N = B * T, C = cfg_.d_model, V = cfg_.vocab_size;
+  const int64_t N = B * T, V = cfg_.vocab_size;
   if (N > max_tokens_ || T > cfg_.max_seq_len)
     throw_internal("model forward: batch {}x{} exceeds the allocated {} tokens or max_seq_len {}",
                    B, T, max_tokens_, cfg_.max_seq_len);
   B_ = B;
   T_ = T;
   if (compute_stale_) refresh_compute_weights();
-  const auto& prec = opts_.precision;
   const float* P = compute_weights();
-  const float eps = static_cast<float>(cfg_.rms_norm_eps);
   be_.copy_from_host(bufs_.tokens, tokens, static_cast<size_t>(N) * sizeof(int32_t));
   be_.copy_from_host(bufs_.targets, targets, static_cast<size_t>(N) * sizeof(int32_t));
   for (int64_t i = 0; i < N; ++i)
@@ -204,44 +202,9 @@ ForwardResult Model::forward(const Batch& batch) {
     doc_start_ = bufs_.doc_start;
   }
 
-  const float* w_final_norm = P + table_.at("model.norm.weight").offset;
-  be_.embedding_forward(layers_.empty() ? bufs_.x_final : layers_[0]->x_in, bufs_.tokens,
-                        P + table_.at("model.embed_tokens.weight").offset, N, C);
+  decoding_ = false;
+  run_rows(N, [&](Layer& L, size_t) { L.attn->forward(bufs_.dtmp, L.ln1, P, B, T, doc_start_); });
   ForwardResult r;
-  // Every residual add is fused with the RMSNorm that reads its result (add_rmsnorm_forward):
-  // x_mid = x_in + attn -> ln2; x_out = x_mid + ffn -> the next layer's ln1 (or the final norm).
-  // Norm outputs are stored in the compute dtype: every consumer is a GEMM (core/precision.h).
-  if (layers_.empty()) {
-    be_.rmsnorm_forward(bufs_.lnf, bufs_.lnf_rstd, bufs_.x_final, w_final_norm, N, C, eps);
-    prec.store(be_, bufs_.lnf, N * C);
-  } else {
-    be_.rmsnorm_forward(layers_[0]->ln1, layers_[0]->rstd1, layers_[0]->x_in,
-                        P + layers_[0]->off_ln1, N, C, eps);
-    prec.store(be_, layers_[0]->ln1, N * C);
-  }
-  for (size_t li = 0; li < layers_.size(); ++li) {
-    Layer& L = *layers_[li];
-    L.attn->forward(bufs_.dtmp, L.ln1, P, B, T, doc_start_);
-    be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, bufs_.dtmp, P + L.off_ln2, N, C, eps);
-    prec.store(be_, L.ln2, N * C);
-    if (L.is_moe) {
-      L.moe->forward(bufs_.dtmp, L.ln2, P, N);
-    } else {
-      core::ffn_forward(be_, bufs_.dtmp, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down,
-                        prec);
-    }
-    if (li + 1 < layers_.size()) {
-      Layer& next = *layers_[li + 1];
-      be_.add_rmsnorm_forward(next.x_in, next.ln1, next.rstd1, L.x_mid, bufs_.dtmp, P + next.off_ln1,
-                              N, C, eps);
-      prec.store(be_, next.ln1, N * C);
-    } else {
-      be_.add_rmsnorm_forward(bufs_.x_final, bufs_.lnf, bufs_.lnf_rstd, L.x_mid, bufs_.dtmp, w_final_norm, N, C, eps);
-      prec.store(be_, bufs_.lnf, N * C);
-    }
-  }
-  const float* w_head = P + table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
-  be_.gemm(false, true, N, V, C, 1.0f, bufs_.lnf, C, w_head, C, 0.0f, bufs_.logits, V, prec.stored_activation());
   be_.cross_entropy_forward(bufs_.losses, bufs_.logits, bufs_.targets, N, V);
 
   token_losses_.resize(static_cast<size_t>(N));
@@ -274,6 +237,78 @@ ForwardResult Model::forward(const Batch& batch) {
   return last_;
 }
 
+// Embedding, the blocks and the LM head over the N rows in bufs_.tokens, into bufs_.logits; each
+// block's attention is `attention` (the whole batch's in forward, the cached one in decode).
+void Model::run_rows(int64_t N, const std::function<void(Layer&, size_t)>& attention) {
+  const int64_t C = cfg_.d_model, V = cfg_.vocab_size;
+  const auto& prec = opts_.precision;
+  const float* P = compute_weights();
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const float* w_final_norm = P + table_.at("model.norm.weight").offset;
+  be_.embedding_forward(layers_.empty() ? bufs_.x_final : layers_[0]->x_in, bufs_.tokens,
+                        P + table_.at("model.embed_tokens.weight").offset, N, C);
+  // Every residual add is fused with the RMSNorm that reads its result (add_rmsnorm_forward):
+  // x_mid = x_in + attn -> ln2; x_out = x_mid + ffn -> the next layer's ln1 (or the final norm).
+  // Norm outputs are stored in the compute dtype: every consumer is a GEMM (core/precision.h).
+  if (layers_.empty()) {
+    be_.rmsnorm_forward(bufs_.lnf, bufs_.lnf_rstd, bufs_.x_final, w_final_norm, N, C, eps);
+    prec.store(be_, bufs_.lnf, N * C);
+  } else {
+    be_.rmsnorm_forward(layers_[0]->ln1, layers_[0]->rstd1, layers_[0]->x_in,
+                        P + layers_[0]->off_ln1, N, C, eps);
+    prec.store(be_, layers_[0]->ln1, N * C);
+  }
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    Layer& L = *layers_[li];
+    attention(L, li);
+    be_.add_rmsnorm_forward(L.x_mid, L.ln2, L.rstd2, L.x_in, bufs_.dtmp, P + L.off_ln2, N, C, eps);
+    prec.store(be_, L.ln2, N * C);
+    if (L.is_moe) {
+      L.moe->forward(bufs_.dtmp, L.ln2, P, N);
+    } else {
+      core::ffn_forward(be_, bufs_.dtmp, L.h, L.a, L.ln2, N, C, L.F, P + L.off_gate_up, P + L.off_down,
+                        prec);
+    }
+    if (li + 1 < layers_.size()) {
+      Layer& next = *layers_[li + 1];
+      be_.add_rmsnorm_forward(next.x_in, next.ln1, next.rstd1, L.x_mid, bufs_.dtmp, P + next.off_ln1,
+                              N, C, eps);
+      prec.store(be_, next.ln1, N * C);
+    } else {
+      be_.add_rmsnorm_forward(bufs_.x_final, bufs_.lnf, bufs_.lnf_rstd, L.x_mid, bufs_.dtmp, w_final_norm, N, C, eps);
+      prec.store(be_, bufs_.lnf, N * C);
+    }
+  }
+  const float* w_head = P + table_.at(cfg_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight").offset;
+  be_.gemm(false, true, N, V, C, 1.0f, bufs_.lnf, C, w_head, C, 0.0f, bufs_.logits, V, prec.stored_activation());
+}
+
+void Model::decode_reset() {
+  decode_pos_ = 0;
+  decoding_ = true;
+}
+
+const float* Model::decode(const int32_t* tokens, int64_t n) {
+  if (!decoding_) decode_reset();  // after a forward(): a new sequence
+  const int64_t cap = decode_capacity(), V = cfg_.vocab_size, pos = decode_pos_;
+  if (n < 1 || decode_pos_ + n > cap)
+    throw_internal("model decode: positions {}..{} exceed the {} the model holds", decode_pos_, decode_pos_ + n, cap);
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw_usage("token {} at position {} is outside the model's vocabulary [0, {})", tokens[i], pos + i, V);
+  if (kv_cache_.empty())
+    for (const auto& L : layers_) kv_cache_.emplace_back(be_, cap * L->attn->qkv_width());
+  if (compute_stale_) refresh_compute_weights();
+  be_.copy_from_host(bufs_.tokens, tokens, static_cast<size_t>(n) * sizeof(int32_t));
+  B_ = 1;
+  T_ = n;
+  doc_start_ = nullptr;
+  const float* P = compute_weights();
+  run_rows(n, [&](Layer& L, size_t li) { L.attn->decode(bufs_.dtmp, L.ln1, P, kv_cache_[li].data(), pos, n); });
+  decode_pos_ += n;
+  return bufs_.logits;
+}
+
 // aux and z: the means over the MoE layers of their last forward's values; loss = ce + both weighted.
 void Model::add_balance_losses(ForwardResult& r) const {
   r.aux = r.z = 0;
@@ -292,6 +327,7 @@ void Model::add_balance_losses(ForwardResult& r) const {
 void Model::backward(float grad_scale, const std::function<void(int)>& on_grads_ready) {
   const int64_t N = B_ * T_, C = cfg_.d_model, V = cfg_.vocab_size;
   SY_CHECK(N > 0, "backward() without a forward()");
+  SY_CHECK(!decoding_, "backward() after decode(): decoding keeps nothing for backward");
   SY_CHECK(!compute_stale_, "backward(): the weights changed since the last forward()");
   const auto& prec = opts_.precision;
   const float* P = compute_weights();

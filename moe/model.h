@@ -9,6 +9,7 @@
 // mean_l z_l, the means over MoE layers (aux_l and z_l are defined in moe/moe_layer.h).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -112,6 +113,17 @@ class Model {
   ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T) {
     return forward(Batch{tokens, targets, nullptr, nullptr, 0, B, T});
   }
+  // ---- incremental decoding of one sequence (inference only; launch/generate.h) ----
+  // decode_reset() starts a sequence; decode(tokens, n) feeds n tokens (host) at its next positions
+  // through a per-layer KV cache and returns logits() [n, V] (backend memory; logits_rows() = n):
+  // the rows forward() over the whole sequence gives there (to rounding; with dropless routing, as
+  // capacity depends on the rows routed together). At most decode_capacity() positions (max_seq,
+  // capped at max_seq_len); the caches are allocated on the first call. backward() is refused after
+  // it until the next forward().
+  void decode_reset();
+  const float* decode(const int32_t* tokens, int64_t n);
+  int64_t decode_length() const { return decode_pos_; }
+  int64_t decode_capacity() const { return std::min(max_tokens_, cfg_.max_seq_len); }
   // Cross-entropy of each position of the last forward, [B*T] on the host (0 where target < 0).
   const std::vector<float>& token_losses() const { return token_losses_; }
   // Adds grad_scale * d(loss)/d(params) to grads() for the last forward; under activation
@@ -172,6 +184,7 @@ class Model {
                           std::vector<std::unique_ptr<Layer>>& layers, Buffers& bufs,
                           const std::function<void(int)>& attention, const std::function<void(int)>& moe);
   void recompute_block(Layer& L, const float* P, int64_t B, int64_t T);
+  void run_rows(int64_t N, const std::function<void(Layer&, size_t)>& attention);
   void add_balance_losses(ForwardResult& r) const;
   void refresh_compute_weights();
   // The weights the GEMMs read: the compute copy under mixed precision, the master weights else.
@@ -195,6 +208,9 @@ class Model {
   std::vector<float> loss_weights_;  // [B*T] of the last forward: its weights, 0 where no target
   double ce_denominator_ = 0;        // the CE part of the last forward = sum w_i ce_i / this
   ForwardResult last_;
+  std::vector<core::Arena> kv_cache_;  // per layer [decode_capacity(), qkv width], pre-RoPE (decode)
+  int64_t decode_pos_ = 0;
+  bool decoding_ = false;  // the last pass was decode(): nothing kept for backward
 };
 
 }  // namespace switchyard::moe

@@ -3,6 +3,7 @@
 // usage errors of run_generate. Greedy tokens against PyTorch: tests/scripts/generate_greedy.sh.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -103,4 +104,51 @@ TEST(Generate, BadOptionsAreUsageErrors) {
   EXPECT_NE(with([](auto& o) { o.top_p = 1.5; }).find("--top-p"), std::string::npos);
   EXPECT_NE(with([](auto& o) { o.checkpoint = "/also"; }).find("exactly one"), std::string::npos);
   EXPECT_NE(with([](auto& o) { o.init_from.clear(); }).find("exactly one"), std::string::npos);
+}
+
+// Model::decode (the KV cache) gives the logits of forward() over the whole sequence at every
+// position: a prompt of 5 tokens in one pass, then one token at a time, for a dense and an MoE
+// model (Mixtral layout and Qwen2 layout: q/k/v biases, a shared expert). The GEMMs run on other
+// row counts, so rounding differs: the error is max |difference| over the row's largest |logit|.
+TEST(Generate, DecodeEqualsTheFullForward) {
+  const auto error = [](const std::vector<float>& got, const float* want, int64_t n) {
+    double diff = 0, scale = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      diff = std::max(diff, std::abs(static_cast<double>(got[i]) - want[i]));
+      scale = std::max(scale, std::abs(static_cast<double>(want[i])));
+    }
+    return std::isfinite(diff) ? diff / scale : 1.0;
+  };
+  for (const int variant : {0, 1, 2}) {
+    auto cfg = sy::test::small_moe_model(2);
+    if (variant == 0) {
+      cfg.first_dense_layers = 2;
+      cfg.dense_ffn_size = 40;
+    } else if (variant == 2) {
+      cfg.qkv_bias = true;
+      cfg.moe.shared_expert_size = 16;
+      cfg.first_dense_layers = 1;
+      cfg.dense_ffn_size = 40;
+    }
+    auto be = sy::test::test_backend();
+    sy::moe::Model model(*be, cfg, 1, cfg.max_seq_len);
+    model.init_random(7 + variant);
+    const int64_t T = cfg.max_seq_len, V = cfg.vocab_size, prompt = 5;
+    std::vector<int32_t> tokens(static_cast<size_t>(T)), targets(static_cast<size_t>(T), -1);
+    for (int64_t t = 0; t < T; ++t) tokens[t] = static_cast<int32_t>((t * 37 + 11) % V);
+    model.forward(tokens.data(), targets.data(), 1, T);
+    const auto full = sy::test::to_host(*be, model.logits(), T * V);
+    model.decode_reset();
+    model.decode(tokens.data(), prompt);
+    ASSERT_EQ(model.logits_rows(), prompt);
+    auto got = sy::test::to_host(*be, model.logits(), prompt * V);
+    EXPECT_LT(error(got, full.data(), prompt * V), 1e-5) << "variant " << variant << " prefill";
+    for (int64_t t = prompt; t < T; ++t) {
+      model.decode(tokens.data() + t, 1);
+      got = sy::test::to_host(*be, model.logits(), V);
+      EXPECT_LT(error(got, full.data() + t * V, V), 1e-5) << "variant " << variant << " position " << t;
+    }
+    EXPECT_EQ(model.decode_length(), T);
+    EXPECT_FALSE(sy::test::internal_error([&] { model.decode(tokens.data(), 1); }).empty());  // full
+  }
 }
