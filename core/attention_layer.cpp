@@ -106,6 +106,7 @@ void AttentionLayer::forward(float* out, const float* x, const float* params, in
   shape_.B = B;
   shape_.T = T;
   shape_.doc_start = doc_start;
+  shape_.pos0 = 0;
   const int64_t QW = shape_.q_width();
   attend(x, params);
   be_.gemm(false, true, N, C_, QW, 1.0f, buf_.att, QW, params + off_wo_, QW, 0.0f, out, C_,
@@ -121,13 +122,15 @@ void AttentionLayer::decode(float* out, const float* x, const float* params, flo
   be_.gemm(false, true, n, W, C_, 1.0f, x, C_, params + off_wqkv_, C_, 0.0f, fresh, W,
            prec_.stored_activation());  // the new rows' qkv = x Wqkv^T, as attend()
   if (off_bqkv_ >= 0) be_.add_bias(fresh, params + off_bqkv_, n, W);
-  be_.copy(buf_.qkv, cache, static_cast<size_t>(T * W) * sizeof(float));
   shape_.B = 1;
-  shape_.T = T;
+  shape_.T = n;
   shape_.doc_start = nullptr;
-  be_.rope_forward(buf_.qkv, shape_, theta_);
-  prec_.store(be_, buf_.qkv, T * W);
-  be_.attention_forward(buf_.att, buf_.lse, buf_.qkv, shape_);
+  shape_.pos0 = pos;  // the new rows are positions pos..
+  be_.rope_forward(fresh, shape_, theta_);
+  prec_.store(be_, fresh, n * W);
+  shape_.T = T;
+  shape_.pos0 = 0;
+  be_.attention_forward(buf_.att, buf_.lse, cache, shape_);
   const float* att = buf_.att + pos * QW;
   prec_.store(be_, buf_.att + pos * QW, n * QW);
   be_.gemm(false, true, n, C_, QW, 1.0f, att, QW, params + off_wo_, QW, 0.0f, out, C_,

@@ -33,9 +33,12 @@ namespace switchyard::core {
 // rotates by t - doc_start[b*T+t] and attention lets query t see keys doc_start[b*T+t] <= j <= t
 // (a block-diagonal causal mask). Null: plain causal rows from position 0 (bitwise as before).
 // The kernels do not check the values (the model validates them on the host).
+// pos0 (RoPE only, >= 0): the rows are positions pos0.. of longer sequences (incremental decoding
+// with a KV cache): RoPE rotates row t by pos0 + t (less its document start); attention ignores it.
 struct AttentionShape {
   int64_t B = 0, T = 0, NH = 0, NKV = 0, HD = 0;
   const int32_t* doc_start = nullptr;
+  int64_t pos0 = 0;
   int64_t qkv_width() const { return (NH + 2 * NKV) * HD; }
   int64_t q_width() const { return NH * HD; }
 };
@@ -217,7 +220,7 @@ class Backend {
                                            int64_t N, int64_t C) = 0;
 
   // ---- rotary embedding (rotate-half convention) on the q and k parts of a packed qkv buffer, in
-  // place; position of row b*T+t is t (t - s.doc_start[b*T+t] with packed rows). backward applies
+  // place; position of row b*T+t is s.pos0 + t (less s.doc_start[b*T+t] with packed rows). backward applies
   // the inverse rotation to dqkv in place. ----
   virtual void rope_forward(float* qkv, const AttentionShape& s, float theta) = 0;
   virtual void rope_backward(float* dqkv, const AttentionShape& s, float theta) = 0;

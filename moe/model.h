@@ -208,7 +208,7 @@ class Model {
   std::vector<float> loss_weights_;  // [B*T] of the last forward: its weights, 0 where no target
   double ce_denominator_ = 0;        // the CE part of the last forward = sum w_i ce_i / this
   ForwardResult last_;
-  std::vector<core::Arena> kv_cache_;  // per layer [decode_capacity(), qkv width], pre-RoPE (decode)
+  std::vector<core::Arena> kv_cache_;  // per layer [decode_capacity(), qkv width], after RoPE (decode)
   int64_t decode_pos_ = 0;
   bool decoding_ = false;  // the last pass was decode(): nothing kept for backward
 };

@@ -68,7 +68,7 @@ struct RopeTable {
 
 const RopeTable& rope_table(int64_t T, int64_t HD, float theta) {
   thread_local RopeTable tab;
-  if (tab.T == T && tab.HD == HD && tab.theta == theta) return tab;
+  if (tab.T >= T && tab.HD == HD && tab.theta == theta) return tab;  // a longer table's rows are the same
   const int64_t half = HD / 2;
   tab.cos.resize(static_cast<size_t>(T * half));
   tab.sin.resize(static_cast<size_t>(T * half));
@@ -88,19 +88,19 @@ const RopeTable& rope_table(int64_t T, int64_t HD, float theta) {
 }
 
 // Rotates the q and k heads of every row of qkv by +angle (sign = 1) or -angle (sign = -1); the
-// position of row r is r % T, less its document's start with packed rows.
+// position of row r is pos0 + r % T, less its document's start with packed rows.
 void rope_apply(float* qkv, const AttentionShape& s, float theta, float sign) {
   SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
   const int64_t N = s.B * s.T;
   if (N == 0 || s.HD == 0) return;
-  const RopeTable& tab = rope_table(s.T, s.HD, theta);
+  const RopeTable& tab = rope_table(s.pos0 + s.T, s.HD, theta);
   const int64_t half = s.HD / 2, W = s.qkv_width(), heads = s.NH + s.NKV, T = s.T, HD = s.HD;
   const float* cos_tab = tab.cos.data();
   const float* sin_tab = tab.sin.data();
   const int32_t* doc = s.doc_start;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < N; ++r) {
-    const int64_t pos = r % T - (doc ? doc[r] : 0);
+    const int64_t pos = s.pos0 + r % T - (doc ? doc[r] : 0);
     const float* c = cos_tab + pos * half;
     const float* sn = sin_tab + pos * half;
     float* row = qkv + r * W;

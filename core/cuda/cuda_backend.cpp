@@ -218,11 +218,11 @@ void CudaBackend::rmsnorm_backward_accumulate(float* dx, float* dw, const float*
 }
 void CudaBackend::rope_forward(float* qkv, const AttentionShape& s, float theta) {
   SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
-  SY_LAUNCH(rope, qkv, s.doc_start, s.B, s.T, s.NH, s.NKV, s.HD, theta, 1.0f);
+  SY_LAUNCH(rope, qkv, s.doc_start, s.pos0, s.B, s.T, s.NH, s.NKV, s.HD, theta, 1.0f);
 }
 void CudaBackend::rope_backward(float* dqkv, const AttentionShape& s, float theta) {
   SY_CHECK(s.HD % 2 == 0, "rope needs an even head dim, got {}", s.HD);
-  SY_LAUNCH(rope, dqkv, s.doc_start, s.B, s.T, s.NH, s.NKV, s.HD, theta, -1.0f);
+  SY_LAUNCH(rope, dqkv, s.doc_start, s.pos0, s.B, s.T, s.NH, s.NKV, s.HD, theta, -1.0f);
 }
 // The shapes the attention kernels take: a usage error for a bad shape, an internal one for a
 // head dim or grid beyond the kernels' or the device's limits.

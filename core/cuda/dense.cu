@@ -74,15 +74,15 @@ __global__ void rmsnorm_dw_kernel(float* dw, const float* dout, const float* x, 
 }
 
 // One thread per (row, head, i < HD/2) of the q and k heads; angles in double as the CPU's table.
-// Position of row r: r % T, less doc_start[r] with packed rows.
-__global__ void rope_kernel(float* qkv, const int32_t* doc_start, int64_t N, int64_t T,
+// Position of row r: pos0 + r % T, less doc_start[r] with packed rows.
+__global__ void rope_kernel(float* qkv, const int32_t* doc_start, int64_t pos0, int64_t N, int64_t T,
                             int64_t heads, int64_t W, int64_t HD, float theta, float sign) {
   const int64_t half = HD / 2, n = N * heads * half;
   for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < n;
        j += int64_t{blockDim.x} * gridDim.x) {
     const int64_t i = j % half, h = (j / half) % heads, r = j / (half * heads);
     const double inv_freq = pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / HD);
-    const int64_t pos = r % T - (doc_start ? doc_start[r] : 0);
+    const int64_t pos = pos0 + r % T - (doc_start ? doc_start[r] : 0);
     const double ang = static_cast<double>(pos) * inv_freq;
     const float c = static_cast<float>(cos(ang)), si = sign * static_cast<float>(sin(ang));
     float* x1 = qkv + r * W + h * HD + i;
@@ -171,11 +171,11 @@ void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, c
   rmsnorm_dx_kernel<<<row_blocks(N), kThreads, 0, s>>>(dx, dout, x, w, rstd, N, C, accumulate);
   rmsnorm_dw_kernel<<<blocks_for(C), kThreads, 0, s>>>(dw, dout, x, rstd, N, C);
 }
-void rope(float* qkv, const int32_t* doc_start, int64_t B, int64_t T, int64_t NH, int64_t NKV,
-          int64_t HD, float theta, float sign, cudaStream_t s) {
+void rope(float* qkv, const int32_t* doc_start, int64_t pos0, int64_t B, int64_t T, int64_t NH,
+          int64_t NKV, int64_t HD, float theta, float sign, cudaStream_t s) {
   const int64_t N = B * T, heads = NH + NKV, n = N * heads * (HD / 2);
   if (n > 0)
-    rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(qkv, doc_start, N, T, heads,
+    rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(qkv, doc_start, pos0, N, T, heads,
                                                    (NH + 2 * NKV) * HD, HD, theta, sign);
 }
 void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t N,

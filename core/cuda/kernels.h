@@ -57,9 +57,9 @@ void rmsnorm_forward(float* sum, float* out, float* rstd, const float* a, const 
 void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
                       const float* rstd, int64_t N, int64_t C, bool accumulate, cudaStream_t s);
 // sign +1: rotate by +angle (forward), -1: the inverse (backward). doc_start [B*T] or null
-// (AttentionShape::doc_start).
-void rope(float* qkv, const int32_t* doc_start, int64_t B, int64_t T, int64_t NH, int64_t NKV,
-          int64_t HD, float theta, float sign, cudaStream_t s);
+// (AttentionShape::doc_start); pos0: AttentionShape::pos0.
+void rope(float* qkv, const int32_t* doc_start, int64_t pos0, int64_t B, int64_t T, int64_t NH,
+          int64_t NKV, int64_t HD, float theta, float sign, cudaStream_t s);
 void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t N,
                            int64_t V, cudaStream_t s);
 void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets,

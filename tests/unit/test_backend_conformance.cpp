@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/backend.h"
@@ -339,6 +340,28 @@ TEST_P(Conformance, RopeForwardBackward) {
   });
   expect_close("rope_forward", qkv, kTolF32);
   expect_close("rope_backward", dqkv, kTolF32);
+}
+
+// RoPE at an offset (AttentionShape::pos0, incremental decoding with a KV cache): the rows rotate
+// as the last rows of a sequence pos0 + T long do on the reference.
+TEST_P(Conformance, RopeAtAPositionOffset) {
+  const int64_t pos0 = 9;
+  AttentionShape s{1, 3, 4, 2, 8};
+  s.pos0 = pos0;
+  const AttentionShape whole{1, pos0 + s.T, 4, 2, 8};
+  const int64_t W = s.qkv_width(), n = s.T * W;
+  const auto x = randn(n, 102);
+  std::vector<float> longer(static_cast<size_t>(whole.T * W), 0.f);
+  std::copy(x.begin(), x.end(), longer.end() - n);
+  auto fwd = upload(x), bwd = upload(x), fwd_whole = upload(longer), bwd_whole = upload(longer);
+  be_->rope_forward(fwd.test, s, 10000.f);
+  be_->rope_backward(bwd.test, s, 500.f);
+  ref_->rope_forward(fwd_whole.ref, whole, 10000.f);
+  ref_->rope_backward(bwd_whole.ref, whole, 500.f);
+  for (const auto& [name, got, want] : {std::tuple{"rope_forward", &fwd, &fwd_whole}, std::tuple{"rope_backward", &bwd, &bwd_whole}}) {
+    const auto g = down(*be_, got->test, n), w = down(*ref_, want->ref + (whole.T - s.T) * W, n);
+    EXPECT_LT(test::max_rel_error(g.data(), w.data(), n), 1e-5) << name << " at pos0 " << pos0;
+  }
 }
 
 TEST_P(Conformance, CrossEntropyWithIgnoredTargetsAndInPlaceBackward) {
