@@ -130,9 +130,14 @@ void AttentionLayer::decode(float* out, const float* x, const float* params, flo
   prec_.store(be_, fresh, n * W);
   shape_.T = T;
   shape_.pos0 = 0;
-  be_.attention_forward(buf_.att, buf_.lse, cache, shape_);
-  const float* att = buf_.att + pos * QW;
-  prec_.store(be_, buf_.att + pos * QW, n * QW);
+  const float* att = buf_.att;
+  if (n == 1) {  // one query row against the cache
+    be_.attention_decode(buf_.att, cache, shape_);
+  } else {  // a prefill: every row of the cache, its last n kept
+    be_.attention_forward(buf_.att, buf_.lse, cache, shape_);
+    att += pos * QW;
+  }
+  prec_.store(be_, buf_.att + (att - buf_.att), n * QW);
   be_.gemm(false, true, n, C_, QW, 1.0f, att, QW, params + off_wo_, QW, 0.0f, out, C_,
            prec_.stored_activation());  // out = att Wo^T
 }

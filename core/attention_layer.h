@@ -47,8 +47,8 @@ class AttentionLayer {
   // [>= pos+n, qkv_width()] (backend memory) holds this layer's qkv rows after RoPE of positions
   // [0, pos); the n rows of x [n, C] (positions pos..pos+n-1) are appended to it and out [n, C] gets
   // the rows the forward of the whole sequence gives there. The GEMMs and RoPE run on the n new rows
-  // only; attention reruns over all pos+n rows (attention_forward, its last n rows kept: the
-  // backend has no one-query kernel yet). pos + n <= the layer's max_tokens.
+  // only; attention is attention_decode for one row, else attention_forward over all pos+n rows
+  // with its last n kept (a prefill). pos + n <= the layer's max_tokens.
   void decode(float* out, const float* x, const float* params, float* cache, int64_t pos, int64_t n);
   int64_t qkv_width() const { return shape_.qkv_width(); }
 

@@ -233,6 +233,10 @@ class Backend {
   // dqkv [B*T, qkv_width] is written (=) in full.
   virtual void attention_backward(float* dqkv, const float* dout, const float* out,
                                   const float* lse, const float* qkv, const AttentionShape& s) = 0;
+  // One query row against a KV cache (incremental decoding): qkv [T, qkv_width] holds one
+  // sequence's rows after RoPE (s.B == 1, no doc_start); only row T-1's q part and every row's k|v
+  // are read. out [NH*HD] = attention_forward's row T-1 (no lse).
+  virtual void attention_decode(float* out, const float* qkv, const AttentionShape& s) = 0;
 
   // ---- SwiGLU: h [rows, 2*I] holds gate | up; out [rows, I] = silu(gate) * up ----
   virtual void swiglu_forward(float* out, const float* h, int64_t rows, int64_t I) = 0;

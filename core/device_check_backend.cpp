@@ -201,6 +201,13 @@ void DeviceCheckBackend::attention_forward(float* out, float* lse, const float* 
       .open();
   inner_->attention_forward(out, lse, qkv, s);
 }
+void DeviceCheckBackend::attention_decode(float* out, const float* qkv, const AttentionShape& s) {
+  auto c = call("attention_decode");
+  c.device("out", out, floats(s.q_width())).device("qkv", qkv, floats(s.T, s.qkv_width()))
+      .device("doc_start", s.doc_start, ints(s.T))
+      .open();
+  inner_->attention_decode(out, qkv, s);
+}
 void DeviceCheckBackend::attention_backward(float* dqkv, const float* dout, const float* out, const float* lse,
                                             const float* qkv, const AttentionShape& s) {
   const int64_t BT = s.B * s.T;

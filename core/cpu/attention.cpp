@@ -392,4 +392,38 @@ void CpuBackend::attention_backward(float* dqkv, const float* dout, const float*
   if (err.load()) throw_internal("attention_backward: dnnl_sgemm failed");
 }
 
+// One task per q head: the scores of row T-1 against every key, their softmax (max first, sum in
+// double), then the weighted sum of the values.
+void CpuBackend::attention_decode(float* out, const float* qkv, const AttentionShape& s) {
+  SY_CHECK(s.B == 1 && !s.doc_start, "attention_decode: one sequence without doc_start (got B {})", s.B);
+  const int64_t T = s.T, HD = s.HD, W = s.qkv_width(), QW = s.q_width(), group = s.NH / s.NKV;
+  if (T == 0) return;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+  const float* q_row = qkv + (T - 1) * W;
+#pragma omp parallel for schedule(static)
+  for (int64_t h = 0; h < s.NH; ++h) {
+    const int64_t kvh = h / group;
+    const float* q = q_row + h * HD;
+    std::vector<float> p(static_cast<size_t>(T));
+    float m = -INFINITY;
+    for (int64_t j = 0; j < T; ++j) {
+      const float* k = qkv + j * W + QW + kvh * HD;
+      float d = 0;
+      for (int64_t i = 0; i < HD; ++i) d += q[i] * k[i];
+      p[j] = scale * d;
+      m = std::max(m, p[j]);
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < T; ++j) sum += p[j] = std::exp(p[j] - m);
+    float* o = out + h * HD;
+    std::fill(o, o + HD, 0.0f);
+    for (int64_t j = 0; j < T; ++j) {
+      const float* v = qkv + j * W + QW + (s.NKV + kvh) * HD;
+      for (int64_t i = 0; i < HD; ++i) o[i] += p[j] * v[i];
+    }
+    const auto inv = static_cast<float>(1.0 / sum);
+    for (int64_t i = 0; i < HD; ++i) o[i] *= inv;
+  }
+}
+
 }  // namespace switchyard::core

@@ -69,6 +69,7 @@ class CpuBackend final : public Backend {
   void rope_backward(float* dqkv, const AttentionShape& s, float theta) override;
   void attention_forward(float* out, float* lse, const float* qkv, const AttentionShape& s) override;
   void attention_backward(float* dqkv, const float* dout, const float* out, const float* lse, const float* qkv, const AttentionShape& s) override;
+  void attention_decode(float* out, const float* qkv, const AttentionShape& s) override;
   void swiglu_forward(float* out, const float* h, int64_t rows, int64_t I) override;
   void swiglu_backward(float* dh, const float* dout, const float* h, int64_t rows, int64_t I) override;
   void sigmoid_gate_forward(float* out, const float* logit, const float* y, int64_t rows, int64_t C) override;

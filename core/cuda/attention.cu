@@ -380,4 +380,40 @@ void attention_backward(float* dqkv, float* D, const float* dout, const float* o
                  static_cast<const float*>(D), qkv, g);
 }
 
+// One block per q head: thread-strided scores of row T-1 against every key into p [NH, T], the
+// block's max and sum, then each thread owns output columns and sums over the keys in order.
+__global__ void attention_decode_kernel(float* out, float* p, const float* qkv, int64_t T, int64_t NH,
+                                        int64_t NKV, int64_t HD, float scale) {
+  __shared__ float red[32];
+  __shared__ double redd[32];
+  const int64_t h = blockIdx.x, kvh = h / (NH / NKV), W = (NH + 2 * NKV) * HD, QW = NH * HD;
+  const float* q = qkv + (T - 1) * W + h * HD;
+  float* ph = p + h * T;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
+    const float* k = qkv + j * W + QW + kvh * HD;
+    float d = 0.0f;
+    for (int64_t i = 0; i < HD; ++i) d += q[i] * k[i];
+    ph[j] = scale * d;
+    mx = fmaxf(mx, ph[j]);
+  }
+  mx = block_max(mx, red);
+  double sum = 0;
+  for (int64_t j = threadIdx.x; j < T; j += blockDim.x) sum += ph[j] = expf(ph[j] - mx);
+  sum = block_sum(sum, redd);  // its barriers also make every ph[j] visible to the block
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
+    float o = 0.0f;
+    for (int64_t j = 0; j < T; ++j) o += ph[j] * qkv[j * W + QW + (NKV + kvh) * HD + i];
+    out[h * HD + i] = o * inv;
+  }
+}
+
+void attention_decode(float* out, float* p, const float* qkv, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
+                      cudaStream_t s) {
+  if (T == 0 || NH == 0) return;
+  attention_decode_kernel<<<static_cast<unsigned>(NH), 128, 0, s>>>(out, p, qkv, T, NH, NKV, HD,
+                                                                     1.0f / sqrtf(static_cast<float>(HD)));
+}
+
 }  // namespace switchyard::core::cuda_kernels

@@ -249,6 +249,14 @@ void CudaBackend::attention_forward(float* out, float* lse, const float* qkv,
   check_attention(s);
   SY_LAUNCH(attention_forward, out, lse, qkv, s.doc_start, s.B, s.T, s.NH, s.NKV, s.HD);
 }
+void CudaBackend::attention_decode(float* out, const float* qkv, const AttentionShape& s) {
+  use_device();
+  check_attention(s);
+  SY_CHECK(s.B == 1 && !s.doc_start, "attention_decode: one sequence without doc_start (got B {})", s.B);
+  if (s.T == 0) return;
+  auto* p = static_cast<float*>(scratch(3, static_cast<size_t>(s.NH * s.T) * sizeof(float)));
+  SY_LAUNCH(attention_decode, out, p, qkv, s.T, s.NH, s.NKV, s.HD);
+}
 void CudaBackend::attention_backward(float* dqkv, const float* dout, const float* out,
                                      const float* lse, const float* qkv, const AttentionShape& s) {
   use_device();

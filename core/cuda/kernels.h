@@ -78,6 +78,10 @@ void attention_backward(float* dqkv, float* D, const float* dout, const float* o
                         const float* lse, const float* qkv, const int32_t* doc_start, int64_t B,
                         int64_t T, int64_t NH, int64_t NKV, int64_t HD, cudaStream_t s);
 
+// p: scratch of NH*T floats (the scores). AttentionShape::B is 1, no doc_start.
+void attention_decode(float* out, float* p, const float* qkv, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
+                      cudaStream_t s);
+
 // ---- moe.cu: SwiGLU, sigmoid gate, router, routing plan, dispatch/combine ----
 void swiglu_forward(float* out, const float* h, int64_t rows, int64_t I, cudaStream_t s);
 void swiglu_backward(float* dh, const float* dout, const float* h, int64_t rows, int64_t I,

@@ -364,6 +364,22 @@ TEST_P(Conformance, RopeAtAPositionOffset) {
   }
 }
 
+// One query row against a KV cache (incremental decoding): attention_decode equals the last row
+// of the reference's attention_forward over the same rows (one key, GQA groups, head dims).
+TEST_P(Conformance, AttentionDecodeIsTheLastRowOfTheForward) {
+  for (const AttentionShape s : {AttentionShape{1, 1, 4, 2, 8}, AttentionShape{1, 37, 8, 2, 64},
+                                 AttentionShape{1, 130, 4, 4, 16}}) {
+    SCOPED_TRACE(fmt::format("T {} NH {} NKV {} HD {}", s.T, s.NH, s.NKV, s.HD));
+    const int64_t QW = s.q_width();
+    auto qkv = rand(s.T * s.qkv_width(), 104 + static_cast<uint64_t>(s.T)), out = poisoned(s.T * QW);
+    auto lse = poisoned(s.T * s.NH);
+    be_->attention_decode(out.test, qkv.test, s);
+    ref_->attention_forward(out.ref, lse.ref, qkv.ref, s);
+    const auto got = down(*be_, out.test, QW), want = down(*ref_, out.ref + (s.T - 1) * QW, QW);
+    EXPECT_LE(rel_l2(got, want), kTolF32) << "relative L2 error";
+  }
+}
+
 TEST_P(Conformance, CrossEntropyWithIgnoredTargetsAndInPlaceBackward) {
   const int64_t N = 17, V = 301;
   auto logits = rand(N * V, 110, 3.f), losses = poisoned(N), dloss = rand(N, 111);
