@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `switchyard generate` (launch/generate.h) on small trained byte-level models, a Mixtral-layout MoE
-# and one with dense layers first: greedy output (--temperature 0) from the checkpoint and from the
+# `switchyard generate` (launch/generate.h) on small trained byte-level models, a Mixtral-layout MoE,
+# one with a dense layer first, a Qwen2-MoE layout (q/k/v biases, a shared expert) and one whose
+# max_seq_len the generation passes (the window slides): greedy output (--temperature 0) from the checkpoint and from the
 # Hugging Face folder equals the PyTorch reference's greedy argmax loop over the same weights
 # (tests/golden/torch_moe.py); a seeded sampled run repeats itself; a model whose vocabulary is not
 # the 256 bytes, and bad options, are one-line usage errors (exit 2).
@@ -53,6 +54,9 @@ PY
 
 check_model moe
 check_model dense_first --set model.first_dense_layers=1 --set model.dense_ffn_size=96
+check_model qwen --set model.qkv_bias=true --set model.moe.shared_expert_size=32 --set model.moe.normalize_topk=false
+# max_seq_len 32 < 1 + prompt + N: past the window the context is its last 32 tokens
+check_model window --set model.max_seq_len=32
 
 # sampling: the same seed repeats, another seed gives other text (40 draws at temperature 1)
 run="$TMP/moe"
@@ -79,4 +83,4 @@ expect_usage "--top-p" "$SY" generate --checkpoint "$run" --prompt a --top-p 0
 expect_usage "exactly one" "$SY" generate --checkpoint "$run" --init-from "$run/model" --prompt a
 "$SY" train "${SMALL_MODEL[@]}" --set train.steps=1 --set model.vocab_size=300 --run-dir "$TMP/v300" >/dev/null 2>&1
 expect_usage "vocab_size 300" "$SY" generate --checkpoint "$TMP/v300" --prompt a
-echo "generate: greedy equals torch (MoE, dense-first), seeded sampling repeats, usage errors ok"
+echo "generate: greedy equals torch (MoE, dense-first, Qwen2 layout, sliding window), seeded sampling repeats, usage errors ok"
