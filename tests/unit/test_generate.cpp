@@ -1,6 +1,7 @@
 // `switchyard generate` (launch/generate.h): the draws of sample_token (greedy, temperature, top-p,
-// seeded), generate_tokens' context window against a plain argmax loop over full forwards, and the
-// usage errors of run_generate. Greedy tokens against PyTorch: tests/scripts/generate_greedy.sh.
+// seeded), generate_tokens' context window against a plain argmax loop over full forwards,
+// Model::decode (the KV cache) against forward()'s logits, and the usage errors of run_generate.
+// Greedy tokens against PyTorch: tests/scripts/generate_greedy.sh.
 #include <gtest/gtest.h>
 
 #include <algorithm>
