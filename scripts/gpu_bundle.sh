@@ -46,8 +46,9 @@ for a in "$@"; do
 done
 
 BINARIES=(switchyard tests/test_backend_conformance tests/test_model_conformance tests/test_golden
-          tests/test_nccl_communicator)
-TARGETS=(switchyard test_backend_conformance test_model_conformance test_golden test_nccl_communicator)
+          tests/test_nccl_communicator tests/test_generate)
+TARGETS=(switchyard test_backend_conformance test_model_conformance test_golden test_nccl_communicator
+         test_generate)
 # A singleton MPI_Init with ess_singleton_isolated: the components found necessary by removing one at
 # a time from those it loads (OpenMPI 4.1.4, Debian 12); shmem_mmap and coll_self are the defaults.
 OMPI_COMPONENTS=(allocator_basic allocator_bucket bml_r2 btl_self coll_basic coll_libnbc coll_self

@@ -16,7 +16,8 @@
 # libcublas.so.13, libcublasLt.so.13, libnccl.so.2); MPI runs as a singleton (no mpirun).
 # Steps, each a header line in the log:
 #   a. versions: GPU, driver, nvcc, and the CUDA runtime, cuBLAS, NCCL, cuDNN libraries the binaries load
-#   b. the conformance suites on the GPU (backend, model, PyTorch golden files, NCCL on one rank)
+#   b. the conformance suites on the GPU (backend, model, PyTorch golden files, NCCL on one rank,
+#      the KV-cached decode against the full forward)
 #   c. `switchyard bench ops --device cuda`: GEMMs, grouped expert GEMMs, attention, AdamW
 #   d. training: configs/tiny.yaml 20 steps on cuda and on cpu (same seed and data: per-step loss
 #      agreement, tokens/s of each), configs/gpu_1b.yaml 20 steps on cuda (tokens/s, MFU against the
@@ -370,6 +371,8 @@ suite backend_conformance 60 "$TESTS/test_backend_conformance" --gtest_filter="$
 suite model_conformance 40 "$TESTS/test_model_conformance" --gtest_filter="$FILTER"
 SWITCHYARD_TEST_BACKEND=$DEV SWITCHYARD_GOLDEN_DIR=$GOLDEN suite golden 40 "$TESTS/test_golden"
 suite nccl_communicator 40 "$TESTS/test_nccl_communicator"
+# the KV-cached decode (Model::decode) against the full forward on the device
+SWITCHYARD_TEST_BACKEND=$DEV suite generate_decode 30 "$TESTS/test_generate" --gtest_filter="Generate.Decode*:Generate.Greedy*"
 
 # ---- c. kernel benchmarks ----
 step "c. bench ops on $DEV"

@@ -20,7 +20,7 @@ s = json.load(open(os.path.join(out, "summary.json")))
 ids = [r["id"] for r in s["targets"]]
 want = ["gemm_bf16_8192", "grouped_gemm_vs_dense", "tiny_gpu_vs_cpu", "gpu_1b_mfu", "loss_agreement"]
 unmeasured = [r["id"] for r in s["targets"] if not isinstance(r["measured"], (int, float))]
-suites = ["backend_conformance", "model_conformance", "golden", "nccl_communicator"]
+suites = ["backend_conformance", "model_conformance", "golden", "nccl_communicator", "generate_decode"]
 bad_suites = [k for k in suites if s["suites"].get(k) != "pass"]
 train = json.load(open(os.path.join(out, "training.json")))
 short = [k for k, n in (("tiny_dev", 4), ("tiny_cpu", 4), ("gpu_1b", 3)) if train.get(k, {}).get("steps") != n]
