@@ -26,8 +26,6 @@
 namespace switchyard::launch {
 
 int run_eval(const EvalOptions& opts) {
-  if (opts.init_from.empty() == opts.checkpoint.empty())
-    throw_usage("eval: give exactly one of --init-from DIR (Hugging Face folder) or --checkpoint DIR (run folder)");
   if (opts.batch < 1) throw_usage("eval: --batch must be at least 1 (got {})", opts.batch);
   if (opts.seq_len < 0) throw_usage("eval: --seq-len must be positive (or 0: the model's max_seq_len), got {}", opts.seq_len);
   if (opts.max_windows < 0) throw_usage("eval: --max-windows must be >= 0 (0: all), got {}", opts.max_windows);
@@ -42,13 +40,7 @@ int run_eval(const EvalOptions& opts) {
   } else if (split.empty()) {
     split = "valid";
   }
-  ModelSource loaded;
-  if (opts.init_from.empty()) {
-    loaded = load_model_source(opts.checkpoint, "eval --checkpoint");
-  } else {
-    LoadedModel m = load_hf_model(opts.init_from);
-    loaded = {m.config, std::move(m.params), {}, m.dir};
-  }
+  ModelSource loaded = load_model_option(opts.init_from, opts.checkpoint, "eval");
   const std::string& dir = loaded.from;
   require_finite_weights(loaded.config, loaded.params, dir, opts.allow_nonfinite);
   const int64_t T = opts.seq_len > 0 ? opts.seq_len : loaded.config.max_seq_len;

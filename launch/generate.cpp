@@ -77,22 +77,13 @@ Generation generate_tokens(moe::Model& model, std::vector<int32_t> context, int6
 }
 
 int run_generate(const GenerateOptions& opts) {
-  if (opts.init_from.empty() == opts.checkpoint.empty())
-    throw_usage("generate: give exactly one of --init-from DIR (Hugging Face folder) or --checkpoint DIR "
-                "(checkpoint or run folder)");
   if (opts.prompt.empty()) throw_usage("generate: --prompt is empty (give the text to continue)");
   if (opts.max_new_tokens < 1) throw_usage("generate: --max-new-tokens must be at least 1 (got {})", opts.max_new_tokens);
   if (!(opts.temperature >= 0) || !std::isfinite(opts.temperature))
     throw_usage("generate: --temperature must be a finite value >= 0 (0: greedy), got {}", opts.temperature);
   if (!(opts.top_p > 0 && opts.top_p <= 1)) throw_usage("generate: --top-p must be in (0, 1], got {}", opts.top_p);
   if (opts.threads < 0) throw_usage("generate: --threads must be >= 0 (0: OMP_NUM_THREADS or all cores), got {}", opts.threads);
-  ModelSource loaded;
-  if (opts.init_from.empty()) {
-    loaded = load_model_source(opts.checkpoint, "generate --checkpoint");
-  } else {
-    LoadedModel m = load_hf_model(opts.init_from);
-    loaded = {m.config, std::move(m.params), {}, m.dir};
-  }
+  ModelSource loaded = load_model_option(opts.init_from, opts.checkpoint, "generate");
   if (loaded.config.vocab_size != 256)
     throw_usage("generate: the model in {} has vocab_size {}; text generation needs a byte-level model "
                 "(vocab_size 256, `switchyard prepare`'s tokens)", loaded.from, loaded.config.vocab_size);
@@ -101,6 +92,11 @@ int run_generate(const GenerateOptions& opts) {
   for (char c : opts.prompt) context.push_back(static_cast<unsigned char>(c));
   const int64_t T = std::min<int64_t>(loaded.config.max_seq_len,
                                       static_cast<int64_t>(context.size()) + opts.max_new_tokens);
+  if (loaded.config.moe.router.capacity_factor > 0) {  // capacity depends on the rows routed together
+    fmt::print(stderr, "generate: note: the model was trained with capacity_factor {}; decoding routes every token "
+               "to its experts (dropless), as inference engines do\n", loaded.config.moe.router.capacity_factor);
+    loaded.config.moe.router.capacity_factor = 0;
+  }
   auto backend = core::make_backend(opts.device, opts.threads, 0, "generate --device");
   moe::Model model(*backend, loaded.config, 1, T);
   model.set_params_from_host(loaded.params.data());

@@ -64,4 +64,14 @@ ModelSource load_model_source(const std::string& folder, const std::string& what
               "config.json, model/config.json)", what, folder);
 }
 
+ModelSource load_model_option(const std::string& init_from, const std::string& checkpoint,
+                              const std::string& command) {
+  if (init_from.empty() == checkpoint.empty())
+    throw_usage("{}: give exactly one of --init-from DIR (Hugging Face folder) or --checkpoint DIR (checkpoint "
+                "or run folder)", command);
+  if (!checkpoint.empty()) return load_model_source(checkpoint, command + " --checkpoint");
+  LoadedModel m = load_hf_model(init_from);
+  return {m.config, std::move(m.params), {}, m.dir};
+}
+
 }  // namespace switchyard::launch

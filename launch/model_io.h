@@ -34,6 +34,10 @@ struct ModelSource {
   std::string from;                   // the folder read
 };
 ModelSource load_model_source(const std::string& folder, const std::string& what);
+// The model of a command taking exactly one of --init-from DIR (a Hugging Face folder) and
+// --checkpoint DIR (load_model_source); `command` names it in errors ("eval").
+ModelSource load_model_option(const std::string& init_from, const std::string& checkpoint,
+                              const std::string& command);
 
 // Writes dir/config.json and dir/model.safetensors (f32; core::formats::write_hf_model) into the
 // run's weights folder, replacing only what an earlier save wrote there, and marks the folder.
