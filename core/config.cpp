@@ -601,6 +601,12 @@ void validate(const ExperimentConfig& cfg, const std::string& origin) {
   c.non_negative(cfg.checkpoint.interval, "checkpoint.interval");
   validate(cfg.data, c);
   c.positive(cfg.checkpoint.keep_last, "checkpoint.keep_last");
+  const ObserveConfig& ob = cfg.observe;
+  c.require(ob.prometheus_port >= 0 && ob.prometheus_port <= 65535, "observe.prometheus_port",
+            "must be a TCP port in 1..65535, or 0 for off; got {}", ob.prometheus_port);
+  c.require(!ob.prometheus_address.empty(), "observe.prometheus_address",
+            "must not be empty (0.0.0.0: every interface, 127.0.0.1: this host only)");
+  c.non_negative(ob.peak_tflops, "observe.peak_tflops");
 
   const OptimConfig& o = cfg.optim;
   c.positive(o.lr, "optim.lr");

@@ -367,6 +367,24 @@ struct CheckpointConfig {
   }
 };
 
+// observe: how a run is watched besides metrics.jsonl and the progress line (rank 0; launch/observers.h).
+struct ObserveConfig {
+  int64_t prometheus_port = 0;           // serve /metrics (Prometheus text format) on this port; 0: off
+  std::string prometheus_address = "0.0.0.0";  // the address it listens on (127.0.0.1: this host only)
+  std::string prometheus_textfile;       // also write the same to this file after each step (node_exporter
+                                         // textfile collector); empty: off
+  bool tensorboard = false;              // TensorBoard event files in <run folder>/tensorboard
+  double peak_tflops = 0;                // one device's peak for MFU (TFLOP/s); 0: measured at start
+
+  template <class V> void visit(V& v) {
+    v("prometheus_port", prometheus_port);
+    v("prometheus_address", prometheus_address);
+    v("prometheus_textfile", prometheus_textfile);
+    v("tensorboard", tensorboard);
+    v("peak_tflops", peak_tflops);
+  }
+};
+
 struct ExperimentConfig {
   RunConfig run;
   ModelConfig model;
@@ -375,6 +393,7 @@ struct ExperimentConfig {
   DataConfig data;
   ParallelConfig parallel;
   CheckpointConfig checkpoint;
+  ObserveConfig observe;
 
   template <class V> void visit(V& v) {
     v("run", run);
@@ -384,6 +403,7 @@ struct ExperimentConfig {
     v("data", data);
     v("parallel", parallel);
     v("checkpoint", checkpoint);
+    v("observe", observe);
   }
 };
 

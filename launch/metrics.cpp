@@ -55,6 +55,10 @@ nlohmann::json step_json(const StepRecord& r) {
   if (!r.selection_bias.empty()) rec["selection_bias"] = r.selection_bias;  // per MoE layer [min, max]
   if (!r.expert_decay.empty()) rec["expert_decay"] = r.expert_decay;  // per MoE layer [min, max] multiplier
   rec["data_wait_ms"] = r.data_wait_s * 1e3;
+  if (r.mfu > 0) rec["mfu"] = r.mfu;
+  rec["memory_mb"] = r.memory_mb;
+  rec["memory_peak_mb"] = r.memory_peak_mb;
+  rec["time"] = r.time;
   if (r.data) {
     const StepData& d = *r.data;
     rec["data"] = {{"samples", d.samples},       {"effective_samples", d.effective_samples},
@@ -69,7 +73,6 @@ nlohmann::json step_json(const StepRecord& r) {
     rec["skipped_steps"] = r.skipped_steps;
   }
   if (r.memory) {
-    rec["memory_peak_mb"] = r.memory->peak;
     rec["activation_mb"] = r.memory->activations;
     rec["activation_plan_mb"] = r.memory->activations_plan;
     rec["rss_peak_mb"] = r.memory->rss_peak;

@@ -19,9 +19,9 @@ namespace switchyard::launch {
 
 struct EvalResult;  // launch/evaluate.h
 
-// Memory measured after the first step of a run (activations: one micro-batch), MiB.
+// Memory measured after the first step of a run (activations: one micro-batch), MiB; the backend's
+// peak is StepRecord::memory_peak_mb.
 struct StepMemory {
-  double peak = 0;             // backend memory peak
   double activations = 0;      // the peak minus what the model and optimizer hold
   double activations_plan = 0; // what `switchyard plan` estimated
   double rss_peak = 0;         // peak resident memory of the process
@@ -63,6 +63,10 @@ struct StepRecord {
   std::optional<StepMemory> memory;    // the first step of a run only
   double data_wait_s = 0;              // time the step waited for its micro-batches (prefetch: ~0)
   std::optional<StepData> data;        // data.sample: document only
+  double mfu = 0;                      // model FLOPs utilisation (launch/peak.h); 0: unknown
+  double memory_mb = 0;                // backend memory in use at the end of the step (MiB)
+  double memory_peak_mb = 0;           // its peak since the start of the run (MiB)
+  double time = 0;                     // the end of the step, seconds since the Unix epoch
 
   double tokens_per_s() const { return tokens / seconds; }
 };
@@ -70,7 +74,8 @@ struct StepRecord {
 // The metrics.jsonl record of a step. Per MoE layer (launch/balance_metrics.h): expert_load (each
 // expert's counts as a fraction of the layer's total), busiest30_share, max_over_mean, load_cv,
 // mean_k, dropped_fraction; with them on, expert_decay and selection_bias ([min, max]); data_wait_ms;
-// in document mode a "data" object (StepData's fields).
+// in document mode a "data" object (StepData's fields); mfu (when known), memory_mb, memory_peak_mb
+// (every step), time.
 nlohmann::json step_json(const StepRecord& r);
 // The metrics.jsonl record of an evaluation after `step` steps.
 nlohmann::json eval_json(int64_t step, const EvalResult& e);

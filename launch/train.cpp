@@ -44,7 +44,7 @@ int agree_on_stop_signal(parallel::Communicator& world) {
 // Rank 0: the step's metrics record, the first step's exchange choices, a skipped step, the
 // progress line.
 void report_step(TrainContext& ctx, const StepRecord& r, double avg_step_s) {
-  ctx.metrics->write(step_json(r));
+  ctx.record_step(step_json(r));
   if (r.step == 1 && ctx.exchange) {  // the exchange each MoE layer runs (auto: its choice)
     const auto plans = ctx.model->exchange_plans();
     for (size_t l = 0; l < plans.size(); ++l) fmt::print("token exchange, MoE layer {}: {}\n", l, plans[l]);

@@ -17,6 +17,7 @@
 #include "launch/model_io.h"
 #include "launch/nonfinite.h"
 #include "launch/outputs.h"
+#include "launch/peak.h"
 #include "parallel/device_communicator.h"
 #include "parallel/watchdog.h"
 
@@ -63,7 +64,7 @@ std::string run_folder(const core::ExperimentConfig& cfg, const TrainOptions& op
 }
 
 // What a run folder holds that the trainer wrote (launch/outputs.h).
-const std::vector<std::string> kRunEntries = {"config.yaml", "metrics.jsonl", "checkpoints", "model"};
+const std::vector<std::string> kRunEntries = {"config.yaml", "metrics.jsonl", "checkpoints", "model", "tensorboard"};
 
 bool inside(const fs::path& p, const fs::path& dir) {
   const fs::path a = fs::weakly_canonical(p), b = fs::weakly_canonical(dir);
@@ -241,8 +242,12 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
     world->barrier();
   }
   progress = std::make_unique<Progress>(cfg.train.steps, cfg.train.log_interval);
+  // every rank at once, so that ranks sharing a machine's cores each measure their share
+  peak_flops = cfg.observe.peak_tflops > 0 ? cfg.observe.peak_tflops * 1e12
+                                           : measured_gemm_peak(*backend, model_opts.precision.stored_activation());
   if (!rank0) return;
   metrics = std::make_unique<MetricsWriter>((dir / "metrics.jsonl").string());
+  observers = make_observers({cfg, dir, start_step});
   const std::string per_rank = backend->device() >= 0
                                    ? fmt::format("one GPU each ({} between ranks)", device_world ? device_world->name() : "none")
                                    : fmt::format("{} thread(s)", threads);
@@ -261,6 +266,8 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
              scaler->enabled() ? fmt::format(" (loss scale {:g})", scaler->scale()) : "",
              estimate.chosen, planned_activation_mb(),
              estimate.why.empty() ? "" : "; " + estimate.why);
+  fmt::print("switchyard train: MFU against {:.4g} TFLOP/s per rank ({})\n", peak_flops / 1e12,
+             cfg.observe.peak_tflops > 0 ? "observe.peak_tflops" : "a GEMM measured now; observe.peak_tflops sets it");
   std::fflush(stdout);
 }
 
@@ -282,7 +289,7 @@ void TrainContext::evaluate(int64_t step) {
   const EvalResult e = launch::evaluate(*model, *valid_src, T, B, cfg.train.eval_windows, {}, world.get());
   if (rank0) {
     fmt::print("eval step {}: loss {:.4f} over {} tokens\n", step, e.loss, e.tokens);
-    metrics->write(eval_json(step, e));
+    record_eval(eval_json(step, e));
   }
 }
 
@@ -290,6 +297,7 @@ void TrainContext::finish() {
   progress->finish();
   save(cfg.train.steps);
   evaluate(cfg.train.steps);
+  for (auto& o : observers) o->close();
   // every rank of the first expert group contributes its experts; rank 0 writes the whole model
   const std::vector<float> full = gather_full_params(*model, *groups, cfg.model);
   const std::string unsupported = core::formats::hf_routing_unsupported(cfg.model);
@@ -305,6 +313,16 @@ void TrainContext::finish() {
 
 double TrainContext::activation_mb() const {
   return static_cast<double>(backend->memory_stats().peak_bytes - live_before_model - state_bytes) / (1 << 20);
+}
+
+void TrainContext::record_step(const nlohmann::json& record) {
+  metrics->write(record);
+  for (auto& o : observers) o->step(record);
+}
+
+void TrainContext::record_eval(const nlohmann::json& record) {
+  metrics->write(record);
+  for (auto& o : observers) o->eval(record);
 }
 
 double TrainContext::planned_activation_mb() const {

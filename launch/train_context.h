@@ -17,6 +17,7 @@
 #include "data/train_data.h"
 #include "data/token_source.h"
 #include "launch/metrics.h"
+#include "launch/observers.h"
 #include "launch/param_sharding.h"
 #include "launch/plan.h"
 #include "launch/train.h"
@@ -44,6 +45,9 @@ class TrainContext {
   // Collective, after the last step: the last checkpoint and evaluation, then rank 0 writes the
   // whole model to <run folder>/model.
   void finish();
+  // Rank 0: a metrics.jsonl record (step_json / eval_json), written, then handed to the observers.
+  void record_step(const nlohmann::json& record);
+  void record_eval(const nlohmann::json& record);
   // Activation memory measured since the last reset of the peak: the backend's peak minus what
   // the model and optimizer hold (MiB).
   double activation_mb() const;
@@ -83,6 +87,8 @@ class TrainContext {
   int64_t last_saved = -1;
   bool warned_activation_budget = false;
   std::unique_ptr<MetricsWriter> metrics;  // rank 0
+  std::vector<std::unique_ptr<RunObserver>> observers;  // rank 0: observe.* (launch/observers.h)
+  double peak_flops = 0;  // one device's GEMM peak for MFU (launch/peak.h), FLOP/s
   std::unique_ptr<Progress> progress;
 };
 

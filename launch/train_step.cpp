@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "launch/balance_metrics.h"
 #include "launch/nonfinite.h"
+#include "launch/peak.h"
 #include "optim/lr_schedule.h"
 #include "parallel/watchdog.h"
 
@@ -326,8 +327,14 @@ StepRecord train_step(TrainContext& ctx, int64_t step) {
 
   warn_activation_budget(ctx, r.step);
   if (step == ctx.start_step)  // measured memory of the first step (activations: one micro-batch)
-    r.memory = StepMemory{static_cast<double>(backend.memory_stats().peak_bytes) / (1 << 20), ctx.activation_mb(),
+    r.memory = StepMemory{ctx.activation_mb(),
                           ctx.planned_activation_mb(), static_cast<double>(resident_peak_bytes()) / (1 << 20)};
+  const core::MemoryStats mem = backend.memory_stats();
+  r.memory_mb = static_cast<double>(mem.live_bytes) / (1 << 20);
+  r.memory_peak_mb = static_cast<double>(mem.peak_bytes) / (1 << 20);
+  r.mfu = model_flops_utilisation(r.tokens_per_s(), ctx.estimate.flops_per_token_train[static_cast<int>(core::Recompute::none)],
+                                  ctx.peak_flops, ranks);
+  r.time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   return r;
 }
 

@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 # only as a recommendation of libdnnl-dev. libopenblas0: without it Debian's PyTorch (the golden
 # reference and the benchmark peer) runs on the reference BLAS, 20-30x slower. qemu-user: the
 # cpu_isa test runs the binary on an emulated CPU below x86-64-v3. procps: pgrep, for the
-# fault-injection tests.
+# fault-injection tests. libcpp-httplib-dev: the Prometheus /metrics endpoint; prometheus (server and
+# promtool): its test and the alert rules' tests; python3-matplotlib: scripts/plot.py.
 PACKAGES=(build-essential cmake pkg-config libdnnl-dev ocl-icd-opencl-dev libyaml-cpp-dev libfmt-dev
           libhdf5-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev libcli11-dev libgtest-dev
-          python3-torch python3-numpy python3-venv libopenblas0 qemu-user procps)
+          python3-torch python3-numpy python3-venv libopenblas0 qemu-user procps
+          libcpp-httplib-dev prometheus python3-matplotlib)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,17 +27,17 @@ fi
 
 # A venv beside Debian's PyTorch with transformers from PyPI: the export test loads exports through
 # AutoModelForCausalLM with it. Pinned to the last release that supports PyTorch 1.13 and already
-# has Mixtral and Qwen2-MoE; gguf (llama.cpp's reader) for the GGUF export check. Optional: without
-# it those checks say "skipped".
-VENV_PACKAGES=("transformers==4.40.2" "gguf==0.17.1")
+# has Mixtral and Qwen2-MoE; gguf (llama.cpp's reader) for the GGUF export check; tensorboard (its
+# event-file reader) for the TensorBoard check. Optional: without it those checks say "skipped".
+VENV_PACKAGES=("transformers==4.40.2" "gguf==0.17.1" "tensorboard==2.18.0")
 if [ -z "${SWITCHYARD_NO_VENV:-}" ] &&
-   ! .venv/bin/python -c "import transformers, gguf" >/dev/null 2>&1; then
+   ! .venv/bin/python -c "import transformers, gguf, tensorboard" >/dev/null 2>&1; then
   if { [ -x .venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages .venv >/dev/null 2>&1; } &&
      .venv/bin/pip install -q "${VENV_PACKAGES[@]}" >/dev/null 2>&1; then
-    echo "setup: .venv with ${VENV_PACKAGES[*]} (for the export checks)"
+    echo "setup: .venv with ${VENV_PACKAGES[*]} (for the export and TensorBoard checks)"
   else
     rm -rf .venv
-    echo "setup: could not make .venv with ${VENV_PACKAGES[*]}; export checks through them will be skipped"
+    echo "setup: could not make .venv with ${VENV_PACKAGES[*]}; the export and TensorBoard checks through them will be skipped"
   fi
 fi
 

@@ -36,7 +36,7 @@ TEST(Metrics, StepRecord) {
   EXPECT_EQ(j["max_over_mean"], nlohmann::json::parse("[1.5, 0.0]"));
   EXPECT_EQ(j["load_cv"], nlohmann::json::parse("[0.5, 0.0]"));
   EXPECT_EQ(j.dump().find("null"), std::string::npos);
-  for (const char* key : {"loss_scale", "skipped", "skipped_steps", "memory_peak_mb", "activation_mb"})
+  for (const char* key : {"loss_scale", "skipped", "skipped_steps", "activation_mb", "mfu"})
     EXPECT_FALSE(j.contains(key)) << key;
 }
 
@@ -46,12 +46,15 @@ TEST(Metrics, StepRecordWithLossScalingAndMemory) {
   r.loss_scale = 1024;
   r.skipped = true;
   r.skipped_steps = 2;
-  r.memory = StepMemory{10, 4, 5, 20};
+  r.memory = StepMemory{4, 5, 20};
+  r.memory_peak_mb = 10;
+  r.mfu = 0.25;
   const nlohmann::json j = step_json(r);
   EXPECT_EQ(j["loss_scale"], 1024.0);
   EXPECT_EQ(j["skipped"], true);
   EXPECT_EQ(j["skipped_steps"], 2);
   EXPECT_EQ(j["memory_peak_mb"], 10.0);
+  EXPECT_EQ(j["mfu"], 0.25);
   EXPECT_EQ(j["activation_mb"], 4.0);
   EXPECT_EQ(j["activation_plan_mb"], 5.0);
   EXPECT_EQ(j["rss_peak_mb"], 20.0);
