@@ -1,16 +1,24 @@
 // tests/unit/moe_reference.h: the softmax top-k router in double precision, straight from its
 // definition (probs, lse, the top-k by probability with ties to the lower index, gates optionally
 // renormalised): the reference of the router kernel (test_moe.cpp) and of the MoE layer
-// (test_moe_layer.cpp).
+// (test_moe_layer.cpp); and the small helpers both files share.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <memory>
 #include <vector>
 
+#include "core/backend.h"
+
 namespace switchyard::test {
+
+// The CPU backend these kernel tests check (2 threads), whatever SWITCHYARD_TEST_BACKEND says.
+inline std::unique_ptr<core::Backend> cpu() { return core::make_cpu_backend(2); }
+inline std::vector<float> to_float(const std::vector<double>& v) { return {v.begin(), v.end()}; }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 struct RefRoute {
   std::vector<double> probs, lse, gates;

@@ -25,18 +25,15 @@ namespace switchyard {
 namespace {
 
 using test::all_coords;
+using test::cpu;
 using test::expect_grad_close;
 using test::fd_grad;
 using test::max_rel_error;
 using test::randn;
 using test::RefRoute;
 using test::ref_router;
-
-std::unique_ptr<core::Backend> cpu() { return core::make_cpu_backend(2); }
-
-std::vector<float> to_float(const std::vector<double>& v) { return {v.begin(), v.end()}; }
-
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+using test::sigmoid;
+using test::to_float;
 
 // ---------------------------------------------------------------------------------------------
 // double references of the kernels
