@@ -4,16 +4,20 @@
 // encoding spec's examples, and bytes written by the tensorboard package's own serializer and
 // RecordWriter (tensorboard 2.18.0, .venv: event_pb2.Event(...).SerializeToString(),
 // tensorboard.compat.tensorflow_stub.pywrap_tensorflow.masked_crc32c), pasted here as hex.
-// tests/scripts/tensorboard.sh reads whole runs back with tensorboard's reader.
+// A resumed run's new file sorts after the folder's others. tests/scripts/tensorboard.sh reads whole
+// runs back with tensorboard's reader.
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "core/formats/protobuf_wire.h"
 #include "core/formats/tfrecord.h"
+#include "launch/outputs.h"
 #include "launch/tensorboard.h"
+#include "testing.h"
 
 namespace switchyard::launch {
 namespace {
@@ -107,6 +111,21 @@ TEST(TensorBoardEvents, RecordKeysBecomeGroupedTags) {
   ASSERT_EQ(e.scalars.size(), 2u);
   EXPECT_EQ(e.scalars[0].tag, "eval/loss");
   EXPECT_EQ(e.scalars[0].value, 3.5);
+}
+
+// TensorBoard reads a folder's event files in name order: a resumed run's new file must come after
+// the earlier ones even when their time stamps are ahead of this machine's clock.
+TEST(TensorBoardWriter, ANewFileSortsAfterTheFolders) {
+  const auto dir = test::temp_dir("tensorboard_file_order");
+  mark_folder(dir, kWriterTensorBoard, {"events.out.tfevents.*"});
+  const std::string later = "events.out.tfevents.4000000000.zz.99999.0";
+  std::ofstream(dir / later).put('x');
+  TensorBoardWriter w(dir, /*start_step=*/3);
+  const std::string name = w.path().filename().string();
+  EXPECT_GT(name, later);
+  EXPECT_EQ(name.rfind("events.out.tfevents.4000000001.", 0), 0u) << name;
+  w.close();
+  EXPECT_TRUE(std::filesystem::exists(dir / later));
 }
 
 }  // namespace
