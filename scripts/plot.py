@@ -104,7 +104,8 @@ def heatmaps(label, steps, out_dir):
     for layer in range(layers):
         rows = [r["expert_load"][layer] for r in steps]
         experts = len(rows[0])
-        grid = [[row[e] if e < len(row) else math.nan for row in rows] for e in range(experts)]
+        share = lambda row, e: row[e] if e < len(row) and isinstance(row[e], (int, float)) else math.nan
+        grid = [[share(row, e) for row in rows] for e in range(experts)]  # null (a NaN in JSON): blank
         fig, ax = plt.subplots(figsize=FIGSIZE)
         first, last = steps[0]["step"], steps[-1]["step"]
         im = ax.imshow(grid, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis",
