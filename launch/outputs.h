@@ -24,6 +24,7 @@ namespace fs = std::filesystem;
 // The writers, as markers name them.
 inline constexpr const char* kWriterRun = "switchyard train";             // a run folder
 inline constexpr const char* kWriterWeights = "switchyard train weights"; // <run>/model/
+inline constexpr const char* kWriterTensorBoard = "switchyard train tensorboard";  // <run>/tensorboard/
 inline constexpr const char* kWriterCheckpoints = "switchyard checkpoints";
 inline constexpr const char* kWriterExport = "switchyard export";
 
