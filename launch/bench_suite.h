@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -53,8 +54,10 @@ class BenchSuite {
   bool quick() const { return opts.quick; }
   core::Backend& backend() { return *backend_; }
   parallel::MpiCommunicator& world() { return *world_; }
-  // Timed repetitions for a kernel scenario (the backend's clock averages them).
-  int repeats() const { return opts.quick ? 2 : 5; }
+  // Seconds per run of `work` (backend calls) on the backend's clock (Backend::seconds_per_run):
+  // the best of a few batches of runs (--quick: 3 of 2, else 2 of 3), so that one hiccup of a
+  // shared machine does not make the row.
+  double seconds_per_run(const std::function<void()>& work);
 
   // FLOP/s of the best square GEMM of this run (fp32 and bf16 rounding, launch/peak.h).
   double gemm_peak();
