@@ -127,7 +127,8 @@ void bench_adamw(BenchSuite& s) {
   });
   const double bytes = 7.0 * 4 * static_cast<double>(n);
   s.add({"adamw", fmt::format("{}M params fp32", n >> 20), sec, bytes / sec / 1e9, "GB/s", s.memory_bandwidth() / 1e9,
-         "memory bandwidth (stream triad)", "7 floats moved per parameter"});
+         be.device() >= 0 ? "device memory bandwidth (copy)" : "memory bandwidth (stream triad)",
+         "7 floats moved per parameter"});
 }
 
 // Micro-batches of the tiny config drawn from the suite's token file (random windows, no prefetch
@@ -149,7 +150,7 @@ void bench_data_loading(BenchSuite& s) {
   const double bytes = 8.0 * static_cast<double>(positions) / steps;
   s.add({"data_loading", fmt::format("{}x{} tokens x{} micro-batches", cfg.train.micro_batch, cfg.train.seq_len,
                                      cfg.train.grad_accum),
-         sec, bytes / sec / 1e9, "GB/s", s.memory_bandwidth() / 1e9, "memory bandwidth (stream triad)",
+         sec, bytes / sec / 1e9, "GB/s", s.host_memory_bandwidth() / 1e9, "host memory bandwidth (stream triad)",
          fmt::format("{:.3g} M tokens/s", static_cast<double>(positions) / steps / sec / 1e6)});
 }
 

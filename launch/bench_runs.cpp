@@ -106,7 +106,8 @@ void bench_train_config(BenchSuite& s, const std::string& config) {
   const double tokens = static_cast<double>(t.micro_batch * t.seq_len * t.grad_accum);
   const double flops = flops_per_token_train(ctx->cfg) * tokens;
   s.add({scenario,
-         fmt::format("{}x{}x{} tok, {} layers, {}", t.micro_batch, t.seq_len, t.grad_accum, ctx->cfg.model.n_layers,
+         fmt::format("{}x{}x{} tok, {} layer{}, {}", t.micro_batch, t.seq_len, t.grad_accum, ctx->cfg.model.n_layers,
+                     ctx->cfg.model.n_layers == 1 ? "" : "s",
                      core::name_of(t.precision)),
          sec, flops / sec / 1e9, "GFLOP/s", s.gemm_peak() / 1e9, "GEMM peak (fraction: MFU)",
          fmt::format("{:.0f} tokens/s{}{}", tokens / sec, note.empty() ? "" : "; ", note)});

@@ -153,7 +153,21 @@ double BenchSuite::seconds_per_run(const std::function<void()>& work) {
 double BenchSuite::gemm_peak() { return std::max(gemm_rate(false), gemm_rate(true)); }
 
 double BenchSuite::memory_bandwidth() {
+  if (backend_->device() < 0) return host_memory_bandwidth();
   if (memory_bandwidth_ == 0) {
+    const size_t bytes = size_t{1} << 30;
+    void* a = backend_->alloc(bytes);
+    void* b = backend_->alloc(bytes);
+    const double sec = seconds_per_run([&] { backend_->copy(b, a, bytes); });
+    backend_->release(a);
+    backend_->release(b);
+    memory_bandwidth_ = 2.0 * static_cast<double>(bytes) / sec;
+  }
+  return memory_bandwidth_;
+}
+
+double BenchSuite::host_memory_bandwidth() {
+  if (host_bandwidth_ == 0) {
     const int64_t n = (quick() ? 8 : 32) << 20;  // floats per array: 3 x 96 or 384 MiB
     std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n), 1.f), c(static_cast<size_t>(n), 2.f);
     const int threads = opts.threads > 0 ? opts.threads : omp_get_max_threads();
@@ -166,9 +180,9 @@ double BenchSuite::memory_bandwidth() {
       if (r > 0) best = std::min(best, sec);
     }
     if (a[n / 2] != 2.f) throw_internal("bench: the stream triad computed a wrong value");
-    memory_bandwidth_ = 3.0 * 4.0 * static_cast<double>(n) / best;
+    host_bandwidth_ = 3.0 * 4.0 * static_cast<double>(n) / best;
   }
-  return memory_bandwidth_;
+  return host_bandwidth_;
 }
 
 double BenchSuite::write_fsync_rate(const fs::path& folder, int64_t bytes) {

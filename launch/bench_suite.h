@@ -5,7 +5,8 @@
 //   GEMM peak          the best square GEMM (fp32, bf16) of this run: GEMM-like work (attention,
 //                      MoE layers, training steps, eval) in FLOP/s
 //   memory bandwidth   a stream triad a = b + s*c over arrays far larger than the caches
-//                      (OpenMP, the suite's threads): memory-bound work (AdamW, data loading)
+//                      (OpenMP, the suite's threads; on a GPU a device copy): memory-bound work
+//                      (AdamW; data loading against the host's)
 //   raw communicator   the communicator's own alltoallv / allreduce of the same bytes (MPI, no
 //                      packing): the token exchange and the gradient reduction
 //   write+fsync        a plain write of the same bytes into the same folder, then fsync:
@@ -62,8 +63,11 @@ class BenchSuite {
   // FLOP/s of the best square GEMM of this run (fp32 and bf16 rounding, launch/peak.h).
   double gemm_peak();
   double gemm_rate(bool bf16);  // FLOP/s of one of them
-  // Bytes/s of a stream triad (3 arrays moved per pass).
+  // Bytes/s of the backend's memory: on the host a stream triad (3 arrays moved per pass, OpenMP),
+  // on a GPU a device-to-device copy of 1 GiB (2 bytes moved per byte copied).
   double memory_bandwidth();
+  // Bytes/s of host memory (the triad) whatever the backend: work the host does (data loading).
+  double host_memory_bandwidth();
   // Bytes/s of writing `bytes` into a new file in `folder` and fsyncing it (the file is removed).
   double write_fsync_rate(const std::filesystem::path& folder, int64_t bytes);
   // Bytes/s of reading every regular file under `folder` once, plainly.
@@ -98,7 +102,7 @@ class BenchSuite {
   std::unique_ptr<parallel::MpiCommunicator> world_;
   std::filesystem::path scratch_;
   std::string token_file_;
-  double gemm_fp32_ = 0, gemm_bf16_ = 0, memory_bandwidth_ = 0;
+  double gemm_fp32_ = 0, gemm_bf16_ = 0, memory_bandwidth_ = 0, host_bandwidth_ = 0;
   std::vector<BenchRow> rows_;
   std::vector<Skipped> skipped_;
   std::vector<std::pair<bool, size_t>> order_;
