@@ -8,7 +8,9 @@ for scripts/bench_all.sh.
   compare BASELINE CURRENT [--threshold PCT]
                                 a table of every scenario's rate: baseline, now, change. A scenario
                                 whose rate fell by more than PCT percent (default 10) is a regression:
-                                exit 1; otherwise exit 0. Rows are matched by scenario; a row whose
+                                exit 1; otherwise exit 0. Each row also shows its fraction of
+                                its ceiling then and now: a rate that fell with its ceiling is
+                                the machine (busier, slower), a fraction that fell is the code. Rows are matched by scenario; a row whose
                                 shape differs is listed, not compared. A baseline from another machine
                                 (CPU model, threads, oneDNN ISA) gives a warning. Unreadable or
                                 malformed files: exit 2 with one line naming the file.
@@ -69,7 +71,7 @@ def compare(base_path, cur_path, threshold):
     brows = {r["scenario"]: r for r in base["rows"]}
     crows = {r["scenario"]: r for r in cur["rows"]}
     order = [r["scenario"] for r in cur["rows"]] + [s for s in brows if s not in crows]
-    print(f"{'scenario':<24} {'unit':<8} {'baseline':>12} {'now':>12} {'change':>9}  verdict")
+    print(f"{'scenario':<24} {'unit':<8} {'baseline':>12} {'now':>12} {'change':>9} {'fraction of ceiling':>20}  verdict")
     regressed = []
     for name in order:
         b, c = brows.get(name), crows.get(name)
@@ -89,7 +91,8 @@ def compare(base_path, cur_path, threshold):
         if change < -threshold:
             verdict = f"REGRESSION (over {threshold:g}%)"
             regressed.append(name)
-        print(f"{name:<24} {unit:<8} {b['rate']:>12.4g} {c['rate']:>12.4g} {change:>+8.1f}%  {verdict}")
+        frac = f"{b.get('fraction', 0):.3f} -> {c.get('fraction', 0):.3f}"
+        print(f"{name:<24} {unit:<8} {b['rate']:>12.4g} {c['rate']:>12.4g} {change:>+8.1f}% {frac:>20}  {verdict}")
     if regressed:
         print(f"{len(regressed)} scenario(s) regressed by more than {threshold:g}%: {', '.join(regressed)}")
         return 1
