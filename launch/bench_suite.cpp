@@ -85,9 +85,13 @@ std::vector<Scenario> selected(const BenchSuiteOptions& opts) {
     if (std::none_of(all.begin(), all.end(), [&](const Scenario& sc) { return selects(token, sc.name); })) {
       std::string names;
       for (const Scenario& sc : all) names += (names.empty() ? "" : ",") + sc.name;
+      const bool no_configs = std::none_of(all.begin(), all.end(), [](const Scenario& sc) { return selects("train", sc.name); });
       throw_usage("bench --only: no scenario `{}`; valid names (or a family, the part before a `_`, e.g. "
-                  "exchange): {}",
-                  token, names);
+                  "exchange): {}{}",
+                  token, names,
+                  no_configs ? fmt::format(" (no train_* names: no YAML config in {}; run from the repository root "
+                                           "or pass --configs)", opts.configs)
+                             : "");
     }
   }
   std::vector<Scenario> out;
