@@ -7,7 +7,8 @@
 //                                --quantize int8), or GGUF for llama.cpp (launch/export_gguf.h)
 //   plan     launch/plan.h       parameters, FLOPs and memory per rank of a config, and the
 //                                activation checkpointing `auto` picks
-//   bench    launch/bench.h      measured GEMM peak of the backend
+//   bench    launch/bench.h      the benchmark suite (scenarios against ceilings measured in the
+//                                same run); `bench gemm`, `bench ops`: the GEMM peak, the kernels
 //   generate launch/generate.h   text sampled from a byte-level model (greedy or temperature/top-p)
 // Library code throws switchyard::Error; only this file ends the process. With several MPI ranks a
 // failing rank prints its error with its rank and aborts the whole job (no rank hangs).
@@ -152,7 +153,20 @@ int main(int argc, char** argv) {
   pl->add_option("--ranks", plan.ranks, "World size (default: parallel.expert_parallel)");
 
   int bench_threads = 0, bench_repeats = 5;
-  auto* b = app.add_subcommand("bench", "Micro-benchmarks of the backend");
+  sy::launch::BenchSuiteOptions suite;
+  auto* b = app.add_subcommand("bench", "The benchmark suite: named scenarios (GEMM peak, attention, MoE layer, "
+                                        "token exchange, all-reduce, AdamW, data, a training step of each config, "
+                                        "eval, checkpoint, export), each against a ceiling measured in the same run; "
+                                        "or one of the micro-benchmarks below");
+  add_choice(b, "--device", suite.device, "cpu (default) or cuda (the first GPU)");
+  b->add_option("--threads", suite.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
+  b->add_flag("--quick", suite.quick, "Small sizes: the whole suite in well under a minute");
+  b->add_option("--only", suite.only, "Scenarios to run: names or families (the part before a `_`), comma-separated "
+                                      "(--list shows them)")->delimiter(',');
+  b->add_option("--json", suite.json, "Also write the rows to this JSON file (scripts/bench_all.sh reads it)");
+  b->add_option("--configs", suite.configs, "Folder of the YAML configs the train_* scenarios run (default configs)");
+  b->add_option("--dir", suite.dir, "Where checkpoint and export scenarios write (default: a temporary folder)");
+  b->add_flag("--list", suite.list, "Print the scenario names and what each measures, run nothing");
   auto* bg = b->add_subcommand("gemm", "Measured fp32 GEMM rate (the peak a training step is compared to)");
   bg->add_option("--threads", bench_threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
   bg->add_option("--repeats", bench_repeats, "Timed repetitions per shape (best is kept)");
@@ -163,7 +177,7 @@ int main(int argc, char** argv) {
   bo->add_option("--threads", ops.threads, "CPU threads (default: OMP_NUM_THREADS or all cores)");
   bo->add_flag("--quick", ops.quick, "Small sizes: a smoke run");
   bo->add_option("--json", ops.json, "Also write the rows to this JSON file");
-  b->require_subcommand(1);
+  b->require_subcommand(0, 1);
 
   try {
     app.parse(argc, argv);
@@ -183,6 +197,7 @@ int main(int argc, char** argv) {
     if (*dr) return sy::launch::run_data_report(report);
     if (*bg) return sy::launch::run_bench_gemm(bench_threads, bench_repeats);
     if (*bo) return sy::launch::run_bench_ops(ops);
+    if (*b) return sy::launch::run_bench_suite(suite, mpi);
   } catch (const sy::Error& err) {
     if (mpi.size() > 1) fmt::print(stderr, "switchyard: error on rank {}: {}\n", mpi.rank(), err.what());
     else fmt::print(stderr, "switchyard: error: {}\n", err.what());

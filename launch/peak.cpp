@@ -4,8 +4,10 @@
 
 namespace switchyard::launch {
 
+int64_t measured_gemm_size(const core::Backend& be) { return be.device() >= 0 ? 8192 : 2048; }
+
 double measured_gemm_peak(core::Backend& be, const core::GemmRounding& rounding) {
-  const int64_t n = be.device() >= 0 ? 8192 : 2048;
+  const int64_t n = measured_gemm_size(be);
   const size_t bytes = static_cast<size_t>(n * n) * sizeof(float);
   std::vector<float> host(static_cast<size_t>(n * n));
   for (size_t i = 0; i < host.size(); ++i) host[i] = 0.01f * static_cast<float>(static_cast<int>(i % 201) - 100) / 100.f;

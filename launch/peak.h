@@ -11,6 +11,8 @@ namespace switchyard::launch {
 // The backend's measured GEMM rate, FLOP/s, of a square GEMM with `rounding` (operands in the
 // compute dtype): 2048 on a CPU, 8192 on a GPU (smaller ones fall well short of the peak).
 double measured_gemm_peak(core::Backend& be, const core::GemmRounding& rounding);
+// The side of that square GEMM on `be`.
+int64_t measured_gemm_size(const core::Backend& be);
 
 // tokens_per_s (all ranks) x flops_per_token / (peak_flops x ranks); 0 when a factor is unknown.
 double model_flops_utilisation(double tokens_per_s, double flops_per_token, double peak_flops, int ranks);
