@@ -126,7 +126,7 @@ void bench_adamw(BenchSuite& s) {
     be.adamw_update(p.data(), g.data(), m.data(), v.data(), n, 1.f, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.1f, 0.05f);
   });
   const double bytes = 7.0 * 4 * static_cast<double>(n);
-  s.add({"adamw", fmt::format("{}M params fp32", n >> 20), sec, bytes / sec / 1e9, "GB/s", s.memory_bandwidth() / 1e9,
+  s.add({"adamw", fmt::format("{}M params fp32", n >> 20), sec, bytes / sec / 1e9, "GB/s", s.memory_bandwidth(bytes) / 1e9,
          be.device() >= 0 ? "device memory bandwidth (copy)" : "memory bandwidth (stream triad)",
          "7 floats moved per parameter"});
 }
@@ -150,7 +150,7 @@ void bench_data_loading(BenchSuite& s) {
   const double bytes = 8.0 * static_cast<double>(positions) / steps;
   s.add({"data_loading", fmt::format("{}x{} tokens x{} micro-batches", cfg.train.micro_batch, cfg.train.seq_len,
                                      cfg.train.grad_accum),
-         sec, bytes / sec / 1e9, "GB/s", s.host_memory_bandwidth() / 1e9, "host memory bandwidth (stream triad)",
+         sec, bytes / sec / 1e9, "GB/s", s.host_memory_bandwidth(bytes) / 1e9, "host memory bandwidth (stream triad)",
          fmt::format("{:.3g} M tokens/s", static_cast<double>(positions) / steps / sec / 1e6)});
 }
 

@@ -156,8 +156,8 @@ double BenchSuite::seconds_per_run(const std::function<void()>& work) {
 
 double BenchSuite::gemm_peak() { return std::max(gemm_rate(false), gemm_rate(true)); }
 
-double BenchSuite::memory_bandwidth() {
-  if (backend_->device() < 0) return host_memory_bandwidth();
+double BenchSuite::memory_bandwidth(double bytes_moved) {
+  if (backend_->device() < 0) return host_memory_bandwidth(bytes_moved);
   if (memory_bandwidth_ == 0) {
     const size_t bytes = size_t{1} << 30;
     void* a = backend_->alloc(bytes);
@@ -170,23 +170,27 @@ double BenchSuite::memory_bandwidth() {
   return memory_bandwidth_;
 }
 
-double BenchSuite::host_memory_bandwidth() {
-  if (host_bandwidth_ == 0) {
-    const int64_t n = (quick() ? 8 : 32) << 20;  // floats per array: 3 x 96 or 384 MiB
+double BenchSuite::host_memory_bandwidth(double bytes_moved) {
+  // An in-place triad a += b * c: reads 3 arrays and writes one it read (no write-allocate
+  // traffic uncounted), moving the same bytes as the row (a cache holds a small working set: a
+  // fixed-size triad would flatter or wrong the row); at least 4 MiB per array.
+  const auto n = std::max<int64_t>(int64_t{1} << 20, static_cast<int64_t>(bytes_moved / 16));
+  double& bw = host_bandwidth_[n];
+  if (bw == 0) {
     std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n), 1.f), c(static_cast<size_t>(n), 2.f);
     const int threads = opts.threads > 0 ? opts.threads : omp_get_max_threads();
     double best = 1e30;
     for (int r = 0; r < 4; ++r) {  // the first pass touches the pages
       const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel for num_threads(threads) schedule(static)
-      for (int64_t i = 0; i < n; ++i) a[i] = b[i] + 0.5f * c[i];
+      for (int64_t i = 0; i < n; ++i) a[i] += b[i] * c[i];
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (r > 0) best = std::min(best, sec);
     }
-    if (a[n / 2] != 2.f) throw_internal("bench: the stream triad computed a wrong value");
-    host_bandwidth_ = 3.0 * 4.0 * static_cast<double>(n) / best;
+    if (a[n / 2] != 8.f) throw_internal("bench: the stream triad computed a wrong value");
+    bw = 4.0 * 4.0 * static_cast<double>(n) / best;
   }
-  return host_bandwidth_;
+  return bw;
 }
 
 double BenchSuite::write_fsync_rate(const fs::path& folder, int64_t bytes) {

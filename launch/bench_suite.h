@@ -4,7 +4,7 @@
 // measured in the same run on the same machine:
 //   GEMM peak          the best square GEMM (fp32, bf16) of this run: GEMM-like work (attention,
 //                      MoE layers, training steps, eval) in FLOP/s
-//   memory bandwidth   a stream triad a = b + s*c over arrays far larger than the caches
+//   memory bandwidth   an in-place triad a += b*c moving the same bytes as the row
 //                      (OpenMP, the suite's threads; on a GPU a device copy): memory-bound work
 //                      (AdamW; data loading against the host's)
 //   raw communicator   the communicator's own alltoallv / allreduce of the same bytes (MPI, no
@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -63,11 +64,12 @@ class BenchSuite {
   // FLOP/s of the best square GEMM of this run (fp32 and bf16 rounding, launch/peak.h).
   double gemm_peak();
   double gemm_rate(bool bf16);  // FLOP/s of one of them
-  // Bytes/s of the backend's memory: on the host a stream triad (3 arrays moved per pass, OpenMP),
-  // on a GPU a device-to-device copy of 1 GiB (2 bytes moved per byte copied).
-  double memory_bandwidth();
-  // Bytes/s of host memory (the triad) whatever the backend: work the host does (data loading).
-  double host_memory_bandwidth();
+  // Bytes/s of the backend's memory for work moving `bytes_moved` bytes: on the host an in-place
+  // triad moving the same bytes (a += b * c, OpenMP; caches make a small working set faster), on a
+  // GPU a device-to-device copy of 1 GiB (2 bytes moved per byte copied).
+  double memory_bandwidth(double bytes_moved);
+  // Bytes/s of host memory (the triad of that size) whatever the backend: work the host does.
+  double host_memory_bandwidth(double bytes_moved);
   // Bytes/s of writing `bytes` into a new file in `folder` and fsyncing it (the file is removed).
   double write_fsync_rate(const std::filesystem::path& folder, int64_t bytes);
   // Bytes/s of reading every regular file under `folder` once, plainly.
@@ -102,7 +104,8 @@ class BenchSuite {
   std::unique_ptr<parallel::MpiCommunicator> world_;
   std::filesystem::path scratch_;
   std::string token_file_;
-  double gemm_fp32_ = 0, gemm_bf16_ = 0, memory_bandwidth_ = 0, host_bandwidth_ = 0;
+  double gemm_fp32_ = 0, gemm_bf16_ = 0, memory_bandwidth_ = 0;
+  std::map<int64_t, double> host_bandwidth_;  // stream triad by floats per array
   std::vector<BenchRow> rows_;
   std::vector<Skipped> skipped_;
   std::vector<std::pair<bool, size_t>> order_;
