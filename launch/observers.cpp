@@ -10,7 +10,7 @@ std::vector<std::unique_ptr<RunObserver>> make_observers(const ObservedRun& run)
   // the port first: one in use is refused before the TensorBoard folder is made
   if (auto prometheus = make_prometheus_observer(run)) out.push_back(std::move(prometheus));
   if (run.cfg.observe.tensorboard)
-    out.push_back(std::make_unique<TensorBoardWriter>(run.dir / "tensorboard", run.start_step));
+    out.push_back(std::make_unique<TensorBoardWriter>(run.dir / "tensorboard"));
   return out;
 }
 

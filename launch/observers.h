@@ -20,21 +20,22 @@ namespace switchyard::launch {
 class RunObserver {
  public:
   virtual ~RunObserver() = default;
+  // The run folder is ready and the next step is start_step + 1 (start_step > 0: a resumed run).
+  virtual void start(int64_t start_step) { (void)start_step; }
   virtual void step(const nlohmann::json& record) = 0;  // a step_json record, after metrics.jsonl has it
   virtual void eval(const nlohmann::json& record) = 0;  // an eval_json record
   virtual void close() {}                               // the run ended normally: flush what is kept
 };
 
-// Where the observers of a run find it: its config (observe.*), name and folder, and the step a
-// resumed run starts after (0 for a new run).
+// Where the observers of a run find it: its config (observe.*, run.name) and its folder.
 struct ObservedRun {
   const core::ExperimentConfig& cfg;
   std::filesystem::path dir;
-  int64_t start_step = 0;
 };
 
-// The observers observe.* asks for, started (a Prometheus port is listening when this returns).
-// A port in use or an unwritable path is a usage error naming the key.
+// The observers observe.* asks for, made before the run folder is touched (a Prometheus port is
+// listening when this returns; files are opened by start()), so that a port in use or a bad path
+// is a usage error naming the key before anything is written.
 std::vector<std::unique_ptr<RunObserver>> make_observers(const ObservedRun& run);
 
 }  // namespace switchyard::launch

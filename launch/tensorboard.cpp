@@ -189,7 +189,8 @@ std::string event_summary(double wall_time, int64_t step, const TensorBoardValue
   return e.data();
 }
 
-TensorBoardWriter::TensorBoardWriter(const fs::path& folder, int64_t start_step) {
+void TensorBoardWriter::start(int64_t start_step) {
+  const fs::path& folder = folder_;
   const std::vector<std::string> entries = {"events.out.tfevents.*"};
   check_output_folder(folder, kWriterTensorBoard, entries, /*overwrite=*/true, "observe.tensorboard's folder", "");
   require_writable_folder(folder, "observe.tensorboard's folder");

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -51,10 +52,11 @@ std::string event_summary(double wall_time, int64_t step, const TensorBoardValue
 
 class TensorBoardWriter : public RunObserver {
  public:
-  // Opens a new event file in `folder` (created, marked and checked by launch/outputs.h's rule;
-  // a usage error naming observe.tensorboard when it cannot be). `start_step` > 0 (a resumed
+  // start() opens a new event file in `folder` (created, marked and checked by launch/outputs.h's
+  // rule; a usage error naming observe.tensorboard when it cannot be); `start_step` > 0 (a resumed
   // run) writes the SessionLog START at step start_step + 1.
-  TensorBoardWriter(const std::filesystem::path& folder, int64_t start_step);
+  explicit TensorBoardWriter(std::filesystem::path folder) : folder_(std::move(folder)) {}
+  void start(int64_t start_step) override;
   ~TensorBoardWriter() override;
   TensorBoardWriter(const TensorBoardWriter&) = delete;
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
@@ -66,7 +68,7 @@ class TensorBoardWriter : public RunObserver {
 
  private:
   void write(const std::string& event, int64_t step);
-  std::filesystem::path path_;
+  std::filesystem::path folder_, path_;
   std::FILE* f_ = nullptr;
 };
 

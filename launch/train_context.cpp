@@ -141,7 +141,10 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
   backend = core::make_backend(cfg.train.device, threads, local->rank());
   dir = run_folder(cfg, opts);
   ckpt_root = cfg.checkpoint.dir.empty() ? dir / "checkpoints" : fs::path(cfg.checkpoint.dir);
-  if (rank0) prepare_outputs(dir, ckpt_root, opts);
+  if (rank0) {
+    observers = make_observers({cfg, dir});  // a port in use is refused before any file is written
+    prepare_outputs(dir, ckpt_root, opts);
+  }
 
   // activation checkpointing (auto: resolved against the memory budget), and what a rank will hold,
   // refused before any allocation when this machine's memory cannot hold it
@@ -247,7 +250,7 @@ TrainContext::TrainContext(const TrainOptions& opts, const parallel::MpiContext&
                                            : measured_gemm_peak(*backend, model_opts.precision.stored_activation());
   if (!rank0) return;
   metrics = std::make_unique<MetricsWriter>((dir / "metrics.jsonl").string());
-  observers = make_observers({cfg, dir, start_step});
+  for (auto& o : observers) o->start(start_step);
   const std::string per_rank = backend->device() >= 0
                                    ? fmt::format("one GPU each ({} between ranks)", device_world ? device_world->name() : "none")
                                    : fmt::format("{} thread(s)", threads);

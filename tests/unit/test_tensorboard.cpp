@@ -120,7 +120,8 @@ TEST(TensorBoardWriter, ANewFileSortsAfterTheFolders) {
   mark_folder(dir, kWriterTensorBoard, {"events.out.tfevents.*"});
   const std::string later = "events.out.tfevents.4000000000.zz.99999.0";
   std::ofstream(dir / later).put('x');
-  TensorBoardWriter w(dir, /*start_step=*/3);
+  TensorBoardWriter w(dir);
+  w.start(/*start_step=*/3);
   const std::string name = w.path().filename().string();
   EXPECT_GT(name, later);
   EXPECT_EQ(name.rfind("events.out.tfevents.4000000001.", 0), 0u) << name;
