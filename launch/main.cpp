@@ -24,6 +24,7 @@
 #include "core/error.h"
 #include "launch/bench.h"
 #include "launch/commands.h"
+#include "launch/stop_signals.h"
 #include "launch/data_report.h"
 #include "launch/export.h"
 #include "launch/generate.h"
@@ -48,6 +49,7 @@ CLI::Option* add_choice(CLI::App* app, const std::string& flag, E& value, const 
 
 int main(int argc, char** argv) {
   sy::parallel::MpiContext mpi(&argc, &argv);
+  sy::launch::take_stop_signals();  // before OpenMP and oneDNN start threads (launch/stop_signals.h)
   CLI::App app{"Switchyard: train Mixture-of-Experts language models", "switchyard"};
   app.require_subcommand(1);
   // One line per command-line error, like every other error of the command.

@@ -76,12 +76,14 @@ class MetricsServer {
     errno = 0;
     if (!server_.bind_to_port(address, port)) throw_bind_error(address, port, errno);
     thread_ = std::thread([this] {
-      // a scraper that hangs up mid-response must not end the run with SIGPIPE: blocked in this
-      // thread and the workers it starts, so send() returns EPIPE instead
-      sigset_t pipe;
-      sigemptyset(&pipe);
-      sigaddset(&pipe, SIGPIPE);
-      pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
+      // Every asynchronous signal is blocked in this thread and the workers it starts (they inherit
+      // the mask): SIGPIPE, so that a scraper hanging up mid-response makes send() return EPIPE
+      // instead of ending the run; the rest, so that no signal interrupts httplib's socket calls
+      // (SIGTERM and SIGUSR1 are blocked already: launch/stop_signals.h).
+      sigset_t async;
+      sigfillset(&async);
+      for (int sync : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT}) sigdelset(&async, sync);
+      pthread_sigmask(SIG_BLOCK, &async, nullptr);
       server_.listen_after_bind();
       listen_returned_ = true;
     });

@@ -5,11 +5,10 @@
 
 #include <fmt/format.h>
 
-#include <atomic>
-#include <csignal>
 
 #include "launch/balance_metrics.h"
 #include "launch/metrics.h"
+#include "launch/stop_signals.h"
 #include "launch/train_context.h"
 #include "launch/train_step.h"
 #include "parallel/watchdog.h"
@@ -18,24 +17,10 @@ namespace switchyard::launch {
 
 namespace {
 
-// Set by SIGTERM / SIGUSR1 (preemption): the loop finishes its step, saves and exits 0.
-std::atomic<int> g_stop_signal{0};
-static_assert(std::atomic<int>::is_always_lock_free);
-extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
-
-void install_stop_handlers() {
-  g_stop_signal.store(0);
-  struct sigaction sa = {};
-  sa.sa_handler = on_stop_signal;
-  sa.sa_flags = SA_RESTART;  // interrupted system calls (MPI, HDF5, file I/O) resume
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGUSR1, &sa, nullptr);
-}
-
-// Collective: a stop signal on any rank stops every rank after the same step (0: none).
+// Collective: a stop signal (SIGTERM / SIGUSR1, launch/stop_signals.h) on any rank stops every
+// rank after the same step: it finishes the step, saves and exits 0 (0: none).
 int agree_on_stop_signal(parallel::Communicator& world) {
-  int64_t stop = g_stop_signal.load();
+  int64_t stop = stop_signal();
   const parallel::WaitScope wait("the end-of-step agreement on stop signals");
   world.allreduce_max(&stop, 1);
   return static_cast<int>(stop);
@@ -64,7 +49,7 @@ void report_step(TrainContext& ctx, const StepRecord& r, double avg_step_s) {
 }  // namespace
 
 int run_train(const TrainOptions& opts, const parallel::MpiContext& mpi) {
-  install_stop_handlers();  // a preemption signal during start-up stops after the first step
+  record_stop_signals(true);  // a preemption signal during start-up stops after the first step
   TrainContext ctx(opts, mpi);
   const int64_t steps = ctx.cfg.train.steps, eval_every = ctx.cfg.train.eval_interval,
                 save_every = ctx.cfg.checkpoint.interval;
