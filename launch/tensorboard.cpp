@@ -190,12 +190,11 @@ std::string event_summary(double wall_time, int64_t step, const TensorBoardValue
 }
 
 void TensorBoardWriter::start(int64_t start_step) {
-  const fs::path& folder = folder_;
   const std::vector<std::string> entries = {"events.out.tfevents.*"};
-  check_output_folder(folder, kWriterTensorBoard, entries, /*overwrite=*/true, "observe.tensorboard's folder", "");
-  require_writable_folder(folder, "observe.tensorboard's folder");
-  mark_folder(folder, kWriterTensorBoard, entries);
-  path_ = folder / new_event_file_name(folder);
+  check_output_folder(folder_, kWriterTensorBoard, entries, /*overwrite=*/true, "observe.tensorboard's folder", "");
+  require_writable_folder(folder_, "observe.tensorboard's folder");
+  mark_folder(folder_, kWriterTensorBoard, entries);
+  path_ = folder_ / new_event_file_name(folder_);
   f_ = std::fopen(path_.c_str(), "wb");
   if (!f_)
     throw_usage("observe.tensorboard: cannot create {} ({}); check that the run folder is writable", path_.string(),
